@@ -1,0 +1,522 @@
+//! The typed domain model: `domain.toml`, `security/accounts.toml`, `security/policies.toml`.
+//!
+//! Values reach these types only after the loader has checked every key and type against the
+//! classification table, so deserialization here does not fail on user input in practice; the
+//! table and these structs are kept in step by tests in `settings_coverage.rs`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::values::{ByteSize, Dur};
+
+/// One revision of a domain, all three files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Domain {
+    pub config: DomainFile,
+    pub accounts: AccountsFile,
+    pub policies: PoliciesFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DomainFile {
+    pub domain: DomainSection,
+    #[serde(default)]
+    pub master: Master,
+    #[serde(default)]
+    pub servers: BTreeMap<String, Server>,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Cluster>,
+    #[serde(default)]
+    pub applications: BTreeMap<String, Application>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DomainSection {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Master {
+    pub node: String,
+    pub listen: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    pub heartbeat_interval: Dur,
+    pub heartbeat_timeout: Dur,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+}
+
+impl Default for Master {
+    fn default() -> Self {
+        Master {
+            node: "localhost".into(),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9736),
+            tls: None,
+            heartbeat_interval: Dur::secs(2),
+            heartbeat_timeout: Dur::secs(10),
+            upstream: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Tls {
+    pub certificate: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Upstream {
+    pub url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    #[serde(default = "default_poll")]
+    pub poll_interval: Dur,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_env: Option<String>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_poll() -> Dur {
+    Dur::secs(60)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Manual,
+    Auto,
+    Rolling,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "localhost")]
+    pub node: String,
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Dur,
+    #[serde(default)]
+    pub process: Process,
+    #[serde(default)]
+    pub web: Web,
+    #[serde(default)]
+    pub component: Component,
+    #[serde(default)]
+    pub messaging: Messaging,
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+fn localhost() -> String {
+    "localhost".into()
+}
+fn default_stop_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Process {
+    pub env: BTreeMap<String, String>,
+    pub args: Vec<String>,
+    pub runtime_threads: u16,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process {
+            env: BTreeMap::new(),
+            args: Vec::new(),
+            runtime_threads: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Web {
+    pub listeners: BTreeMap<String, Listener>,
+    pub access_log: AccessLog,
+    pub session: Session,
+}
+
+/// The listener the web engine gets when none is configured.
+pub const DEFAULT_LISTENER: &str = "http";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Listener {
+    #[serde(default = "unspecified")]
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub thread_pool: ThreadPool,
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Dur,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+}
+
+impl Listener {
+    pub fn on_port(port: u16) -> Listener {
+        Listener {
+            address: unspecified(),
+            port,
+            thread_pool: ThreadPool::default(),
+            queue_timeout: default_queue_timeout(),
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
+fn unspecified() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn default_queue_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn default_request_timeout() -> Dur {
+    Dur::secs(60)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ThreadPool {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl Default for ThreadPool {
+    fn default() -> Self {
+        ThreadPool { min: 2, max: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLogFormat {
+    #[default]
+    Common,
+    Combined,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AccessLog {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            enabled: true,
+            format: AccessLogFormat::Common,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Session {
+    pub timeout: Dur,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            timeout: Dur::secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Component {
+    pub thread_pool: ThreadPool,
+    pub timer_service: TimerService,
+}
+
+impl Default for Component {
+    fn default() -> Self {
+        Component {
+            thread_pool: ThreadPool { min: 2, max: 32 },
+            timer_service: TimerService::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TimerService {
+    pub enabled: bool,
+    pub max_retries: u32,
+    pub retry_delay: Dur,
+}
+
+impl Default for TimerService {
+    fn default() -> Self {
+        TimerService {
+            enabled: true,
+            max_retries: 3,
+            retry_delay: Dur::secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Messaging {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener: Option<MessagingListener>,
+    pub queues: BTreeMap<String, Queue>,
+    pub topics: BTreeMap<String, Topic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MessagingListener {
+    #[serde(default = "unspecified")]
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Queue {
+    pub max_depth: u64,
+    pub persistent: bool,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            max_depth: 10_000,
+            persistent: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Topic {
+    pub max_subscribers: u64,
+}
+
+impl Default for Topic {
+    fn default() -> Self {
+        Topic {
+            max_subscribers: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Logging {
+    pub level: LogLevel,
+    pub rotation: Rotation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Rotation {
+    pub max_size: ByteSize,
+    pub daily: bool,
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_size: ByteSize(10 << 20),
+            daily: true,
+            keep: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Cluster {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppKind {
+    Static,
+    Process,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Application {
+    pub kind: AppKind,
+    pub source: String,
+    pub context_path: String,
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub libraries: Vec<String>,
+    #[serde(default = "default_index")]
+    pub index: String,
+    #[serde(default = "default_health")]
+    pub health_path: String,
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Dur,
+}
+
+fn default_index() -> String {
+    "index.html".into()
+}
+fn default_health() -> String {
+    "/".into()
+}
+fn default_start_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AccountsFile {
+    pub users: BTreeMap<String, User>,
+    pub groups: BTreeMap<String, Group>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct User {
+    pub password: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Group {
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PoliciesFile {
+    pub roles: BTreeMap<String, Role>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Role {
+    pub permissions: Vec<String>,
+    pub groups: Vec<String>,
+    pub users: Vec<String>,
+    pub description: String,
+}
+
+impl Server {
+    /// Fills in what "engines always exist with defaults" means for the web engine: without any
+    /// listener, one named `http` on the base port + 1.
+    pub(crate) fn apply_engine_defaults(&mut self) {
+        if self.web.listeners.is_empty() {
+            let port = self.listen.port().saturating_add(1);
+            self.web
+                .listeners
+                .insert(DEFAULT_LISTENER.to_owned(), Listener::on_port(port));
+        }
+    }
+}
+
+impl Domain {
+    /// Servers an application is deployed to, through clusters, in name order.
+    pub fn app_servers<'a>(&'a self, app: &'a Application) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        for t in &app.targets {
+            if let Some(c) = self.config.clusters.get(t) {
+                out.extend(c.servers.iter().map(String::as_str));
+            } else if self.config.servers.contains_key(t) {
+                out.push(t);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Applications deployed to each server, keyed by server name.
+    pub fn deployments(&self) -> BTreeMap<&str, Vec<&str>> {
+        let mut out: BTreeMap<&str, Vec<&str>> = self
+            .config
+            .servers
+            .keys()
+            .map(|s| (s.as_str(), Vec::new()))
+            .collect();
+        for (name, app) in &self.config.applications {
+            for s in self.app_servers(app) {
+                if let Some(v) = out.get_mut(s) {
+                    v.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `user` holds `permission` through a role (directly or by a group).
+    pub fn permits(&self, user: &str, permission: &str) -> bool {
+        let Some(u) = self.accounts.users.get(user) else {
+            return false;
+        };
+        self.policies.roles.values().any(|role| {
+            let holds = role.users.iter().any(|x| x == user)
+                || role.groups.iter().any(|g| u.groups.contains(g));
+            holds
+                && role
+                    .permissions
+                    .iter()
+                    .any(|p| p == "*" || p == permission)
+        })
+    }
+}

@@ -1,0 +1,472 @@
+//! The planner: a pure function from two revisions to what each server must do. `steward diff`
+//! prints it; the Managed Server applies its own part of it (live now, redeploy one application,
+//! report restart-pending). Pending restarts are always derived from a plan, never stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::Loaded;
+use crate::model::Domain;
+use crate::settings::{self, Effect, FileKind};
+
+/// One changed setting.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// Concrete path, e.g. `servers.server1.web.listeners.http.port`.
+    pub path: String,
+    pub file: &'static str,
+    /// Old value as TOML would show it; `None` when added. Secrets are never carried.
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub effect: Effect,
+    pub secret: bool,
+}
+
+impl Change {
+    /// `old → new`, or `(secret changed)`.
+    pub fn describe(&self) -> String {
+        if self.secret {
+            return match (&self.old, &self.new) {
+                (None, _) => "(secret set)".into(),
+                (_, None) => "(secret removed)".into(),
+                _ => "(secret changed)".into(),
+            };
+        }
+        match (&self.old, &self.new) {
+            (Some(o), Some(n)) => format!("{o} → {n}"),
+            (None, Some(n)) => format!("(unset) → {n}"),
+            (Some(o), None) => format!("{o} → (unset)"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerState {
+    /// New in this revision: start it.
+    Added,
+    /// Gone from this revision: stop it.
+    Removed,
+    Changed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppAction {
+    Deploy,
+    Undeploy,
+    Redeploy,
+    /// Live changes only (context path, index, …): applied without redeploying.
+    Update,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppPlan {
+    pub name: String,
+    pub action: AppAction,
+    pub reasons: Vec<String>,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerPlan {
+    pub name: String,
+    pub state: ServerState,
+    pub changes: Vec<Change>,
+    pub applications: Vec<AppPlan>,
+    /// Paths of the changed settings that need this server restarted.
+    pub pending_restart: Vec<String>,
+}
+
+impl ServerPlan {
+    pub fn needs_restart(&self) -> bool {
+        !self.pending_restart.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub from: String,
+    pub to: String,
+    /// Servers with anything to do, in name order.
+    pub servers: Vec<ServerPlan>,
+    /// `[master]` changes.
+    pub master: Vec<Change>,
+    /// Domain-wide changes: `[domain]`, clusters, security.
+    pub domain: Vec<Change>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.master.is_empty() && self.domain.is_empty()
+    }
+
+    /// Servers that need a restart, by name.
+    pub fn restarts(&self) -> Vec<&str> {
+        self.servers
+            .iter()
+            .filter(|s| s.needs_restart())
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    pub fn master_restart(&self) -> bool {
+        self.master.iter().any(|c| c.effect == Effect::Restart)
+    }
+
+    /// This server's part of the plan, if it has anything to do.
+    pub fn server(&self, name: &str) -> Option<&ServerPlan> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    fn count_apps(&self, action: AppAction) -> usize {
+        self.servers
+            .iter()
+            .flat_map(|s| &s.applications)
+            .filter(|a| a.action == action)
+            .count()
+    }
+
+    /// One line: what the change does to the domain.
+    pub fn summary(&self) -> String {
+        if self.is_empty() {
+            return "No changes.".into();
+        }
+        let restarts = self.restarts();
+        let mut parts = vec![format!(
+            "{} server{} affected",
+            self.servers.len(),
+            if self.servers.len() == 1 { "" } else { "s" }
+        )];
+        parts.push(match restarts.len() {
+            0 => "no restart needed".into(),
+            n => format!("{n} need{} a restart ({})", if n == 1 { "s" } else { "" }, restarts.join(", ")),
+        });
+        let mut apps = Vec::new();
+        for (action, word) in [
+            (AppAction::Redeploy, "to redeploy"),
+            (AppAction::Deploy, "to deploy"),
+            (AppAction::Undeploy, "to undeploy"),
+            (AppAction::Update, "updated live"),
+        ] {
+            let n = self.count_apps(action);
+            if n > 0 {
+                apps.push(format!("{n} {word}"));
+            }
+        }
+        if !apps.is_empty() {
+            parts.push(format!("application deployments: {}", apps.join(", ")));
+        }
+        if self.master_restart() {
+            parts.push("the Master needs a restart".into());
+        }
+        format!("{}.", parts.join("; "))
+    }
+
+    /// The plan as an operator reads it in a terminal.
+    pub fn render_human(&self) -> String {
+        let mut out = format!("Plan {} → {}\n", self.from, self.to);
+        for s in &self.servers {
+            let state = match s.state {
+                ServerState::Added => " (new server: start it)",
+                ServerState::Removed => " (removed: stop it)",
+                ServerState::Changed if s.needs_restart() => " (restart required)",
+                ServerState::Changed => "",
+            };
+            let _ = writeln!(out, "\nserver {}{state}", s.name);
+            for c in &s.changes {
+                let _ = writeln!(out, "  ~ {}  {}  [{}]", c.path, c.describe(), c.effect);
+            }
+            for a in &s.applications {
+                let verb = match a.action {
+                    AppAction::Deploy => "+ deploy",
+                    AppAction::Undeploy => "- undeploy",
+                    AppAction::Redeploy => "~ redeploy",
+                    AppAction::Update => "~ update",
+                };
+                let why = if a.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", a.reasons.join("; "))
+                };
+                let _ = writeln!(out, "  {verb} application {}{why}", a.name);
+                for c in &a.changes {
+                    let _ = writeln!(out, "      {}  {}  [{}]", c.path, c.describe(), c.effect);
+                }
+            }
+        }
+        for (title, changes) in [("master", &self.master), ("domain", &self.domain)] {
+            if changes.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "\n{title}");
+            for c in changes {
+                let _ = writeln!(out, "  ~ {}  {}  [{}]", c.path, c.describe(), c.effect);
+            }
+        }
+        let restarts = self.restarts();
+        if !restarts.is_empty() {
+            let _ = writeln!(out, "\nRestart required: {}", restarts.join(", "));
+        }
+        let _ = writeln!(out, "\n{}", self.summary());
+        out
+    }
+
+    /// The plan as a pull-request comment.
+    pub fn render_markdown(&self) -> String {
+        let mut out = format!("### Steward plan `{}` → `{}`\n\n**{}**\n", self.from, self.to, self.summary());
+        let restarts = self.restarts();
+        if !restarts.is_empty() {
+            let names: Vec<String> = restarts.iter().map(|s| format!("`{s}`")).collect();
+            let _ = writeln!(out, "\n:warning: Restart required: {}", names.join(", "));
+        }
+        let row = |out: &mut String, c: &Change| {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} |",
+                c.path,
+                c.describe().replace('|', "\\|"),
+                c.effect
+            );
+        };
+        for s in &self.servers {
+            let state = match s.state {
+                ServerState::Added => " — new server",
+                ServerState::Removed => " — removed",
+                ServerState::Changed if s.needs_restart() => " — restart required",
+                ServerState::Changed => "",
+            };
+            let _ = writeln!(out, "\n#### Server `{}`{state}\n", s.name);
+            let app_changes: Vec<&Change> = s.applications.iter().flat_map(|a| &a.changes).collect();
+            if !s.changes.is_empty() || !app_changes.is_empty() {
+                out.push_str("| setting | change | effect |\n|---|---|---|\n");
+                for c in s.changes.iter().chain(app_changes) {
+                    row(&mut out, c);
+                }
+            }
+            for a in &s.applications {
+                let why = if a.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", a.reasons.join("; "))
+                };
+                let action = serde_json::to_value(a.action).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let _ = writeln!(out, "- {action} `{}`{why}", a.name);
+            }
+        }
+        for (title, changes) in [("Master", &self.master), ("Domain", &self.domain)] {
+            if changes.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "\n#### {title}\n\n| setting | change | effect |\n|---|---|---|");
+            for c in changes {
+                row(&mut out, c);
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "format_version": crate::diag::FORMAT_VERSION,
+            "from": self.from,
+            "to": self.to,
+            "summary": self.summary(),
+            "restart": self.restarts(),
+            "master_restart": self.master_restart(),
+            "servers": self.servers,
+            "master": self.master,
+            "domain": self.domain,
+        })
+    }
+}
+
+/// Flattens a serialized value into `path → value` leaves. Arrays are leaves.
+pub fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&path, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.clone());
+        }
+    }
+}
+
+fn leaves<T: Serialize>(prefix: &str, v: Option<&T>) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    if let Some(v) = v {
+        // Serializing the model's own types cannot fail: no maps with non-string keys.
+        if let Ok(json) = serde_json::to_value(v) {
+            flatten(prefix, &json, &mut out);
+        }
+    }
+    out
+}
+
+fn show(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(show).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The changed leaves between two values of one entity, classified by the table.
+fn changes<T: Serialize + PartialEq>(file: FileKind, prefix: &str, old: Option<&T>, new: Option<&T>) -> Vec<Change> {
+    if old == new {
+        return Vec::new();
+    }
+    let (a, b) = (leaves(prefix, old), leaves(prefix, new));
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        let (o, n) = (a.get(k), b.get(k));
+        if o == n {
+            continue;
+        }
+        let setting = settings::lookup(file, k);
+        let secret = setting.is_some_and(|s| s.secret);
+        out.push(Change {
+            path: k.clone(),
+            file: file.path(),
+            old: if secret { o.map(|_| "(secret)".into()) } else { o.map(show) },
+            new: if secret { n.map(|_| "(secret)".into()) } else { n.map(show) },
+            // An unclassified path cannot exist (a test walks every leaf); restart is the safe answer.
+            effect: setting.map_or(Effect::Restart, |s| s.effect),
+            secret,
+        });
+    }
+    out
+}
+
+fn app_plan(old: &Loaded, new: &Loaded, name: &str) -> Option<AppPlan> {
+    let (oa, na) = (&old.domain.config.applications[name], &new.domain.config.applications[name]);
+    // Targets decide where an application runs, not how: that shows as deploy/undeploy.
+    let mut changes: Vec<Change> = changes(FileKind::Domain, &format!("applications.{name}"), Some(oa), Some(na))
+        .into_iter()
+        .filter(|c| !c.path.ends_with(".targets") && !c.path.ends_with(".description"))
+        .collect();
+    let mut reasons = Vec::new();
+    if old.content.get(name) != new.content.get(name) {
+        reasons.push(format!("content of `{}` changed", na.source));
+    }
+    let redeploy = changes.iter().any(|c| c.effect >= Effect::Redeploy);
+    if redeploy {
+        let keys: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.effect >= Effect::Redeploy)
+            .map(|c| c.path.rsplit('.').next().unwrap_or(&c.path))
+            .collect();
+        reasons.push(format!("changed: {}", keys.join(", ")));
+    }
+    changes.sort_by(|a, b| a.path.cmp(&b.path));
+    let action = if !reasons.is_empty() {
+        AppAction::Redeploy
+    } else if !changes.is_empty() {
+        AppAction::Update
+    } else {
+        return None;
+    };
+    Some(AppPlan {
+        name: name.to_owned(),
+        action,
+        reasons,
+        changes,
+    })
+}
+
+/// Computes what moving from `old` (`None`: an empty domain) to `new` takes, per server.
+pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
+    let empty;
+    let old = match old {
+        Some(o) => o,
+        None => {
+            empty = Loaded {
+                domain: Domain::default(),
+                spans: Default::default(),
+                content: BTreeMap::new(),
+                revision: "(nothing)".into(),
+            };
+            &empty
+        }
+    };
+    let (od, nd) = (&old.domain.config, &new.domain.config);
+    let (old_deps, new_deps) = (old.domain.deployments(), new.domain.deployments());
+    let names: BTreeSet<&String> = od.servers.keys().chain(nd.servers.keys()).collect();
+    let mut servers = Vec::new();
+    for name in names {
+        let (os, ns) = (od.servers.get(name), nd.servers.get(name));
+        let state = match (os, ns) {
+            (None, _) => ServerState::Added,
+            (_, None) => ServerState::Removed,
+            _ => ServerState::Changed,
+        };
+        let changes = if state == ServerState::Changed {
+            changes(FileKind::Domain, &format!("servers.{name}"), os, ns)
+        } else {
+            Vec::new()
+        };
+        let no_apps = Vec::new();
+        let oapps: BTreeSet<&str> = old_deps.get(name.as_str()).unwrap_or(&no_apps).iter().copied().collect();
+        let napps: BTreeSet<&str> = new_deps.get(name.as_str()).unwrap_or(&no_apps).iter().copied().collect();
+        let mut applications = Vec::new();
+        for app in oapps.union(&napps) {
+            let p = match (oapps.contains(app), napps.contains(app)) {
+                (false, true) => Some(AppPlan {
+                    name: (*app).to_owned(),
+                    action: AppAction::Deploy,
+                    reasons: Vec::new(),
+                    changes: Vec::new(),
+                }),
+                (true, false) => Some(AppPlan {
+                    name: (*app).to_owned(),
+                    action: AppAction::Undeploy,
+                    reasons: Vec::new(),
+                    changes: Vec::new(),
+                }),
+                _ => app_plan(old, new, app),
+            };
+            applications.extend(p);
+        }
+        let pending_restart = changes
+            .iter()
+            .filter(|c| c.effect == Effect::Restart)
+            .map(|c| c.path.clone())
+            .collect();
+        if state != ServerState::Changed || !changes.is_empty() || !applications.is_empty() {
+            servers.push(ServerPlan {
+                name: name.clone(),
+                state,
+                changes,
+                applications,
+                pending_restart,
+            });
+        }
+    }
+    let master = changes(FileKind::Domain, "master", Some(&od.master), Some(&nd.master));
+    let mut domain = changes(FileKind::Domain, "domain", Some(&od.domain), Some(&nd.domain));
+    domain.extend(changes(FileKind::Domain, "clusters", Some(&od.clusters), Some(&nd.clusters)));
+    let (oacc, nacc) = (&old.domain.accounts, &new.domain.accounts);
+    domain.extend(changes(FileKind::Accounts, "", Some(oacc), Some(nacc)));
+    domain.extend(changes(FileKind::Policies, "", Some(&old.domain.policies), Some(&new.domain.policies)));
+    Plan {
+        from: old.revision.clone(),
+        to: new.revision.clone(),
+        servers,
+        master,
+        domain,
+    }
+}

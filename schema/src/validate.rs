@@ -1,0 +1,411 @@
+//! Semantic checks on a typed revision: references, conflicts, and what the files must contain
+//! together. Runs only when every file parsed and matched the schema.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::ops::Range;
+
+use crate::diag::Problem;
+use crate::load::Spans;
+use crate::model::{AppKind, Domain};
+use crate::settings::FileKind;
+use crate::tree::{EntryKind, Tree};
+
+const D: FileKind = FileKind::Domain;
+
+/// Archive suffixes an application source may have.
+pub const ARCHIVES: &[&str] = &[".tar", ".tar.gz", ".tgz", ".zip"];
+
+struct Checker<'a> {
+    domain: &'a Domain,
+    spans: &'a Spans,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, code: &'static str, file: FileKind, path: &str, msg: String) -> &mut Problem {
+        let span = self.spans.value(file, path);
+        self.problems.push(Problem::error(code, file.path(), span, msg));
+        self.problems.last_mut().expect("just pushed")
+    }
+
+    fn warning(&mut self, code: &'static str, file: FileKind, path: &str, msg: String) -> &mut Problem {
+        let span = self.spans.value(file, path);
+        self.problems.push(Problem::warning(code, file.path(), span, msg));
+        self.problems.last_mut().expect("just pushed")
+    }
+}
+
+/// Runs every semantic check, appending problems. Returns each application's content
+/// fingerprint (source and libraries) for the planner.
+pub fn check(
+    domain: &Domain,
+    spans: &Spans,
+    tree: &dyn Tree,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, String> {
+    let mut c = Checker {
+        domain,
+        spans,
+        problems,
+    };
+    thread_pools(&mut c);
+    clusters(&mut c);
+    ports(&mut c);
+    let content = applications(&mut c, tree);
+    context_paths(&mut c);
+    security(&mut c);
+    content
+}
+
+fn thread_pools(c: &mut Checker<'_>) {
+    for (sname, s) in &c.domain.config.servers {
+        let mut pools: Vec<(String, _)> = s
+            .web
+            .listeners
+            .iter()
+            .map(|(l, lis)| (format!("servers.{sname}.web.listeners.{l}.thread-pool"), lis.thread_pool))
+            .collect();
+        pools.push((format!("servers.{sname}.component.thread-pool"), s.component.thread_pool));
+        for (path, pool) in pools {
+            if pool.min > pool.max {
+                c.error(
+                    "invalid-range",
+                    D,
+                    &format!("{path}.min"),
+                    format!("`{path}.min` ({}) is greater than `max` ({})", pool.min, pool.max),
+                )
+                .hint = Some("make `min` at most `max`".into());
+            }
+        }
+    }
+}
+
+fn clusters(c: &mut Checker<'_>) {
+    let cfg = &c.domain.config;
+    let mut member_of: HashMap<&str, (&str, String)> = HashMap::new();
+    for (cname, cluster) in &cfg.clusters {
+        if cfg.servers.contains_key(cname) {
+            c.error(
+                "name-conflict",
+                D,
+                &format!("clusters.{cname}"),
+                format!("`{cname}` names both a server and a cluster"),
+            )
+            .hint = Some("rename the cluster; targets must say which one they mean".into());
+        }
+        if cluster.servers.is_empty() {
+            c.warning(
+                "empty-cluster",
+                D,
+                &format!("clusters.{cname}"),
+                format!("cluster `{cname}` has no servers"),
+            );
+        }
+        for (i, member) in cluster.servers.iter().enumerate() {
+            let path = format!("clusters.{cname}.servers[{i}]");
+            if !cfg.servers.contains_key(member) {
+                let hint = suggest(member, cfg.servers.keys());
+                c.error(
+                    "unknown-server",
+                    D,
+                    &path,
+                    format!("cluster `{cname}` lists `{member}`, which is not a server"),
+                )
+                .hint = Some(hint);
+                continue;
+            }
+            if let Some((other, first)) = member_of.get(member.as_str()) {
+                if *other != cname {
+                    let related = c.spans.value(D, first);
+                    let msg = format!("server `{member}` is in two clusters: `{other}` and `{cname}`");
+                    let p = c.error("server-in-two-clusters", D, &path, msg);
+                    p.related = related.map(|r| (r, format!("also in `{other}` here")));
+                    p.hint = Some("a server belongs to at most one cluster; remove it from one".into());
+                }
+            } else {
+                member_of.insert(member, (cname, path));
+            }
+        }
+    }
+}
+
+/// Treats the names of this machine as one node, so `localhost` and `127.0.0.1` conflict.
+fn node_key(node: &str) -> String {
+    match node.to_ascii_lowercase().as_str() {
+        "localhost" | "127.0.0.1" | "::1" | "localhost.localdomain" => "localhost".into(),
+        other => other.to_owned(),
+    }
+}
+
+fn ports(c: &mut Checker<'_>) {
+    struct Bind {
+        node: String,
+        ip: IpAddr,
+        port: u16,
+        path: String,
+        what: String,
+    }
+    let cfg = &c.domain.config;
+    let mut binds = vec![Bind {
+        node: node_key(&cfg.master.node),
+        ip: cfg.master.listen.ip(),
+        port: cfg.master.listen.port(),
+        path: "master.listen".into(),
+        what: "the Master's base port".into(),
+    }];
+    for (sname, s) in &cfg.servers {
+        let node = node_key(&s.node);
+        binds.push(Bind {
+            node: node.clone(),
+            ip: s.listen.ip(),
+            port: s.listen.port(),
+            path: format!("servers.{sname}.listen"),
+            what: format!("the base port of server `{sname}`"),
+        });
+        for (lname, l) in &s.web.listeners {
+            binds.push(Bind {
+                node: node.clone(),
+                ip: l.address,
+                port: l.port,
+                path: format!("servers.{sname}.web.listeners.{lname}.port"),
+                what: format!("web listener `{lname}` of server `{sname}`"),
+            });
+        }
+        if let Some(m) = &s.messaging.listener {
+            binds.push(Bind {
+                node: node.clone(),
+                ip: m.address,
+                port: m.port,
+                path: format!("servers.{sname}.messaging.listener.port"),
+                what: format!("the messaging listener of server `{sname}`"),
+            });
+        }
+    }
+    let mut by_port: HashMap<(&str, u16), Vec<usize>> = HashMap::new();
+    for (i, b) in binds.iter().enumerate() {
+        let earlier = by_port.entry((b.node.as_str(), b.port)).or_default();
+        let clash = earlier.iter().copied().find(|&j| {
+            let a = &binds[j];
+            a.ip == b.ip || a.ip.is_unspecified() || b.ip.is_unspecified()
+        });
+        earlier.push(i);
+        if let Some(j) = clash {
+            let first = &binds[j];
+            let related = c.spans.value(D, &first.path);
+            let msg = format!(
+                "port {} on node `{}` is used twice: by {} and by {}",
+                b.port, b.node, first.what, b.what
+            );
+            let p = c.error("port-conflict", D, &b.path, msg);
+            p.label = Some("conflicting port".into());
+            p.related = related.map(|r| (r, format!("{} uses it here", first.what)));
+            p.hint = Some("give each listener on a node its own port (without listeners, a server's web engine takes its base port + 1)".into());
+        }
+    }
+}
+
+fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String> {
+    let cfg = &c.domain.config;
+    let mut content = BTreeMap::new();
+    for (aname, app) in &cfg.applications {
+        let base = format!("applications.{aname}");
+        if app.targets.is_empty() {
+            c.warning(
+                "no-targets",
+                D,
+                &base,
+                format!("application `{aname}` has no targets and is deployed nowhere"),
+            )
+            .hint = Some("add `targets = [\"<server or cluster>\"]`".into());
+        }
+        for (i, t) in app.targets.iter().enumerate() {
+            if !cfg.servers.contains_key(t) && !cfg.clusters.contains_key(t) {
+                let hint = suggest(t, cfg.servers.keys().chain(cfg.clusters.keys()));
+                c.error(
+                    "unknown-target",
+                    D,
+                    &format!("{base}.targets[{i}]"),
+                    format!("application `{aname}` targets `{t}`, which is neither a server nor a cluster"),
+                )
+                .hint = Some(hint);
+            }
+        }
+        match (app.kind, &app.command) {
+            (AppKind::Process, None) => {
+                c.error(
+                    "missing-key",
+                    D,
+                    &format!("{base}.kind"),
+                    format!("process application `{aname}` has no `command`"),
+                )
+                .hint = Some("add `command = \"bin/app\"` (a program inside the deploy image)".into());
+            }
+            (AppKind::Static, Some(_)) => {
+                c.warning(
+                    "ignored-key",
+                    D,
+                    &format!("{base}.command"),
+                    format!("`command` is ignored for static application `{aname}`"),
+                );
+            }
+            _ => {}
+        }
+        let mut fingerprint = String::new();
+        let source_path = format!("{base}.source");
+        match tree.entry(&app.source) {
+            Ok(Some(e)) if e.kind == EntryKind::Dir => fingerprint.push_str(&e.id),
+            Ok(Some(e)) if e.kind == EntryKind::File && ARCHIVES.iter().any(|s| app.source.ends_with(s)) => {
+                fingerprint.push_str(&e.id)
+            }
+            Ok(Some(_)) => {
+                c.error(
+                    "bad-source",
+                    D,
+                    &source_path,
+                    format!("`{}` is neither a directory nor an archive ({})", app.source, ARCHIVES.join(", ")),
+                );
+            }
+            Ok(None) => {
+                c.error(
+                    "missing-source",
+                    D,
+                    &source_path,
+                    format!("`{}` is not in this revision", app.source),
+                )
+                .hint = Some("commit the application's files at that path, or fix the path".into());
+            }
+            Err(e) => {
+                c.error("unreadable", D, &source_path, format!("cannot read `{}`: {e}", app.source));
+            }
+        }
+        for (i, lib) in app.libraries.iter().enumerate() {
+            let path = format!("{base}.libraries[{i}]");
+            match tree.entry(lib) {
+                Ok(Some(e)) if e.kind == EntryKind::Dir => {
+                    fingerprint.push(':');
+                    fingerprint.push_str(&e.id);
+                }
+                Ok(Some(_)) => {
+                    c.error("bad-library", D, &path, format!("library `{lib}` is not a directory"));
+                }
+                Ok(None) => {
+                    c.error("missing-library", D, &path, format!("library `{lib}` is not in this revision"));
+                }
+                Err(e) => {
+                    c.error("unreadable", D, &path, format!("cannot read `{lib}`: {e}"));
+                }
+            }
+        }
+        content.insert(aname.clone(), fingerprint);
+    }
+    content
+}
+
+fn context_paths(c: &mut Checker<'_>) {
+    let deployments = c.domain.deployments();
+    let mut reported: Vec<(String, String)> = Vec::new();
+    for (server, apps) in deployments {
+        let mut by_path: HashMap<&str, &str> = HashMap::new();
+        for app in apps {
+            let ctx = c.domain.config.applications[app].context_path.as_str();
+            match by_path.get(ctx) {
+                Some(first) => {
+                    // One report per pair of applications, naming the first server it happens on.
+                    let pair = (first.to_string(), app.to_string());
+                    if reported.contains(&pair) {
+                        continue;
+                    }
+                    reported.push(pair);
+                    let related: Option<Range<usize>> =
+                        c.spans.value(D, &format!("applications.{first}.context-path"));
+                    let msg = format!(
+                        "context path `{ctx}` is used twice on server `{server}`: by `{first}` and by `{app}`"
+                    );
+                    let p = c.error("context-path-conflict", D, &format!("applications.{app}.context-path"), msg);
+                    p.related = related.map(|r| (r, format!("`{first}` uses it here")));
+                    p.hint = Some("give each application on a server its own context path".into());
+                }
+                None => {
+                    by_path.insert(ctx, app);
+                }
+            }
+        }
+    }
+}
+
+fn security(c: &mut Checker<'_>) {
+    let acc = &c.domain.accounts;
+    let pol = &c.domain.policies;
+    for (uname, user) in &acc.users {
+        for (i, g) in user.groups.iter().enumerate() {
+            if !acc.groups.contains_key(g) {
+                c.error(
+                    "unknown-group",
+                    FileKind::Accounts,
+                    &format!("users.{uname}.groups[{i}]"),
+                    format!("user `{uname}` is in group `{g}`, which is not defined"),
+                )
+                .hint = Some(format!("add `[groups.{g}]`, or {}", suggest(g, acc.groups.keys())));
+            }
+        }
+    }
+    if acc.users.is_empty() {
+        c.problems.push(
+            Problem::error("no-users", FileKind::Accounts.path(), None, "no users are defined: nobody could use the Master")
+                .hint("add `[users.admin]` with a `password` hash from `steward hash-password`"),
+        );
+    }
+    for (rname, role) in &pol.roles {
+        for (i, g) in role.groups.iter().enumerate() {
+            if !acc.groups.contains_key(g) {
+                c.error(
+                    "unknown-group",
+                    FileKind::Policies,
+                    &format!("roles.{rname}.groups[{i}]"),
+                    format!("role `{rname}` names group `{g}`, which is not defined in `security/accounts.toml`"),
+                )
+                .hint = Some(suggest(g, acc.groups.keys()));
+            }
+        }
+        for (i, u) in role.users.iter().enumerate() {
+            if !acc.users.contains_key(u) {
+                c.error(
+                    "unknown-user",
+                    FileKind::Policies,
+                    &format!("roles.{rname}.users[{i}]"),
+                    format!("role `{rname}` names user `{u}`, which is not defined in `security/accounts.toml`"),
+                )
+                .hint = Some(suggest(u, acc.users.keys()));
+            }
+        }
+    }
+    let any_admin = acc
+        .users
+        .keys()
+        .any(|u| c.domain.permits(u, "git:push") && c.domain.permits(u, "domain:read"));
+    if !acc.users.is_empty() && !any_admin {
+        c.problems.push(
+            Problem::warning(
+                "no-administrator",
+                FileKind::Policies.path(),
+                None,
+                "no user may both read the domain and push to it: nobody can change this domain through the Master",
+            )
+            .hint("grant a role with `permissions = [\"*\"]` to the administrators group"),
+        );
+    }
+}
+
+fn suggest<'a>(word: &str, names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    match crate::values::did_you_mean(word, names.iter().copied()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None if names.is_empty() => "none is defined".into(),
+        None if names.len() <= 8 => format!(
+            "defined: {}",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ),
+        None => format!("{} are defined; check the spelling", names.len()),
+    }
+}
