@@ -46,7 +46,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn error(code: &'static str, file: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn error(
+        code: &'static str,
+        file: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem {
             severity: Severity::Error,
             code,
@@ -59,7 +64,12 @@ impl Problem {
         }
     }
 
-    pub fn warning(code: &'static str, file: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        code: &'static str,
+        file: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem {
             severity: Severity::Warning,
             ..Problem::error(code, file, span, message)
@@ -168,8 +178,11 @@ impl Report {
     /// Problems in file order, then position.
     pub fn sort(&mut self) {
         self.problems.sort_by(|a, b| {
-            (&a.file, a.span.as_ref().map(|s| s.start), a.severity)
-                .cmp(&(&b.file, b.span.as_ref().map(|s| s.start), b.severity))
+            (&a.file, a.span.as_ref().map(|s| s.start), a.severity).cmp(&(
+                &b.file,
+                b.span.as_ref().map(|s| s.start),
+                b.severity,
+            ))
         });
     }
 
@@ -342,7 +355,9 @@ fn clamp(span: &Range<usize>, text: &str) -> Range<usize> {
 }
 
 fn gh_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn gh_prop(s: &str) -> String {

@@ -35,7 +35,13 @@ impl Spans {
 
     /// The span of the value at `path`, else of the nearest enclosing key that was written.
     pub fn value(&self, file: FileKind, path: &str) -> Option<Range<usize>> {
-        self.find(file, path).map(|(exact, p)| if exact { p.value.clone() } else { p.key.clone() })
+        self.find(file, path).map(|(exact, p)| {
+            if exact {
+                p.value.clone()
+            } else {
+                p.key.clone()
+            }
+        })
     }
 
     /// The span of the key at `path`, else of the nearest enclosing key that was written.
@@ -132,8 +138,12 @@ fn load_file<T: DeserializeOwned>(
         Ok(Some(b)) => b,
         Ok(None) => {
             let hint = match file {
-                FileKind::Domain => "every domain repository has `domain.toml` at its root; `steward init` creates one from the example",
-                _ => "the domain's security configuration is required; copy it from `examples/domain1/security/`",
+                FileKind::Domain => {
+                    "every domain repository has `domain.toml` at its root; `steward init` creates one from the example"
+                }
+                _ => {
+                    "the domain's security configuration is required; copy it from `examples/domain1/security/`"
+                }
             };
             cx.problems.push(
                 Problem::error("missing-file", path, None, format!("`{path}` is missing"))
@@ -142,7 +152,12 @@ fn load_file<T: DeserializeOwned>(
             return None;
         }
         Err(e) => {
-            cx.problems.push(Problem::error("unreadable", path, None, format!("cannot read `{path}`: {e}")));
+            cx.problems.push(Problem::error(
+                "unreadable",
+                path,
+                None,
+                format!("cannot read `{path}`: {e}"),
+            ));
             return None;
         }
     };
@@ -153,8 +168,13 @@ fn load_file<T: DeserializeOwned>(
             let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
             report.files.insert(path.to_owned(), SourceText::new(lossy));
             cx.problems.push(
-                Problem::error("not-utf8", path, Some(at..at + 1), format!("`{path}` is not UTF-8 text"))
-                    .hint("save the file as UTF-8"),
+                Problem::error(
+                    "not-utf8",
+                    path,
+                    Some(at..at + 1),
+                    format!("`{path}` is not UTF-8 text"),
+                )
+                .hint("save the file as UTF-8"),
             );
             return None;
         }
@@ -164,15 +184,17 @@ fn load_file<T: DeserializeOwned>(
     for err in &syntax {
         let span = err.span().unwrap_or(0..0);
         cx.problems.push(
-            Problem::error("syntax", path, Some(span), format!("TOML syntax: {}", err.message().trim()))
-                .label("here"),
+            Problem::error(
+                "syntax",
+                path,
+                Some(span),
+                format!("TOML syntax: {}", err.message().trim()),
+            )
+            .label("here"),
         );
     }
     if syntax.is_empty() {
-        let mut walker = Walker {
-            file,
-            cx: &mut *cx,
-        };
+        let mut walker = Walker { file, cx: &mut *cx };
         let mut p = String::new();
         walker.table(settings::tree(file), table.get_ref(), table.span(), &mut p);
     }
@@ -213,6 +235,8 @@ impl Walker<'_, '_> {
     }
 
     fn table(&mut self, node: &Node, table: &DeTable<'_>, span: Range<usize>, path: &mut String) {
+        // Keys an unknown key was taken for (`prot` → `port`): not reported missing as well.
+        let mut suggested: Vec<&'static str> = Vec::new();
         for (key, value) in table.iter() {
             let name: &str = key.get_ref();
             let len = path.len();
@@ -229,7 +253,9 @@ impl Walker<'_, '_> {
                         }
                         self.entry(child, key.span(), value, path);
                     }
-                    None => self.unknown_key(node, name, key.span(), &path[..len]),
+                    None => {
+                        suggested.extend(self.unknown_key(node, name, key.span(), &path[..len]))
+                    }
                 },
             }
             path.truncate(len);
@@ -237,7 +263,7 @@ impl Walker<'_, '_> {
         for (name, child) in &node.children {
             let required = child.setting.is_some_and(|s| s.required)
                 || (path.is_empty() && *name == "domain" && self.file == FileKind::Domain);
-            if required && !table.contains_key(*name) {
+            if required && !table.contains_key(*name) && !suggested.contains(name) {
                 let msg = if path.is_empty() {
                     format!("missing table `[{name}]`")
                 } else {
@@ -255,14 +281,22 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn unknown_key(&mut self, node: &Node, name: &str, span: Range<usize>, parent: &str) {
-        let candidates: Vec<&str> = node.children.keys().copied().collect();
+    /// Reports an unknown key; returns the key it was probably meant to be.
+    fn unknown_key(
+        &mut self,
+        node: &Node,
+        name: &str,
+        span: Range<usize>,
+        parent: &str,
+    ) -> Option<&'static str> {
+        let candidates: Vec<&'static str> = node.children.keys().copied().collect();
         let place = if parent.is_empty() {
             "at the top level".to_owned()
         } else {
             format!("in `[{parent}]`")
         };
-        let hint = match values::did_you_mean(name, candidates.iter().copied()) {
+        let meant = values::did_you_mean(name, candidates.iter().copied());
+        let hint = match meant {
             Some(s) => format!("did you mean `{s}`?"),
             None if candidates.is_empty() => "this table takes no keys".to_owned(),
             None => format!("expected one of: {}", quote_list(&candidates)),
@@ -270,6 +304,7 @@ impl Walker<'_, '_> {
         let p = self.err("unknown-key", span, format!("unknown key `{name}` {place}"));
         p.label = Some("unknown key".into());
         p.hint = Some(hint);
+        meant
     }
 
     fn entry(&mut self, node: &Node, key_span: Range<usize>, value: &Val<'_>, path: &mut String) {
@@ -411,7 +446,10 @@ impl Walker<'_, '_> {
         match i64::from_str_radix(i.as_str(), i.radix()) {
             Ok(n) if (min..=max).contains(&n) => {}
             _ => {
-                let msg = format!("`{path}` is out of range: {} is not in {min}..={max}", i.as_str());
+                let msg = format!(
+                    "`{path}` is out of range: {} is not in {min}..={max}",
+                    i.as_str()
+                );
                 self.err("out-of-range", span, msg).label = Some(format!("must be {min}..={max}"));
             }
         }
@@ -428,7 +466,10 @@ impl Walker<'_, '_> {
                 .spans
                 .insert(self.file, item_path.clone(), item.span(), item.span());
             let Some(s) = item.get_ref().as_str() else {
-                let msg = format!("`{item_path}` must be a string, found {}", item.get_ref().type_str());
+                let msg = format!(
+                    "`{item_path}` must be a string, found {}",
+                    item.get_ref().type_str()
+                );
                 self.err("wrong-type", item.span(), msg);
                 continue;
             };
@@ -450,7 +491,11 @@ impl Walker<'_, '_> {
             if kind != Kind::StrList {
                 if let Some((_, first)) = seen.iter().find(|(x, _)| x == s) {
                     let first = first.clone();
-                    let p = self.err("duplicate", item.span(), format!("`{s}` is listed twice in `{path}`"));
+                    let p = self.err(
+                        "duplicate",
+                        item.span(),
+                        format!("`{s}` is listed twice in `{path}`"),
+                    );
                     p.related = Some((first, "first listed here".into()));
                     p.hint = Some("remove one of them".into());
                 }

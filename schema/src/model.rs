@@ -512,11 +512,7 @@ impl Domain {
         self.policies.roles.values().any(|role| {
             let holds = role.users.iter().any(|x| x == user)
                 || role.groups.iter().any(|g| u.groups.contains(g));
-            holds
-                && role
-                    .permissions
-                    .iter()
-                    .any(|p| p == "*" || p == permission)
+            holds && role.permissions.iter().any(|p| p == "*" || p == permission)
         })
     }
 }

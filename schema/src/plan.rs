@@ -22,6 +22,8 @@ pub struct Change {
     pub new: Option<String>,
     pub effect: Effect,
     pub secret: bool,
+    /// `old → new` as [`Change::describe`] says it (`(secret changed)` for secrets).
+    pub change: String,
 }
 
 impl Change {
@@ -143,7 +145,11 @@ impl Plan {
         )];
         parts.push(match restarts.len() {
             0 => "no restart needed".into(),
-            n => format!("{n} need{} a restart ({})", if n == 1 { "s" } else { "" }, restarts.join(", ")),
+            n => format!(
+                "{n} need{} a restart ({})",
+                if n == 1 { "s" } else { "" },
+                restarts.join(", ")
+            ),
         });
         let mut apps = Vec::new();
         for (action, word) in [
@@ -217,7 +223,12 @@ impl Plan {
 
     /// The plan as a pull-request comment.
     pub fn render_markdown(&self) -> String {
-        let mut out = format!("### Steward plan `{}` → `{}`\n\n**{}**\n", self.from, self.to, self.summary());
+        let mut out = format!(
+            "### Steward plan `{}` → `{}`\n\n**{}**\n",
+            self.from,
+            self.to,
+            self.summary()
+        );
         let restarts = self.restarts();
         if !restarts.is_empty() {
             let names: Vec<String> = restarts.iter().map(|s| format!("`{s}`")).collect();
@@ -240,7 +251,8 @@ impl Plan {
                 ServerState::Changed => "",
             };
             let _ = writeln!(out, "\n#### Server `{}`{state}\n", s.name);
-            let app_changes: Vec<&Change> = s.applications.iter().flat_map(|a| &a.changes).collect();
+            let app_changes: Vec<&Change> =
+                s.applications.iter().flat_map(|a| &a.changes).collect();
             if !s.changes.is_empty() || !app_changes.is_empty() {
                 out.push_str("| setting | change | effect |\n|---|---|---|\n");
                 for c in s.changes.iter().chain(app_changes) {
@@ -253,7 +265,10 @@ impl Plan {
                 } else {
                     format!(" ({})", a.reasons.join("; "))
                 };
-                let action = serde_json::to_value(a.action).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let action = serde_json::to_value(a.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
                 let _ = writeln!(out, "- {action} `{}`{why}", a.name);
             }
         }
@@ -261,7 +276,10 @@ impl Plan {
             if changes.is_empty() {
                 continue;
             }
-            let _ = writeln!(out, "\n#### {title}\n\n| setting | change | effect |\n|---|---|---|");
+            let _ = writeln!(
+                out,
+                "\n#### {title}\n\n| setting | change | effect |\n|---|---|---|"
+            );
             for c in changes {
                 row(&mut out, c);
             }
@@ -285,7 +303,11 @@ impl Plan {
 }
 
 /// Flattens a serialized value into `path → value` leaves. Arrays are leaves.
-pub fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+pub fn flatten(
+    prefix: &str,
+    value: &serde_json::Value,
+    out: &mut BTreeMap<String, serde_json::Value>,
+) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
@@ -325,7 +347,12 @@ fn show(v: &serde_json::Value) -> String {
 }
 
 /// The changed leaves between two values of one entity, classified by the table.
-fn changes<T: Serialize + PartialEq>(file: FileKind, prefix: &str, old: Option<&T>, new: Option<&T>) -> Vec<Change> {
+fn changes<T: Serialize + PartialEq>(
+    file: FileKind,
+    prefix: &str,
+    old: Option<&T>,
+    new: Option<&T>,
+) -> Vec<Change> {
     if old == new {
         return Vec::new();
     }
@@ -339,36 +366,60 @@ fn changes<T: Serialize + PartialEq>(file: FileKind, prefix: &str, old: Option<&
         }
         let setting = settings::lookup(file, k);
         let secret = setting.is_some_and(|s| s.secret);
-        out.push(Change {
+        let mut change = Change {
             path: k.clone(),
             file: file.path(),
-            old: if secret { o.map(|_| "(secret)".into()) } else { o.map(show) },
-            new: if secret { n.map(|_| "(secret)".into()) } else { n.map(show) },
+            old: if secret {
+                o.map(|_| "(secret)".into())
+            } else {
+                o.map(show)
+            },
+            new: if secret {
+                n.map(|_| "(secret)".into())
+            } else {
+                n.map(show)
+            },
             // An unclassified path cannot exist (a test walks every leaf); restart is the safe answer.
             effect: setting.map_or(Effect::Restart, |s| s.effect),
             secret,
-        });
+            change: String::new(),
+        };
+        change.change = change.describe();
+        out.push(change);
     }
     out
 }
 
 fn app_plan(old: &Loaded, new: &Loaded, name: &str) -> Option<AppPlan> {
-    let (oa, na) = (&old.domain.config.applications[name], &new.domain.config.applications[name]);
+    let (oa, na) = (
+        &old.domain.config.applications[name],
+        &new.domain.config.applications[name],
+    );
     // Targets decide where an application runs, not how: that shows as deploy/undeploy.
-    let mut changes: Vec<Change> = changes(FileKind::Domain, &format!("applications.{name}"), Some(oa), Some(na))
-        .into_iter()
-        .filter(|c| !c.path.ends_with(".targets") && !c.path.ends_with(".description"))
-        .collect();
+    let mut changes: Vec<Change> = changes(
+        FileKind::Domain,
+        &format!("applications.{name}"),
+        Some(oa),
+        Some(na),
+    )
+    .into_iter()
+    .filter(|c| !c.path.ends_with(".targets") && !c.path.ends_with(".description"))
+    .collect();
     let mut reasons = Vec::new();
     if old.content.get(name) != new.content.get(name) {
         reasons.push(format!("content of `{}` changed", na.source));
     }
     let redeploy = changes.iter().any(|c| c.effect >= Effect::Redeploy);
     if redeploy {
-        let keys: Vec<&str> = changes
+        let keys: Vec<String> = changes
             .iter()
             .filter(|c| c.effect >= Effect::Redeploy)
-            .map(|c| c.path.rsplit('.').next().unwrap_or(&c.path))
+            .map(|c| {
+                c.path
+                    .strip_prefix(&format!("applications.{name}."))
+                    .unwrap_or(&c.path)
+                    .to_owned()
+            })
             .collect();
         reasons.push(format!("changed: {}", keys.join(", ")));
     }
@@ -420,8 +471,18 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
             Vec::new()
         };
         let no_apps = Vec::new();
-        let oapps: BTreeSet<&str> = old_deps.get(name.as_str()).unwrap_or(&no_apps).iter().copied().collect();
-        let napps: BTreeSet<&str> = new_deps.get(name.as_str()).unwrap_or(&no_apps).iter().copied().collect();
+        let oapps: BTreeSet<&str> = old_deps
+            .get(name.as_str())
+            .unwrap_or(&no_apps)
+            .iter()
+            .copied()
+            .collect();
+        let napps: BTreeSet<&str> = new_deps
+            .get(name.as_str())
+            .unwrap_or(&no_apps)
+            .iter()
+            .copied()
+            .collect();
         let mut applications = Vec::new();
         for app in oapps.union(&napps) {
             let p = match (oapps.contains(app), napps.contains(app)) {
@@ -456,12 +517,32 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
             });
         }
     }
-    let master = changes(FileKind::Domain, "master", Some(&od.master), Some(&nd.master));
-    let mut domain = changes(FileKind::Domain, "domain", Some(&od.domain), Some(&nd.domain));
-    domain.extend(changes(FileKind::Domain, "clusters", Some(&od.clusters), Some(&nd.clusters)));
+    let master = changes(
+        FileKind::Domain,
+        "master",
+        Some(&od.master),
+        Some(&nd.master),
+    );
+    let mut domain = changes(
+        FileKind::Domain,
+        "domain",
+        Some(&od.domain),
+        Some(&nd.domain),
+    );
+    domain.extend(changes(
+        FileKind::Domain,
+        "clusters",
+        Some(&od.clusters),
+        Some(&nd.clusters),
+    ));
     let (oacc, nacc) = (&old.domain.accounts, &new.domain.accounts);
     domain.extend(changes(FileKind::Accounts, "", Some(oacc), Some(nacc)));
-    domain.extend(changes(FileKind::Policies, "", Some(&old.domain.policies), Some(&new.domain.policies)));
+    domain.extend(changes(
+        FileKind::Policies,
+        "",
+        Some(&old.domain.policies),
+        Some(&new.domain.policies),
+    ));
     Plan {
         from: old.revision.clone(),
         to: new.revision.clone(),

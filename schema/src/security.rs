@@ -20,8 +20,11 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
 
 /// Whether `password` matches a stored PHC hash. A malformed hash matches nothing.
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -46,6 +49,9 @@ mod example_tests {
     fn example_admin_password_is_admin() {
         let text = include_str!("../../examples/domain1/security/accounts.toml");
         let accounts: crate::model::AccountsFile = toml::from_str(text).unwrap();
-        assert!(super::verify_password("admin", &accounts.users["admin"].password));
+        assert!(super::verify_password(
+            "admin",
+            &accounts.users["admin"].password
+        ));
     }
 }

@@ -23,15 +23,29 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn error(&mut self, code: &'static str, file: FileKind, path: &str, msg: String) -> &mut Problem {
+    fn error(
+        &mut self,
+        code: &'static str,
+        file: FileKind,
+        path: &str,
+        msg: String,
+    ) -> &mut Problem {
         let span = self.spans.value(file, path);
-        self.problems.push(Problem::error(code, file.path(), span, msg));
+        self.problems
+            .push(Problem::error(code, file.path(), span, msg));
         self.problems.last_mut().expect("just pushed")
     }
 
-    fn warning(&mut self, code: &'static str, file: FileKind, path: &str, msg: String) -> &mut Problem {
+    fn warning(
+        &mut self,
+        code: &'static str,
+        file: FileKind,
+        path: &str,
+        msg: String,
+    ) -> &mut Problem {
         let span = self.spans.value(file, path);
-        self.problems.push(Problem::warning(code, file.path(), span, msg));
+        self.problems
+            .push(Problem::warning(code, file.path(), span, msg));
         self.problems.last_mut().expect("just pushed")
     }
 }
@@ -64,16 +78,27 @@ fn thread_pools(c: &mut Checker<'_>) {
             .web
             .listeners
             .iter()
-            .map(|(l, lis)| (format!("servers.{sname}.web.listeners.{l}.thread-pool"), lis.thread_pool))
+            .map(|(l, lis)| {
+                (
+                    format!("servers.{sname}.web.listeners.{l}.thread-pool"),
+                    lis.thread_pool,
+                )
+            })
             .collect();
-        pools.push((format!("servers.{sname}.component.thread-pool"), s.component.thread_pool));
+        pools.push((
+            format!("servers.{sname}.component.thread-pool"),
+            s.component.thread_pool,
+        ));
         for (path, pool) in pools {
             if pool.min > pool.max {
                 c.error(
                     "invalid-range",
                     D,
                     &format!("{path}.min"),
-                    format!("`{path}.min` ({}) is greater than `max` ({})", pool.min, pool.max),
+                    format!(
+                        "`{path}.min` ({}) is greater than `max` ({})",
+                        pool.min, pool.max
+                    ),
                 )
                 .hint = Some("make `min` at most `max`".into());
             }
@@ -118,10 +143,12 @@ fn clusters(c: &mut Checker<'_>) {
             if let Some((other, first)) = member_of.get(member.as_str()) {
                 if *other != cname {
                     let related = c.spans.value(D, first);
-                    let msg = format!("server `{member}` is in two clusters: `{other}` and `{cname}`");
+                    let msg =
+                        format!("server `{member}` is in two clusters: `{other}` and `{cname}`");
                     let p = c.error("server-in-two-clusters", D, &path, msg);
                     p.related = related.map(|r| (r, format!("also in `{other}` here")));
-                    p.hint = Some("a server belongs to at most one cluster; remove it from one".into());
+                    p.hint =
+                        Some("a server belongs to at most one cluster; remove it from one".into());
                 }
             } else {
                 member_of.insert(member, (cname, path));
@@ -239,7 +266,8 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
                     &format!("{base}.kind"),
                     format!("process application `{aname}` has no `command`"),
                 )
-                .hint = Some("add `command = \"bin/app\"` (a program inside the deploy image)".into());
+                .hint =
+                    Some("add `command = \"bin/app\"` (a program inside the deploy image)".into());
             }
             (AppKind::Static, Some(_)) => {
                 c.warning(
@@ -255,7 +283,10 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
         let source_path = format!("{base}.source");
         match tree.entry(&app.source) {
             Ok(Some(e)) if e.kind == EntryKind::Dir => fingerprint.push_str(&e.id),
-            Ok(Some(e)) if e.kind == EntryKind::File && ARCHIVES.iter().any(|s| app.source.ends_with(s)) => {
+            Ok(Some(e))
+                if e.kind == EntryKind::File
+                    && ARCHIVES.iter().any(|s| app.source.ends_with(s)) =>
+            {
                 fingerprint.push_str(&e.id)
             }
             Ok(Some(_)) => {
@@ -263,7 +294,11 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
                     "bad-source",
                     D,
                     &source_path,
-                    format!("`{}` is neither a directory nor an archive ({})", app.source, ARCHIVES.join(", ")),
+                    format!(
+                        "`{}` is neither a directory nor an archive ({})",
+                        app.source,
+                        ARCHIVES.join(", ")
+                    ),
                 );
             }
             Ok(None) => {
@@ -276,7 +311,12 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
                 .hint = Some("commit the application's files at that path, or fix the path".into());
             }
             Err(e) => {
-                c.error("unreadable", D, &source_path, format!("cannot read `{}`: {e}", app.source));
+                c.error(
+                    "unreadable",
+                    D,
+                    &source_path,
+                    format!("cannot read `{}`: {e}", app.source),
+                );
             }
         }
         for (i, lib) in app.libraries.iter().enumerate() {
@@ -287,10 +327,20 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
                     fingerprint.push_str(&e.id);
                 }
                 Ok(Some(_)) => {
-                    c.error("bad-library", D, &path, format!("library `{lib}` is not a directory"));
+                    c.error(
+                        "bad-library",
+                        D,
+                        &path,
+                        format!("library `{lib}` is not a directory"),
+                    );
                 }
                 Ok(None) => {
-                    c.error("missing-library", D, &path, format!("library `{lib}` is not in this revision"));
+                    c.error(
+                        "missing-library",
+                        D,
+                        &path,
+                        format!("library `{lib}` is not in this revision"),
+                    );
                 }
                 Err(e) => {
                     c.error("unreadable", D, &path, format!("cannot read `{lib}`: {e}"));
@@ -317,12 +367,18 @@ fn context_paths(c: &mut Checker<'_>) {
                         continue;
                     }
                     reported.push(pair);
-                    let related: Option<Range<usize>> =
-                        c.spans.value(D, &format!("applications.{first}.context-path"));
+                    let related: Option<Range<usize>> = c
+                        .spans
+                        .value(D, &format!("applications.{first}.context-path"));
                     let msg = format!(
                         "context path `{ctx}` is used twice on server `{server}`: by `{first}` and by `{app}`"
                     );
-                    let p = c.error("context-path-conflict", D, &format!("applications.{app}.context-path"), msg);
+                    let p = c.error(
+                        "context-path-conflict",
+                        D,
+                        &format!("applications.{app}.context-path"),
+                        msg,
+                    );
                     p.related = related.map(|r| (r, format!("`{first}` uses it here")));
                     p.hint = Some("give each application on a server its own context path".into());
                 }
@@ -346,14 +402,22 @@ fn security(c: &mut Checker<'_>) {
                     &format!("users.{uname}.groups[{i}]"),
                     format!("user `{uname}` is in group `{g}`, which is not defined"),
                 )
-                .hint = Some(format!("add `[groups.{g}]`, or {}", suggest(g, acc.groups.keys())));
+                .hint = Some(format!(
+                    "add `[groups.{g}]`, or {}",
+                    suggest(g, acc.groups.keys())
+                ));
             }
         }
     }
     if acc.users.is_empty() {
         c.problems.push(
-            Problem::error("no-users", FileKind::Accounts.path(), None, "no users are defined: nobody could use the Master")
-                .hint("add `[users.admin]` with a `password` hash from `steward hash-password`"),
+            Problem::error(
+                "no-users",
+                FileKind::Accounts.path(),
+                None,
+                "no users are defined: nobody could use the Master",
+            )
+            .hint("add `[users.admin]` with a `password` hash from `steward hash-password`"),
         );
     }
     for (rname, role) in &pol.roles {
@@ -404,7 +468,11 @@ fn suggest<'a>(word: &str, names: impl Iterator<Item = &'a String>) -> String {
         None if names.is_empty() => "none is defined".into(),
         None if names.len() <= 8 => format!(
             "defined: {}",
-            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         None => format!("{} are defined; check the spelling", names.len()),
     }

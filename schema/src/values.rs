@@ -18,9 +18,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write a number and a unit: `500ms`, `30s`, `5m`, `1h`"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("`{text}` is not a duration; write a number and a unit: `500ms`, `30s`, `5m`, `1h`")
+    })?;
     let ms = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -230,9 +230,9 @@ pub fn check_password_hash(value: &str) -> Result<(), String> {
         .map_err(|e| format!("malformed password hash ({e}); {HINT}"))?;
     match hash.algorithm.as_str() {
         "argon2id" | "argon2i" | "argon2d" if hash.hash.is_some() && hash.salt.is_some() => Ok(()),
-        "argon2id" | "argon2i" | "argon2d" => {
-            Err(format!("the password hash has no salt or no hash part; {HINT}"))
-        }
+        "argon2id" | "argon2i" | "argon2d" => Err(format!(
+            "the password hash has no salt or no hash part; {HINT}"
+        )),
         other => Err(format!(
             "unsupported password hash algorithm `{other}`: only Argon2 is accepted; {HINT}"
         )),
@@ -253,7 +253,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }
@@ -264,7 +266,10 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate to `word`, if it is close enough to be what was meant.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))
@@ -279,7 +284,12 @@ mod tests {
 
     #[test]
     fn durations_round_trip() {
-        for (text, ms) in [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000)] {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+        ] {
             let d = parse_duration(text).unwrap();
             assert_eq!(d.as_millis(), ms);
             assert_eq!(Dur(d).to_string(), text);
@@ -321,7 +331,11 @@ mod tests {
 
     #[test]
     fn password_hashes() {
-        assert!(check_password_hash("admin").unwrap_err().contains("plain-text"));
+        assert!(
+            check_password_hash("admin")
+                .unwrap_err()
+                .contains("plain-text")
+        );
         assert!(check_password_hash("$argon2id$v=19$garbage").is_err());
         assert!(check_password_hash("$md5$abc$def").is_err());
     }

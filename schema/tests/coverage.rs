@@ -44,7 +44,9 @@ fn maximal() -> Domain {
                 enabled: false,
                 format: AccessLogFormat::Json,
             },
-            session: Session { timeout: Dur::secs(1) },
+            session: Session {
+                timeout: Dur::secs(1),
+            },
         },
         component: Component {
             thread_pool: pool,
@@ -134,7 +136,12 @@ fn maximal() -> Domain {
                     description: "d".into(),
                 },
             ),
-            groups: one("g1", Group { description: "d".into() }),
+            groups: one(
+                "g1",
+                Group {
+                    description: "d".into(),
+                },
+            ),
         },
         policies: PoliciesFile {
             roles: one(
@@ -177,7 +184,11 @@ fn every_model_leaf_is_classified() {
             missing.push(format!("{}: {path}", file.path()));
         }
     }
-    assert!(missing.is_empty(), "unclassified settings (add them to SETTINGS):\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "unclassified settings (add them to SETTINGS):\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -191,7 +202,10 @@ fn every_table_row_is_a_model_field() {
         .filter(|s| !used.contains(&(s.file, s.path)))
         .map(|s| s.path)
         .collect();
-    assert!(stale.is_empty(), "table rows with no model field: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "table rows with no model field: {stale:?}"
+    );
 }
 
 #[test]
@@ -220,7 +234,8 @@ fn table_defaults_match_the_model() {
         "#,
     )
     .unwrap();
-    let accounts: AccountsFile = toml::from_str("[users.u1]\npassword = \"$x\"\n[groups.g1]\n").unwrap();
+    let accounts: AccountsFile =
+        toml::from_str("[users.u1]\npassword = \"$x\"\n[groups.g1]\n").unwrap();
     let policies: PoliciesFile = toml::from_str("[roles.r1]\n").unwrap();
     let mut values = BTreeMap::new();
     for (file, l) in [
@@ -247,7 +262,10 @@ fn table_defaults_match_the_model() {
             Some(actual) if *actual == documented => {}
             // Empty maps flatten to no leaf at all.
             None if empty_collection => {}
-            other => wrong.push(format!("{}: table says {}, model gives {other:?}", s.path, s.default)),
+            other => wrong.push(format!(
+                "{}: table says {}, model gives {other:?}",
+                s.path, s.default
+            )),
         }
     }
     assert!(wrong.is_empty(), "defaults disagree:\n{}", wrong.join("\n"));
@@ -255,6 +273,10 @@ fn table_defaults_match_the_model() {
 
 #[test]
 fn secrets_are_marked() {
-    let secret: Vec<&str> = SETTINGS.iter().filter(|s| s.secret).map(|s| s.path).collect();
+    let secret: Vec<&str> = SETTINGS
+        .iter()
+        .filter(|s| s.secret)
+        .map(|s| s.path)
+        .collect();
     assert_eq!(secret, ["users.*.password"]);
 }

@@ -11,10 +11,39 @@ const POLICIES: &str = include_str!("../../examples/domain1/security/policies.to
 
 /// Fragments that steer mutations toward interesting TOML.
 const TOKENS: &[&str] = &[
-    "[", "]", "[[", "]]", "=", "\"", "'", "\"\"\"", ",", "{", "}", ".", "\n", "#", "\\u00e9", "é",
-    "0x", "-", "1e999", "99999999999999999999", "true", "[servers.x]", "port = ", "listen = ",
-    "targets = [\"nope\"]", "[applications.z]\nkind = \"static\"\n", "\0", "\r\n", "\u{FEFF}",
-    "1979-05-27T07:32:00Z", "inf", "nan", "[servers.server1.web.listeners.http]",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "=",
+    "\"",
+    "'",
+    "\"\"\"",
+    ",",
+    "{",
+    "}",
+    ".",
+    "\n",
+    "#",
+    "\\u00e9",
+    "é",
+    "0x",
+    "-",
+    "1e999",
+    "99999999999999999999",
+    "true",
+    "[servers.x]",
+    "port = ",
+    "listen = ",
+    "targets = [\"nope\"]",
+    "[applications.z]\nkind = \"static\"\n",
+    "\0",
+    "\r\n",
+    "\u{FEFF}",
+    "1979-05-27T07:32:00Z",
+    "inf",
+    "nan",
+    "[servers.server1.web.listeners.http]",
 ];
 
 struct Rng(u64);
@@ -67,7 +96,11 @@ fn check(tree: &MemTree) {
     for p in &v.report.problems {
         if let Some(span) = &p.span {
             let text = &v.report.files[&p.file].text;
-            assert!(span.start <= text.len() && span.end <= text.len() + 1, "span {span:?} outside {}", p.file);
+            assert!(
+                span.start <= text.len() && span.end <= text.len() + 1,
+                "span {span:?} outside {}",
+                p.file
+            );
         }
         assert!(!p.message.is_empty());
     }
@@ -94,7 +127,11 @@ fn tree(domain: Vec<u8>, accounts: Vec<u8>, policies: Vec<u8>) -> MemTree {
 fn the_example_is_valid() {
     let t = tree(DOMAIN.into(), ACCOUNTS.into(), POLICIES.into());
     let v = schema::validate(&t);
-    assert!(v.report.problems.is_empty(), "{}", v.report.render_human(false));
+    assert!(
+        v.report.problems.is_empty(),
+        "{}",
+        v.report.render_human(false)
+    );
 }
 
 #[test]
@@ -116,7 +153,10 @@ fn mutated_domains_never_panic() {
         invalid += usize::from(!schema::validate(&t).report.is_valid());
     }
     // The mutator must actually reach the error paths, or this test proves nothing.
-    assert!(invalid as u64 > iterations / 4, "only {invalid} of {iterations} mutations were invalid");
+    assert!(
+        invalid as u64 > iterations / 4,
+        "only {invalid} of {iterations} mutations were invalid"
+    );
 }
 
 #[test]

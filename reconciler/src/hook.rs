@@ -1,0 +1,281 @@
+//! The pure parts of Steward's Git server hook: reading what `pre-receive` is given, and
+//! installing the hook into a bare repository. Validation itself happens in the binary
+//! (`steward hook pre-receive`), which opens the repository with
+//! [`Repo::open_from_env`](crate::git::Repo::open_from_env) to see the pushed objects.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use gix::bstr::ByteSlice;
+
+use crate::git::Oid;
+
+/// File name of the copy of a foreign `pre-receive` hook that [`install`] replaced.
+pub const BACKUP_NAME: &str = "pre-receive.steward-backup";
+
+/// Marks a hook script as Steward's own, so reinstalling does not back it up over the original.
+const MARKER: &str = "# Installed by `steward hook install`";
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("pre-receive input line {line}: {reason}: {text:?}")]
+    Malformed {
+        line: usize,
+        text: String,
+        reason: &'static str,
+    },
+    #[error(
+        "{path}: not a bare Git repository ({reason}); install the hook on the server's repository"
+    )]
+    NotBare { path: PathBuf, reason: String },
+    #[error("{path}: {what}: {error}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        error: std::io::Error,
+    },
+}
+
+type Result<T, E = HookError> = std::result::Result<T, E>;
+
+/// One line of `pre-receive` input: `ref` moves from `old` to `new`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefUpdate {
+    /// The ref's current value, all zeros when the push creates it.
+    pub old: Oid,
+    /// The pushed value, all zeros when the push deletes the ref. For an annotated tag this is the
+    /// tag object; [`Repo::resolve`](crate::git::Repo::resolve) peels it to its commit.
+    pub new: Oid,
+    /// The full ref name, e.g. `refs/heads/main`.
+    pub name: String,
+}
+
+impl RefUpdate {
+    /// The push deletes the ref: there is no new commit to validate.
+    pub fn is_delete(&self) -> bool {
+        self.new.is_null()
+    }
+
+    /// The push creates the ref: there is no previous commit to diff against.
+    pub fn is_create(&self) -> bool {
+        self.old.is_null()
+    }
+}
+
+/// Parse the standard input git gives `pre-receive`: one `<old> SP <new> SP <ref> LF` per
+/// updated ref. Blank lines are ignored; anything else malformed is an error, since silently
+/// skipping an update would let it through unvalidated.
+pub fn parse_pre_receive(input: &str) -> Result<Vec<RefUpdate>> {
+    let mut out = Vec::new();
+    for (i, raw) in input.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let malformed = |reason| HookError::Malformed {
+            line: i + 1,
+            text: line.to_owned(),
+            reason,
+        };
+        let mut fields = line.split(' ');
+        let (Some(old), Some(new), Some(name), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(malformed("expected `<old-id> <new-id> <ref-name>`"));
+        };
+        let old = Oid::from_hex(old).map_err(|_| malformed("the old value is not an object id"))?;
+        let new = Oid::from_hex(new).map_err(|_| malformed("the new value is not an object id"))?;
+        if name.is_empty() {
+            return Err(malformed("the ref name is empty"));
+        }
+        if old.as_gix().kind() != new.as_gix().kind() {
+            return Err(malformed("the old and new ids use different hash kinds"));
+        }
+        out.push(RefUpdate {
+            old,
+            new,
+            name: name.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Why `path` is not a bare repository, or `None` when it is one.
+fn not_bare_reason(path: &Path) -> Option<String> {
+    if !path.is_dir() {
+        return Some("no such directory".to_owned());
+    }
+    let missing: Vec<&str> = [("objects", true), ("refs", true), ("HEAD", false)]
+        .into_iter()
+        .filter(|(name, dir)| {
+            let p = path.join(name);
+            if *dir { !p.is_dir() } else { !p.is_file() }
+        })
+        .map(|(name, _)| name)
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!("missing {}", missing.join(", ")));
+    }
+    // A work tree's `.git` directory has the same layout; ask git's rules whether it is bare.
+    let opts = gix::open::Options::default().open_path_as_is(true);
+    match gix::ThreadSafeRepository::open_opts(path, opts) {
+        Ok(repo) if repo.work_dir().is_none() => None,
+        Ok(_) => Some("it belongs to a work tree".to_owned()),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Install Steward as the `pre-receive` hook of the bare repository `bare_repo`, running
+/// `steward_exe` (made absolute against the current directory, since git runs hooks from the
+/// repository). Returns the hook's path.
+///
+/// The script is written to a temporary file next to it and renamed into place, so a push never
+/// runs a half-written hook. An existing `pre-receive` hook is replaced: the first time, when it
+/// is not already Steward's, its content is kept as [`BACKUP_NAME`] in the hooks directory (an
+/// existing backup is never overwritten). Nothing else of the old hook is preserved or chained.
+pub fn install(bare_repo: &Path, steward_exe: &Path) -> Result<PathBuf> {
+    if let Some(reason) = not_bare_reason(bare_repo) {
+        return Err(HookError::NotBare {
+            path: bare_repo.to_owned(),
+            reason,
+        });
+    }
+    let exe = std::path::absolute(steward_exe).map_err(|error| HookError::Io {
+        path: steward_exe.to_owned(),
+        what: "cannot make the executable path absolute",
+        error,
+    })?;
+    let io = |path: &Path, what: &'static str| {
+        let path = path.to_owned();
+        move |error| HookError::Io { path, what, error }
+    };
+
+    let hooks = bare_repo.join("hooks");
+    fs::create_dir_all(&hooks).map_err(io(&hooks, "cannot create the hooks directory"))?;
+    let hook = hooks.join("pre-receive");
+    let backup = hooks.join(BACKUP_NAME);
+
+    match fs::read(&hook) {
+        Ok(existing) => {
+            let ours = existing.find(MARKER.as_bytes()).is_some();
+            if !ours && !backup.exists() {
+                // A copy, not a rename: the old hook stays active until the new one replaces it.
+                fs::copy(&hook, &backup)
+                    .map_err(io(&backup, "cannot back up the existing hook"))?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&hook, "cannot read the existing hook")(e)),
+    }
+
+    let script = script(&exe).map_err(io(&exe, "cannot use this executable path"))?;
+    let tmp = hooks.join(format!(".pre-receive.steward-{}.tmp", std::process::id()));
+    let written = write_executable(&tmp, &script).and_then(|()| fs::rename(&tmp, &hook));
+    if let Err(error) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(HookError::Io {
+            path: hook,
+            what: "cannot write the hook",
+            error,
+        });
+    }
+    Ok(hook)
+}
+
+/// The hook script: `exec` so that git sees Steward's exit status and output directly.
+fn script(exe: &Path) -> std::io::Result<Vec<u8>> {
+    let path = gix::path::os_str_into_bstr(exe.as_os_str())
+        .map_err(|_| std::io::Error::other("the path is not valid Unicode"))?;
+    let mut s = Vec::new();
+    s.extend_from_slice(b"#!/bin/sh\n");
+    s.extend_from_slice(MARKER.as_bytes());
+    s.extend_from_slice(b": validates every pushed commit.\n");
+    s.extend_from_slice(b"exec ");
+    s.extend_from_slice(&gix::quote::single(path));
+    s.extend_from_slice(b" hook pre-receive\n");
+    Ok(s)
+}
+
+fn write_executable(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o755);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(content)?;
+    #[cfg(unix)]
+    {
+        // `mode` above is filtered by the umask; hooks must be executable regardless.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o755))?;
+    }
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+    const Z: &str = "0000000000000000000000000000000000000000";
+
+    #[test]
+    fn parses_updates_creates_and_deletes() {
+        let input =
+            format!("{A} {B} refs/heads/main\n{Z} {A} refs/heads/new\n\n{B} {Z} refs/tags/v1\n");
+        let updates = parse_pre_receive(&input).expect("valid input");
+        assert_eq!(updates.len(), 3);
+        assert_eq!(updates[0].old.to_hex(), A);
+        assert_eq!(updates[0].new.to_hex(), B);
+        assert_eq!(updates[0].name, "refs/heads/main");
+        assert!(!updates[0].is_delete() && !updates[0].is_create());
+        assert!(updates[1].is_create() && !updates[1].is_delete());
+        assert!(updates[2].is_delete());
+        assert_eq!(updates[2].name, "refs/tags/v1");
+    }
+
+    #[test]
+    fn empty_input_is_no_updates() {
+        assert_eq!(parse_pre_receive("").expect("empty is valid"), vec![]);
+    }
+
+    #[test]
+    fn rejects_malformed_lines_with_their_number() {
+        let cases = [
+            format!("{A} {B}"),
+            format!("{A} {B} refs/heads/main extra"),
+            format!("{A}  {B} refs/heads/main"),
+            format!("1234 {B} refs/heads/main"),
+            format!("{A} {}x refs/heads/main", &B[..39]),
+            format!("{A} {B} "),
+            "garbage".to_owned(),
+        ];
+        for case in cases {
+            let input = format!("{A} {B} refs/heads/ok\n{case}\n");
+            match parse_pre_receive(&input) {
+                Err(HookError::Malformed { line, text, .. }) => {
+                    assert_eq!(line, 2, "{case:?}");
+                    assert_eq!(text, case);
+                }
+                other => panic!("{case:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn script_quotes_the_path() {
+        let s = script(Path::new("/opt/it's here/steward")).expect("unicode path");
+        let s = String::from_utf8(s).expect("utf-8");
+        assert!(s.starts_with("#!/bin/sh\n"));
+        assert!(
+            s.contains(r#"exec '/opt/it'\''s here/steward' hook pre-receive"#),
+            "{s}"
+        );
+    }
+}

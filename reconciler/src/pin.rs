@@ -1,0 +1,502 @@
+//! The pin: which commit of the domain repository the domain runs, and the record of every pin and
+//! rejection.
+//!
+//! Two pieces of state, both crash-safe on their own:
+//! - `refs/steward/pinned` in the bare repository, moved only by compare-and-swap on its previous
+//!   value (a gix ref transaction, which takes git's own `.lock` file, so it also excludes a
+//!   concurrent `git update-ref`). A ref is written to a lock file and renamed: never half-written.
+//! - `DOMAIN_HOME/config/pins.jsonl`, one JSON record per line, appended with `O_APPEND` and
+//!   `fsync`ed per record. A crash mid-write can leave a torn last line; readers skip it and the next
+//!   append starts on a fresh line, so one torn record never swallows the next.
+//!
+//! The ref is the truth; the history explains it. The ref moves first and the record follows, so a
+//! crash in between leaves a pin without its record, which [`PinStore::recover`] detects and records
+//! on the next start (never the reverse: a record claiming a pin that did not happen).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gix::refs::Target;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use serde::{Deserialize, Serialize};
+
+use crate::git::Oid;
+
+/// The ref that names the pinned commit.
+pub const PINNED_REF: &str = "refs/steward/pinned";
+/// The history file's name, next to `domain.git` in `DOMAIN_HOME/config`.
+pub const HISTORY_FILE: &str = "pins.jsonl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{path}: cannot open the domain repository: {cause}")]
+    Open { path: PathBuf, cause: String },
+    #[error("cannot read {PINNED_REF}: {0}")]
+    Read(String),
+    #[error("{PINNED_REF} moved concurrently: expected {expected}, found {found}")]
+    Conflict { expected: String, found: String },
+    #[error("cannot move {PINNED_REF} to {commit}: {cause}")]
+    Write { commit: String, cause: String },
+    #[error("{path}: {what}: {error}")]
+    History {
+        path: PathBuf,
+        what: &'static str,
+        error: std::io::Error,
+    },
+}
+
+type Result<T, E = PinError> = std::result::Result<T, E>;
+
+/// Where a pin or rejection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `steward init`: the first commit.
+    Init,
+    /// A push over the Master's Git smart HTTP.
+    Push,
+    /// A ref change noticed in the repository (a push by file path or ssh through the hook).
+    Watch,
+    /// Mirror mode: the upstream poll.
+    Poll,
+    /// Mirror mode: a webhook call.
+    Webhook,
+    /// An operator pinned an older commit.
+    Rollback,
+    /// The Master found the ref ahead of the history after a crash and recorded the pin.
+    Recovered,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Init => "init",
+            Source::Push => "push",
+            Source::Watch => "watch",
+            Source::Poll => "poll",
+            Source::Webhook => "webhook",
+            Source::Rollback => "rollback",
+            Source::Recovered => "recovered",
+        }
+    }
+}
+
+/// What happened to a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pinned,
+    Rejected,
+}
+
+/// One line of `pins.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub outcome: Outcome,
+    /// Full hex id of the commit pinned or rejected.
+    pub commit: String,
+    /// The pin before this one (for a rejection: the pin that stayed).
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// When it happened, RFC 3339 UTC.
+    pub at: String,
+    pub source: Source,
+    /// The commit's author, `Name <email>`.
+    #[serde(default)]
+    pub author: Option<String>,
+    /// The authenticated user whose push brought the commit, when known.
+    #[serde(default)]
+    pub pusher: Option<String>,
+    /// The commit message's first line.
+    #[serde(default)]
+    pub summary: String,
+    /// For rejections: the validator's problems, as in `steward validate --format json`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<serde_json::Value>,
+}
+
+/// The pin ref and history of one domain home.
+#[derive(Debug, Clone)]
+pub struct PinStore {
+    git_dir: PathBuf,
+    history: PathBuf,
+}
+
+impl PinStore {
+    /// The store of the domain home `home` (`home/config/domain.git`, `home/config/pins.jsonl`).
+    pub fn for_home(home: &Path) -> PinStore {
+        let config = home.join("config");
+        PinStore::new(config.join("domain.git"), config.join(HISTORY_FILE))
+    }
+
+    pub fn new(git_dir: PathBuf, history: PathBuf) -> PinStore {
+        PinStore { git_dir, history }
+    }
+
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    pub fn history_path(&self) -> &Path {
+        &self.history
+    }
+
+    /// Opened afresh on each call: a long-lived gix handle caches packed refs, and the pin must
+    /// always be read from disk as git last wrote it.
+    fn repo(&self) -> Result<gix::Repository> {
+        gix::open_opts(&self.git_dir, gix::open::Options::isolated()).map_err(|e| PinError::Open {
+            path: self.git_dir.clone(),
+            cause: e.to_string(),
+        })
+    }
+
+    /// The pinned commit, `None` when nothing was ever pinned.
+    pub fn pinned(&self) -> Result<Option<Oid>> {
+        read_ref(&self.repo()?)
+    }
+
+    /// Moves the pin to `new` if, and only if, it is still `expected` (`None`: not pinned yet).
+    /// Callers validate `new` first: this only guarantees the move is atomic and not lost to a race.
+    pub fn set(&self, new: Oid, expected: Option<Oid>) -> Result<()> {
+        let repo = self.repo()?;
+        let previous = match expected {
+            Some(old) => PreviousValue::MustExistAndMatch(Target::Object(old.as_gix().to_owned())),
+            None => PreviousValue::MustNotExist,
+        };
+        let name = PINNED_REF
+            .try_into()
+            .map_err(|e: gix::validate::reference::name::Error| PinError::Write {
+                commit: new.to_hex(),
+                cause: e.to_string(),
+            })?;
+        let edit = RefEdit {
+            change: Change::Update {
+                log: LogChange {
+                    mode: RefLog::AndReference,
+                    force_create_reflog: false,
+                    message: "steward: pin".into(),
+                },
+                expected: previous,
+                new: Target::Object(new.as_gix().to_owned()),
+            },
+            name,
+            deref: false,
+        };
+        if let Err(e) = repo.edit_reference(edit) {
+            // Tell a lost race apart from an I/O failure: the caller re-reads and retries on the former.
+            let found = read_ref(&repo)?;
+            if found != expected {
+                return Err(PinError::Conflict {
+                    expected: expected.map_or("nothing".into(), |o| o.to_hex()),
+                    found: found.map_or("nothing".into(), |o| o.to_hex()),
+                });
+            }
+            return Err(PinError::Write {
+                commit: new.to_hex(),
+                cause: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves the pin (compare-and-swap) and then records it.
+    pub fn pin(&self, new: Oid, expected: Option<Oid>, record: &Record) -> Result<()> {
+        self.set(new, expected)?;
+        self.append(record)
+    }
+
+    /// Appends one record, durably: the record is on disk when this returns.
+    pub fn append(&self, record: &Record) -> Result<()> {
+        let err = |what| {
+            let path = self.history.clone();
+            move |error| PinError::History { path, what, error }
+        };
+        let mut line = serde_json::to_vec(record)
+            .map_err(|e| err("cannot encode a record")(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.history)
+            .map_err(err("cannot open the history"))?;
+        // After a torn write the file does not end in a newline; start a fresh line so the torn
+        // fragment stays one unreadable line instead of corrupting this record too.
+        if ends_without_newline(&mut file).map_err(err("cannot read the history"))? {
+            line.insert(0, b'\n');
+        }
+        // One write call: with O_APPEND the record lands contiguously at the end.
+        file.write_all(&line)
+            .map_err(err("cannot append to the history"))?;
+        file.sync_data().map_err(err("cannot sync the history"))
+    }
+
+    /// Every readable record, oldest first. Lines that do not parse (a torn last write) are skipped.
+    pub fn history(&self) -> Result<Vec<Record>> {
+        let text = match std::fs::read(&self.history) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => {
+                return Err(PinError::History {
+                    path: self.history.clone(),
+                    what: "cannot read the history",
+                    error,
+                });
+            }
+        };
+        Ok(text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect())
+    }
+
+    /// The last `pinned` record, if any.
+    pub fn last_pin(&self) -> Result<Option<Record>> {
+        Ok(self
+            .history()?
+            .into_iter()
+            .rev()
+            .find(|r| r.outcome == Outcome::Pinned))
+    }
+
+    /// After a crash between moving the ref and appending its record, the ref is ahead of the
+    /// history: record the pin now (source `recovered`). Returns the record written, if any.
+    pub fn recover(&self, describe: impl FnOnce(Oid) -> Record) -> Result<Option<Record>> {
+        let Some(pinned) = self.pinned()? else {
+            return Ok(None);
+        };
+        let last = self.last_pin()?;
+        if last.as_ref().is_some_and(|r| r.commit == pinned.to_hex()) {
+            return Ok(None);
+        }
+        let mut record = describe(pinned);
+        record.source = Source::Recovered;
+        record.previous = last.map(|r| r.commit);
+        self.append(&record)?;
+        Ok(Some(record))
+    }
+}
+
+fn read_ref(repo: &gix::Repository) -> Result<Option<Oid>> {
+    match repo.try_find_reference(PINNED_REF) {
+        Ok(None) => Ok(None),
+        Ok(Some(r)) => match r.target().try_id() {
+            Some(id) => Ok(Some(Oid::from(id.to_owned()))),
+            None => Err(PinError::Read("it is a symbolic ref".into())),
+        },
+        Err(e) => Err(PinError::Read(e.to_string())),
+    }
+}
+
+fn ends_without_newline(file: &mut File) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+/// Now, as RFC 3339 UTC with seconds (`2026-11-24T05:13:39Z`).
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC. Hand-rolled (Howard Hinnant's civil-from-days) to avoid a date crate for one
+/// format.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("steward-pin-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn record(commit: &str, outcome: Outcome) -> Record {
+        Record {
+            outcome,
+            commit: commit.into(),
+            previous: None,
+            at: now_rfc3339(),
+            source: Source::Push,
+            author: Some("A <a@example.com>".into()),
+            pusher: None,
+            summary: "change".into(),
+            problems: vec![],
+        }
+    }
+
+    /// A bare repository with two commits made by the git binary; returns (store, first, second).
+    fn repo_with_commits(dir: &Path) -> (PinStore, Oid, Oid) {
+        let git = dir.join("domain.git");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t")
+                .output()
+                .expect("git runs");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned()
+        };
+        let g = git.to_str().expect("utf-8 path");
+        run(&["init", "-q", "--bare", g]);
+        let tree = run(&[
+            "--git-dir",
+            g,
+            "hash-object",
+            "-t",
+            "tree",
+            "-w",
+            "/dev/null",
+        ]);
+        let a = run(&["--git-dir", g, "commit-tree", &tree, "-m", "one"]);
+        let b = run(&["--git-dir", g, "commit-tree", &tree, "-p", &a, "-m", "two"]);
+        let store = PinStore::new(git, dir.join(HISTORY_FILE));
+        (
+            store,
+            Oid::from_hex(&a).expect("id"),
+            Oid::from_hex(&b).expect("id"),
+        )
+    }
+
+    #[test]
+    fn compare_and_swap() {
+        let dir = tmp("cas");
+        let (store, a, b) = repo_with_commits(&dir);
+        assert_eq!(store.pinned().expect("read"), None);
+        store.set(a, None).expect("first pin");
+        assert!(matches!(store.set(b, None), Err(PinError::Conflict { .. })));
+        assert!(matches!(
+            store.set(b, Some(b)),
+            Err(PinError::Conflict { .. })
+        ));
+        assert_eq!(store.pinned().expect("read"), Some(a));
+        store.set(b, Some(a)).expect("swap");
+        assert_eq!(store.pinned().expect("read"), Some(b));
+        // git itself sees the same ref.
+        let out = std::process::Command::new("git")
+            .args(["--git-dir"])
+            .arg(store.git_dir())
+            .args(["rev-parse", PINNED_REF])
+            .output()
+            .expect("git");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), b.to_hex());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn history_survives_a_torn_last_line() {
+        let dir = tmp("torn");
+        let store = PinStore::new(dir.join("domain.git"), dir.join(HISTORY_FILE));
+        assert!(store.history().expect("empty").is_empty());
+        store.append(&record("a", Outcome::Pinned)).expect("append");
+        store
+            .append(&record("b", Outcome::Rejected))
+            .expect("append");
+        // Simulate a crash in the middle of a write.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store.history_path())
+            .expect("open");
+        f.write_all(br#"{"outcome":"pinned","comm"#)
+            .expect("torn write");
+        drop(f);
+        let h = store.history().expect("read");
+        assert_eq!(
+            h.iter().map(|r| r.commit.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        store
+            .append(&record("c", Outcome::Pinned))
+            .expect("append after torn");
+        let h = store.history().expect("read");
+        assert_eq!(
+            h.iter().map(|r| r.commit.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            store.last_pin().expect("read").map(|r| r.commit),
+            Some("c".into())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recover_records_a_pin_missing_from_history() {
+        let dir = tmp("recover");
+        let (store, a, b) = repo_with_commits(&dir);
+        store
+            .pin(a, None, &record(&a.to_hex(), Outcome::Pinned))
+            .expect("pin");
+        assert_eq!(
+            store
+                .recover(|c| record(&c.to_hex(), Outcome::Pinned))
+                .expect("noop"),
+            None
+        );
+        // Crash after the ref moved, before the record.
+        store.set(b, Some(a)).expect("move");
+        let rec = store
+            .recover(|c| record(&c.to_hex(), Outcome::Pinned))
+            .expect("recover")
+            .expect("a record");
+        assert_eq!(rec.source, Source::Recovered);
+        assert_eq!(rec.previous, Some(a.to_hex()));
+        assert_eq!(
+            store.last_pin().expect("read").map(|r| r.commit),
+            Some(b.to_hex())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_238_019);
+        assert_eq!(rfc3339(t), "2026-11-21T05:13:39Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,61 @@
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+#[derive(clap::Subcommand)]
+pub enum HookCommand {
+    /// Run as a Git pre-receive hook: validate every pushed commit, refuse the push if any is invalid.
+    PreReceive,
+    /// Install the pre-receive hook into a bare repository.
+    Install {
+        #[arg(long)]
+        repo: PathBuf,
+    },
+}
+
+pub fn run(cmd: HookCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        HookCommand::Install { repo } => {
+            let exe = std::env::current_exe().context("cannot find the steward executable")?;
+            let hook = reconciler::hook::install(&repo, &exe)?;
+            println!("installed {}", hook.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        HookCommand::PreReceive => pre_receive(),
+    }
+}
+
+fn pre_receive() -> anyhow::Result<ExitCode> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input)?;
+    let updates = reconciler::hook::parse_pre_receive(&input)?;
+    let repo = reconciler::git::Repo::open_from_env()
+        .context("cannot open the repository the hook runs in")?;
+    let mut ok = true;
+    for u in updates.iter().filter(|u| !u.is_delete()) {
+        let tree = repo.tree(u.new)?;
+        let v = schema::validate(&tree);
+        let report = &v.report;
+        if report.problems.is_empty() {
+            eprintln!("steward: {} {} is valid", u.name, report.revision);
+            continue;
+        }
+        // Git shows the hook's stderr to the pusher, each line prefixed `remote:`.
+        eprint!("{}", report.render_short());
+        if !report.is_valid() {
+            ok = false;
+            eprint!("{}", report.render_human(false));
+            eprintln!(
+                "steward: push to {} refused: fix the problems above and push again",
+                u.name
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,74 @@
+//! `steward`: the one binary. Parses the command line and hands off to `commands::*`; all domain
+//! logic lives in the `schema`, `reconciler` and `runtime` crates.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "steward",
+    version,
+    about = "Run a domain of application servers from a Git repository"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate one commit (default HEAD) or the working tree of a domain repository.
+    Validate(commands::validate::Args),
+    /// Dry run: what a change does to each server (exit 0 no change, 2 changes, 1 error).
+    Diff(commands::diff::Args),
+    /// Git server hooks.
+    #[command(subcommand)]
+    Hook(commands::hook::HookCommand),
+    /// Print the settings reference.
+    Schema {
+        /// Markdown, as in docs/settings.md.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Hash a password read from standard input, for security/accounts.toml.
+    HashPassword,
+    /// Create a domain home whose config/domain.git holds the first commit of a domain directory.
+    Init(commands::init::Args),
+    /// Run the Master Server in the foreground.
+    Master(commands::master::Args),
+}
+
+/// Output formats shared by commands that report problems.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+    Github,
+    Markdown,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Diff(args) => commands::diff::run(args),
+        Command::Hook(cmd) => commands::hook::run(cmd),
+        Command::Schema { markdown: _ } => {
+            print!("{}", schema::settings::markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashPassword => commands::hash_password(),
+        Command::Init(args) => commands::init::run(args),
+        Command::Master(args) => commands::master::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Helpers for end-to-end tests: temporary domain repositories driven with the real `git`
+//! binary, and the built `steward` run as a user would run it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The repository's example domain.
+pub fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/domain1")
+}
+
+/// A fresh directory under the target dir, unique per call, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The result of running a command, with text output.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Git with a fixed identity and clock, so commit ids (and snapshots naming them) are stable.
+pub fn git(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Op Erator")
+        .env("GIT_AUTHOR_EMAIL", "op@example.com")
+        .env("GIT_COMMITTER_NAME", "Op Erator")
+        .env("GIT_COMMITTER_EMAIL", "op@example.com")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("git runs");
+    out.into()
+}
+
+/// Runs the built `steward` in `dir`.
+pub fn steward(dir: &Path, args: &[&str]) -> Run {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("steward runs")
+        .into()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A working repository holding the example domain, committed once.
+pub struct Repo {
+    pub tmp: TempDir,
+}
+
+impl Repo {
+    pub fn example(name: &str) -> Repo {
+        let tmp = TempDir::new(name);
+        copy_dir(&example_dir(), tmp.path());
+        let r = Repo { tmp };
+        r.git(&["init", "-q", "-b", "main"]);
+        r.commit("the example domain");
+        r
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn git(&self, args: &[&str]) -> Run {
+        let r = git(self.path(), args);
+        assert_eq!(r.code, 0, "git {args:?} failed: {}", r.stderr);
+        r
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path().join(file)).unwrap()
+    }
+
+    pub fn write(&self, file: &str, content: &str) {
+        let p = self.path().join(file);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// Replaces `from` (which must occur) with `to` in `file`.
+    pub fn edit(&self, file: &str, from: &str, to: &str) {
+        let text = self.read(file);
+        assert!(text.contains(from), "`{from}` is not in {file}");
+        self.write(file, &text.replacen(from, to, 1));
+    }
+
+    /// Commits everything; returns the commit id.
+    pub fn commit(&self, msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+        self.git(&["rev-parse", "HEAD"]).stdout.trim().to_owned()
+    }
+
+    pub fn steward(&self, args: &[&str]) -> Run {
+        steward(self.path(), args)
+    }
+}
