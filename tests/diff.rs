@@ -108,6 +108,32 @@ fn secrets_never_print() {
 }
 
 #[test]
+fn secrets_in_inline_tables_never_print() {
+    let repo = Repo::example("diff-secret-inline");
+    let text = repo.read("security/accounts.toml");
+    let hash = text
+        .lines()
+        .find(|l| l.starts_with("password"))
+        .unwrap()
+        .to_owned();
+    let value = hash.trim_start_matches("password = ");
+    // The same user, written as an inline table under [users].
+    let start = text.find("[users.admin]").unwrap();
+    let end = text.find("[groups.administrators]").unwrap();
+    let inline =
+        format!("[users]\nadmin = {{ password = {value}, groups = [\"administrators\"] }}\n\n");
+    repo.write(
+        "security/accounts.toml",
+        &(text[..start].to_owned() + &inline + &text[end..]),
+    );
+    repo.commit("inline table");
+    let r = repo.steward(&["diff", "--text"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("(secret "), "{}", r.stdout);
+    assert!(!r.stdout.contains("argon2"), "leaks a hash: {}", r.stdout);
+}
+
+#[test]
 fn worktree_diff_and_root_commit() {
     let repo = Repo::example("diff-worktree");
     // The root commit: everything is new.

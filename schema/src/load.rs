@@ -2,7 +2,7 @@
 //! value against the classification table, deserialize the typed model, then run the semantic
 //! checks. Every problem is collected; nothing stops at the first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde::de::DeserializeOwned;
@@ -10,6 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Problem, Report, SourceText};
+use crate::fasthash::FastMap;
 use crate::model::{AccountsFile, Domain, DomainFile, PoliciesFile};
 use crate::settings::{self, FileKind, Kind, Node, PERMISSIONS};
 use crate::tree::Tree;
@@ -19,7 +20,7 @@ use crate::values;
 /// (`servers.s1.web.listeners.http.port`; array elements as `targets[0]`).
 #[derive(Debug, Clone, Default)]
 pub struct Spans {
-    map: HashMap<(FileKind, String), Place>,
+    map: FastMap<(FileKind, String), Place>,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,11 @@ struct Place {
 }
 
 impl Spans {
+    /// Makes room for about the number of entries a file of `len` bytes holds.
+    fn reserve_for(&mut self, len: usize) {
+        self.map.reserve(len / 24);
+    }
+
     fn insert(&mut self, file: FileKind, path: String, key: Range<usize>, value: Range<usize>) {
         self.map.insert((file, path), Place { key, value });
     }
@@ -180,6 +186,7 @@ fn load_file<T: DeserializeOwned>(
         }
     };
     let before = cx.problems.len();
+    cx.spans.reserve_for(text.len());
     let (table, syntax) = DeTable::parse_recoverable(&text);
     for err in &syntax {
         let span = err.span().unwrap_or(0..0);

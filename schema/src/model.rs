@@ -486,9 +486,9 @@ impl Domain {
         out
     }
 
-    /// Applications deployed to each server, keyed by server name.
-    pub fn deployments(&self) -> BTreeMap<&str, Vec<&str>> {
-        let mut out: BTreeMap<&str, Vec<&str>> = self
+    /// Applications deployed to each server (in name order), for every server.
+    pub fn deployments(&self) -> crate::fasthash::FastMap<&str, Vec<&str>> {
+        let mut out: crate::fasthash::FastMap<&str, Vec<&str>> = self
             .config
             .servers
             .keys()

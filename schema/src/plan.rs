@@ -73,6 +73,17 @@ pub struct AppPlan {
     pub changes: Vec<Change>,
 }
 
+impl AppPlan {
+    fn new(name: &str, action: AppAction) -> AppPlan {
+        AppPlan {
+            name: name.to_owned(),
+            action,
+            reasons: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerPlan {
     pub name: String,
@@ -457,6 +468,8 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
     let (od, nd) = (&old.domain.config, &new.domain.config);
     let (old_deps, new_deps) = (old.domain.deployments(), new.domain.deployments());
     let names: BTreeSet<&String> = od.servers.keys().chain(nd.servers.keys()).collect();
+    // What changes about an application is the same on every server it stays on: plan it once.
+    let mut app_plans: crate::fasthash::FastMap<&str, Option<AppPlan>> = Default::default();
     let mut servers = Vec::new();
     for name in names {
         let (os, ns) = (od.servers.get(name), nd.servers.get(name));
@@ -471,36 +484,39 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
             Vec::new()
         };
         let no_apps = Vec::new();
-        let oapps: BTreeSet<&str> = old_deps
-            .get(name.as_str())
-            .unwrap_or(&no_apps)
-            .iter()
-            .copied()
-            .collect();
-        let napps: BTreeSet<&str> = new_deps
-            .get(name.as_str())
-            .unwrap_or(&no_apps)
-            .iter()
-            .copied()
-            .collect();
+        let oapps = old_deps.get(name.as_str()).unwrap_or(&no_apps);
+        let napps = new_deps.get(name.as_str()).unwrap_or(&no_apps);
         let mut applications = Vec::new();
-        for app in oapps.union(&napps) {
-            let p = match (oapps.contains(app), napps.contains(app)) {
-                (false, true) => Some(AppPlan {
-                    name: (*app).to_owned(),
-                    action: AppAction::Deploy,
-                    reasons: Vec::new(),
-                    changes: Vec::new(),
-                }),
-                (true, false) => Some(AppPlan {
-                    name: (*app).to_owned(),
-                    action: AppAction::Undeploy,
-                    reasons: Vec::new(),
-                    changes: Vec::new(),
-                }),
-                _ => app_plan(old, new, app),
+        // Both lists are in application-name order: walk them together.
+        let (mut i, mut j) = (0, 0);
+        while i < oapps.len() || j < napps.len() {
+            let (o, n) = (oapps.get(i).copied(), napps.get(j).copied());
+            let order = match (o, n) {
+                (Some(o), Some(n)) => o.cmp(n),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
             };
-            applications.extend(p);
+            let step = match order {
+                std::cmp::Ordering::Less => {
+                    i += 1;
+                    o.map(|a| AppPlan::new(a, AppAction::Undeploy))
+                }
+                std::cmp::Ordering::Greater => {
+                    j += 1;
+                    n.map(|a| AppPlan::new(a, AppAction::Deploy))
+                }
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                    o.and_then(|a| {
+                        app_plans
+                            .entry(a)
+                            .or_insert_with(|| app_plan(old, new, a))
+                            .clone()
+                    })
+                }
+            };
+            applications.extend(step);
         }
         let pending_restart = changes
             .iter()

@@ -2,6 +2,8 @@
 //! together. Runs only when every file parsed and matched the schema.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::fasthash::FastMap;
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -352,40 +354,50 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
     content
 }
 
+/// Two applications conflict when they share a context path and a server. Grouping by context
+/// path first keeps this linear in applications, not in (server, application) pairs.
 fn context_paths(c: &mut Checker<'_>) {
-    let deployments = c.domain.deployments();
-    let mut reported: Vec<(String, String)> = Vec::new();
-    for (server, apps) in deployments {
-        let mut by_path: HashMap<&str, &str> = HashMap::new();
-        for app in apps {
-            let ctx = c.domain.config.applications[app].context_path.as_str();
-            match by_path.get(ctx) {
-                Some(first) => {
-                    // One report per pair of applications, naming the first server it happens on.
-                    let pair = (first.to_string(), app.to_string());
-                    if reported.contains(&pair) {
-                        continue;
-                    }
-                    reported.push(pair);
-                    let related: Option<Range<usize>> = c
-                        .spans
-                        .value(D, &format!("applications.{first}.context-path"));
-                    let msg = format!(
-                        "context path `{ctx}` is used twice on server `{server}`: by `{first}` and by `{app}`"
-                    );
-                    let p = c.error(
-                        "context-path-conflict",
-                        D,
-                        &format!("applications.{app}.context-path"),
-                        msg,
-                    );
-                    p.related = related.map(|r| (r, format!("`{first}` uses it here")));
-                    p.hint = Some("give each application on a server its own context path".into());
-                }
-                None => {
-                    by_path.insert(ctx, app);
-                }
-            }
+    let apps = &c.domain.config.applications;
+    let mut by_path: FastMap<&str, Vec<&str>> = FastMap::default();
+    for (name, app) in apps {
+        by_path
+            .entry(app.context_path.as_str())
+            .or_default()
+            .push(name);
+    }
+    let mut groups: Vec<(&str, Vec<&str>)> =
+        by_path.into_iter().filter(|(_, v)| v.len() > 1).collect();
+    groups.sort_unstable();
+    for (ctx, names) in groups {
+        let servers: Vec<Vec<&str>> = names
+            .iter()
+            .map(|n| c.domain.app_servers(&apps[*n]))
+            .collect();
+        for (i, app) in names.iter().enumerate() {
+            // The first earlier application sharing a server with this one, and that server.
+            let clash = (0..i).find_map(|j| {
+                servers[i]
+                    .iter()
+                    .find(|s| servers[j].contains(s))
+                    .map(|s| (names[j], *s))
+            });
+            let Some((first, server)) = clash else {
+                continue;
+            };
+            let related: Option<Range<usize>> = c
+                .spans
+                .value(D, &format!("applications.{first}.context-path"));
+            let msg = format!(
+                "context path `{ctx}` is used twice on server `{server}`: by `{first}` and by `{app}`"
+            );
+            let p = c.error(
+                "context-path-conflict",
+                D,
+                &format!("applications.{app}.context-path"),
+                msg,
+            );
+            p.related = related.map(|r| (r, format!("`{first}` uses it here")));
+            p.hint = Some("give each application on a server its own context path".into());
         }
     }
 }
