@@ -196,7 +196,8 @@ fn usage_errors_exit_2() {
 fn a_base_port_conflicts_with_a_listener() {
     let repo = Repo::example("baseport");
     // server4's management port is server1's web port; localhost and 127.0.0.1 are one node.
-    let text = repo.read("domain.toml") + "\n[servers.server4]\nnode = \"127.0.0.1\"\nlisten = \"127.0.0.1:8088\"\n";
+    let text = repo.read("domain.toml")
+        + "\n[servers.server4]\nnode = \"127.0.0.1\"\nlisten = \"127.0.0.1:8088\"\n";
     repo.write("domain.toml", &text);
     repo.commit("base port clash");
     let r = repo.steward(&["validate", "--format", "json"]);
@@ -205,14 +206,24 @@ fn a_base_port_conflicts_with_a_listener() {
     let problems = v["problems"].as_array().unwrap();
     let base = problems
         .iter()
-        .find(|p| p["message"].as_str().unwrap().contains("by the base port of server `server4`"))
+        .find(|p| {
+            p["message"]
+                .as_str()
+                .unwrap()
+                .contains("by the base port of server `server4`")
+        })
         .expect("the base port conflict");
     assert_eq!(base["code"], "port-conflict");
-    assert!(base["message"].as_str().unwrap().contains("port 8088"), "{base}");
+    assert!(
+        base["message"].as_str().unwrap().contains("port 8088"),
+        "{base}"
+    );
     assert_eq!(base["source_line"], "listen = \"127.0.0.1:8088\"");
     // Its default web listener (base port + 1 = 8089) takes server2's port too.
     assert!(
-        problems.iter().any(|p| p["message"].as_str().unwrap().contains("port 8089")),
+        problems
+            .iter()
+            .any(|p| p["message"].as_str().unwrap().contains("port 8089")),
         "{}",
         r.stdout
     );

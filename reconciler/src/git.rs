@@ -356,7 +356,8 @@ impl Repo {
     /// [`Repo::open_from_env`] with explicit variables: opens `env.git_dir`, else `fallback`, and
     /// reads objects from the repository plus every object directory `env` names. Reading sees a
     /// superset of what git sees (the repository's own objects are always included), which is
-    /// harmless for a reader.
+    /// harmless for a reader. Objects written through [`Repo::gix`] of such a `Repo` would land
+    /// in a throw-away directory: it is for reading only (refs are unaffected).
     pub fn open_with_env(env: &GitEnv, fallback: &Path) -> Result<Repo> {
         let path = env.git_dir.as_deref().unwrap_or(fallback);
         // `open_path_as_is`: with GIT_DIR git uses that directory itself, never `GIT_DIR/.git`.
@@ -374,7 +375,8 @@ impl Repo {
             });
         }
         let own = repo.objects_dir().to_owned();
-        let mut dirs = extra;
+        // Like git, skip directories that do not exist rather than failing on them.
+        let mut dirs: Vec<PathBuf> = extra.into_iter().filter(|d| d.is_dir()).collect();
         if !dirs.contains(&own) {
             dirs.push(own);
         }
@@ -794,8 +796,12 @@ impl WorkTree {
                 return Ok(Some((abs, meta)));
             }
         }
-        let meta = std::fs::symlink_metadata(&abs)
-            .map_err(|e| Self::io_err(path, "cannot inspect the root", &e))?;
+        // The root itself may be reached through a link (a checkout under a linked home); only
+        // links inside the tree are content.
+        let meta = std::fs::metadata(&abs).map_err(|e| TreeError {
+            path: abs.display().to_string(),
+            message: format!("cannot read the working tree: {e}"),
+        })?;
         Ok(Some((abs, meta)))
     }
 

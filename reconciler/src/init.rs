@@ -167,6 +167,7 @@ fn build(root: &Path, from: &Path, steward_exe: &Path, domain: &str) -> Result<O
         pusher: None,
         summary: info.summary,
         problems: Vec::new(),
+        branch_head: None,
     };
     store.pin(commit, None, &record)?;
     crate::hook::install(&git_dir, steward_exe)?;
@@ -189,6 +190,12 @@ fn commit_directory(git_dir: &Path, from: &Path, domain: &str) -> Result<Oid> {
     // The branch the Master follows, whatever init.defaultBranch says on this machine.
     let head = git_dir.join("HEAD");
     std::fs::write(&head, format!("ref: {BRANCH}\n")).map_err(io(&head, "cannot write"))?;
+    // Pushes (by HTTP, ssh or file path) must never move the pin themselves: only the Master
+    // does, after validating. Hidden refs refuse pushes and can still be fetched.
+    let config = git_dir.join("config");
+    let mut text = std::fs::read_to_string(&config).map_err(io(&config, "cannot read"))?;
+    text.push_str("[receive]\n\thideRefs = refs/steward\n");
+    std::fs::write(&config, text).map_err(io(&config, "cannot write"))?;
 
     let empty = gix::ObjectId::empty_tree(repo.object_hash());
     let mut editor = repo

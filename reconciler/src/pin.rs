@@ -115,6 +115,18 @@ pub struct Record {
     /// For rejections: the validator's problems, as in `steward validate --format json`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<serde_json::Value>,
+    /// For rollbacks: the head of the followed branch when the operator pinned an older commit.
+    /// That head counts as decided, so the Master does not re-pin it (also after a restart); the
+    /// next commit on the branch is pinned as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_head: Option<String>,
+}
+
+impl Record {
+    /// The branch head this record settled: what the Master need not decide on again.
+    pub fn decided_head(&self) -> &str {
+        self.branch_head.as_deref().unwrap_or(&self.commit)
+    }
 }
 
 /// The pin ref and history of one domain home.
@@ -355,6 +367,7 @@ mod tests {
             pusher: None,
             summary: "change".into(),
             problems: vec![],
+            branch_head: None,
         }
     }
 

@@ -357,6 +357,20 @@ fn work_tree_ids_equal_commit_ids() {
         Some(&b"deep\n"[..])
     );
     assert_eq!(work.label(), "working tree");
+
+    // A working tree reached through a link is still the same content.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let linked = elsewhere.path().join("domain");
+    std::os::unix::fs::symlink(dir, &linked).expect("symlink");
+    let through_link = WorkTree::new(&linked);
+    assert_eq!(
+        through_link.entry("").expect("root"),
+        commit.entry("").expect("root")
+    );
+    assert_eq!(
+        through_link.read("a.txt").expect("read").as_deref(),
+        Some(&b"dot\n"[..])
+    );
 }
 
 #[test]

@@ -99,31 +99,39 @@ fn pushed_commits_are_readable_inside_pre_receive() {
     std::fs::write(&hook_path, script).expect("write hook");
     common::chmod(&hook_path, 0o755);
 
-    write(&work.join("domain.toml"), "v2");
-    git(&work, &["commit", "-q", "-am", "second"]);
-    let second = git(&work, &["rev-parse", "HEAD"]);
-    let push = git_output(&work, &["push", server_arg, "HEAD:refs/heads/main"]);
-    let hook_log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        push.status.success(),
-        "push rejected: {}\nhook log:\n{hook_log}",
-        String::from_utf8_lossy(&push.stderr)
-    );
-    let seen = std::fs::read_to_string(&report).expect("the hook wrote its report");
-    assert_eq!(
-        seen,
-        format!(
-            "ref=refs/heads/main new={second} old={first} plain=None parent={first} \
-             summary=second domain=Some(\"v2\") kept=Some(\"unchanged\")\n"
-        ),
-        "hook log:\n{hook_log}"
-    );
-    // The hook accepted, so git moved the objects into the repository.
-    let after = Repo::open(&server).expect("open server");
-    assert_eq!(
-        after.resolve("main").expect("resolve").map(|i| i.to_hex()),
-        Some(second)
-    );
+    // Small pushes arrive as loose objects; with the server's `receive.unpackLimit` at 1 they
+    // stay a pack in the quarantine. Both must be readable.
+    let mut parent = first;
+    for (n, unpack_limit) in [(2, "100"), (3, "1")] {
+        git(&server, &["config", "receive.unpackLimit", unpack_limit]);
+        let _ = std::fs::remove_file(&report);
+        write(&work.join("domain.toml"), &format!("v{n}"));
+        git(&work, &["commit", "-q", "-am", &format!("change {n}")]);
+        let new = git(&work, &["rev-parse", "HEAD"]);
+        let push = git_output(&work, &["push", server_arg, "HEAD:refs/heads/main"]);
+        let hook_log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            push.status.success(),
+            "push rejected: {}\nhook log:\n{hook_log}",
+            String::from_utf8_lossy(&push.stderr)
+        );
+        let seen = std::fs::read_to_string(&report).expect("the hook wrote its report");
+        assert_eq!(
+            seen,
+            format!(
+                "ref=refs/heads/main new={new} old={parent} plain=None parent={parent} \
+                 summary=change {n} domain=Some(\"v{n}\") kept=Some(\"unchanged\")\n"
+            ),
+            "unpack limit {unpack_limit}; hook log:\n{hook_log}"
+        );
+        // The hook accepted, so git moved the objects into the repository.
+        let after = Repo::open(&server).expect("open server");
+        assert_eq!(
+            after.resolve("main").expect("resolve").map(|i| i.to_hex()),
+            Some(new.clone())
+        );
+        parent = new;
+    }
 }
 
 #[cfg(unix)]

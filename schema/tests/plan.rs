@@ -36,7 +36,10 @@ fn cluster_membership_moves_applications() {
     // server3 joins cluster1: the shop deploys there; nothing else changes.
     let b = load(
         "b",
-        &DOMAIN.replace("servers = [\"server1\", \"server2\"]", "servers = [\"server1\", \"server2\", \"server3\"]"),
+        &DOMAIN.replace(
+            "servers = [\"server1\", \"server2\"]",
+            "servers = [\"server1\", \"server2\", \"server3\"]",
+        ),
         "x",
     );
     let p = plan(Some(&a), &b);
@@ -44,12 +47,18 @@ fn cluster_membership_moves_applications() {
     let s3 = p.server("server3").unwrap();
     assert_eq!(s3.state, ServerState::Changed);
     assert_eq!(s3.applications.len(), 1);
-    assert_eq!((s3.applications[0].name.as_str(), s3.applications[0].action), ("shop", AppAction::Deploy));
+    assert_eq!(
+        (s3.applications[0].name.as_str(), s3.applications[0].action),
+        ("shop", AppAction::Deploy)
+    );
     assert!(!s3.needs_restart());
     assert_eq!(p.domain[0].path, "clusters.cluster1.servers");
     // And back: undeploy.
     let back = plan(Some(&b), &a);
-    assert_eq!(back.server("server3").unwrap().applications[0].action, AppAction::Undeploy);
+    assert_eq!(
+        back.server("server3").unwrap().applications[0].action,
+        AppAction::Undeploy
+    );
 }
 
 #[test]
@@ -65,7 +74,10 @@ fn added_and_removed_servers() {
     let p = plan(None, &a);
     assert_eq!(p.servers.len(), 3);
     assert!(p.servers.iter().all(|s| s.state == ServerState::Added));
-    assert_eq!(p.server("server1").unwrap().applications[0].action, AppAction::Deploy);
+    assert_eq!(
+        p.server("server1").unwrap().applications[0].action,
+        AppAction::Deploy
+    );
 }
 
 #[test]
@@ -88,14 +100,24 @@ fn effects_come_from_the_table() {
     let b = load(
         "b",
         &DOMAIN
-            .replace("env = { STEWARD_EXAMPLE = \"server1\" }", "env = { STEWARD_EXAMPLE = \"one\" }")
+            .replace(
+                "env = { STEWARD_EXAMPLE = \"server1\" }",
+                "env = { STEWARD_EXAMPLE = \"one\" }",
+            )
             .replace("listen = \"127.0.0.1:9736\"", "listen = \"127.0.0.1:9737\""),
         "x",
     );
     let p = plan(Some(&a), &b);
     let s1 = p.server("server1").unwrap();
-    assert_eq!(s1.pending_restart, ["servers.server1.process.env.STEWARD_EXAMPLE"]);
+    assert_eq!(
+        s1.pending_restart,
+        ["servers.server1.process.env.STEWARD_EXAMPLE"]
+    );
     assert_eq!(s1.changes[0].effect, Effect::Restart);
     assert!(p.master_restart());
-    assert!(p.summary().contains("the Master needs a restart"), "{}", p.summary());
+    assert!(
+        p.summary().contains("the Master needs a restart"),
+        "{}",
+        p.summary()
+    );
 }

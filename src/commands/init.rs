@@ -5,7 +5,8 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The domain home to create (DESIGN §7 layout). Must not exist, or be an empty directory.
+    /// The domain home to create (config/domain.git, lib/application/, servers/, .cache/). Must
+    /// not exist, or be an empty directory.
     pub domain_home: PathBuf,
     /// The domain directory whose files become the first commit. Relative paths are taken from the
     /// current directory, so the default only works from the top of the steward source tree.

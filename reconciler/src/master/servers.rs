@@ -1,0 +1,262 @@
+//! What the Master knows about each Managed Server: the last status it reported, and when.
+//!
+//! Servers push their status (the same document they serve at their own `GET /v1/status`) on
+//! registration and at every heartbeat; the Master never polls them. A server whose last heartbeat
+//! is older than `[master] heartbeat-timeout` is shown as `unreachable`. The registry lives in
+//! memory: after a Master restart, servers reappear at their next heartbeat (a few seconds), which
+//! is simpler and never stale, unlike a persisted copy.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// What a server reports (its element of `GET /v1/servers`, as served by its own `/v1/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Report {
+    /// Informational; the name in the URL is the one that counts.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The server's own state word (`starting`, `running`, `stopping`, …).
+    pub state: String,
+    /// `DEPENDENT` or `INDEPENDENT`.
+    pub mode: Mode,
+    /// The commit the server runs.
+    #[serde(default)]
+    pub applied_commit: Option<String>,
+    /// Setting paths that need a restart (the server computes them from diff(running, pinned)).
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
+    #[serde(default)]
+    pub failed_applications: Vec<String>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    #[serde(rename = "DEPENDENT", alias = "dependent")]
+    Dependent,
+    #[serde(rename = "INDEPENDENT", alias = "independent")]
+    Independent,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Dependent => "DEPENDENT",
+            Mode::Independent => "INDEPENDENT",
+        }
+    }
+}
+
+/// One element of `GET /v1/servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct View {
+    pub name: String,
+    /// The reported state; `unreachable` when heartbeats stopped; `unknown` when never heard from.
+    pub state: String,
+    pub mode: Option<Mode>,
+    pub applied_commit: Option<String>,
+    pub pending_restart: Vec<String>,
+    pub failed_applications: Vec<String>,
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the last heartbeat.
+    pub last_heartbeat: Option<String>,
+    pub reachable: bool,
+    /// Whether the pinned `domain.toml` defines this server (a removed server that still reports
+    /// shows `false`).
+    pub configured: bool,
+}
+
+struct Entry {
+    report: Report,
+    seen: Instant,
+    seen_at: String,
+    /// Whether the `unreachable` transition was already announced.
+    lost: bool,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl Registry {
+    /// Records a report. Returns the server's new view when something an operator cares about
+    /// changed (first report, state, mode, commit, pending restarts, failures, error, or coming
+    /// back after being unreachable), `None` for a plain heartbeat.
+    pub fn report(&self, name: &str, report: Report, configured: bool) -> Option<View> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match entries.get(name) {
+            None => true,
+            Some(old) => old.lost || !same(&old.report, &report),
+        };
+        let entry = Entry {
+            report,
+            seen: Instant::now(),
+            seen_at: crate::pin::now_rfc3339(),
+            lost: false,
+        };
+        let view = changed.then(|| view(name, Some(&entry), configured, Duration::MAX));
+        entries.insert(name.to_owned(), entry);
+        view
+    }
+
+    /// Every configured server (in name order), then servers that report but are no longer
+    /// configured.
+    pub fn list<'a>(
+        &self,
+        configured: impl Iterator<Item = &'a String>,
+        timeout: Duration,
+    ) -> Vec<View> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<View> = configured
+            .map(|n| view(n, entries.get(n), true, timeout))
+            .collect();
+        for (n, e) in entries.iter() {
+            if !out.iter().any(|v| v.name == *n) {
+                out.push(view(n, Some(e), false, timeout));
+            }
+        }
+        out
+    }
+
+    /// Servers that just went silent for longer than `timeout`, each returned once per outage.
+    pub fn newly_lost(&self, timeout: Duration, configured: impl Fn(&str) -> bool) -> Vec<View> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (n, e) in entries.iter_mut() {
+            if !e.lost && e.seen.elapsed() > timeout {
+                e.lost = true;
+                out.push(view(n, Some(e), configured(n), timeout));
+            }
+        }
+        out
+    }
+}
+
+fn same(a: &Report, b: &Report) -> bool {
+    (
+        &a.state,
+        a.mode,
+        &a.applied_commit,
+        &a.pending_restart,
+        &a.failed_applications,
+        &a.last_error,
+    ) == (
+        &b.state,
+        b.mode,
+        &b.applied_commit,
+        &b.pending_restart,
+        &b.failed_applications,
+        &b.last_error,
+    )
+}
+
+fn view(name: &str, entry: Option<&Entry>, configured: bool, timeout: Duration) -> View {
+    let Some(e) = entry else {
+        return View {
+            name: name.to_owned(),
+            state: "unknown".to_owned(),
+            mode: None,
+            applied_commit: None,
+            pending_restart: Vec::new(),
+            failed_applications: Vec::new(),
+            last_error: None,
+            last_heartbeat: None,
+            reachable: false,
+            configured,
+        };
+    };
+    let reachable = e.seen.elapsed() <= timeout;
+    View {
+        name: name.to_owned(),
+        state: if reachable {
+            e.report.state.clone()
+        } else {
+            "unreachable".to_owned()
+        },
+        mode: Some(e.report.mode),
+        applied_commit: e.report.applied_commit.clone(),
+        pending_restart: e.report.pending_restart.clone(),
+        failed_applications: e.report.failed_applications.clone(),
+        last_error: e.report.last_error.clone(),
+        last_heartbeat: Some(e.seen_at.clone()),
+        reachable,
+        configured,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(state: &str) -> Report {
+        serde_json::from_value(serde_json::json!({
+            "name": "server1", "state": state, "mode": "DEPENDENT",
+            "applied_commit": "abc", "pending_restart": [], "failed_applications": [],
+            "last_error": null
+        }))
+        .expect("a report")
+    }
+
+    #[test]
+    fn reports_changes_heartbeats_and_loss() {
+        let r = Registry::default();
+        let names = ["server1".to_owned(), "server2".to_owned()];
+        let v = r
+            .report("server1", report("running"), true)
+            .expect("first report is news");
+        assert_eq!((v.state.as_str(), v.reachable), ("running", true));
+        assert!(
+            r.report("server1", report("running"), true).is_none(),
+            "a plain heartbeat"
+        );
+        assert!(r.report("server1", report("stopping"), true).is_some());
+
+        let list = r.list(names.iter(), Duration::from_secs(10));
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].state, "stopping");
+        assert_eq!(list[0].mode, Some(Mode::Dependent));
+        assert_eq!(
+            (list[1].state.as_str(), list[1].reachable),
+            ("unknown", false)
+        );
+
+        std::thread::sleep(Duration::from_millis(20));
+        let lost = r.newly_lost(Duration::from_millis(10), |_| true);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].state, "unreachable");
+        assert!(
+            r.newly_lost(Duration::from_millis(10), |_| true).is_empty(),
+            "announced once"
+        );
+        assert_eq!(
+            r.list(names.iter(), Duration::from_millis(10))[0].state,
+            "unreachable"
+        );
+        let back = r
+            .report("server1", report("stopping"), true)
+            .expect("coming back is news");
+        assert!(back.reachable);
+
+        // A server no longer configured still shows, flagged.
+        r.report("old", report("running"), false);
+        let list = r.list(names.iter(), Duration::from_secs(10));
+        assert_eq!(list.len(), 3);
+        assert!(!list[2].configured);
+    }
+
+    #[test]
+    fn mode_is_checked() {
+        let bad = serde_json::json!({"state": "running", "mode": "SOMETIMES"});
+        assert!(serde_json::from_value::<Report>(bad).is_err());
+        let ok = serde_json::json!({"state": "running", "mode": "independent"});
+        assert_eq!(
+            serde_json::from_value::<Report>(ok).expect("ok").mode,
+            Mode::Independent
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Reading a push as it passes through: which refs it updates (the pkt-lines at the start of the
+//! request) and what the server answered (report-status and the hook's messages, multiplexed in
+//! the response's side bands).
+//!
+//! A push the pre-receive hook refuses never reaches the repository (git drops its quarantine), so
+//! the only place the Master can learn what was refused, and why, is the conversation itself. This
+//! lets such refusals be recorded in the pin history and announced as `rejected` events.
+
+/// Keep at most this much of a request (the commands come first; the pack is not needed).
+pub const REQUEST_LIMIT: usize = 64 * 1024;
+/// Keep at most this much of a response (report-status and hook messages are small).
+pub const RESPONSE_LIMIT: usize = 512 * 1024;
+
+/// One ref update requested by a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub old: String,
+    pub new: String,
+    pub name: String,
+}
+
+/// Splits `data` into pkt-line payloads; stops at a flush packet (`0000`) when `stop_at_flush`, or
+/// at the end. `None` when a packet is malformed or cut off before a flush it was asked to find.
+fn pkt_lines(data: &[u8], stop_at_flush: bool) -> Option<(Vec<&[u8]>, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 4 <= data.len() {
+        let len = std::str::from_utf8(&data[i..i + 4])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h, 16).ok())?;
+        if len < 4 {
+            // 0000 flush, 0001 delim, 0002 response-end: no payload.
+            i += 4;
+            if len == 0 && stop_at_flush {
+                return Some((out, i));
+            }
+            continue;
+        }
+        if i + len > data.len() {
+            break;
+        }
+        out.push(&data[i + 4..i + len]);
+        i += len;
+    }
+    if stop_at_flush { None } else { Some((out, i)) }
+}
+
+/// The ref updates at the start of a receive-pack request body.
+pub fn commands(request: &[u8]) -> Vec<Command> {
+    let Some((lines, _)) = pkt_lines(request, true) else {
+        return Vec::new();
+    };
+    lines
+        .into_iter()
+        .filter_map(|line| {
+            let line = line.split(|b| *b == 0).next().unwrap_or(line);
+            let text = std::str::from_utf8(line).ok()?.trim_end();
+            // A push certificate or shallow line is not a command.
+            let mut f = text.split(' ');
+            let (old, new, name) = (f.next()?, f.next()?, f.next()?);
+            let hex = |s: &str| s.len() >= 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+            (hex(old) && hex(new)).then(|| Command {
+                old: old.to_owned(),
+                new: new.to_owned(),
+                name: name.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// What a receive-pack response said: refused refs with git's reason, and the hook's messages
+/// (side band 2, what the pusher sees as `remote:` lines).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub refused: Vec<(String, String)>,
+    pub messages: String,
+}
+
+pub fn answer(response: &[u8]) -> Answer {
+    let mut out = Answer::default();
+    let Some((packets, _)) = pkt_lines(response, false) else {
+        return out;
+    };
+    let mut report = Vec::new();
+    let mut banded = false;
+    for p in &packets {
+        match p.first() {
+            Some(1) => {
+                banded = true;
+                report.extend_from_slice(&p[1..]);
+            }
+            Some(2) => {
+                banded = true;
+                out.messages.push_str(&String::from_utf8_lossy(&p[1..]));
+            }
+            _ => {}
+        }
+    }
+    // Without side bands (an old client), the report-status lines are the packets themselves.
+    let status: Vec<Vec<u8>> = if banded {
+        pkt_lines(&report, false)
+            .map(|(l, _)| l.into_iter().map(<[u8]>::to_vec).collect())
+            .unwrap_or_default()
+    } else {
+        packets.iter().map(|p| p.to_vec()).collect()
+    };
+    for line in status {
+        let text = String::from_utf8_lossy(&line);
+        if let Some(rest) = text.trim_end().strip_prefix("ng ") {
+            let (name, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.refused.push((name.to_owned(), reason.to_owned()));
+        }
+    }
+    out
+}
+
+/// The problems in the hook's messages: each `file:line:col: severity[code]: message` line (what
+/// `steward hook pre-receive` prints first), as the same fields `steward validate --format json`
+/// uses. Lines in other shapes are skipped.
+pub fn problems(messages: &str) -> Vec<serde_json::Value> {
+    messages
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let (loc, rest) = line.split_once(": ")?;
+            let (head, message) = rest.split_once(": ")?;
+            let (severity, code) = head.strip_suffix(']')?.split_once('[')?;
+            if !matches!(severity, "error" | "warning") {
+                return None;
+            }
+            let mut parts = loc.rsplitn(3, ':');
+            let column: u64 = parts.next()?.parse().ok()?;
+            let line_no: u64 = parts.next()?.parse().ok()?;
+            let file = parts.next()?;
+            let (message, hint) = match message.rsplit_once(" (help: ") {
+                Some((m, h)) => (m, h.strip_suffix(')')),
+                None => (message, None),
+            };
+            Some(serde_json::json!({
+                "severity": severity,
+                "code": code,
+                "message": message,
+                "file": file,
+                "line": line_no,
+                "column": column,
+                "hint": hint,
+            }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(payload: &[u8]) -> Vec<u8> {
+        let mut v = format!("{:04x}", payload.len() + 4).into_bytes();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+
+    #[test]
+    fn reads_push_commands() {
+        let mut body =
+            pkt(format!("{A} {B} refs/heads/main\0report-status side-band-64k\n").as_bytes());
+        body.extend(pkt(format!("{B} {A} refs/heads/other\n").as_bytes()));
+        body.extend(b"0000PACK...");
+        let c = commands(&body);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[0],
+            Command {
+                old: A.into(),
+                new: B.into(),
+                name: "refs/heads/main".into()
+            }
+        );
+        assert_eq!(c[1].name, "refs/heads/other");
+        assert!(commands(&body[..20]).is_empty(), "cut off before the flush");
+        assert!(commands(b"zzzz").is_empty());
+    }
+
+    #[test]
+    fn reads_a_banded_answer() {
+        let mut report = pkt(b"unpack ok\n");
+        report.extend(pkt(b"ng refs/heads/main pre-receive hook declined\n"));
+        report.extend(b"0000");
+        let mut resp = Vec::new();
+        let mut band2 = vec![2u8];
+        band2.extend_from_slice(
+            b"domain.toml:11:18: error[unknown-key]: unknown key `bogus` (help: expected `node`)\n",
+        );
+        resp.extend(pkt(&band2));
+        let mut band1 = vec![1u8];
+        band1.extend_from_slice(&report);
+        resp.extend(pkt(&band1));
+        resp.extend(b"0000");
+        let a = answer(&resp);
+        assert_eq!(
+            a.refused,
+            vec![("refs/heads/main".into(), "pre-receive hook declined".into())]
+        );
+        let p = problems(&a.messages);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0]["file"], "domain.toml");
+        assert_eq!(p[0]["line"], 11);
+        assert_eq!(p[0]["column"], 18);
+        assert_eq!(p[0]["code"], "unknown-key");
+        assert_eq!(p[0]["message"], "unknown key `bogus`");
+        assert_eq!(p[0]["hint"], "expected `node`");
+    }
+
+    #[test]
+    fn reads_an_unbanded_answer() {
+        let mut resp = pkt(b"unpack ok\n");
+        resp.extend(pkt(b"ok refs/heads/main\n"));
+        resp.extend(b"0000");
+        assert_eq!(answer(&resp), Answer::default());
+    }
+
+    #[test]
+    fn skips_lines_that_are_not_problems() {
+        let text = "steward: refs/heads/main abc is valid\n   --> domain.toml:11:18\nerror: abc is invalid: 1 error\n";
+        assert!(problems(text).is_empty());
+    }
+}

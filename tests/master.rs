@@ -1,0 +1,1231 @@
+//! End to end: `steward init` and `steward master` as real processes, driven by the real `git`
+//! binary and a minimal HTTP client over `TcpStream`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
+
+// ---------------------------------------------------------------- helpers
+
+/// A temporary directory removed on drop (kept with STEWARD_KEEP_TMP=1 for debugging).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!(
+            "steward-master-test-{name}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("STEWARD_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn hash(password: &str) -> String {
+    let mut child = Command::new(STEWARD)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run steward hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("hash-password");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// Argon2 hashes are slow to make: one per password for the whole test binary.
+fn hashes() -> &'static (String, String) {
+    static H: OnceLock<(String, String)> = OnceLock::new();
+    H.get_or_init(|| (hash("admin"), hash("reader")))
+}
+
+const DOMAIN_TOML: &str = r#"[domain]
+name = "domain1"
+
+[master]
+listen = "127.0.0.1:9736"
+
+[servers.server1]
+node = "localhost"
+listen = "127.0.0.1:9741"
+"#;
+
+/// A small valid domain: users `admin` (everything) and `reader` (may read, may not push).
+fn write_domain(dir: &Path) {
+    let (admin, reader) = hashes();
+    std::fs::create_dir_all(dir.join("security")).expect("mkdir");
+    std::fs::write(dir.join("domain.toml"), DOMAIN_TOML).expect("write");
+    std::fs::write(
+        dir.join("security/accounts.toml"),
+        format!(
+            "[users.admin]\npassword = \"{admin}\"\n\n[users.reader]\npassword = \"{reader}\"\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("security/policies.toml"),
+        "[roles.admin]\npermissions = [\"*\"]\nusers = [\"admin\"]\n\n\
+         [roles.reader]\npermissions = [\"domain:read\", \"git:read\", \"events:read\"]\nusers = [\"reader\"]\n",
+    )
+    .expect("write");
+}
+
+fn steward(args: &[&str]) -> Output {
+    Command::new(STEWARD)
+        .args(args)
+        .output()
+        .expect("run steward")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs git isolated from the user's and system's configuration.
+fn git(dir: &Path, args: &[&str]) -> Output {
+    Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Alice")
+        .env("GIT_AUTHOR_EMAIL", "alice@example.com")
+        .env("GIT_COMMITTER_NAME", "Alice")
+        .env("GIT_COMMITTER_EMAIL", "alice@example.com")
+        .output()
+        .expect("run git")
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let out = git(dir, args);
+    assert!(
+        out.status.success(),
+        "git {args:?} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running `steward master`, killed (SIGKILL) on drop.
+struct Master {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Master {
+    fn start(home: &Path, log: PathBuf) -> Master {
+        Master::start_with(home, log, &[])
+    }
+
+    /// With extra command-line arguments; `TEST_WEBHOOK_SECRET` is set to `s3cret`.
+    fn start_with(home: &Path, log: PathBuf, extra: &[&str]) -> Master {
+        let port = free_port();
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(STEWARD)
+            .args(["master", "--domain-home"])
+            .arg(home)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("TEST_WEBHOOK_SECRET", "s3cret")
+            .stdout(log_file.try_clone().expect("clone"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start master");
+        let mut m = Master { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = request(port, "GET", "/healthz", None) {
+                assert_eq!(r.status, 200);
+                return m;
+            }
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!("master exited with {status}:\n{}", m.log());
+            }
+            assert!(Instant::now() < deadline, "master not ready:\n{}", m.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self, user: &str, password: &str) -> String {
+        format!(
+            "http://{user}:{password}@127.0.0.1:{}/git/domain.git",
+            self.port
+        )
+    }
+
+    fn get(&self, path: &str) -> Response {
+        request(self.port, "GET", path, Some(("admin", "admin"))).expect("request")
+    }
+
+    fn pinned(&self) -> String {
+        let r = self.get("/v1/domain");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        v["pinned"]["commit"].as_str().expect("commit").to_owned()
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        let r = self.get("/v1/domain/history");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("json array")
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Response {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+fn basic(user: &str, password: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}");
+    let mut out = String::new();
+    for chunk in input.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn send_request(
+    stream: &mut TcpStream,
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> std::io::Result<()> {
+    send_request_body(stream, port, method, path, auth, None)
+}
+
+fn send_request_body(
+    stream: &mut TcpStream,
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+) -> std::io::Result<()> {
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if let Some((u, p)) = auth {
+        req.push_str(&format!("Authorization: Basic {}\r\n", basic(u, p)));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    stream.write_all(req.as_bytes())
+}
+
+/// `POST path` with a JSON body.
+fn post(port: u16, path: &str, auth: (&str, &str), body: &str) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    send_request_body(&mut stream, port, "POST", path, Some(auth), Some(body)).expect("send");
+    read_response(stream).expect("response")
+}
+
+/// `POST path` with a JSON body and one extra header, without Basic credentials.
+fn post_with_header(port: u16, path: &str, header: &str, body: &str) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{header}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).expect("send");
+    read_response(stream).expect("response")
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the body is read to the end (the Master answers
+/// these routes with a content length, so no chunked decoding is needed).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    send_request(&mut stream, port, method, path, auth)?;
+    read_response(stream)
+}
+
+fn read_response(mut stream: TcpStream) -> std::io::Result<Response> {
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let raw = text(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(Response {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// An SSE subscriber: a thread reads `event:`/`data:` blocks into a channel.
+struct Events {
+    rx: mpsc::Receiver<(String, serde_json::Value)>,
+}
+
+impl Events {
+    fn subscribe(port: u16) -> Events {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        send_request(
+            &mut stream,
+            port,
+            "GET",
+            "/v1/events",
+            Some(("admin", "admin")),
+        )
+        .expect("send");
+        let mut reader = BufReader::new(stream);
+        // Wait for the response head: once it arrives, the subscription exists.
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("status line");
+        assert!(line.contains(" 200 "), "{line}");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // The body is chunked; SSE lines are what matter, chunk-size lines are skipped below.
+            let (mut event, mut data) = (String::new(), String::new());
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                let l = line.trim_end_matches(['\r', '\n']);
+                if let Some(v) = l.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = l.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                } else if l.is_empty() && !data.is_empty() {
+                    let v = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                    if tx.send((std::mem::take(&mut event), v)).is_err() {
+                        return;
+                    }
+                    data.clear();
+                }
+                line.clear();
+            }
+        });
+        Events { rx }
+    }
+
+    fn next(&self, within: Duration) -> (String, serde_json::Value) {
+        self.rx.recv_timeout(within).expect("an event in time")
+    }
+}
+
+/// A domain home made by `steward init` from a fresh small domain.
+fn init_home(tmp: &TempDir) -> PathBuf {
+    let src = tmp.path().join("src");
+    write_domain(&src);
+    let home = tmp.path().join("home");
+    let out = steward(&[
+        "init",
+        home.to_str().expect("utf-8"),
+        "--from",
+        src.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    home
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let s = std::fs::read_to_string(path).expect("read");
+    assert!(s.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, s.replacen(from, to, 1)).expect("write");
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn init_creates_a_pinned_domain_home() {
+    let tmp = TempDir::new("init");
+    let home = init_home(&tmp);
+    for dir in ["config/domain.git", "lib/application", "servers", ".cache"] {
+        assert!(home.join(dir).is_dir(), "{dir}");
+    }
+    let bare = home.join("config/domain.git");
+    let main = git_ok(&bare, &["rev-parse", "refs/heads/main"]);
+    let pinned = git_ok(&bare, &["rev-parse", "refs/steward/pinned"]);
+    assert_eq!(main, pinned);
+    assert_eq!(git_ok(&bare, &["symbolic-ref", "HEAD"]), "refs/heads/main");
+    let files = git_ok(&bare, &["ls-tree", "-r", "--name-only", "main"]);
+    assert_eq!(
+        files,
+        "domain.toml\nsecurity/accounts.toml\nsecurity/policies.toml"
+    );
+    git_ok(&bare, &["fsck", "--strict"]);
+    let hook = std::fs::read_to_string(bare.join("hooks/pre-receive")).expect("hook");
+    assert!(hook.contains("hook pre-receive"), "{hook}");
+    let history = std::fs::read_to_string(home.join("config/pins.jsonl")).expect("history");
+    let rec: serde_json::Value = serde_json::from_str(history.trim()).expect("one record");
+    assert_eq!(rec["commit"], pinned.as_str());
+    assert_eq!(rec["source"], "init");
+    assert_eq!(rec["outcome"], "pinned");
+
+    // A second init never overwrites.
+    let src = tmp.path().join("src");
+    let out = steward(&[
+        "init",
+        home.to_str().expect("utf-8"),
+        "--from",
+        src.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("refusing to overwrite"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(git_ok(&bare, &["rev-parse", "refs/steward/pinned"]), pinned);
+}
+
+#[test]
+fn init_refuses_an_invalid_domain_and_leaves_nothing() {
+    let tmp = TempDir::new("init-invalid");
+    let src = tmp.path().join("src");
+    write_domain(&src);
+    edit(
+        &src.join("domain.toml"),
+        "node = \"localhost\"",
+        "node = \"localhost\"\nbogus = 1",
+    );
+    let home = tmp.path().join("home");
+    let out = steward(&[
+        "init",
+        home.to_str().expect("utf-8"),
+        "--from",
+        src.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("domain.toml:9:1"), "{err}");
+    assert!(!home.exists(), "nothing is created");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("src")],
+        "no staging directory left"
+    );
+}
+
+#[test]
+fn hosted_master_end_to_end() {
+    let tmp = TempDir::new("hosted");
+    let home = init_home(&tmp);
+    let mut master = Master::start(&home, tmp.path().join("master.log"));
+    let initial = master.pinned();
+
+    // /healthz needs no credentials; everything else does, and a 401 says nothing.
+    let r = request(master.port, "GET", "/healthz", None).expect("healthz");
+    assert_eq!(r.status, 200);
+    for auth in [None, Some(("admin", "wrong")), Some(("nobody", "admin"))] {
+        for path in [
+            "/v1/domain",
+            "/v1/domain/history",
+            "/git/domain.git/info/refs?service=git-upload-pack",
+            "/nope",
+        ] {
+            let r = request(master.port, "GET", path, auth).expect("request");
+            assert_eq!(r.status, 401, "{path} {auth:?}");
+            assert!(
+                r.head
+                    .to_lowercase()
+                    .contains("www-authenticate: basic realm=\"steward\""),
+                "{}",
+                r.head
+            );
+            assert!(r.body.is_empty(), "{path}: body {:?}", r.body);
+        }
+    }
+    let v: serde_json::Value = serde_json::from_str(&master.get("/v1/domain").body).expect("json");
+    assert_eq!(v["name"], "domain1");
+    assert_eq!(v["mode"], "hosted");
+    assert!(v["upstream"].is_null());
+    assert!(v["pinned"]["at"].as_str().is_some_and(|s| s.ends_with('Z')));
+
+    // Clone with stock git.
+    let wc = tmp.path().join("wc");
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &master.url("admin", "admin"),
+            wc.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(git_ok(&wc, &["rev-parse", "HEAD"]), initial);
+
+    // A valid push is pinned, and subscribers hear about it.
+    let events = Events::subscribe(master.port);
+    edit(&wc.join("domain.toml"), "9741", "9751");
+    git_ok(&wc, &["commit", "-qam", "move server1"]);
+    let pushed = git_ok(&wc, &["rev-parse", "HEAD"]);
+    let out = git(&wc, &["push", "origin", "main"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // `git push` returns only once the pin is decided: no polling needed.
+    assert_eq!(master.pinned(), pushed);
+    let (name, data) = events.next(Duration::from_secs(10));
+    assert_eq!(name, "pinned", "{data}");
+    assert_eq!(data["commit"], pushed.as_str());
+    assert_eq!(data["source"], "push");
+    assert_eq!(data["pusher"], "admin");
+    assert_eq!(data["previous"], initial.as_str());
+    assert_eq!(data["summary"], "move server1");
+    assert_eq!(master.pinned(), pushed);
+    assert_eq!(
+        git_ok(
+            &home.join("config/domain.git"),
+            &["rev-parse", "refs/steward/pinned"]
+        ),
+        pushed
+    );
+
+    // An invalid push is refused; the pusher sees each problem with file:line:col; the pin stays.
+    std::fs::write(
+        wc.join("domain.toml"),
+        format!("{DOMAIN_TOML}restart-policy = \"sometimes\"\n"),
+    )
+    .expect("write");
+    git_ok(&wc, &["commit", "-qam", "bad policy"]);
+    let refused = git_ok(&wc, &["rev-parse", "HEAD"]);
+    let out = git(&wc, &["push", "origin", "main"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("remote:") && l.contains("domain.toml:10:")),
+        "{err}"
+    );
+    assert!(err.contains("pre-receive hook declined"), "{err}");
+    assert_eq!(master.pinned(), pushed);
+    // The refusal is recorded and announced, with the problems the pusher saw.
+    let (name, data) = events.next(Duration::from_secs(10));
+    assert_eq!(name, "rejected", "{data}");
+    assert_eq!(data["commit"], refused.as_str());
+    assert_eq!(data["pusher"], "admin");
+    assert_eq!(data["previous"], pushed.as_str());
+    let problems = data["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["file"] == "domain.toml" && p["line"] == 10 && p["severity"] == "error"),
+        "{data}"
+    );
+
+    // Nobody pushes the pin itself: only the Master moves it.
+    let out = git(&wc, &["push", "origin", "HEAD~1:refs/steward/pinned"]);
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(master.pinned(), pushed);
+    assert_eq!(
+        git_ok(
+            &home.join("config/domain.git"),
+            &["rev-parse", "refs/steward/pinned"]
+        ),
+        pushed
+    );
+    // Requests stay inside domain.git.
+    let r = master.get("/git/domain.git/../pins.jsonl");
+    assert_ne!(r.status, 200);
+    assert!(!r.body.contains("outcome"), "{}", r.body);
+
+    // A reader may fetch but not push.
+    git_ok(&wc, &["fetch", "-q", &master.url("reader", "reader")]);
+    let out = git(
+        &wc,
+        &[
+            "push",
+            &master.url("reader", "reader"),
+            "HEAD:refs/heads/other",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+
+    // kill -9 and restart: same pin, same history.
+    let history = master.history();
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert_eq!(history[0]["outcome"], "rejected", "newest first");
+    assert_eq!(history[0]["commit"], refused.as_str());
+    assert_eq!(history[1]["commit"], pushed.as_str());
+    assert_eq!(history[1]["outcome"], "pinned");
+    assert_eq!(history[2]["source"], "init");
+    master.kill9();
+    let master = Master::start(&home, tmp.path().join("master2.log"));
+    assert_eq!(master.pinned(), pushed);
+    assert_eq!(master.history(), history);
+}
+
+#[test]
+fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
+    let tmp = TempDir::new("watch");
+    let home = init_home(&tmp);
+    let bare = home.join("config/domain.git");
+    let master = Master::start(&home, tmp.path().join("master.log"));
+    let events = Events::subscribe(master.port);
+    let initial = master.pinned();
+
+    // A push by file path goes through the same hook; the Master notices the ref and pins.
+    let wc = tmp.path().join("wc");
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            bare.to_str().expect("utf-8"),
+            wc.to_str().expect("utf-8"),
+        ],
+    );
+    edit(&wc.join("domain.toml"), "9741", "9761");
+    git_ok(&wc, &["commit", "-qam", "by file path"]);
+    let good = git_ok(&wc, &["rev-parse", "HEAD"]);
+    let start = Instant::now();
+    git_ok(&wc, &["push", "-q", "origin", "main"]);
+    let (name, data) = events.next(Duration::from_secs(10));
+    assert_eq!(
+        (name.as_str(), data["commit"].as_str()),
+        ("pinned", Some(good.as_str())),
+        "{data}"
+    );
+    assert_eq!(data["source"], "watch");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(master.pinned(), good);
+    // The pin ref is hidden from pushes by file path too.
+    let out = git(&wc, &["push", "origin", "HEAD~1:refs/steward/pinned"]);
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(git_ok(&bare, &["rev-parse", "refs/steward/pinned"]), good);
+
+    // A ref moved behind the hook's back to an invalid commit is rejected, never pinned.
+    std::fs::write(wc.join("domain.toml"), "[domain]\nname = 3\n").expect("write");
+    git_ok(&wc, &["commit", "-qam", "broken"]);
+    let bad = git_ok(&wc, &["rev-parse", "HEAD"]);
+    // Objects reach the bare repository without touching main, then main is moved directly.
+    git_ok(
+        &bare,
+        &[
+            "fetch",
+            "-q",
+            wc.to_str().expect("utf-8"),
+            "+main:refs/incoming/x",
+        ],
+    );
+    git_ok(&bare, &["update-ref", "refs/heads/main", &bad]);
+    let (name, data) = events.next(Duration::from_secs(10));
+    assert_eq!(name, "rejected", "{data}");
+    assert_eq!(data["commit"], bad.as_str());
+    let problems = data["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["file"] == "domain.toml" && p["line"] == 2),
+        "{data}"
+    );
+    assert_eq!(master.pinned(), good);
+    assert_ne!(good, initial);
+    let history = master.history();
+    assert_eq!(history[0]["outcome"], "rejected");
+    assert_eq!(history[0]["previous"], good.as_str());
+}
+
+#[test]
+fn rollback_holds_until_the_next_commit_and_racing_pushes_pin_once() {
+    let tmp = TempDir::new("rollback");
+    let home = init_home(&tmp);
+    let mut master = Master::start(&home, tmp.path().join("master.log"));
+    let initial = master.pinned();
+    let wc = tmp.path().join("wc");
+    let url = master.url("admin", "admin");
+    git_ok(
+        tmp.path(),
+        &["clone", "-q", &url, wc.to_str().expect("utf-8")],
+    );
+    edit(&wc.join("domain.toml"), "9741", "9751");
+    git_ok(&wc, &["commit", "-qam", "a"]);
+    git_ok(&wc, &["push", "-q", "origin", "main"]);
+    let a = git_ok(&wc, &["rev-parse", "HEAD"]);
+    assert_eq!(master.pinned(), a);
+
+    // Only `domain:pin` may pin; bad requests say why.
+    let body = format!("{{\"commit\": \"{initial}\"}}");
+    assert_eq!(
+        post(master.port, "/v1/domain/pin", ("reader", "reader"), &body).status,
+        403
+    );
+    assert_eq!(
+        post(master.port, "/v1/domain/pin", ("admin", "admin"), "{").status,
+        400
+    );
+    let r = post(
+        master.port,
+        "/v1/domain/pin",
+        ("admin", "admin"),
+        r#"{"commit": "nope"}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    let events = Events::subscribe(master.port);
+    let r = post(master.port, "/v1/domain/pin", ("admin", "admin"), &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["pinned"]["commit"], initial.as_str());
+    assert_eq!(v["changed"], true);
+    let (name, data) = events.next(Duration::from_secs(10));
+    assert_eq!(
+        (name.as_str(), data["source"].as_str()),
+        ("pinned", Some("rollback"))
+    );
+    assert_eq!(data["pusher"], "admin");
+    assert_eq!(data["previous"], a.as_str());
+    // The branch still points at `a`; the safety poll (2 s) must not undo the rollback, nor a restart.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(master.pinned(), initial);
+    master.kill9();
+    let master = Master::start(&home, tmp.path().join("master2.log"));
+    assert_eq!(master.pinned(), initial);
+
+    // The next commit on the branch is pinned as usual (the restarted Master has a new port).
+    git_ok(
+        &wc,
+        &["remote", "set-url", "origin", &master.url("admin", "admin")],
+    );
+    edit(&wc.join("domain.toml"), "9751", "9761");
+    git_ok(&wc, &["commit", "-qam", "b"]);
+    git_ok(&wc, &["push", "-q", "origin", "main"]);
+    let b = git_ok(&wc, &["rev-parse", "HEAD"]);
+    assert_eq!(master.pinned(), b);
+
+    // Two clones push different valid commits at once: exactly one wins, and only it is pinned.
+    let url = master.url("admin", "admin");
+    let clones: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let dir = tmp.path().join(format!("race{i}"));
+            git_ok(
+                tmp.path(),
+                &["clone", "-q", &url, dir.to_str().expect("utf-8")],
+            );
+            edit(&dir.join("domain.toml"), "9761", &format!("977{i}"));
+            git_ok(&dir, &["commit", "-qam", &format!("race {i}")]);
+            dir
+        })
+        .collect();
+    let before = master.history().len();
+    let handles: Vec<_> = clones
+        .iter()
+        .cloned()
+        .map(|dir| std::thread::spawn(move || (git(&dir, &["push", "origin", "main"]), dir)))
+        .collect();
+    let results: Vec<(Output, PathBuf)> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    let winners: Vec<&PathBuf> = results
+        .iter()
+        .filter(|(o, _)| o.status.success())
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one push wins");
+    let winner = git_ok(winners[0], &["rev-parse", "HEAD"]);
+    assert_eq!(master.pinned(), winner);
+    let history = master.history();
+    assert_eq!(history.len(), before + 1, "{history:?}");
+    assert_eq!(history[0]["commit"], winner.as_str());
+}
+
+#[test]
+fn servers_register_heartbeat_and_become_unreachable() {
+    let tmp = TempDir::new("servers");
+    let src = tmp.path().join("src");
+    write_domain(&src);
+    edit(
+        &src.join("domain.toml"),
+        "listen = \"127.0.0.1:9736\"",
+        "listen = \"127.0.0.1:9736\"\nheartbeat-interval = \"200ms\"\nheartbeat-timeout = \"2s\"",
+    );
+    let home = tmp.path().join("home");
+    let out = steward(&[
+        "init",
+        home.to_str().expect("utf-8"),
+        "--from",
+        src.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let master = Master::start(&home, tmp.path().join("master.log"));
+    let pinned = master.pinned();
+    let status = |state: &str| {
+        format!(
+            r#"{{"name":"server1","state":"{state}","mode":"DEPENDENT","applied_commit":"{pinned}","pending_restart":["servers.server1.listen"],"failed_applications":[],"last_error":null}}"#
+        )
+    };
+
+    // Before any report the server is unknown.
+    let list: serde_json::Value =
+        serde_json::from_str(&master.get("/v1/servers").body).expect("json");
+    assert_eq!(list[0]["name"], "server1");
+    assert_eq!(list[0]["state"], "unknown");
+
+    // Servers authenticate; readers may not register; unknown servers and bad bodies are refused.
+    let r = post(
+        master.port,
+        "/v1/servers/server1/register",
+        ("reader", "reader"),
+        &status("running"),
+    );
+    assert_eq!(r.status, 403);
+    let r = post(
+        master.port,
+        "/v1/servers/nosuch/register",
+        ("admin", "admin"),
+        &status("running"),
+    );
+    assert_eq!(r.status, 404);
+    let r = post(
+        master.port,
+        "/v1/servers/server1/register",
+        ("admin", "admin"),
+        r#"{"state":"x","mode":"MAYBE"}"#,
+    );
+    assert_eq!(r.status, 400);
+
+    let events = Events::subscribe(master.port);
+    let r = post(
+        master.port,
+        "/v1/servers/server1/register",
+        ("admin", "admin"),
+        &status("running"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(answer["pinned"]["commit"], pinned.as_str());
+    assert_eq!(answer["heartbeat_interval_ms"], 200);
+    let (name, data) = events.next(Duration::from_secs(5));
+    assert_eq!(
+        (name.as_str(), data["state"].as_str()),
+        ("server", Some("running"))
+    );
+
+    let one: serde_json::Value =
+        serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
+    assert_eq!(one["state"], "running");
+    assert_eq!(one["mode"], "DEPENDENT");
+    assert_eq!(one["applied_commit"], pinned.as_str());
+    assert_eq!(one["pending_restart"][0], "servers.server1.listen");
+    assert_eq!(one["reachable"], true);
+
+    // Heartbeats keep it reachable; silence makes it unreachable, announced once.
+    for _ in 0..5 {
+        let r = post(
+            master.port,
+            "/v1/servers/server1/heartbeat",
+            ("admin", "admin"),
+            &status("running"),
+        );
+        assert_eq!(r.status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let one: serde_json::Value =
+        serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
+    assert_eq!(one["state"], "running");
+    let (name, data) = events.next(Duration::from_secs(5));
+    assert_eq!(
+        (name.as_str(), data["state"].as_str()),
+        ("server", Some("unreachable"))
+    );
+    assert_eq!(data["reachable"], false);
+    let one: serde_json::Value =
+        serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
+    assert_eq!(one["state"], "unreachable");
+    assert_eq!(
+        one["applied_commit"],
+        pinned.as_str(),
+        "the last report is kept"
+    );
+
+    // A heartbeat brings it back.
+    let r = post(
+        master.port,
+        "/v1/servers/server1/heartbeat",
+        ("admin", "admin"),
+        &status("running"),
+    );
+    assert_eq!(r.status, 200);
+    let (name, data) = events.next(Duration::from_secs(5));
+    assert_eq!(
+        (name.as_str(), data["state"].as_str()),
+        ("server", Some("running"))
+    );
+}
+
+/// A bare "upstream" repository (no steward hook, like GitHub) and a work tree pushing to it.
+fn upstream(tmp: &TempDir) -> (PathBuf, PathBuf) {
+    let bare = tmp.path().join("upstream.git");
+    let work = tmp.path().join("upstream-work");
+    git_ok(
+        tmp.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            bare.to_str().expect("utf-8"),
+        ],
+    );
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git_ok(&work, &["init", "-q", "-b", "main"]);
+    write_domain(&work);
+    git_ok(&work, &["add", "-A"]);
+    git_ok(&work, &["commit", "-qm", "upstream: first"]);
+    git_ok(
+        &work,
+        &["remote", "add", "origin", bare.to_str().expect("utf-8")],
+    );
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+    (bare, work)
+}
+
+fn domain_json(master: &Master) -> serde_json::Value {
+    serde_json::from_str(&master.get("/v1/domain").body).expect("json")
+}
+
+/// Polls `/v1/domain` until `check` holds (or fails after 15 s).
+fn wait_domain(
+    master: &Master,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = domain_json(master);
+        if check(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}\n{}", master.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn mirror_mode_with_webhooks() {
+    let tmp = TempDir::new("mirror-hook");
+    let (bare, work) = upstream(&tmp);
+    let home = init_home(&tmp);
+    let master = Master::start_with(
+        &home,
+        tmp.path().join("master.log"),
+        &[
+            "--upstream",
+            bare.to_str().expect("utf-8"),
+            "--poll-interval",
+            "1h",
+            "--webhook-secret-env",
+            "TEST_WEBHOOK_SECRET",
+        ],
+    );
+    // The first fetch happens at start: the upstream's head is pinned.
+    let first = git_ok(&work, &["rev-parse", "HEAD"]);
+    let v = wait_domain(&master, "upstream head pinned", |v| {
+        v["pinned"]["commit"] == first.as_str()
+    });
+    assert_eq!(v["mode"], "mirror");
+    assert_eq!(v["upstream"]["url"], bare.to_str().expect("utf-8"));
+    assert_eq!(v["upstream"]["stale"], false);
+    assert_eq!(v["upstream"]["head"], first.as_str());
+    assert_eq!(master.history()[0]["source"], "poll");
+
+    // Pushing to a mirror is refused: the upstream is the truth.
+    let wc = tmp.path().join("wc");
+    git_ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &master.url("admin", "admin"),
+            wc.to_str().expect("utf-8"),
+        ],
+    );
+    edit(&wc.join("domain.toml"), "9741", "9799");
+    git_ok(&wc, &["commit", "-qam", "to the mirror"]);
+    assert!(!git(&wc, &["push", "origin", "main"]).status.success());
+
+    // A change upstream, announced by a webhook (GitLab's token), is pinned before the answer.
+    edit(&work.join("domain.toml"), "9741", "9751");
+    git_ok(&work, &["commit", "-qam", "upstream: second"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+    let second = git_ok(&work, &["rev-parse", "HEAD"]);
+    let payload = r#"{"ref": "refs/heads/main", "after": "x"}"#;
+    let r = post_with_header(
+        master.port,
+        "/v1/hooks/git",
+        "X-Gitlab-Token: wrong",
+        payload,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(master.pinned(), first);
+    let r = post_with_header(
+        master.port,
+        "/v1/hooks/git",
+        "X-Gitlab-Token: s3cret",
+        r#"{"ref": "refs/heads/other"}"#,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("ignored"), "{}", r.body);
+    let r = post_with_header(
+        master.port,
+        "/v1/hooks/git",
+        "X-Gitlab-Token: s3cret",
+        payload,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(answer["outcome"], "pinned", "{answer}");
+    assert_eq!(answer["commit"], second.as_str());
+    assert_eq!(master.pinned(), second);
+    assert_eq!(master.history()[0]["source"], "webhook");
+
+    // An invalid upstream commit is recorded as rejected, with its problems; the pin stays.
+    std::fs::write(
+        work.join("domain.toml"),
+        format!("{DOMAIN_TOML}restart-policy = \"sometimes\"\n"),
+    )
+    .expect("write");
+    git_ok(&work, &["commit", "-qam", "upstream: broken"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+    let broken = git_ok(&work, &["rev-parse", "HEAD"]);
+    // Without a token, Basic credentials with git:push do.
+    let r = post(master.port, "/v1/hooks/git", ("admin", "admin"), payload);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(answer["outcome"], "rejected", "{answer}");
+    assert_eq!(answer["commit"], broken.as_str());
+    assert!(
+        answer["problems"].as_array().is_some_and(|p| !p.is_empty()),
+        "{answer}"
+    );
+    assert_eq!(master.pinned(), second);
+    // A second call finds nothing new to decide.
+    let r = post(master.port, "/v1/hooks/git", ("admin", "admin"), payload);
+    assert!(r.body.contains("unchanged"), "{}", r.body);
+    assert_eq!(
+        post(master.port, "/v1/hooks/git", ("reader", "reader"), payload).status,
+        403
+    );
+}
+
+#[test]
+fn mirror_mode_polls_and_survives_an_unreachable_upstream() {
+    let tmp = TempDir::new("mirror-poll");
+    let (bare, work) = upstream(&tmp);
+    let home = init_home(&tmp);
+    let master = Master::start_with(
+        &home,
+        tmp.path().join("master.log"),
+        &[
+            "--upstream",
+            bare.to_str().expect("utf-8"),
+            "--poll-interval",
+            "200ms",
+        ],
+    );
+    let first = git_ok(&work, &["rev-parse", "HEAD"]);
+    wait_domain(&master, "first pinned", |v| {
+        v["pinned"]["commit"] == first.as_str()
+    });
+
+    // Polling picks up a new upstream commit.
+    edit(&work.join("domain.toml"), "9741", "9751");
+    git_ok(&work, &["commit", "-qam", "upstream: second"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+    let second = git_ok(&work, &["rev-parse", "HEAD"]);
+    wait_domain(&master, "second pinned by polling", |v| {
+        v["pinned"]["commit"] == second.as_str()
+    });
+    assert_eq!(master.history()[0]["source"], "poll");
+
+    // The upstream goes away: still pinned, and the status says stale since when.
+    let away = tmp.path().join("upstream-away.git");
+    std::fs::rename(&bare, &away).expect("rename");
+    let v = wait_domain(&master, "stale", |v| v["upstream"]["stale"] == true);
+    assert_eq!(v["pinned"]["commit"], second.as_str());
+    assert!(
+        v["upstream"]["stale_since"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{v}"
+    );
+    assert!(v["upstream"]["last_error"].as_str().is_some(), "{v}");
+    assert!(master.log().contains("Master-0040"), "{}", master.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        master.pinned(),
+        second,
+        "an unreachable upstream never unpins"
+    );
+
+    // It comes back.
+    std::fs::rename(&away, &bare).expect("rename back");
+    let v = wait_domain(&master, "fresh again", |v| v["upstream"]["stale"] == false);
+    assert!(v["upstream"]["stale_since"].is_null());
+    assert_eq!(v["pinned"]["commit"], second.as_str());
+}
+
+#[test]
+fn master_notifies_readiness() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = TempDir::new("notify");
+    let home = init_home(&tmp);
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let port = free_port();
+    let log = std::fs::File::create(tmp.path().join("master.log")).expect("log");
+    let child = Command::new(STEWARD)
+        .args(["master", "--domain-home"])
+        .arg(&home)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(log)
+        .spawn()
+        .expect("start master");
+    let mut master = Master {
+        child,
+        port,
+        log: tmp.path().join("master.log"),
+    };
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a notification");
+    let msg = text(&buf[..n]);
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    // Ready means serving.
+    let r = request(port, "GET", "/healthz", None).expect("healthz right after READY");
+    assert_eq!(r.status, 200);
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let pid = master.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let n = sock.recv(&mut buf).expect("a notification");
+    assert_eq!(text(&buf[..n]), "STOPPING=1");
+    let status = master.child.wait().expect("wait");
+    assert!(status.success(), "{status}: {}", master.log());
+}
+
+#[test]
+fn one_master_per_domain_home() {
+    let tmp = TempDir::new("lock");
+    let home = init_home(&tmp);
+    let master = Master::start(&home, tmp.path().join("master.log"));
+    let out = steward(&[
+        "master",
+        "--domain-home",
+        home.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "another Master already runs on this domain home (pid {})",
+            master.child.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(master.pinned().len(), 40, "the first one still serves");
+}
