@@ -29,7 +29,8 @@ def main():
     p.add_argument("--keep")
     a = p.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "steward"], cwd=ROOT, check=True)
-    exe = os.path.join(ROOT, "target/release/steward")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    exe = os.path.join(target, "release/steward")
     repo = a.keep or tempfile.mkdtemp(prefix="steward-bench-")
     if not os.path.exists(os.path.join(repo, ".git")):
         subprocess.run([sys.executable, os.path.join(ROOT, "benches/gen_domain.py"), repo], check=True)

@@ -450,6 +450,56 @@ fn app_plan(old: &Loaded, new: &Loaded, name: &str) -> Option<AppPlan> {
     })
 }
 
+/// Each server's application actions, in application-name order. Walks applications once: an
+/// application whose servers, settings and content are unchanged costs one comparison however
+/// many servers run it; only changed ones touch their servers.
+fn app_actions(old: &Loaded, new: &Loaded) -> crate::fasthash::FastMap<String, Vec<AppPlan>> {
+    use std::cmp::Ordering;
+    let (oa, na) = (&old.domain.config.applications, &new.domain.config.applications);
+    let names: BTreeSet<&String> = oa.keys().chain(na.keys()).collect();
+    let mut out: crate::fasthash::FastMap<String, Vec<AppPlan>> = Default::default();
+    for name in names {
+        let os = oa.get(name).map_or_else(Vec::new, |a| old.domain.app_servers(a));
+        let ns = na.get(name).map_or_else(Vec::new, |a| new.domain.app_servers(a));
+        if os == ns && oa.get(name) == na.get(name) && old.content.get(name) == new.content.get(name) {
+            continue;
+        }
+        let settled = if os.is_empty() || ns.is_empty() {
+            None
+        } else {
+            app_plan(old, new, name)
+        };
+        // Both server lists are sorted: walk them together.
+        let (mut i, mut j) = (0, 0);
+        while i < os.len() || j < ns.len() {
+            let order = match (os.get(i), ns.get(j)) {
+                (Some(o), Some(n)) => o.cmp(n),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            let (server, action) = match order {
+                Ordering::Less => {
+                    i += 1;
+                    (os[i - 1], Some(AppPlan::new(name, AppAction::Undeploy)))
+                }
+                Ordering::Greater => {
+                    j += 1;
+                    (ns[j - 1], Some(AppPlan::new(name, AppAction::Deploy)))
+                }
+                Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                    (os[i - 1], settled.clone())
+                }
+            };
+            if let Some(action) = action {
+                out.entry(server.to_owned()).or_default().push(action);
+            }
+        }
+    }
+    out
+}
+
 /// Computes what moving from `old` (`None`: an empty domain) to `new` takes, per server.
 pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
     let empty;
@@ -466,10 +516,8 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
         }
     };
     let (od, nd) = (&old.domain.config, &new.domain.config);
-    let (old_deps, new_deps) = (old.domain.deployments(), new.domain.deployments());
+    let app_actions = app_actions(old, new);
     let names: BTreeSet<&String> = od.servers.keys().chain(nd.servers.keys()).collect();
-    // What changes about an application is the same on every server it stays on: plan it once.
-    let mut app_plans: crate::fasthash::FastMap<&str, Option<AppPlan>> = Default::default();
     let mut servers = Vec::new();
     for name in names {
         let (os, ns) = (od.servers.get(name), nd.servers.get(name));
@@ -483,41 +531,7 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
         } else {
             Vec::new()
         };
-        let no_apps = Vec::new();
-        let oapps = old_deps.get(name.as_str()).unwrap_or(&no_apps);
-        let napps = new_deps.get(name.as_str()).unwrap_or(&no_apps);
-        let mut applications = Vec::new();
-        // Both lists are in application-name order: walk them together.
-        let (mut i, mut j) = (0, 0);
-        while i < oapps.len() || j < napps.len() {
-            let (o, n) = (oapps.get(i).copied(), napps.get(j).copied());
-            let order = match (o, n) {
-                (Some(o), Some(n)) => o.cmp(n),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                _ => std::cmp::Ordering::Greater,
-            };
-            let step = match order {
-                std::cmp::Ordering::Less => {
-                    i += 1;
-                    o.map(|a| AppPlan::new(a, AppAction::Undeploy))
-                }
-                std::cmp::Ordering::Greater => {
-                    j += 1;
-                    n.map(|a| AppPlan::new(a, AppAction::Deploy))
-                }
-                std::cmp::Ordering::Equal => {
-                    i += 1;
-                    j += 1;
-                    o.and_then(|a| {
-                        app_plans
-                            .entry(a)
-                            .or_insert_with(|| app_plan(old, new, a))
-                            .clone()
-                    })
-                }
-            };
-            applications.extend(step);
-        }
+        let applications = app_actions.get(name.as_str()).cloned().unwrap_or_default();
         let pending_restart = changes
             .iter()
             .filter(|c| c.effect == Effect::Restart)
