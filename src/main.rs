@@ -39,6 +39,14 @@ enum Command {
     Init(commands::init::Args),
     /// Run the Master Server in the foreground.
     Master(commands::master::Args),
+    /// The launcher: receive the configuration (Master, else Git URL, else the local cache),
+    /// start the server in the background, wait until it is RUNNING.
+    StartServer(commands::launcher::StartArgs),
+    /// Stop a server gracefully (SIGTERM, then SIGKILL after its stop-timeout).
+    StopServer(commands::launcher::StopArgs),
+    /// The Managed Server process (started by the launcher).
+    #[command(hide = true)]
+    Server(commands::server::Args),
 }
 
 /// Output formats shared by commands that report problems.
@@ -51,7 +59,9 @@ pub enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(commands::launcher::rewrite_jeus(
+        std::env::args_os().collect(),
+    ));
     let result = match cli.command {
         Command::Validate(args) => commands::validate::run(args),
         Command::Diff(args) => commands::diff::run(args),
@@ -63,6 +73,9 @@ fn main() -> ExitCode {
         Command::HashPassword => commands::hash_password(),
         Command::Init(args) => commands::init::run(args),
         Command::Master(args) => commands::master::run(args),
+        Command::StartServer(args) => commands::launcher::start(args),
+        Command::StopServer(args) => commands::launcher::stop(args),
+        Command::Server(args) => commands::server::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! Steward's Git side: reading commits and working trees, and the Git server hook.
 
+pub mod cache;
 pub mod git;
 pub mod hook;
 pub mod init;

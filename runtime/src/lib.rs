@@ -1,1 +1,11 @@
+//! Steward's runtime: the launcher (`steward start-server`, `stop-server`), the Managed Server
+//! process (`steward server`), and what they share: the SERVER_HOME layout, log files, the
+//! sd_notify protocol, and pid handling.
 
+pub mod clock;
+pub mod launcher;
+pub mod layout;
+pub mod logfile;
+pub mod notify;
+pub mod process;
+pub mod server;

@@ -455,13 +455,23 @@ fn app_plan(old: &Loaded, new: &Loaded, name: &str) -> Option<AppPlan> {
 /// many servers run it; only changed ones touch their servers.
 fn app_actions(old: &Loaded, new: &Loaded) -> crate::fasthash::FastMap<String, Vec<AppPlan>> {
     use std::cmp::Ordering;
-    let (oa, na) = (&old.domain.config.applications, &new.domain.config.applications);
+    let (oa, na) = (
+        &old.domain.config.applications,
+        &new.domain.config.applications,
+    );
     let names: BTreeSet<&String> = oa.keys().chain(na.keys()).collect();
     let mut out: crate::fasthash::FastMap<String, Vec<AppPlan>> = Default::default();
     for name in names {
-        let os = oa.get(name).map_or_else(Vec::new, |a| old.domain.app_servers(a));
-        let ns = na.get(name).map_or_else(Vec::new, |a| new.domain.app_servers(a));
-        if os == ns && oa.get(name) == na.get(name) && old.content.get(name) == new.content.get(name) {
+        let os = oa
+            .get(name)
+            .map_or_else(Vec::new, |a| old.domain.app_servers(a));
+        let ns = na
+            .get(name)
+            .map_or_else(Vec::new, |a| new.domain.app_servers(a));
+        if os == ns
+            && oa.get(name) == na.get(name)
+            && old.content.get(name) == new.content.get(name)
+        {
             continue;
         }
         let settled = if os.is_empty() || ns.is_empty() {

@@ -3,7 +3,9 @@
 pub mod diff;
 pub mod hook;
 pub mod init;
+pub mod launcher;
 pub mod master;
+pub mod server;
 pub mod validate;
 
 use std::io::{BufRead, IsTerminal};

@@ -1,0 +1,164 @@
+//! The one HTTP request the launcher makes itself, `GET /v1/domain` on the Master: a few lines
+//! over `TcpStream` give exact failure reasons (refused vs. no answer) and a bounded wait.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use base64ct::Encoding;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{addr}: {error}")]
+    Io { addr: String, error: std::io::Error },
+    #[error("{0}: the answer is not HTTP")]
+    Malformed(String),
+}
+
+/// A response: status and body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Connects to `host:port`: refused fails at once, an unanswering host after `timeout`.
+pub fn connect(host_port: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
+    let addrs: Vec<_> = host_port
+        .to_socket_addrs()
+        .map_err(|e| HttpError::Unreachable(format!("cannot resolve {host_port}: {e}")))?
+        .collect();
+    let mut last = format!("{host_port} resolves to no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = format!("connection refused by {addr} (nothing listens there)");
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                last = format!("no answer from {addr} within {} ms", timeout.as_millis());
+            }
+            Err(e) => last = format!("cannot connect to {addr}: {e}"),
+        }
+    }
+    Err(HttpError::Unreachable(last))
+}
+
+/// `GET path` on `host_port` with optional Basic credentials: connecting waits up to
+/// `connect_timeout`; each read and write of the exchange up to `timeout`, so a Master that
+/// accepts but never answers cannot hang the launcher either.
+pub fn get(
+    host_port: &str,
+    path: &str,
+    credentials: Option<(&str, &str)>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    let mut stream = connect(host_port, connect_timeout)?;
+    let io = |error| HttpError::Io {
+        addr: host_port.to_owned(),
+        error,
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: application/json\r\nConnection: close\r\n"
+    );
+    if let Some((user, password)) = credentials {
+        let token = base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes());
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            HttpError::Unreachable(format!(
+                "{host_port} accepted the connection but did not answer within {} ms",
+                timeout.as_millis()
+            ))
+        } else {
+            io(e)
+        }
+    })?;
+    parse(&raw).ok_or_else(|| HttpError::Malformed(host_port.to_owned()))
+}
+
+fn parse(raw: &[u8]) -> Option<Response> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = &raw[end + 4..];
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Some(Response { status, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked() {
+        let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n1\r\n}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"{\"}");
+    }
+
+    #[test]
+    fn refused_fails_fast() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = std::time::Instant::now();
+        let e = get(
+            &format!("127.0.0.1:{port}"),
+            "/",
+            None,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,413 @@
+//! Where the configuration comes from, in the seed's order: the Master (→ DEPENDENT), else the Git
+//! URL (→ INDEPENDENT, validated here first), else the last validated commit of the local cache
+//! (→ INDEPENDENT, possibly stale), else no boot. Every step is logged with a message id.
+
+use std::time::{Duration, Instant};
+
+use reconciler::cache::{Cache, Remote};
+use reconciler::git::Oid;
+use schema::Loaded;
+
+use super::http;
+use crate::clock::Local;
+use crate::logfile::Logger;
+use crate::server::Mode;
+
+/// What the launcher was told about sources.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `HOST:PORT` (an `http://` prefix is accepted).
+    pub master_url: Option<String>,
+    pub git_url: Option<String>,
+    /// The branch of the Git URL, when it has no `refs/steward/pinned`.
+    pub branch: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    /// How long the Master may take to answer `GET /v1/domain` once connected.
+    pub response_timeout: Duration,
+}
+
+/// A commit to boot from.
+#[derive(Debug)]
+pub struct Resolved {
+    pub commit: Oid,
+    pub mode: Mode,
+    pub loaded: Box<Loaded>,
+    /// `the Master at …`, `the Git URL …`, `the local cache`.
+    pub origin: String,
+}
+
+/// One source tried and why it was not used.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub source: String,
+    pub failure: String,
+}
+
+/// Nothing usable: every attempt, for the refusal message.
+#[derive(Debug)]
+pub struct Refused {
+    pub attempts: Vec<Attempt>,
+}
+
+impl Refused {
+    pub fn describe(&self) -> String {
+        self.attempts
+            .iter()
+            .map(|a| format!("  - {}: {}", a.source, a.failure))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Why a source was not used. `final_` failures end the search: the source answered with a valid
+/// configuration that has no such server, so the server was removed from the domain (or the name
+/// is wrong) and booting it from an older configuration would resurrect it.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    final_: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            final_: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_owned())
+    }
+}
+
+/// `HOST:PORT` of a `--master-url` (scheme and trailing slash dropped).
+pub fn master_host_port(url: &str) -> &str {
+    url.trim_start_matches("http://").trim_end_matches('/')
+}
+
+/// Resolves the configuration for server `name`.
+pub fn resolve(
+    cache: &Cache,
+    name: &str,
+    sources: &Sources,
+    log: &Logger,
+) -> Result<Resolved, Refused> {
+    let mut attempts = Vec::new();
+    match &sources.master_url {
+        Some(url) => {
+            let label = format!("the Master at {}", master_host_port(url));
+            log.info(
+                "Launcher-0010",
+                &format!("Receiving the configuration from {label}."),
+            );
+            match from_master(cache, name, url, sources, log) {
+                Ok(r) => return Ok(r),
+                Err(Failure {
+                    message,
+                    final_: true,
+                }) => return Err(not_in_domain(log, name, label, message, attempts)),
+                Err(Failure {
+                    message: failure, ..
+                }) => {
+                    log.severe(
+                        "Launcher-0052",
+                        &format!(
+                            "Receiving the configuration failed. Attempting to start as INDEPENDENT.\n{label}: {failure}"
+                        ),
+                    );
+                    attempts.push(Attempt {
+                        source: label,
+                        failure,
+                    });
+                }
+            }
+        }
+        None => {
+            log.warn(
+                "Launcher-0053",
+                "No Master URL given (--master-url): the server will start as INDEPENDENT.",
+            );
+            attempts.push(Attempt {
+                source: "the Master".into(),
+                failure: "no --master-url given".into(),
+            });
+        }
+    }
+    match &sources.git_url {
+        Some(url) => {
+            let label = format!("the Git URL {}", reconciler::cache::redact(url));
+            log.info(
+                "Launcher-0020",
+                &format!(
+                    "Fetching refs/steward/pinned or refs/heads/{} from {label}.",
+                    sources.branch
+                ),
+            );
+            match from_git(cache, name, url, sources, log) {
+                Ok(r) => return Ok(r),
+                Err(Failure {
+                    message,
+                    final_: true,
+                }) => return Err(not_in_domain(log, name, label, message, attempts)),
+                Err(Failure {
+                    message: failure, ..
+                }) => {
+                    log.severe(
+                        "Launcher-0023",
+                        &format!("Not starting from {label}: {failure}"),
+                    );
+                    attempts.push(Attempt {
+                        source: label,
+                        failure,
+                    });
+                }
+            }
+        }
+        None => attempts.push(Attempt {
+            source: "a Git URL".into(),
+            failure: "no --git-url given".into(),
+        }),
+    }
+    match from_cache(cache, name, log) {
+        Ok(r) => Ok(r),
+        Err(failure) => {
+            attempts.push(Attempt {
+                source: format!("the local cache {}", cache.git_dir().display()),
+                failure: failure.message,
+            });
+            Err(Refused { attempts })
+        }
+    }
+}
+
+fn not_in_domain(
+    log: &Logger,
+    name: &str,
+    source: String,
+    message: String,
+    mut attempts: Vec<Attempt>,
+) -> Refused {
+    log.severe(
+        "Launcher-0067",
+        &format!(
+            "{source}: {message}. Not falling back to older configurations: they would start \
+             a server the domain no longer has [{name}]."
+        ),
+    );
+    attempts.push(Attempt {
+        source,
+        failure: message,
+    });
+    Refused { attempts }
+}
+
+/// Validates `commit` from the cache and checks it defines server `name`.
+fn load(cache: &Cache, commit: Oid, name: &str) -> Result<Loaded, Failure> {
+    let tree = cache
+        .tree(commit)
+        .map_err(|e| Failure::from(e.to_string()))?;
+    let validation = schema::validate(&tree);
+    let Some(loaded) = validation.loaded else {
+        return Err(Failure::from(format!(
+            "commit {} is invalid:\n{}",
+            commit.short(),
+            validation.report.render_short().trim_end()
+        )));
+    };
+    if !loaded.domain.config.servers.contains_key(name) {
+        return Err(Failure {
+            message: format!("commit {} defines no server named {name}", commit.short()),
+            final_: true,
+        });
+    }
+    Ok(loaded)
+}
+
+fn from_master(
+    cache: &Cache,
+    name: &str,
+    url: &str,
+    s: &Sources,
+    log: &Logger,
+) -> Result<Resolved, Failure> {
+    let start = Instant::now();
+    let host_port = master_host_port(url);
+    let creds = s.user.as_deref().zip(s.password.as_deref());
+    let resp = http::get(
+        host_port,
+        "/v1/domain",
+        creds,
+        s.connect_timeout,
+        s.response_timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    match resp.status {
+        200 => {}
+        401 if creds.is_none() => {
+            return Err(
+                "the Master asks for credentials: give -u/-p (--user/--password) or \
+                 STEWARD_USER/STEWARD_PASSWORD"
+                    .into(),
+            );
+        }
+        401 => return Err("the Master refused the credentials (401)".into()),
+        403 => return Err("the user may not read the domain (403)".into()),
+        other => return Err(format!("GET /v1/domain answered {other}").into()),
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.body).map_err(|e| format!("GET /v1/domain: not JSON: {e}"))?;
+    let pinned = v["pinned"]["commit"]
+        .as_str()
+        .ok_or("GET /v1/domain: no pinned.commit in the answer")?;
+    let commit = Oid::from_hex(pinned).map_err(|e| e.to_string())?;
+    if cache.has_complete(commit) {
+        // Warm cache: the pinned commit is already here, no Git round trip needed.
+        log.info(
+            "Launcher-0011",
+            &format!(
+                "The Master pins {}; it is already in the local cache.",
+                commit.short()
+            ),
+        );
+    } else {
+        log.info(
+            "Launcher-0011",
+            &format!(
+                "The Master pins {}; fetching it into the local cache.",
+                commit.short()
+            ),
+        );
+        let remote = Remote {
+            url: format!("http://{host_port}/git/domain.git"),
+            user: s.user.clone(),
+            password: s.password.clone(),
+            connect_timeout: s.connect_timeout,
+        };
+        let (_, transfer) = cache.fetch_master(&remote).map_err(|e| e.to_string())?;
+        log.info(
+            "Launcher-0013",
+            &format!("Fetched from the Master: {transfer}."),
+        );
+        // The pin may have moved between the two requests; the commit asked for is in the
+        // history of what arrived, and is what the Master told us to run.
+        cache.verify(commit).map_err(|e| e.to_string())?;
+    }
+    let loaded = load(cache, commit, name)?;
+    let label = format!("the Master at {host_port}");
+    let _ = cache.set_ref(
+        reconciler::cache::MASTER_PINNED,
+        commit,
+        "pinned by the Master",
+    );
+    cache
+        .record_valid(commit, &label)
+        .map_err(|e| e.to_string())?;
+    log.info(
+        "Launcher-0012",
+        &format!(
+            "Received the configuration {} from {label} in {} ms.",
+            commit.short(),
+            start.elapsed().as_millis()
+        ),
+    );
+    Ok(Resolved {
+        commit,
+        mode: Mode::Dependent,
+        loaded: Box::new(loaded),
+        origin: label,
+    })
+}
+
+fn from_git(
+    cache: &Cache,
+    name: &str,
+    url: &str,
+    s: &Sources,
+    log: &Logger,
+) -> Result<Resolved, Failure> {
+    let start = Instant::now();
+    let remote = Remote {
+        url: url.to_owned(),
+        user: s.user.clone(),
+        password: s.password.clone(),
+        connect_timeout: s.connect_timeout,
+    };
+    let fetched = cache
+        .fetch_git(&remote, &s.branch)
+        .map_err(|e| e.to_string())?;
+    let label = format!("the Git URL {}", reconciler::cache::redact(url));
+    let loaded = match load(cache, fetched.commit, name) {
+        Ok(l) => l,
+        Err(f) if f.final_ => return Err(f),
+        Err(Failure {
+            message: problems, ..
+        }) => {
+            log.severe(
+                "Launcher-0022",
+                &format!(
+                    "{} of {label} is not valid; not starting from it.\n{problems}",
+                    fetched.remote_ref
+                ),
+            );
+            return Err(format!("{} is not valid", fetched.remote_ref).into());
+        }
+    };
+    cache
+        .record_valid(fetched.commit, &label)
+        .map_err(|e| e.to_string())?;
+    log.info(
+        "Launcher-0021",
+        &format!(
+            "Received the configuration {} ({}, {}) from {label} in {} ms; it is valid.",
+            fetched.commit.short(),
+            fetched.remote_ref,
+            fetched.transfer,
+            start.elapsed().as_millis()
+        ),
+    );
+    Ok(Resolved {
+        commit: fetched.commit,
+        mode: Mode::Independent,
+        loaded: Box::new(loaded),
+        origin: label,
+    })
+}
+
+fn from_cache(cache: &Cache, name: &str, log: &Logger) -> Result<Resolved, Failure> {
+    let last = cache
+        .last_valid()
+        .map_err(|e| e.to_string())?
+        .ok_or("no validated configuration is cached on this machine")?;
+    let commit = Oid::from_hex(&last.commit).map_err(|e| e.to_string())?;
+    let loaded = load(cache, commit, name)?;
+    let since = match last.at {
+        Some(at) => {
+            let t = std::time::UNIX_EPOCH + Duration::from_secs(at);
+            format!("validated {}", Local::at(t).log_stamp())
+        }
+        None => "validated at an unknown time".into(),
+    };
+    let from = last
+        .source
+        .map(|s| format!(" from {s}"))
+        .unwrap_or_default();
+    log.warn(
+        "Launcher-0030",
+        &format!(
+            "Starting from the last validated configuration in the local cache: {} ({since}{from}). \
+             It may be stale: nothing newer could be received since then.",
+            commit.short()
+        ),
+    );
+    Ok(Resolved {
+        commit,
+        mode: Mode::Independent,
+        loaded: Box::new(loaded),
+        origin: "the local cache".into(),
+    })
+}

@@ -1,0 +1,321 @@
+//! The Managed Server process, `steward server` (started by the launcher, or by systemd): loads
+//! its commit from the local cache, validates it, creates or repairs SERVER_HOME, answers
+//! `GET /v1/status` on its base `listen` address, signals READY over sd_notify, and stops
+//! gracefully on SIGTERM/SIGINT (in-flight requests get up to `stop-timeout`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use reconciler::cache::Cache;
+use reconciler::git::Oid;
+use serde::Serialize;
+
+use crate::layout::ServerHome;
+use crate::logfile::{Echo, Level, LogFile, Logger, Rotation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    #[error(transparent)]
+    Log(#[from] crate::logfile::LogError),
+    #[error("cannot load commit {commit} from the local cache: {cause}")]
+    Load { commit: String, cause: String },
+    #[error("commit {commit} is invalid; not starting:\n{problems}")]
+    Invalid { commit: String, problems: String },
+    #[error("commit {commit} defines no server named {name}")]
+    NoSuchServer { commit: String, name: String },
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
+}
+
+/// How the server was booted: with the Master's configuration, or without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Mode {
+    Dependent,
+    Independent,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Dependent => "DEPENDENT",
+            Mode::Independent => "INDEPENDENT",
+        }
+    }
+    /// The spelling of the `--mode` option.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Mode::Dependent => "dependent",
+            Mode::Independent => "independent",
+        }
+    }
+}
+
+/// What `steward server` was told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub domain_home: PathBuf,
+    pub name: String,
+    pub commit: String,
+    pub mode: Mode,
+    /// Also print log lines on stderr (under `--verbose` or systemd).
+    pub console: bool,
+    /// `process.args` of the configuration, passed through by the launcher.
+    pub args: Vec<String>,
+}
+
+/// The server's element of the Master's `/v1/servers` (DESIGN.md §6).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub state: &'static str,
+    pub mode: Mode,
+    pub applied_commit: String,
+    pub pending_restart: Vec<String>,
+    pub failed_applications: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+type Shared = Arc<RwLock<Status>>;
+
+async fn status(State(s): State<Shared>) -> axum::Json<Status> {
+    let snapshot = s
+        .read()
+        .map(|g| g.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    axum::Json(snapshot)
+}
+
+fn level(l: schema::model::LogLevel) -> Level {
+    use schema::model::LogLevel::*;
+    match l {
+        Trace | Debug => Level::Fine,
+        Info => Level::Info,
+        Warn => Level::Warning,
+        Error => Level::Severe,
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn run(opts: Options) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let home = ServerHome::new(&opts.domain_home, &opts.name)?;
+    home.create()?;
+    let file = LogFile::open(&home.logs(), "server", Rotation::default())?;
+    let echo = if opts.console {
+        Echo::Stderr
+    } else {
+        Echo::None
+    };
+    let log = Logger::new(Some(file), echo, &opts.name);
+    match boot(&opts, &home, &log, started) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            log.severe("SERVER-0090", &format!("The server failed to start: {e}"));
+            Err(e)
+        }
+    }
+}
+
+fn boot(
+    opts: &Options,
+    home: &ServerHome,
+    log: &Logger,
+    started: Instant,
+) -> Result<(), ServerError> {
+    log.info(
+        "SERVER-0001",
+        &format!(
+            "Starting the server[{}] of {} in {} mode with commit {}.",
+            opts.name,
+            home.domain_home.display(),
+            opts.mode.as_str(),
+            opts.commit
+        ),
+    );
+    let load_err = |cause: String| ServerError::Load {
+        commit: opts.commit.clone(),
+        cause,
+    };
+    let commit = Oid::from_hex(&opts.commit).map_err(|e| load_err(e.to_string()))?;
+    let loaded = {
+        // Shared lock: no launcher moves the cache aside while this reads it.
+        let cache = Cache::open_shared(&home.domain_home).map_err(|e| load_err(e.to_string()))?;
+        let tree = cache.tree(commit).map_err(|e| load_err(e.to_string()))?;
+        let validation = schema::validate(&tree);
+        match validation.loaded {
+            Some(l) => l,
+            None => {
+                return Err(ServerError::Invalid {
+                    commit: commit.short(),
+                    problems: validation.report.render_short(),
+                });
+            }
+        }
+    };
+    let Some(server) = loaded.domain.config.servers.get(&opts.name).cloned() else {
+        return Err(ServerError::NoSuchServer {
+            commit: commit.short(),
+            name: opts.name.clone(),
+        });
+    };
+    log.set_level(level(server.logging.level));
+    log.set_rotation(Rotation {
+        max_size: server.logging.rotation.max_size.0,
+        daily: server.logging.rotation.daily,
+        keep: server.logging.rotation.keep,
+    });
+    if !opts.args.is_empty() {
+        log.info(
+            "SERVER-0003",
+            &format!("Process arguments: {}", opts.args.join(" ")),
+        );
+    }
+    let threads = usize::from(server.process.runtime_threads.max(1));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let stop_timeout = server.stop_timeout.0;
+    let status: Shared = Arc::new(RwLock::new(Status {
+        name: opts.name.clone(),
+        state: "STARTING",
+        mode: opts.mode,
+        applied_commit: commit.to_hex(),
+        pending_restart: Vec::new(),
+        failed_applications: Vec::new(),
+        last_error: None,
+    }));
+    rt.block_on(serve(ServeArgs {
+        home,
+        log,
+        status,
+        listen: server.listen,
+        stop_timeout,
+        mode: opts.mode,
+        started,
+    }))
+}
+
+struct ServeArgs<'a> {
+    home: &'a ServerHome,
+    log: &'a Logger,
+    status: Shared,
+    listen: SocketAddr,
+    stop_timeout: Duration,
+    mode: Mode,
+    started: Instant,
+}
+
+async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|error| ServerError::Listen {
+            addr: a.listen,
+            error,
+        })?;
+    // Installed before READY, so a stop right after READY is never lost.
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .with_state(a.status.clone());
+    a.log.info(
+        "SERVER-0010",
+        &format!(
+            "Listening on {} (management API: GET /v1/status).",
+            a.listen
+        ),
+    );
+    let pid = std::process::id();
+    crate::process::write_pid(a.home, pid)?;
+    if let Ok(mut s) = a.status.write() {
+        s.state = "RUNNING";
+    }
+    match a.mode {
+        Mode::Independent => a.log.info(
+            "SERVER-0249",
+            "Successfully started the server INDEPENDENTLY.",
+        ),
+        Mode::Dependent => a.log.info(
+            "SERVER-0250",
+            "Successfully started the server DEPENDENT on the Master.",
+        ),
+    }
+    a.log.info("SERVER-0248", "The server is RUNNING.");
+    a.log.info(
+        "SERVER-0401",
+        &format!(
+            "The elapsed time to start: {}ms.",
+            a.started.elapsed().as_millis()
+        ),
+    );
+    if let Err(e) = crate::notify::notify(&format!(
+        "READY=1\nSTATUS=RUNNING ({})\nMAINPID={pid}",
+        a.mode.as_str()
+    )) {
+        a.log
+            .warn("SERVER-0011", &format!("Cannot signal readiness: {e}"));
+    }
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = rx.await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let signal_name = tokio::select! {
+        r = &mut server => {
+            // The listener failed on its own: nothing to drain.
+            crate::process::remove_pid(a.home, pid);
+            return r.map_err(ServerError::Runtime);
+        }
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    if let Ok(mut s) = a.status.write() {
+        s.state = "STOPPING";
+    }
+    let _ = crate::notify::notify("STOPPING=1");
+    a.log.info(
+        "SERVER-0300",
+        &format!(
+            "Received {signal_name}; stopping gracefully (in-flight requests get up to {} ms).",
+            a.stop_timeout.as_millis()
+        ),
+    );
+    let _ = tx.send(signal_name);
+    match tokio::time::timeout(a.stop_timeout, &mut server).await {
+        Ok(_) => a.log.info("SERVER-0301", "The server stopped."),
+        Err(_) => a.log.warn(
+            "SERVER-0302",
+            "In-flight requests did not finish within stop-timeout; stopping anyway.",
+        ),
+    }
+    crate::process::remove_pid(a.home, pid);
+    Ok(())
+}
+
+/// Reads the configuration the server at `argv` runs (its `--commit`), for its stop-timeout.
+pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
+    let commit = Oid::from_hex(crate::process::arg_value(argv, "--commit")?).ok()?;
+    let cache = Cache::open_shared(&home.domain_home).ok()?;
+    let tree = cache.tree(commit).ok()?;
+    let loaded = schema::validate(&tree).loaded?;
+    Some(loaded.domain.config.servers.get(&home.name)?.stop_timeout.0)
+}

@@ -1,0 +1,1120 @@
+//! End to end: the launcher (`steward start-server`, `stop-server`, the JEUS spellings) with real
+//! processes — a real Master, bare repositories driven by the real `git`, and real servers whose
+//! `GET /v1/status` is read over TCP. Every process started here is killed by a drop guard.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
+
+// ---------------------------------------------------------------- helpers
+
+/// A temporary directory under /tmp (short paths: unix socket names are limited), removed on
+/// drop unless STEWARD_KEEP_TMP is set.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("stl-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("STEWARD_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Op")
+        .env("GIT_AUTHOR_EMAIL", "op@example.com")
+        .env("GIT_COMMITTER_NAME", "Op")
+        .env("GIT_COMMITTER_EMAIL", "op@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The example domain (users admin/admin) in `dir`, its server1 listening on `port`, committed
+/// on `main`.
+fn domain_repo(dir: &Path, port: u16) -> PathBuf {
+    let src = dir.join("src");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/domain1"),
+        &src,
+    );
+    let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
+    let toml = toml.replace("127.0.0.1:9741", &format!("127.0.0.1:{port}"));
+    std::fs::write(src.join("domain.toml"), toml).expect("write");
+    git(&src, &["init", "-q", "-b", "main"]);
+    git(&src, &["add", "-A"]);
+    git(&src, &["commit", "-q", "-m", "the example domain"]);
+    src
+}
+
+/// A bare clone of `src` (the "Git URL").
+fn bare(dir: &Path, src: &Path) -> PathBuf {
+    let b = dir.join("bare.git");
+    git(
+        dir,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &src.to_string_lossy(),
+            &b.to_string_lossy(),
+        ],
+    );
+    b
+}
+
+fn steward(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(STEWARD);
+    c.args(args)
+        .env_remove("STEWARD_USER")
+        .env_remove("STEWARD_PASSWORD")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("run steward")
+}
+
+/// `GET path` on 127.0.0.1:`port`: status and body.
+fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = text(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+fn status(port: u16) -> serde_json::Value {
+    let (code, body) = get(port, "/v1/status").expect("server answers");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+fn kill(pid: &str, sig: &str) {
+    let _ = Command::new("kill").args([sig, pid]).output();
+}
+
+/// Kills the server of a domain home on drop (by its pid file), whatever the test did.
+struct ServerGuard {
+    pid_file: PathBuf,
+}
+
+impl ServerGuard {
+    fn new(home: &Path, server: &str) -> ServerGuard {
+        ServerGuard {
+            pid_file: home
+                .join("servers")
+                .join(server)
+                .join(".workspace/server.pid"),
+        }
+    }
+    fn pid(&self) -> Option<String> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            kill(&pid, "-9");
+        }
+    }
+}
+
+/// A running `steward master` over a domain home made by `steward init`; SIGKILLed on drop.
+struct Master {
+    child: Child,
+    port: u16,
+}
+
+impl Master {
+    fn start(home: &Path, from: &Path) -> Master {
+        let out = steward(
+            &[
+                "init",
+                &home.to_string_lossy(),
+                "--from",
+                &from.to_string_lossy(),
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "init: {}", text(&out.stderr));
+        let port = free_port();
+        let child = Command::new(STEWARD)
+            .args(["master", "--domain-home", &home.to_string_lossy()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start master");
+        let mut m = Master { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(port, "/healthz").map(|r| r.0).ok() != Some(200) {
+            if let Ok(Some(s)) = m.child.try_wait() {
+                panic!("master exited: {s}");
+            }
+            assert!(Instant::now() < deadline, "master not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+    fn url(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn assert_ok(out: &Output) -> String {
+    let s = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{s}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    s
+}
+
+fn start(home: &Path, extra: &[&str]) -> Output {
+    let h = home.to_string_lossy();
+    let mut args = vec!["start-server", "--domain-home", &h, "--server", "server1"];
+    args.extend_from_slice(extra);
+    steward(&args, &[])
+}
+
+fn stop(home: &Path) -> Output {
+    let h = home.to_string_lossy();
+    steward(
+        &["stop-server", "--domain-home", &h, "--server", "server1"],
+        &[],
+    )
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn boots_dependent_from_a_running_master_and_stops() {
+    let tmp = TempDir::new("dep");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let master = Master::start(&tmp.path().join("master"), &src);
+    let home = tmp.path().join("home");
+    let guard = ServerGuard::new(&home, "server1");
+
+    let out = start(
+        &home,
+        &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+    );
+    let stdout = assert_ok(&out);
+    assert!(
+        stdout.contains("[Launcher-0012] Received the configuration"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[SERVER-0248] The server is RUNNING."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[Launcher-0040] Successfully started the server."),
+        "{stdout}"
+    );
+    let s = status(port);
+    assert_eq!(s["mode"], "DEPENDENT");
+    assert_eq!(s["state"], "RUNNING");
+    assert_eq!(s["name"], "server1");
+    let (_, domain) = {
+        let mut st = TcpStream::connect(("127.0.0.1", master.port)).expect("connect");
+        write!(
+            st,
+            "GET /v1/domain HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut raw = String::new();
+        st.read_to_string(&mut raw).expect("read");
+        let (h, b) = raw.split_once("\r\n\r\n").expect("http");
+        (h.to_owned(), b.to_owned())
+    };
+    let domain: serde_json::Value = serde_json::from_str(&domain).expect("json");
+    assert_eq!(s["applied_commit"], domain["pinned"]["commit"]);
+    assert_eq!(s["pending_restart"], serde_json::json!([]));
+    assert_eq!(s["failed_applications"], serde_json::json!([]));
+    assert!(s["last_error"].is_null());
+
+    // The server runs with `process.env` of the configuration (the example sets one).
+    let pid = guard.pid().expect("pid file");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v == b"STEWARD_EXAMPLE=server1"),
+        "process.env not applied"
+    );
+    // The server's boot lines are in the launcher log too (JEUS: the launcher logs the boot).
+    let launcher_log = std::fs::read_dir(home.join("servers/server1/logs"))
+        .expect("logs")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("launcher_"))
+        })
+        .expect("launcher log");
+    let launcher_log = std::fs::read_to_string(launcher_log).expect("read");
+    assert!(launcher_log.contains("[SERVER-0248]"), "{launcher_log}");
+
+    // SERVER_HOME, exactly as DESIGN.md §7 has it, and the logs' names.
+    let sh = home.join("servers/server1");
+    for d in [
+        ".workspace/deployed",
+        ".workspace/ejbtimerdb",
+        ".workspace/session",
+        ".workspace/tmlog",
+        ".workspace/tmp",
+        "bin",
+        "lib/application",
+        "logs",
+    ] {
+        assert!(sh.join(d).is_dir(), "{d} missing");
+    }
+    let logs: Vec<String> = std::fs::read_dir(sh.join("logs"))
+        .expect("logs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    for base in ["launcher", "server"] {
+        assert!(
+            logs.iter().any(|n| {
+                n.strip_prefix(&format!("{base}_")).is_some_and(|r| {
+                    r.len() == 8 + 4 + 5
+                        && r[..8].bytes().all(|b| b.is_ascii_digit())
+                        && &r[8..12] == ".log"
+                        && &r[12..] == "00001"
+                })
+            }),
+            "{base} log in {logs:?}"
+        );
+    }
+
+    // Already running: refused, and the running server is untouched.
+    let again = start(
+        &home,
+        &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stdout).contains("[Launcher-0062]"));
+    assert_eq!(status(port)["state"], "RUNNING");
+
+    // Graceful stop, then idempotent.
+    let stdout = assert_ok(&stop(&home));
+    assert!(stdout.contains("stopped gracefully"), "{stdout}");
+    assert!(get(port, "/v1/status").is_err(), "still answering");
+    assert!(guard.pid().is_none(), "pid file left behind");
+    let stdout = assert_ok(&stop(&home));
+    assert!(
+        stdout.contains("[Launcher-0093]") && stdout.contains("not running"),
+        "{stdout}"
+    );
+
+    // Warm cache, Master up: no Git round trip; measured for the report.
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = start(
+            &home,
+            &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+        );
+        times.push(t.elapsed());
+        let stdout = assert_ok(&out);
+        assert!(
+            stdout.contains("it is already in the local cache"),
+            "{stdout}"
+        );
+        assert_ok(&stop(&home));
+    }
+    times.sort();
+    eprintln!(
+        "warm start to RUNNING (launcher wall time): median {:?}, all {times:?}",
+        times[2]
+    );
+}
+
+#[test]
+fn master_down_boots_independent_from_the_git_url_then_from_the_cache() {
+    let tmp = TempDir::new("git");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let head = git(&src, &["rev-parse", "HEAD"]);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    let refused = format!("127.0.0.1:{}", free_port());
+
+    let t = Instant::now();
+    let out = start(
+        &home,
+        &[
+            "--master-url",
+            &refused,
+            "--git-url",
+            &bare.to_string_lossy(),
+        ],
+    );
+    let stdout = assert_ok(&out);
+    assert!(
+        stdout.contains(
+            "[Launcher-0052] Receiving the configuration failed. Attempting to start as INDEPENDENT."
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("connection refused"), "{stdout}");
+    assert!(stdout.contains("[Launcher-0021]"), "{stdout}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let s = status(port);
+    assert_eq!(s["mode"], "INDEPENDENT");
+    assert_eq!(s["applied_commit"], head.as_str());
+
+    // The scripts in SERVER_HOME/bin stop and start this server without naming it.
+    let bin = home.join("servers/server1/bin");
+    let out = Command::new(bin.join("stopServer"))
+        .output()
+        .expect("stopServer");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(get(port, "/v1/status").is_err());
+
+    // Both sources unreachable: the warm cache, INDEPENDENT, flagged as possibly stale.
+    let out = start(
+        &home,
+        &[
+            "--master-url",
+            &refused,
+            "--git-url",
+            &tmp.path().join("gone.git").to_string_lossy(),
+        ],
+    );
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("[Launcher-0030]"), "{stdout}");
+    assert!(stdout.contains("may be stale"), "{stdout}");
+    let s = status(port);
+    assert_eq!(s["mode"], "INDEPENDENT");
+    assert_eq!(s["applied_commit"], head.as_str());
+    assert_ok(&stop(&home));
+
+    // startServer repeats the last start's sources (the bare repository is still there).
+    let out = Command::new("sh")
+        .arg(bin.join("startServer"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("startServer");
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("[Launcher-0040]"), "{stdout}");
+    assert_ok(&stop(&home));
+}
+
+#[test]
+fn nothing_reachable_and_no_cache_refuses_to_boot() {
+    let tmp = TempDir::new("none");
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    let refused = format!("127.0.0.1:{}", free_port());
+    let t = Instant::now();
+    let out = start(
+        &home,
+        &[
+            "--master-url",
+            &refused,
+            "--git-url",
+            &format!("http://127.0.0.1:{}/domain.git", free_port()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("[Launcher-0060] Cannot start the server[server1]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the Master at"), "{stdout}");
+    assert!(stdout.contains("the Git URL"), "{stdout}");
+    assert!(
+        stdout.contains("no validated configuration is cached on this machine"),
+        "{stdout}"
+    );
+    // Refused connections fail fast.
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(!home.join("servers/server1/.workspace/server.pid").exists());
+}
+
+#[test]
+fn an_unanswering_master_waits_at_most_the_connect_timeout() {
+    let tmp = TempDir::new("slow");
+    let home = tmp.path().join("home");
+    // Accepts connections (the kernel's backlog) but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let t = Instant::now();
+    let out = start(
+        &home,
+        &[
+            "--master-url",
+            &addr.to_string(),
+            "--response-timeout",
+            "500ms",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("did not answer within 500 ms"), "{stdout}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    drop(silent);
+}
+
+#[test]
+fn an_invalid_head_at_the_git_url_is_not_booted_the_cache_is() {
+    let tmp = TempDir::new("invalid");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let good = git(&src, &["rev-parse", "HEAD"]);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    let url = bare.to_string_lossy().into_owned();
+
+    assert_ok(&start(&home, &["--git-url", &url]));
+    assert_ok(&stop(&home));
+
+    // An invalid commit reaches the Git URL (no Master validated it).
+    let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
+    std::fs::write(
+        src.join("domain.toml"),
+        toml.replace(
+            "restart-policy = \"rolling\"",
+            "restart-policy = \"sometimes\"",
+        ),
+    )
+    .expect("write");
+    git(&src, &["commit", "-qam", "an invalid policy"]);
+    git(&src, &["push", "-q", &url, "main"]);
+
+    let out = start(&home, &["--git-url", &url]);
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("[Launcher-0022]"), "{stdout}");
+    assert!(
+        stdout.contains("is not valid; not starting from it"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("domain.toml:"),
+        "problems are listed: {stdout}"
+    );
+    assert!(stdout.contains("[Launcher-0030]"), "{stdout}");
+    assert_eq!(status(port)["applied_commit"], good.as_str());
+    assert_ok(&stop(&home));
+}
+
+#[test]
+fn a_corrupt_cache_is_detected_moved_aside_and_rebuilt() {
+    let tmp = TempDir::new("corrupt");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    let url = bare.to_string_lossy().into_owned();
+    assert_ok(&start(&home, &["--git-url", &url]));
+    assert_ok(&stop(&home));
+
+    // Lose the objects (packs and loose ones); the refs still name them.
+    let objects = home.join(".cache/domain.git/objects");
+    for entry in walk(&objects) {
+        let name = entry
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".pack") || (name.len() == 38 && !entry.starts_with(objects.join("info")))
+        {
+            std::fs::remove_file(&entry).expect("remove object");
+        }
+    }
+
+    // Nothing else reachable: the corrupt cache is not used.
+    let out = start(&home, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("[Launcher-0061] The local cache was corrupt"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[Launcher-0060]"), "{stdout}");
+
+    // The next start with a reachable source fills the new cache.
+    assert_ok(&start(&home, &["--git-url", &url]));
+    assert_eq!(status(port)["mode"], "INDEPENDENT");
+    let aside = std::fs::read_dir(home.join(".cache"))
+        .expect("cache dir")
+        .filter(|e| {
+            e.as_ref()
+                .map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("domain.git.corrupt-")
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    assert!(aside >= 1, "the corrupt cache was moved aside");
+    assert_ok(&stop(&home));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn verbose_stays_attached_and_ctrl_c_stops_the_server() {
+    let tmp = TempDir::new("verbose");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    // As under systemd `Type=notify`: the launcher passes READY=1 on to its own NOTIFY_SOCKET.
+    let sock_path = tmp.path().join("systemd-notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify");
+    let mut launcher = Command::new(STEWARD)
+        .args(["start-server", "--domain-home", &home.to_string_lossy()])
+        .args(["--server", "server1", "--git-url", &bare.to_string_lossy()])
+        .arg("--verbose")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("launcher");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(port, "/v1/status").is_err() {
+        assert!(
+            launcher.try_wait().expect("wait").is_none(),
+            "launcher exited"
+        );
+        assert!(Instant::now() < deadline, "server not up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 512];
+    let n = systemd.recv(&mut buf).expect("READY forwarded");
+    assert!(
+        text(&buf[..n]).lines().any(|l| l == "READY=1"),
+        "{}",
+        text(&buf[..n])
+    );
+    // Still attached while the server runs.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        launcher.try_wait().expect("wait").is_none(),
+        "launcher detached"
+    );
+    kill(&launcher.id().to_string(), "-INT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = launcher.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = launcher.kill();
+            panic!("launcher did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = launcher.wait_with_output().expect("output");
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(status.success(), "{all}");
+    assert!(
+        all.contains("[SERVER-0248] The server is RUNNING."),
+        "{all}"
+    );
+    assert!(all.contains("[Launcher-0080]"), "{all}");
+    assert!(all.contains("[SERVER-0300] Received SIGTERM"), "{all}");
+    assert!(all.contains("[Launcher-0041] The server stopped"), "{all}");
+    assert!(get(port, "/v1/status").is_err());
+}
+
+#[test]
+fn a_stale_pid_file_does_not_fool_stop_or_start() {
+    let tmp = TempDir::new("stale");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    let ws = home.join("servers/server1/.workspace");
+    std::fs::create_dir_all(&ws).expect("mkdir");
+    // A live process that is not the server: this test.
+    std::fs::write(ws.join("server.pid"), format!("{}\n", std::process::id())).expect("write");
+    let stdout = assert_ok(&stop(&home));
+    assert!(stdout.contains("not running"), "{stdout}");
+    assert!(!ws.join("server.pid").exists());
+
+    std::fs::write(ws.join("server.pid"), "999999\n").expect("write");
+    let stdout = assert_ok(&start(&home, &["--git-url", &bare.to_string_lossy()]));
+    assert!(stdout.contains("[Launcher-0094]"), "{stdout}");
+    assert_eq!(status(port)["state"], "RUNNING");
+    assert_ok(&stop(&home));
+}
+
+#[test]
+fn a_server_that_fails_to_boot_is_reported_with_its_last_lines() {
+    let tmp = TempDir::new("fail");
+    let blocker = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = blocker.local_addr().expect("addr").port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    let out = start(&home, &["--git-url", &bare.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("[Launcher-0063] The server exited during boot"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cannot listen on"), "{stdout}");
+    assert!(!home.join("servers/server1/.workspace/server.pid").exists());
+    drop(blocker);
+}
+
+#[test]
+fn the_jeus_spelling_starts_and_stops() {
+    let tmp = TempDir::new("jeus");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let master = Master::start(&tmp.path().join("master"), &src);
+    let steward_home = tmp.path().join("sh");
+    let home = steward_home.join("domains/domain1");
+    let _guard = ServerGuard::new(&home, "server1");
+    let sh = steward_home.to_string_lossy().into_owned();
+    let out = steward(
+        &[
+            "startManagedServer",
+            "-domain",
+            "domain1",
+            "-server",
+            "server1",
+            "-u",
+            "admin",
+            "-p",
+            "admin",
+            "-masterurl",
+            &master.url(),
+        ],
+        &[("STEWARD_HOME", &sh)],
+    );
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("[Launcher-0040]"), "{stdout}");
+    assert_eq!(status(port)["mode"], "DEPENDENT");
+    assert!(home.join("servers/server1/bin/startServer").exists());
+    let out = steward(
+        &["stopServer", "-domain", "domain1", "-server", "server1"],
+        &[("STEWARD_HOME", &sh)],
+    );
+    assert_ok(&out);
+    assert!(get(port, "/v1/status").is_err());
+}
+
+#[test]
+fn credentials_from_the_environment_and_wrong_ones() {
+    let tmp = TempDir::new("creds");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let master = Master::start(&tmp.path().join("master"), &src);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    let h = home.to_string_lossy().into_owned();
+    let args = [
+        "start-server",
+        "--domain-home",
+        &h,
+        "--server",
+        "server1",
+        "--master-url",
+        &master.url(),
+    ];
+    let out = steward(
+        &args,
+        &[("STEWARD_USER", "admin"), ("STEWARD_PASSWORD", "nope")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("refused the credentials"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = steward(
+        &args,
+        &[("STEWARD_USER", "admin"), ("STEWARD_PASSWORD", "admin")],
+    );
+    assert_ok(&out);
+    assert_eq!(status(port)["mode"], "DEPENDENT");
+    assert_ok(&stop(&home));
+}
+
+#[test]
+fn two_launchers_share_one_cache() {
+    let tmp = TempDir::new("shared");
+    let (p1, p2) = (free_port(), free_port());
+    let src = domain_repo(tmp.path(), p1);
+    let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
+    std::fs::write(
+        src.join("domain.toml"),
+        toml.replace("127.0.0.1:9751", &format!("127.0.0.1:{p2}")),
+    )
+    .expect("write");
+    git(&src, &["commit", "-qam", "server2 port"]);
+    let bare = bare(tmp.path(), &src);
+    let home = tmp.path().join("home");
+    let _g1 = ServerGuard::new(&home, "server1");
+    let _g2 = ServerGuard::new(&home, "server2");
+    let h = home.to_string_lossy().into_owned();
+    let url = bare.to_string_lossy().into_owned();
+    let threads: Vec<_> = ["server1", "server2"]
+        .into_iter()
+        .map(|name| {
+            let (h, url) = (h.clone(), url.clone());
+            std::thread::spawn(move || {
+                steward(
+                    &[
+                        "start-server",
+                        "--domain-home",
+                        &h,
+                        "--server",
+                        name,
+                        "--git-url",
+                        &url,
+                    ],
+                    &[],
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_ok(&t.join().expect("thread"));
+    }
+    assert_eq!(status(p1)["name"], "server1");
+    assert_eq!(status(p2)["name"], "server2");
+    for name in ["server1", "server2"] {
+        assert_ok(&steward(
+            &["stop-server", "--domain-home", &h, "--server", name],
+            &[],
+        ));
+    }
+}
+
+/// `(objects, bytes)` from a `Launcher-0021` line: `(refs/heads/main, N objects, B bytes)`.
+fn transfer(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("[Launcher-0021]"))
+        .unwrap_or_else(|| panic!("no Launcher-0021 in {stdout}"));
+    let nums: Vec<u64> = line
+        .split(", ")
+        .filter_map(|part| {
+            let mut w = part.split_whitespace();
+            let n = w.next()?.parse().ok()?;
+            matches!(w.next(), Some("objects") | Some("bytes") | Some("bytes)")).then_some(n)
+        })
+        .collect();
+    assert_eq!(nums.len(), 2, "{line}");
+    (nums[0], nums[1])
+}
+
+#[test]
+fn a_new_commit_on_a_long_history_fetches_only_its_objects() {
+    let tmp = TempDir::new("history");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    // 1,000 commits of history, each changing a 2 KiB file, written in one `git fast-import`.
+    let mut stream = String::new();
+    for i in 1..=1000 {
+        let content: String = (0..64)
+            .map(|j| format!("commit {i:04} line {j:02} ........\n"))
+            .collect();
+        let msg = format!("history {i}");
+        stream.push_str(&format!(
+            "commit refs/heads/main\ncommitter Op <op@example.com> {} +0000\ndata {}\n{msg}\n",
+            1_700_000_000 + i,
+            msg.len()
+        ));
+        if i == 1 {
+            stream.push_str("from refs/heads/main^0\n");
+        }
+        stream.push_str(&format!(
+            "M 644 inline notes/history.txt\ndata {}\n{content}\n",
+            content.len()
+        ));
+    }
+    let mut fi = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(&src)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("fast-import");
+    fi.stdin
+        .take()
+        .expect("stdin")
+        .write_all(stream.as_bytes())
+        .expect("write stream");
+    assert!(fi.wait().expect("wait").success());
+    git(&src, &["reset", "-q", "--hard", "main"]);
+    let bare = bare(tmp.path(), &src);
+    let url = bare.to_string_lossy().into_owned();
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+
+    // What a full clone would carry.
+    let history_objects = git(&bare, &["rev-list", "--objects", "--all"])
+        .lines()
+        .count();
+    let history_kib: u64 = git(&bare, &["count-objects", "-v"])
+        .lines()
+        .find_map(|l| l.strip_prefix("size-pack: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("size-pack");
+
+    // A cold cache fetches the tip only (depth 1): one commit's tree, not the history.
+    let out = start(&home, &["--git-url", &url]);
+    let (first_objects, first_bytes) = transfer(&assert_ok(&out));
+    assert_ok(&stop(&home));
+
+    let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
+    std::fs::write(
+        src.join("domain.toml"),
+        toml.replace("Example domain:", "Example domain, edited:"),
+    )
+    .expect("write");
+    git(&src, &["commit", "-qam", "one more"]);
+    git(&src, &["push", "-q", &url, "main"]);
+    let out = start(&home, &["--git-url", &url]);
+    let (objects, bytes) = transfer(&assert_ok(&out));
+    assert_ok(&stop(&home));
+    eprintln!(
+        "history of 1,001 commits: {history_objects} objects, pack {history_kib} KiB; \
+         cold cache fetch: {first_objects} objects, {first_bytes} bytes; \
+         one new commit: {objects} objects, {bytes} bytes"
+    );
+    assert!(
+        (first_objects as usize) * 20 < history_objects,
+        "{first_objects} objects for a cold fetch"
+    );
+    assert!(
+        first_bytes * 20 < history_kib * 1024,
+        "{first_bytes} bytes for a cold fetch"
+    );
+    // The commit, its root tree and the changed domain.toml travel (as deltas); the stored pack
+    // also counts the local bases gix appends to complete a thin pack. Nothing of the history.
+    assert!(objects <= 5, "{objects} objects fetched for one commit");
+    assert!(
+        bytes * 50 < history_kib * 1024,
+        "{bytes} bytes for one commit"
+    );
+
+    // A rollback to an old commit (beyond the shallow tip) still boots: it is fetched on demand.
+    let old = git(&src, &["rev-parse", "HEAD~500"]);
+    git(
+        &src,
+        &[
+            "push",
+            "-q",
+            "--force",
+            &url,
+            &format!("{old}:refs/heads/main"),
+        ],
+    );
+    let out = start(&home, &["--git-url", &url]);
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("[Launcher-0021]"), "{stdout}");
+    assert_eq!(status(port)["applied_commit"], old.as_str());
+    assert_ok(&stop(&home));
+}
+
+#[test]
+fn two_starts_of_one_server_race_and_one_wins() {
+    let tmp = TempDir::new("race");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let home = tmp.path().join("home");
+    let guard = ServerGuard::new(&home, "server1");
+    // Warm the cache first, so both launchers reach the spawn at about the same time.
+    let url = bare.to_string_lossy().into_owned();
+    assert_ok(&start(&home, &["--git-url", &url]));
+    assert_ok(&stop(&home));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let home = home.clone();
+            std::thread::spawn(move || start(&home, &[]))
+        })
+        .collect();
+    let outs: Vec<Output> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        ok,
+        1,
+        "{:?}",
+        outs.iter().map(|o| text(&o.stdout)).collect::<Vec<_>>()
+    );
+    // The pid file names the server that runs, so stop-server finds it.
+    let pid = guard.pid().expect("pid file");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(status(port)["state"], "RUNNING");
+    let stdout = assert_ok(&stop(&home));
+    assert!(stdout.contains("stopped gracefully"), "{stdout}");
+    assert!(get(port, "/v1/status").is_err());
+}
+
+#[test]
+fn the_git_url_over_http_prefers_the_pinned_ref() {
+    let tmp = TempDir::new("githttp");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let master = Master::start(&tmp.path().join("master"), &src);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    // The Master's repository as a plain Git URL (no --master-url): INDEPENDENT, from its pin.
+    let url = format!("http://{}/git/domain.git", master.url());
+    let out = start(&home, &["--git-url", &url, "-u", "admin", "-p", "admin"]);
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("(refs/steward/pinned,"), "{stdout}");
+    assert_eq!(status(port)["mode"], "INDEPENDENT");
+    assert_ok(&stop(&home));
+    // Without credentials the Git server says 401, and the launcher says what to do.
+    let out = start(&tmp.path().join("home2"), &["--git-url", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("[Launcher-0023]"), "{stdout}");
+}
+
+#[test]
+fn a_server_removed_from_the_domain_is_not_booted_from_an_older_cache() {
+    let tmp = TempDir::new("removed");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let bare = bare(tmp.path(), &src);
+    let url = bare.to_string_lossy().into_owned();
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    assert_ok(&start(&home, &["--git-url", &url]));
+    assert_ok(&stop(&home));
+
+    // A valid commit in which server1 is gone (renamed).
+    let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
+    std::fs::write(src.join("domain.toml"), toml.replace("server1", "server9")).expect("write");
+    git(&src, &["commit", "-qam", "server1 leaves the domain"]);
+    git(&src, &["push", "-q", &url, "main"]);
+
+    let out = start(&home, &["--git-url", &url]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("[Launcher-0067]"), "{stdout}");
+    assert!(
+        stdout.contains("defines no server named server1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("[Launcher-0030]"), "{stdout}");
+    assert!(get(port, "/v1/status").is_err());
+}
