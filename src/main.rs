@@ -44,6 +44,9 @@ enum Command {
     StartServer(commands::launcher::StartArgs),
     /// Stop a server gracefully (SIGTERM, then SIGKILL after its stop-timeout).
     StopServer(commands::launcher::StopArgs),
+    /// The quick start: the Master and every server of a domain directory on this machine, in
+    /// the foreground, with one combined log; Ctrl-C stops everything.
+    Up(commands::up::Args),
     /// The Managed Server process (started by the launcher).
     #[command(hide = true)]
     Server(commands::server::Args),
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::StartServer(args) => commands::launcher::start(args),
         Command::StopServer(args) => commands::launcher::stop(args),
         Command::Server(args) => commands::server::run(args),
+        Command::Up(args) => commands::up::run(args),
     };
     match result {
         Ok(code) => code,

@@ -9,3 +9,5 @@ pub mod logfile;
 pub mod notify;
 pub mod process;
 pub mod server;
+pub mod signals;
+pub mod up;

@@ -6,6 +6,7 @@ pub mod init;
 pub mod launcher;
 pub mod master;
 pub mod server;
+pub mod up;
 pub mod validate;
 
 use std::io::{BufRead, IsTerminal};

@@ -11,7 +11,6 @@ pub mod source;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use reconciler::cache::Cache;
@@ -69,22 +68,6 @@ pub enum Outcome {
 fn launcher_log(home: &ServerHome, echo: Echo) -> Result<Logger, LaunchError> {
     let file = LogFile::open(&home.logs(), "launcher", Rotation::default())?;
     Ok(Logger::new(Some(file), echo, "launcher"))
-}
-
-/// Set by the SIGINT/SIGTERM handler in `--verbose`.
-static STOP_ASKED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    // Only async-signal-safe work here: remember, and let the wait loop act.
-    STOP_ASKED.store(1, Ordering::SeqCst);
-}
-
-fn install_stop_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
 }
 
 /// `steward start-server`.
@@ -336,7 +319,7 @@ pub fn start(opts: &StartOptions) -> Result<Outcome, LaunchError> {
 /// `--verbose`: stay until the server stops; SIGINT/SIGTERM stop it gracefully.
 fn attend(home: &ServerHome, log: &Logger, mut child: Child, stop_timeout: Duration) -> Outcome {
     let pid = child.id();
-    install_stop_handlers();
+    crate::signals::install();
     let mut stopping = false;
     loop {
         match child.try_wait() {
@@ -352,7 +335,7 @@ fn attend(home: &ServerHome, log: &Logger, mut child: Child, stop_timeout: Durat
             Ok(None) => {}
             Err(_) => return Outcome::Failed,
         }
-        if !stopping && STOP_ASKED.load(Ordering::SeqCst) == 1 {
+        if !stopping && crate::signals::stop_requested() {
             stopping = true;
             log.info(
                 "Launcher-0080",
