@@ -4,24 +4,12 @@
 mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use util::{Repo, TempDir};
-
-/// A port nothing listens on now, whose next port is free too (server3's default web listener
-/// takes its base port + 1).
-fn free_pair() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65535 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
 
 fn get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -54,17 +42,7 @@ impl Drop for Up {
 fn up_runs_the_whole_domain_and_stops_it() {
     // The example domain, moved to free ports.
     let repo = Repo::example("up-domain");
-    let ports: Vec<u16> = (0..6).map(|_| free_pair()).collect();
-    for (from, to) in ["9736", "9741", "9751", "9761", "8088", "8089"]
-        .iter()
-        .zip(&ports)
-    {
-        let text = repo
-            .read("domain.toml")
-            .replace(&format!(":{from}\""), &format!(":{to}\""));
-        let text = text.replace(&format!("port = {from}\n"), &format!("port = {to}\n"));
-        repo.write("domain.toml", &text);
-    }
+    let ports = util::example_on_free_ports(&repo);
     let home = TempDir::new("up-home");
     let home = home.path().join("domain1");
     let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))

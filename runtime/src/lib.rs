@@ -3,6 +3,7 @@
 //! sd_notify protocol, and pid handling.
 
 pub mod clock;
+pub mod control;
 pub mod launcher;
 pub mod layout;
 pub mod logfile;

@@ -76,6 +76,10 @@ pub struct Options {
     pub console: bool,
     /// `process.args` of the configuration, passed through by the launcher.
     pub args: Vec<String>,
+    /// `host:port` of the Master to report to and follow; `None`: run alone.
+    pub master_url: Option<String>,
+    /// For the Master (`servers:register`), from STEWARD_USER / STEWARD_PASSWORD.
+    pub credentials: Option<(String, String)>,
 }
 
 /// The server's element of the Master's `/v1/servers` (DESIGN.md §6).
@@ -173,12 +177,7 @@ fn boot(
             name: opts.name.clone(),
         });
     };
-    log.set_level(level(server.logging.level));
-    log.set_rotation(Rotation {
-        max_size: server.logging.rotation.max_size.0,
-        daily: server.logging.rotation.daily,
-        keep: server.logging.rotation.keep,
-    });
+    apply_logging(log, &server);
     if !opts.args.is_empty() {
         log.info(
             "SERVER-0003",
@@ -201,6 +200,26 @@ fn boot(
         failed_applications: Vec::new(),
         last_error: None,
     }));
+    let control = opts.master_url.as_ref().map(|master| {
+        let apply_log = log.clone();
+        let me = opts.name.clone();
+        crate::control::Control {
+            name: opts.name.clone(),
+            domain_home: home.domain_home.clone(),
+            master: crate::launcher::source::master_host_port(master).to_owned(),
+            credentials: opts.credentials.clone(),
+            status: status.clone(),
+            log: log.clone(),
+            boot: loaded.clone(),
+            running: loaded.clone(),
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("steward")),
+            apply_live: Box::new(move |target: &schema::Loaded| {
+                if let Some(s) = target.domain.config.servers.get(&me) {
+                    apply_logging(&apply_log, s);
+                }
+            }),
+        }
+    });
     rt.block_on(serve(ServeArgs {
         home,
         log,
@@ -209,7 +228,18 @@ fn boot(
         stop_timeout,
         mode: opts.mode,
         started,
+        control,
     }))
+}
+
+/// The live logging settings: level and rotation.
+fn apply_logging(log: &Logger, server: &schema::model::Server) {
+    log.set_level(level(server.logging.level));
+    log.set_rotation(Rotation {
+        max_size: server.logging.rotation.max_size.0,
+        daily: server.logging.rotation.daily,
+        keep: server.logging.rotation.keep,
+    });
 }
 
 struct ServeArgs<'a> {
@@ -220,6 +250,7 @@ struct ServeArgs<'a> {
     stop_timeout: Duration,
     mode: Mode,
     started: Instant,
+    control: Option<crate::control::Control>,
 }
 
 async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
@@ -274,6 +305,12 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
             .warn("SERVER-0011", &format!("Cannot signal readiness: {e}"));
     }
 
+    let stop_control = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control = a.control.map(|c| {
+        let stop = stop_control.clone();
+        std::thread::spawn(move || c.run(stop))
+    });
+
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = rx.await;
@@ -300,12 +337,16 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         ),
     );
     let _ = tx.send(signal_name);
+    stop_control.store(true, std::sync::atomic::Ordering::SeqCst);
     match tokio::time::timeout(a.stop_timeout, &mut server).await {
         Ok(_) => a.log.info("SERVER-0301", "The server stopped."),
         Err(_) => a.log.warn(
             "SERVER-0302",
             "In-flight requests did not finish within stop-timeout; stopping anyway.",
         ),
+    }
+    if let Some(c) = control {
+        let _ = tokio::task::spawn_blocking(move || c.join()).await;
     }
     crate::process::remove_pid(a.home, pid);
     Ok(())

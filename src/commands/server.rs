@@ -26,6 +26,10 @@ pub struct Args {
     /// Also print log lines on stderr.
     #[arg(long)]
     pub console: bool,
+    /// The Master to report to and follow (`HOST:PORT`); credentials from STEWARD_USER and
+    /// STEWARD_PASSWORD.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub master_url: Option<String>,
     /// `process.args` of the configuration.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -42,6 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         console: args.console,
         args: args.args,
+        master_url: args.master_url,
+        credentials: std::env::var("STEWARD_USER")
+            .ok()
+            .zip(std::env::var("STEWARD_PASSWORD").ok()),
     })?;
     Ok(ExitCode::SUCCESS)
 }

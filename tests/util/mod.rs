@@ -152,3 +152,71 @@ impl Repo {
         steward(self.path(), args)
     }
 }
+
+/// A port nothing listens on now, whose next port is free too (a server without web listeners
+/// takes its base port + 1).
+pub fn free_pair() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Moves the example domain of `repo` onto free ports; returns them in the order master,
+/// server1, server2, server3 (base ports), server1 web, server2 web.
+pub fn example_on_free_ports(repo: &Repo) -> Vec<u16> {
+    let ports: Vec<u16> = (0..6).map(|_| free_pair()).collect();
+    for (from, to) in ["9736", "9741", "9751", "9761", "8088", "8089"]
+        .iter()
+        .zip(&ports)
+    {
+        let text = repo
+            .read("domain.toml")
+            .replace(&format!(":{from}\""), &format!(":{to}\""))
+            .replace(&format!("port = {from}\n"), &format!("port = {to}\n"));
+        repo.write("domain.toml", &text);
+    }
+    ports
+}
+
+/// `GET path` on 127.0.0.1:`port` with optional Basic credentials; the whole response.
+pub fn http_get(port: u16, path: &str, basic: Option<&str>) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    let auth = basic
+        .map(|b| format!("Authorization: Basic {b}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\n{auth}\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs` seconds.
+pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -61,6 +61,27 @@ pub fn get(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
+    request(
+        host_port,
+        "GET",
+        path,
+        credentials,
+        None,
+        connect_timeout,
+        timeout,
+    )
+}
+
+/// One request with an optional JSON body, bounded as [`get`] is.
+pub fn request(
+    host_port: &str,
+    method: &str,
+    path: &str,
+    credentials: Option<(&str, &str)>,
+    json: Option<&[u8]>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
     let mut stream = connect(host_port, connect_timeout)?;
     let io = |error| HttpError::Io {
         addr: host_port.to_owned(),
@@ -69,14 +90,21 @@ pub fn get(
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: application/json\r\nConnection: close\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: application/json\r\nConnection: close\r\n"
     );
     if let Some((user, password)) = credentials {
-        let token = base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes());
-        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+        req.push_str(&format!("Authorization: {}\r\n", basic(user, password)));
+    }
+    if let Some(body) = json {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).map_err(io)?;
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(json.unwrap_or_default());
+    stream.write_all(&bytes).map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(|e| {
         if matches!(
@@ -92,6 +120,14 @@ pub fn get(
         }
     })?;
     parse(&raw).ok_or_else(|| HttpError::Malformed(host_port.to_owned()))
+}
+
+/// The `Authorization` header value for HTTP Basic.
+pub fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes())
+    )
 }
 
 fn parse(raw: &[u8]) -> Option<Response> {

@@ -205,6 +205,13 @@ pub fn start(opts: &StartOptions) -> Result<Outcome, LaunchError> {
     if opts.verbose {
         cmd.arg("--console");
     }
+    if let Some(m) = &opts.sources.master_url {
+        // The server follows the Master even when it boots without it (INDEPENDENT).
+        cmd.args(["--master-url", m]);
+    }
+    if let (Some(u), Some(p)) = (&opts.sources.user, &opts.sources.password) {
+        cmd.env("STEWARD_USER", u).env("STEWARD_PASSWORD", p);
+    }
     if !server.process.args.is_empty() {
         cmd.arg("--").args(&server.process.args);
     }

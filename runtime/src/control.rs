@@ -1,0 +1,402 @@
+//! The Managed Server's control loop: it reports to the Master (register, then a heartbeat every
+//! `[master] heartbeat-interval`), follows the Master's pin, applies what can change live, and
+//! reports what needs a restart. Losing the Master makes the server INDEPENDENT without
+//! interrupting service; reaching it again resynchronizes and makes it DEPENDENT (the seed's
+//! `Domain-0101`, `SERVER-0201`, `SERVER-0308`).
+//!
+//! [`decide`] is the pure part: from the configuration the process booted with, the one it
+//! applies now and the pinned one, what to do. Everything else here is effects at the edge.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use reconciler::cache::{Cache, Remote};
+use reconciler::git::Oid;
+use schema::Loaded;
+use schema::model::RestartPolicy;
+use schema::plan::{Change, plan};
+use schema::settings::Effect;
+
+use crate::launcher::http;
+use crate::logfile::Logger;
+use crate::server::{Mode, Status};
+
+/// What moving to a pinned configuration means for this server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Settings to apply in place now.
+    pub live: Vec<Change>,
+    /// Settings that differ from what the process booted with and need a restart; computed from
+    /// the boot configuration every time, never remembered, so reverting a change clears it.
+    pub pending_restart: Vec<String>,
+    /// The pinned domain no longer defines this server.
+    pub removed: bool,
+    pub policy: RestartPolicy,
+}
+
+/// The pure decision: `boot` is what the process started with (restart-class settings stay as
+/// they were then), `running` what it applies now, `pinned` the target.
+pub fn decide(boot: &Loaded, running: &Loaded, pinned: &Loaded, me: &str) -> Decision {
+    let Some(target) = pinned.domain.config.servers.get(me) else {
+        return Decision {
+            live: Vec::new(),
+            pending_restart: Vec::new(),
+            removed: true,
+            policy: RestartPolicy::Manual,
+        };
+    };
+    let step = plan(Some(running), pinned);
+    let live = step
+        .server(me)
+        .map(|s| {
+            s.changes
+                .iter()
+                .filter(|c| c.effect == Effect::Live)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let pending_restart = plan(Some(boot), pinned)
+        .server(me)
+        .map(|s| s.pending_restart.clone())
+        .unwrap_or_default();
+    Decision {
+        live,
+        pending_restart,
+        removed: false,
+        policy: target.restart_policy,
+    }
+}
+
+/// Everything the loop needs; built by the server process once it runs.
+pub struct Control {
+    pub name: String,
+    pub domain_home: PathBuf,
+    /// `host:port` of the Master.
+    pub master: String,
+    pub credentials: Option<(String, String)>,
+    pub status: Arc<RwLock<Status>>,
+    pub log: Logger,
+    pub boot: Loaded,
+    pub running: Loaded,
+    /// The `steward` executable, for a restart under `restart-policy = "auto"`.
+    pub exe: PathBuf,
+    /// Applies live settings that live outside this module (the log level, …).
+    pub apply_live: Box<dyn Fn(&Loaded) + Send>,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Control {
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = self.status.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+    }
+
+    fn snapshot(&self) -> Status {
+        self.status
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn credentials(&self) -> Option<(&str, &str)> {
+        self.credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// Registers or heart-beats; returns the pinned commit and the Master's reporting rhythm.
+    fn report(&self, registered: bool) -> Result<(String, Option<Duration>), String> {
+        let kind = if registered { "heartbeat" } else { "register" };
+        let body = serde_json::to_vec(&self.snapshot()).map_err(|e| e.to_string())?;
+        let resp = http::request(
+            &self.master,
+            "POST",
+            &format!("/v1/servers/{}/{kind}", self.name),
+            self.credentials(),
+            Some(&body),
+            CONNECT_TIMEOUT,
+            RESPONSE_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
+        match resp.status {
+            200 => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
+                let pinned = v["pinned"]["commit"]
+                    .as_str()
+                    .ok_or("the Master's answer names no pinned commit")?
+                    .to_owned();
+                let every = v["heartbeat_interval_ms"]
+                    .as_u64()
+                    .map(Duration::from_millis);
+                Ok((pinned, every))
+            }
+            401 | 403 => Err(format!(
+                "the Master refused this server's credentials ({}); set STEWARD_USER/STEWARD_PASSWORD for a user with `servers:register`",
+                resp.status
+            )),
+            s => Err(format!(
+                "the Master answered {s}: {}",
+                String::from_utf8_lossy(&resp.body)
+            )),
+        }
+    }
+
+    /// Fetches, validates and applies the pinned commit. `Err` leaves the server as it was.
+    fn resync(&mut self, pinned: &str) -> Result<(), String> {
+        let commit = Oid::from_hex(pinned).map_err(|e| e.to_string())?;
+        let (cache, _) = Cache::open(&self.domain_home).map_err(|e| e.to_string())?;
+        if !cache.has_complete(commit) {
+            let remote = Remote {
+                url: format!("http://{}/git/domain.git", self.master),
+                user: self.credentials.as_ref().map(|c| c.0.clone()),
+                password: self.credentials.as_ref().map(|c| c.1.clone()),
+                connect_timeout: CONNECT_TIMEOUT,
+            };
+            cache.fetch_master(&remote).map_err(|e| e.to_string())?;
+        }
+        let tree = cache.tree(commit).map_err(|e| e.to_string())?;
+        let validation = schema::validate(&tree);
+        let Some(target) = validation.loaded else {
+            return Err(format!(
+                "the pinned commit {} is invalid here:\n{}",
+                commit.short(),
+                validation.report.render_short()
+            ));
+        };
+        cache
+            .record_valid(commit, &format!("master {}", self.master))
+            .map_err(|e| e.to_string())?;
+        drop(cache);
+        let d = decide(&self.boot, &self.running, &target, &self.name);
+        if d.removed {
+            return Err(format!(
+                "the pinned commit {} no longer defines this server; it keeps running its current configuration until stopped",
+                commit.short()
+            ));
+        }
+        (self.apply_live)(&target);
+        for c in &d.live {
+            self.log.info(
+                "SERVER-0310",
+                &format!("Applied live: {} {}.", c.path, c.describe()),
+            );
+        }
+        if !d.pending_restart.is_empty() {
+            self.log.warn(
+                "SERVER-0311",
+                &format!(
+                    "A restart is needed to apply: {} (restart-policy {:?}).",
+                    d.pending_restart.join(", "),
+                    d.policy
+                ),
+            );
+        }
+        self.update(|s| {
+            s.applied_commit = commit.to_hex();
+            s.pending_restart = d.pending_restart.clone();
+            s.last_error = None;
+        });
+        self.log.info(
+            "SERVER-0309",
+            &format!(
+                "Applied commit {}: {} live change(s), {} pending restart.",
+                commit.short(),
+                d.live.len(),
+                d.pending_restart.len()
+            ),
+        );
+        self.running = target;
+        if d.policy == RestartPolicy::Auto && !d.pending_restart.is_empty() {
+            self.restart_self();
+        }
+        Ok(())
+    }
+
+    /// `restart-policy = "auto"`: a detached `stop-server` then `start-server`, the same path an
+    /// operator takes, so the new process boots from the pinned commit.
+    fn restart_self(&self) {
+        self.log.info(
+            "SERVER-0320",
+            "Restarting through the launcher to apply the pending settings (restart-policy auto).",
+        );
+        let home = self.domain_home.display().to_string();
+        let script = "\"$0\" stop-server --domain-home \"$1\" --server \"$2\" && exec \"$0\" start-server --domain-home \"$1\" --server \"$2\" --master-url \"$3\"";
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg(&self.exe)
+            .arg(&home)
+            .arg(&self.name)
+            .arg(&self.master)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some((u, p)) = &self.credentials {
+            cmd.env("STEWARD_USER", u).env("STEWARD_PASSWORD", p);
+        }
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Its own session: the stop it asks for must not take it down too.
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        if let Err(e) = cmd.spawn() {
+            self.log.severe(
+                "SERVER-0321",
+                &format!("Cannot restart through the launcher: {e}"),
+            );
+        }
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let mut registered = false;
+        let mut connected = self.snapshot().mode == Mode::Dependent;
+        let mut interval = self.boot.domain.config.master.heartbeat_interval.0;
+        let mut backoff = interval;
+        let mut refused_logged = false;
+        while !stop.load(Ordering::SeqCst) {
+            let wait = match self.report(registered) {
+                Ok((pinned, every)) => {
+                    registered = true;
+                    refused_logged = false;
+                    interval = every.unwrap_or(interval);
+                    backoff = interval;
+                    if !connected {
+                        self.log.info(
+                            "Domain-0101",
+                            &format!(
+                                "The Master recovered. {} is communicating with the Master.",
+                                self.name
+                            ),
+                        );
+                        self.log.info(
+                            "SERVER-0201",
+                            &format!("Successfully connected to the Master ({}).", self.master),
+                        );
+                    }
+                    let behind = self.snapshot().applied_commit != pinned;
+                    let synced = if behind {
+                        match self.resync(&pinned) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                self.log.warn(
+                                    "SERVER-0312",
+                                    &format!("Cannot apply the pinned commit: {e}"),
+                                );
+                                self.update(|s| s.last_error = Some(e));
+                                false
+                            }
+                        }
+                    } else {
+                        true
+                    };
+                    if !connected && synced {
+                        self.update(|s| s.mode = Mode::Dependent);
+                        self.log.info(
+                            "SERVER-0308",
+                            "Resynchronized the configuration with the Master; the server is DEPENDENT.",
+                        );
+                    }
+                    connected = synced || connected;
+                    interval
+                }
+                Err(e) => {
+                    if connected {
+                        self.log.warn(
+                            "SERVER-0210",
+                            &format!(
+                                "Lost the Master ({e}). The server keeps serving as INDEPENDENT and retries."
+                            ),
+                        );
+                        self.update(|s| s.mode = Mode::Independent);
+                        connected = false;
+                        registered = false;
+                    } else if e.contains("refused this server's credentials") && !refused_logged {
+                        self.log.warn("SERVER-0211", &e);
+                        refused_logged = true;
+                    }
+                    let b = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    b
+                }
+            };
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schema::settings::FileKind;
+    use schema::tree::MemTree;
+
+    const DOMAIN: &str = include_str!("../../examples/domain1/domain.toml");
+    const ACCOUNTS: &str = include_str!("../../examples/domain1/security/accounts.toml");
+    const POLICIES: &str = include_str!("../../examples/domain1/security/policies.toml");
+
+    fn load(domain: &str) -> Loaded {
+        let tree = MemTree::new("t")
+            .with(FileKind::Domain.path(), domain)
+            .with(FileKind::Accounts.path(), ACCOUNTS)
+            .with(FileKind::Policies.path(), POLICIES)
+            .with("apps/shop/index.html", "x")
+            .with("apps/api/bin/api", "x")
+            .with("libs/common/README.txt", "x");
+        schema::validate(&tree).loaded.expect("valid")
+    }
+
+    #[test]
+    fn live_changes_apply_and_restart_changes_pend() {
+        let boot = load(DOMAIN);
+        let pinned = load(
+            &DOMAIN
+                .replace("level = \"info\"\nrotation", "level = \"debug\"\nrotation")
+                .replace("port = 8088", "port = 8090"),
+        );
+        let d = decide(&boot, &boot, &pinned, "server1");
+        assert_eq!(d.live.len(), 1);
+        assert_eq!(d.live[0].path, "servers.server1.logging.level");
+        assert_eq!(
+            d.pending_restart,
+            ["servers.server1.web.listeners.http.port"]
+        );
+        assert_eq!(d.policy, RestartPolicy::Rolling);
+    }
+
+    #[test]
+    fn pending_restart_is_derived_not_remembered() {
+        let boot = load(DOMAIN);
+        let changed = load(&DOMAIN.replace("port = 8088", "port = 8090"));
+        // Applied the change (pending), then the change is reverted: nothing pends any more.
+        let d = decide(&boot, &changed, &boot, "server1");
+        assert!(d.pending_restart.is_empty());
+        assert!(d.live.is_empty());
+    }
+
+    #[test]
+    fn a_removed_server_is_reported() {
+        let boot = load(DOMAIN);
+        let text = DOMAIN
+            .replace("servers.server3", "servers.server9")
+            .replace("targets = [\"server3\"]", "targets = [\"server9\"]");
+        let without = load(&text);
+        assert!(decide(&boot, &boot, &without, "server3").removed);
+    }
+}

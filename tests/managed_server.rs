@@ -1,0 +1,222 @@
+//! The Managed Server follows the Master: live changes apply in place, restart changes are
+//! reported as pending (derived, so reverting clears them), `restart-policy = "auto"` restarts
+//! through the launcher, and losing the Master makes a server INDEPENDENT until it returns.
+
+mod util;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use util::{Guard, Repo, TempDir, eventually, git, http_get};
+
+const ADMIN: &str = "YWRtaW46YWRtaW4="; // admin:admin
+
+fn master(home: &Path) -> Guard {
+    Guard(
+        Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(["master", "--domain-home"])
+            .arg(home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn start_server(home: &Path, name: &str, master_port: u16) {
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["start-server", "--server", name, "--master-url"])
+        .arg(format!("127.0.0.1:{master_port}"))
+        .arg("--domain-home")
+        .arg(home)
+        .env("STEWARD_USER", "admin")
+        .env("STEWARD_PASSWORD", "admin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn stop_server(home: &Path, name: &str) {
+    let _ = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["stop-server", "--server", name, "--domain-home"])
+        .arg(home)
+        .output();
+}
+
+struct Servers<'a>(&'a Path, &'a [&'a str]);
+impl Drop for Servers<'_> {
+    fn drop(&mut self) {
+        for s in self.1 {
+            stop_server(self.0, s);
+        }
+    }
+}
+
+fn status(port: u16) -> serde_json::Value {
+    let raw = http_get(port, "/v1/status", None).unwrap_or_default();
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+fn server_log(home: &Path, name: &str) -> String {
+    let dir = home.join("servers").join(name).join("logs");
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("server_") {
+            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    all
+}
+
+/// Edits `file` in the clone, commits and pushes; returns the new commit.
+fn push(clone: &Path, file: &str, from: &str, to: &str) -> String {
+    let p = clone.join(file);
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "`{from}` not in {file}");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    assert_eq!(git(clone, &["commit", "-qam", "change"]).code, 0);
+    let r = git(clone, &["push", "-q", "origin", "main"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    git(clone, &["rev-parse", "HEAD"]).stdout.trim().to_owned()
+}
+
+#[test]
+fn servers_follow_the_master() {
+    let repo = Repo::example("ms-domain");
+    let ports = util::example_on_free_ports(&repo);
+    let (mport, s1, s3) = (ports[0], ports[1], ports[3]);
+    let tmp = TempDir::new("ms-home");
+    let home = tmp.path().join("domain1");
+    let r = util::steward(
+        repo.path(),
+        &["init", home.to_str().unwrap(), "--from", "."],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut m = master(&home);
+    eventually(20, || {
+        http_get(mport, "/healthz", None).filter(|r| r.contains(" 200 "))
+    })
+    .expect("master up");
+    let _servers = Servers(&home, &["server1", "server3"]);
+    start_server(&home, "server1", mport);
+    start_server(&home, "server3", mport);
+
+    // Registered with the Master.
+    eventually(20, || {
+        http_get(mport, "/v1/servers/server1", Some(ADMIN))
+            .filter(|r| r.contains("\"reachable\":true"))
+    })
+    .expect("server1 registers");
+
+    let clone = tmp.path().join("clone");
+    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
+    assert_eq!(
+        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
+        0
+    );
+
+    // A live change: applied in place, nothing pending.
+    let live = push(
+        &clone,
+        "domain.toml",
+        "level = \"info\"\nrotation",
+        "level = \"debug\"\nrotation",
+    );
+    let st = eventually(20, || {
+        Some(status(s1)).filter(|s| s["applied_commit"] == live.as_str())
+    })
+    .expect("server1 applies the live change");
+    assert_eq!(st["pending_restart"], serde_json::json!([]));
+    assert!(server_log(&home, "server1").contains("Applied live: servers.server1.logging.level"));
+
+    // A restart change under restart-policy rolling: applied_commit moves, the restart pends.
+    let pid_of = |s: &str| {
+        std::fs::read_to_string(home.join("servers").join(s).join(".workspace/server.pid"))
+            .expect("a pid file")
+            .trim()
+            .to_owned()
+    };
+    let pid_before = pid_of("server1");
+    let restart = push(
+        &clone,
+        "domain.toml",
+        "STEWARD_EXAMPLE = \"server1\"",
+        "STEWARD_EXAMPLE = \"one\"",
+    );
+    let st = eventually(20, || {
+        Some(status(s1)).filter(|s| s["applied_commit"] == restart.as_str())
+    })
+    .expect("server1 takes the restart change");
+    assert_eq!(
+        st["pending_restart"],
+        serde_json::json!(["servers.server1.process.env.STEWARD_EXAMPLE"])
+    );
+    assert_eq!(
+        pid_before,
+        pid_of("server1"),
+        "no restart under rolling without the Master's order"
+    );
+
+    // Reverting it clears the pending restart: derived from the diff, never sticky.
+    let revert = push(
+        &clone,
+        "domain.toml",
+        "STEWARD_EXAMPLE = \"one\"",
+        "STEWARD_EXAMPLE = \"server1\"",
+    );
+    let st = eventually(20, || {
+        Some(status(s1)).filter(|s| s["applied_commit"] == revert.as_str())
+    })
+    .expect("server1 takes the revert");
+    assert_eq!(st["pending_restart"], serde_json::json!([]));
+
+    // restart-policy auto: server3 restarts itself through the launcher and boots the new pin.
+    let pid3 = pid_of("server3");
+    let auto = push(
+        &clone,
+        "domain.toml",
+        "[servers.server3.component.timer-service]",
+        "[servers.server3.process]\nenv = { MODE = \"restarted\" }\n\n[servers.server3.component.timer-service]",
+    );
+    eventually(60, || {
+        Some(status(s3)).filter(|s| {
+            s["applied_commit"] == auto.as_str()
+                && s["pending_restart"] == serde_json::json!([])
+                && s["state"] == "RUNNING"
+        })
+    })
+    .expect("server3 restarted on the new commit with nothing pending");
+    assert!(server_log(&home, "server3").contains("[SERVER-0320]"));
+    assert_ne!(pid3, pid_of("server3"), "server3 is a new process");
+
+    // The Master goes away: servers keep serving, INDEPENDENT.
+    let _ = m.0.kill();
+    let _ = m.0.wait();
+    eventually(30, || {
+        Some(status(s1)).filter(|s| s["mode"] == "INDEPENDENT")
+    })
+    .expect("INDEPENDENT");
+    assert_eq!(status(s1)["state"], "RUNNING");
+
+    // It comes back: resynchronized, DEPENDENT again.
+    m = master(&home);
+    eventually(60, || Some(status(s1)).filter(|s| s["mode"] == "DEPENDENT"))
+        .expect("DEPENDENT again");
+    let log = server_log(&home, "server1");
+    for id in [
+        "[SERVER-0210]",
+        "[Domain-0101]",
+        "[SERVER-0201]",
+        "[SERVER-0308]",
+    ] {
+        assert!(log.contains(id), "{id} missing:\n{log}");
+    }
+    drop(m);
+}
