@@ -39,6 +39,10 @@ enum Command {
     Init(commands::init::Args),
     /// Run the Master Server in the foreground.
     Master(commands::master::Args),
+    /// Start the Master in the background and exit once it is ready (`--verbose`: stay attached).
+    StartMaster(commands::master::StartArgs),
+    /// Stop the Master of a domain home gracefully (SIGTERM, then SIGKILL after --timeout).
+    StopMaster(commands::master::StopArgs),
     /// The launcher: receive the configuration (Master, else Git URL, else the local cache),
     /// start the server in the background, wait until it is RUNNING.
     StartServer(commands::launcher::StartArgs),
@@ -62,6 +66,8 @@ pub enum Format {
 }
 
 fn main() -> ExitCode {
+    // Before anything builds an HTTP client: reqwest (under gix) panics without a TLS provider.
+    reconciler::tls::install_provider();
     let cli = Cli::parse_from(commands::launcher::rewrite_jeus(
         std::env::args_os().collect(),
     ));
@@ -76,6 +82,8 @@ fn main() -> ExitCode {
         Command::HashPassword => commands::hash_password(),
         Command::Init(args) => commands::init::run(args),
         Command::Master(args) => commands::master::run(args),
+        Command::StartMaster(args) => commands::master::start(args),
+        Command::StopMaster(args) => commands::master::stop(args),
         Command::StartServer(args) => commands::launcher::start(args),
         Command::StopServer(args) => commands::launcher::stop(args),
         Command::Server(args) => commands::server::run(args),

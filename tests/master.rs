@@ -160,6 +160,19 @@ impl Master {
 
     /// With extra command-line arguments; `TEST_WEBHOOK_SECRET` is set to `s3cret`.
     fn start_with(home: &Path, log: PathBuf, extra: &[&str]) -> Master {
+        Master::start_checked(home, log, extra, &[], |port| {
+            request(port, "GET", "/healthz", None).is_ok_and(|r| r.status == 200)
+        })
+    }
+
+    /// With extra arguments and environment; ready once `ready(port)` holds.
+    fn start_checked(
+        home: &Path,
+        log: PathBuf,
+        extra: &[&str],
+        envs: &[(&str, &Path)],
+        ready: impl Fn(u16) -> bool,
+    ) -> Master {
         let port = free_port();
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(STEWARD)
@@ -168,6 +181,7 @@ impl Master {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .env("TEST_WEBHOOK_SECRET", "s3cret")
+            .envs(envs.iter().copied())
             .stdout(log_file.try_clone().expect("clone"))
             .stderr(log_file)
             .spawn()
@@ -175,8 +189,7 @@ impl Master {
         let mut m = Master { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = request(port, "GET", "/healthz", None) {
-                assert_eq!(r.status, 200);
+            if ready(port) {
                 return m;
             }
             if let Ok(Some(status)) = m.child.try_wait() {
@@ -1228,4 +1241,444 @@ fn one_master_per_domain_home() {
         "{err}"
     );
     assert_eq!(master.pinned().len(), 40, "the first one still serves");
+}
+
+// ---------------------------------------------------------------- HTTPS
+
+/// A test CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` binary:
+/// `(ca.pem, master.crt, master.key)` in `dir`. The leaf is not a CA (rustls refuses a CA
+/// certificate used as a server's own).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl binary is needed to make test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509", "-days", "2", "-subj", "/CN=steward test CA"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-new", "-subj", "/CN=127.0.0.1"][..],
+            &ec,
+            &["-keyout", "master.key", "-out", "master.csr"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
+         extendedKeyUsage = serverAuth\n",
+    )
+    .expect("write");
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "master.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "master.crt",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("master.crt"),
+        dir.join("master.key"),
+    )
+}
+
+/// `curl` over HTTPS trusting `ca`: (status, body); status 0 when the connection failed.
+fn curl(ca: &Path, url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    let all = text(&out.stdout);
+    let (body, code) = all.rsplit_once('\n').unwrap_or(("", &all));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A domain home whose pinned `domain.toml` sets `[master.tls]` to `tls/master.crt` and
+/// `tls/master.key`, relative to the domain home, and those files in place.
+fn init_tls_home(tmp: &TempDir, name: &str, certs: &(PathBuf, PathBuf, PathBuf)) -> PathBuf {
+    let src = tmp.path().join(format!("{name}-src"));
+    write_domain(&src);
+    edit(
+        &src.join("domain.toml"),
+        "listen = \"127.0.0.1:9736\"\n",
+        "listen = \"127.0.0.1:9736\"\n\n[master.tls]\ncertificate = \"tls/master.crt\"\nkey = \"tls/master.key\"\n",
+    );
+    let home = tmp.path().join(name);
+    let out = steward(&[
+        "init",
+        home.to_str().expect("utf-8"),
+        "--from",
+        src.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::create_dir_all(home.join("tls")).expect("mkdir");
+    std::fs::copy(&certs.1, home.join("tls/master.crt")).expect("copy");
+    std::fs::copy(&certs.2, home.join("tls/master.key")).expect("copy");
+    home
+}
+
+#[test]
+fn https_master_serves_git_and_a_mirror_follows_it_over_https() {
+    let tmp = TempDir::new("https");
+    let certs = make_certificates(&tmp.path().join("pki"));
+    let ca = certs.0.clone();
+    let home = init_tls_home(&tmp, "home", &certs);
+    let ready = |port: u16| curl(&ca, &format!("https://127.0.0.1:{port}/healthz")).0 == 200;
+    let master = Master::start_checked(&home, tmp.path().join("master.log"), &[], &[], ready);
+    let base = format!("https://127.0.0.1:{}", master.port);
+    assert!(
+        master.log().contains(&format!("listening on {base}")),
+        "{}",
+        master.log()
+    );
+
+    // /healthz over TLS; everything else still needs credentials; plain HTTP gets no answer.
+    assert_eq!(
+        curl(&ca, &format!("{base}/healthz")),
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(curl(&ca, &format!("{base}/v1/domain")).0, 401);
+    let (status, body) = curl(
+        &ca,
+        &format!("https://admin:admin@127.0.0.1:{}/v1/domain", master.port),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        request(master.port, "GET", "/healthz", None).map_or(true, |r| r.status != 200),
+        "plain HTTP on the HTTPS port must not be served"
+    );
+
+    // Stock git: clone and push over HTTPS, trusting the test CA through GIT_SSL_CAINFO.
+    let url = format!(
+        "https://admin:admin@127.0.0.1:{}/git/domain.git",
+        master.port
+    );
+    let wc = tmp.path().join("wc");
+    let with_ca = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_SSL_CAINFO", &ca)
+            .env("GIT_AUTHOR_NAME", "Alice")
+            .env("GIT_AUTHOR_EMAIL", "alice@example.com")
+            .env("GIT_COMMITTER_NAME", "Alice")
+            .env("GIT_COMMITTER_EMAIL", "alice@example.com")
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}:\n{}{}",
+            text(&out.stderr),
+            master.log()
+        );
+    };
+    with_ca(
+        tmp.path(),
+        &["clone", "-q", &url, wc.to_str().expect("utf-8")],
+    );
+    // Without the CA, git refuses the certificate.
+    let refused = git(tmp.path(), &["ls-remote", &url]);
+    assert!(!refused.status.success());
+    edit(&wc.join("domain.toml"), "9741", "9751");
+    git_ok(&wc, &["commit", "-qam", "over https"]);
+    with_ca(&wc, &["push", "-q", "origin", "main"]);
+    let pushed = git_ok(&wc, &["rev-parse", "HEAD"]);
+    let (_, body) = curl(
+        &ca,
+        &format!("https://admin:admin@127.0.0.1:{}/v1/domain", master.port),
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["pinned"]["commit"], pushed.as_str(), "{v}");
+
+    // A second Master mirrors the first over HTTPS (gix + rustls), trusting the CA through the
+    // same GIT_SSL_CAINFO, with the credentials in the URL.
+    let mirror_home = init_tls_home(&tmp, "mirror", &certs);
+    let mirror = Master::start_checked(
+        &mirror_home,
+        tmp.path().join("mirror.log"),
+        &["--upstream", &url, "--poll-interval", "200ms"],
+        &[("GIT_SSL_CAINFO", ca.as_path())],
+        ready,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let v = loop {
+        let (_, body) = curl(
+            &ca,
+            &format!("https://admin:admin@127.0.0.1:{}/v1/domain", mirror.port),
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["pinned"]["commit"] == pushed.as_str() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", mirror.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(v["mode"], "mirror");
+    assert_eq!(v["upstream"]["stale"], false, "{v}");
+    let shown = v["upstream"]["url"].as_str().expect("url");
+    assert!(
+        !shown.contains("admin:admin"),
+        "the password is not shown: {shown}"
+    );
+
+    // Without the CA the upstream's certificate is not trusted: nothing is fetched, the mirror
+    // is stale and says why.
+    let untrusting_home = init_tls_home(&tmp, "untrusting", &certs);
+    let untrusting = Master::start_checked(
+        &untrusting_home,
+        tmp.path().join("untrusting.log"),
+        &["--upstream", &url, "--poll-interval", "1h"],
+        &[],
+        ready,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = curl(
+            &ca,
+            &format!(
+                "https://admin:admin@127.0.0.1:{}/v1/domain",
+                untrusting.port
+            ),
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["upstream"]["stale"] == true {
+            assert_ne!(v["pinned"]["commit"], pushed.as_str(), "{v}");
+            let error = v["upstream"]["last_error"].as_str().unwrap_or_default();
+            assert!(error.to_lowercase().contains("certificate"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", untrusting.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_tls_files_stop_the_start_naming_the_file() {
+    let tmp = TempDir::new("tls-bad");
+    let certs = make_certificates(&tmp.path().join("pki"));
+    let home = init_tls_home(&tmp, "home", &certs);
+    let start = || {
+        let out = steward(&[
+            "master",
+            "--domain-home",
+            home.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        text(&out.stderr)
+    };
+    // A missing key file.
+    std::fs::remove_file(home.join("tls/master.key")).expect("rm");
+    let err = start();
+    assert!(err.contains("[master.tls] of the pinned commit"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: cannot read the private key: No such file",
+            home.join("tls/master.key").display()
+        )),
+        "{err}"
+    );
+    // A key that is not the certificate's (the CA's key).
+    std::fs::copy(tmp.path().join("pki/ca.key"), home.join("tls/master.key")).expect("copy");
+    let err = start();
+    assert!(err.contains("cannot be used together"), "{err}");
+    // Not PEM at all.
+    std::fs::write(home.join("tls/master.crt"), "hello\n").expect("write");
+    let err = start();
+    assert!(
+        err.contains(&format!(
+            "{}: no `-----BEGIN CERTIFICATE-----` block",
+            home.join("tls/master.crt").display()
+        )),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- start-master, stop-master
+
+/// Stops the domain home's Master on drop, however the test ended.
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = steward(&[
+            "stop-master",
+            "--domain-home",
+            self.0.to_str().unwrap_or_default(),
+            "--timeout",
+            "5s",
+        ]);
+    }
+}
+
+#[test]
+fn start_master_runs_it_in_the_background_until_stop_master() {
+    let tmp = TempDir::new("start-master");
+    let home = init_home(&tmp);
+    let home_s = home.to_str().expect("utf-8");
+    let _guard = StopOnDrop(home.clone());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+
+    let out = steward(&["start-master", "--domain-home", home_s, "--listen", &listen]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    // The Master's own start lines are shown, then RUNNING.
+    assert!(stdout.contains("[master] [Master-0001]"), "{stdout}");
+    assert!(
+        stdout.contains("[Master-0052] The Master is RUNNING"),
+        "{stdout}"
+    );
+    // Ready means serving, at once.
+    let r = request(port, "GET", "/healthz", None).expect("healthz after start-master");
+    assert_eq!(r.status, 200);
+
+    // The log: DOMAIN_HOME/logs/master_<YYYYMMDD>.log00001, with both sides' lines.
+    let logs: Vec<PathBuf> = std::fs::read_dir(home.join("logs"))
+        .expect("logs dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let name = logs[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("master_") && name.ends_with(".log00001") && name.len() == 24,
+        "{name}"
+    );
+    let log = std::fs::read_to_string(&logs[0]).expect("read log");
+    assert!(log.contains("[launcher] [Master-0050]"), "{log}");
+    assert!(log.contains("[master] [Master-0001]"), "{log}");
+
+    // One Master per domain home.
+    let out = steward(&["start-master", "--domain-home", home_s, "--listen", &listen]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("already running [pid : "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // stop-master: graceful (the Master logs its own stop), then idempotent.
+    let out = steward(&["stop-master", "--domain-home", home_s]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("[Master-0057] The Master stopped gracefully"),
+        "{stdout}"
+    );
+    assert!(request(port, "GET", "/healthz", None).is_err());
+    let log = std::fs::read_to_string(&logs[0]).expect("read log");
+    assert!(
+        log.contains("[master] [Master-0002] Stopping on a signal."),
+        "{log}"
+    );
+    let out = steward(&["stop-master", "--domain-home", home_s]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("[Master-0058] The Master is not running."));
+
+    // A start that fails (the port is taken) says why, with the Master's own message, and fails.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr").to_string();
+    let out = steward(&["start-master", "--domain-home", home_s, "--listen", &busy]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[Master-0054] The Master exited during its start"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "[Master-0006] The Master cannot run: cannot listen on {busy}"
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn start_master_verbose_stays_attached_and_stops_on_sigterm() {
+    let tmp = TempDir::new("start-master-v");
+    let home = init_home(&tmp);
+    let _guard = StopOnDrop(home.clone());
+    let port = free_port();
+    let mut launcher = Command::new(STEWARD)
+        .args(["start-master", "--verbose", "--domain-home"])
+        .arg(&home)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start-master --verbose");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(port, "GET", "/healthz", None).is_err() {
+        assert!(Instant::now() < deadline, "the Master did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        launcher.try_wait().expect("try_wait").is_none(),
+        "still attached"
+    );
+    let pid = launcher.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let out = launcher.wait_with_output().expect("wait");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("[Master-0056] Stopping the Master"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[Master-0057] The Master stopped"),
+        "{stdout}"
+    );
+    // Attached: the Master's lines were on the terminal too.
+    assert!(stderr.contains("[master] [Master-0002]"), "{stderr}");
+    assert!(request(port, "GET", "/healthz", None).is_err());
 }

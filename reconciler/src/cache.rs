@@ -410,6 +410,8 @@ impl Cache {
 
     /// Runs one fetch with `specs`; returns the names of the remote refs that matched.
     fn fetch(&self, remote: &Remote, specs: &[String]) -> Result<(Vec<String>, Transfer)> {
+        // gix fetches HTTP through reqwest, which panics without a TLS provider installed.
+        crate::tls::install_provider();
         let shown = redact(&remote.url);
         let url = gix::url::parse(remote.url.as_bytes().as_bstr()).map_err(|e| {
             CacheError::Unreachable {

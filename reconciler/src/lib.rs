@@ -6,3 +6,4 @@ pub mod hook;
 pub mod init;
 pub mod master;
 pub mod pin;
+pub mod tls;

@@ -7,8 +7,10 @@
 //! [`decide`] is the pure part: from the configuration the process booted with, the one it
 //! applies now and the pinned one, what to do. Everything else here is effects at the edge.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -262,12 +264,33 @@ impl Control {
 
     /// Runs until `stop` is set.
     pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let (wake, woken) = mpsc::channel::<String>();
+        {
+            let (master, creds, stop) =
+                (self.master.clone(), self.credentials.clone(), stop.clone());
+            std::thread::spawn(move || watch_pins(&master, creds.as_ref(), &wake, &stop));
+        }
         let mut registered = false;
         let mut connected = self.snapshot().mode == Mode::Dependent;
         let mut interval = self.boot.domain.config.master.heartbeat_interval.0;
         let mut backoff = interval;
         let mut refused_logged = false;
+        let mut announced: Option<String> = None;
         while !stop.load(Ordering::SeqCst) {
+            // A pin announced on the event stream is applied at once; the report that follows
+            // confirms it (and catches any event that was missed).
+            if let Some(pin) = announced.take()
+                && connected
+                && !pin.is_empty()
+                && self.snapshot().applied_commit != pin
+                && let Err(e) = self.resync(&pin)
+            {
+                self.log.warn(
+                    "SERVER-0312",
+                    &format!("Cannot apply the pinned commit: {e}"),
+                );
+                self.update(|s| s.last_error = Some(e));
+            }
             let wait = match self.report(registered) {
                 Ok((pinned, every)) => {
                     registered = true;
@@ -333,10 +356,84 @@ impl Control {
                     b
                 }
             };
+            // Sleep until the next report, or until the Master announces a pin.
             let until = Instant::now() + wait;
             while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(pin) = woken.recv_timeout(Duration::from_millis(50)) {
+                    // Only the latest announcement matters.
+                    announced = Some(woken.try_iter().last().unwrap_or(pin));
+                    break;
+                }
             }
+        }
+    }
+}
+
+/// Follows the Master's `/v1/events` and wakes the loop on every `pinned` event, so a push
+/// reaches the server in one round trip instead of at the next heartbeat. Reconnects forever;
+/// the heartbeat stays the safety net for missed events.
+fn watch_pins(
+    master: &str,
+    creds: Option<&(String, String)>,
+    wake: &mpsc::Sender<String>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(mut s) = http::connect(master, CONNECT_TIMEOUT) {
+            // HTTP/1.0: the event stream comes unchunked, one line at a time.
+            let auth = creds
+                .map(|(u, p)| format!("Authorization: {}\r\n", http::basic(u, p)))
+                .unwrap_or_default();
+            let req = format!(
+                "GET /v1/events HTTP/1.0\r\nHost: {master}\r\nAccept: text/event-stream\r\n{auth}\r\n"
+            );
+            // A read timeout lets the loop notice `stop`; keep-alive comments arrive meanwhile.
+            if s.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+                && s.write_all(req.as_bytes()).is_ok()
+            {
+                let mut reader = BufReader::new(s);
+                let mut line = String::new();
+                // Fields of the event being read; an empty line ends it.
+                let (mut kind, mut id) = (String::new(), String::new());
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            let l = line.trim_end();
+                            if let Some(v) = l.strip_prefix("event:") {
+                                kind = v.trim().to_owned();
+                            } else if let Some(v) = l.strip_prefix("id:") {
+                                id = v.trim().to_owned();
+                            } else if l.is_empty() {
+                                if kind == "pinned" && wake.send(std::mem::take(&mut id)).is_err() {
+                                    return;
+                                }
+                                kind.clear();
+                                id.clear();
+                            }
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            if stop.load(Ordering::SeqCst) {
+                                return;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        // The Master is away or closed the stream: try again shortly.
+        for _ in 0..20 {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -239,7 +239,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::FsPath,
         Restart,
         "",
-        "PEM certificate chain; with `key`, the Master serves HTTPS. Loaded at start.",
+        "PEM certificate chain, the Master's own first; with `key`, the Master serves HTTPS only. A relative path is taken from DOMAIN_HOME. Loaded at start.",
     ),
     s(
         Domain,
@@ -247,7 +247,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::FsPath,
         Restart,
         "",
-        "PEM private key for `certificate`. Loaded at start.",
+        "PEM private key of `certificate` (PKCS#8, PKCS#1 or SEC1). A relative path is taken from DOMAIN_HOME. Loaded at start.",
     ),
     s(
         Domain,
@@ -271,7 +271,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Str,
         Live,
         "",
-        "Mirror mode: the upstream repository to follow (https URL or path).",
+        "Mirror mode: the upstream repository to follow: a path, or an http(s) URL (credentials in the URL; extra CAs from GIT_SSL_CAINFO).",
     ),
     s(
         Domain,

@@ -1,8 +1,11 @@
 //! The Master's log lines, in the format every Steward component writes (docs/messages.md):
-//! `[2026.11.24 05:29:53][2] [master] [Master-0010] message`, on standard error (the launcher or
-//! systemd decides where that goes). Each id is listed in docs/master.md.
+//! `[2026.11.24 05:29:53][2] [master] [Master-0010] message`, on standard error (systemd or
+//! whoever started it decides where that goes) unless a sink is set: `steward master --log-dir`
+//! sets one that writes the rotating `master_<YYYYMMDD>.log<NNNNN>` files (this crate cannot
+//! depend on the runtime crate that has the writer). Each id is listed in docs/master.md.
 
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// JEUS levels: lower is more serious.
@@ -13,12 +16,28 @@ pub enum Level {
     Info = 2,
 }
 
+/// Where lines go instead of standard error: gets the level and the whole line, without newline.
+pub type Sink = Box<dyn Fn(Level, &str) + Send + Sync>;
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Sends every later line to `sink`. Only the first call counts (returns false after that).
+pub fn set_sink(sink: Sink) -> bool {
+    SINK.set(sink).is_ok()
+}
+
 pub fn log(level: Level, id: &str, message: &str) {
     // Continuation lines are indented, so one message stays one grep-able block.
     let message = message.trim_end().replace('\n', "\n    ");
-    let line = format!("[{}][{}] [master] [{id}] {message}\n", stamp(), level as u8);
+    let line = format!("[{}][{}] [master] [{id}] {message}", stamp(), level as u8);
+    if let Some(sink) = SINK.get() {
+        sink(level, &line);
+        return;
+    }
     // One write of the whole line: concurrent tasks never interleave inside a line.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("{line}\n").as_bytes());
 }
 
 pub fn info(id: &str, message: &str) {

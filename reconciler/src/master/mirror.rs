@@ -144,7 +144,7 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
     let err = |e: gix::Error| format!("fetching {shown}: {}", chain(&e));
     let opts = gix::open::Options::isolated().open_path_as_is(true);
     let repo = gix::open_opts(git_dir, opts).map_err(|e| chain(&e))?;
-    let parsed = gix::url::parse(url.as_bytes().as_bstr())
+    let mut parsed = gix::url::parse(url.as_bytes().as_bstr())
         .map_err(|e| format!("{shown} is not a Git URL: {}", chain(&e)))?;
     if parsed.scheme == gix::url::Scheme::File {
         let exists = gix::path::from_bstr(parsed.path.as_bstr()).is_ok_and(|p| p.exists());
@@ -156,6 +156,17 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
         parsed.scheme,
         gix::url::Scheme::Http | gix::url::Scheme::Https
     );
+    // Credentials in an http(s) URL go out as a Basic header: gix would otherwise ask a credential
+    // helper (never run unattended). A configured header also makes gix refuse redirects, so the
+    // password never travels to another host.
+    let mut extra_headers = Vec::new();
+    if is_http && let (Some(user), Some(password)) = (parsed.user(), parsed.password()) {
+        use base64ct::Encoding;
+        let token = base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes());
+        extra_headers.push(format!("Authorization: Basic {token}"));
+        parsed.set_user(None);
+        parsed.set_password(None);
+    }
     let local = format!("refs/heads/{branch}");
     let spec = format!("+{local}:{local}");
     let remote = repo
@@ -174,12 +185,28 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
     });
     if is_http {
         use gix::protocol::transport::client::blocking_io::http;
+        crate::tls::install_provider();
+        // Trust anchors beyond the system's (a private CA, a self-signed upstream), named as
+        // git names them, so one `GIT_SSL_CAINFO` serves git and the Master.
+        let extra = match crate::tls::ca_file_from_env() {
+            Some(path) => crate::tls::certificates(&path)
+                .map_err(|e| format!("GIT_SSL_CAINFO: {e}"))?
+                .into_iter()
+                .map(|der| reqwest::Certificate::from_der(&der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("GIT_SSL_CAINFO={}: {}", path.display(), chain(&e)))?,
+            None => Vec::new(),
+        };
         let backend = http::reqwest::Options {
-            configure_client: Some(Box::new(|b| Ok(b.connect_timeout(CONNECT_TIMEOUT)))),
+            configure_client: Some(Box::new(move |b| {
+                Ok(b.connect_timeout(CONNECT_TIMEOUT)
+                    .tls_certs_merge(extra.clone()))
+            })),
             configure_request: None,
         };
         connection.set_transport_options(Box::new(http::Options {
             connect_timeout: Some(CONNECT_TIMEOUT),
+            extra_headers,
             backend: Some(std::sync::Arc::new(std::sync::Mutex::new(backend))),
             ..Default::default()
         }));

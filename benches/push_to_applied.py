@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Benchmark: from `git push` returning to every Managed Server reporting the new commit as
+applied (GET /v1/status), for a live change. Median of several pushes.
+
+    python3 benches/push_to_applied.py [--servers 3] [--pushes 15] [--debug]
+
+Builds the release binary (or uses the debug one with --debug), generates a domain of N
+servers on free loopback ports, runs `steward init`, the Master and every server through its
+launcher, then pushes live changes (the log level of every server) and polls each server's
+status every 2 ms. Targets (issue 5): < 100 ms with 3 servers, < 1 s with 50.
+"""
+import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HASH = "$argon2id$v=19$m=19456,t=2,p=1$3g8LTxBToLWYGF26MIvccw$mPeItzmyCRTynzZOK2s1cyWXKYOD+N7RSnZE0QqSWFk"
+
+
+def free_ports(n):
+    socks, ports = [], []
+    while len(ports) < n:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", p + 1))  # the default web listener takes base + 1
+        except OSError:
+            s.close()
+            continue
+        probe.close()
+        socks.append(s)
+        ports.append(p)
+    for s in socks:
+        s.close()
+    return ports
+
+
+def domain(master, bases, level):
+    out = [f'[domain]\nname = "bench"\n\n[master]\nlisten = "127.0.0.1:{master}"\nheartbeat-interval = "2s"\n']
+    for i, p in enumerate(bases):
+        out.append(f'[servers.s{i}]\nlisten = "127.0.0.1:{p}"\n[servers.s{i}.logging]\nlevel = "{level}"\n')
+    return "\n".join(out)
+
+
+def git(cwd, *args):
+    env = dict(os.environ, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@e", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@e")
+    return subprocess.run(["git", *args], cwd=cwd, check=True, env=env, capture_output=True, text=True).stdout.strip()
+
+
+def status(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=2) as r:
+            return json.load(r)
+    except Exception:
+        return {}
+
+
+def main():
+    a = argparse.ArgumentParser()
+    a.add_argument("--servers", type=int, default=3)
+    a.add_argument("--pushes", type=int, default=15)
+    a.add_argument("--debug", action="store_true")
+    a = a.parse_args()
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    if a.debug:
+        exe = os.path.join(target, "debug/steward")
+    else:
+        subprocess.run(["cargo", "build", "--release", "-q", "--bin", "steward"], cwd=ROOT, check=True)
+        exe = os.path.join(target, "release/steward")
+    tmp = tempfile.mkdtemp(prefix="steward-push-bench-")
+    src, home, clone = (os.path.join(tmp, d) for d in ("src", "home", "clone"))
+    ports = free_ports(a.servers + 1)
+    master, bases = ports[0], ports[1:]
+    os.makedirs(os.path.join(src, "security"))
+    with open(os.path.join(src, "domain.toml"), "w") as f:
+        f.write(domain(master, bases, "info"))
+    with open(os.path.join(src, "security/accounts.toml"), "w") as f:
+        f.write(f'[users.admin]\npassword = "{HASH}"\ngroups = ["administrators"]\n[groups.administrators]\n')
+    with open(os.path.join(src, "security/policies.toml"), "w") as f:
+        f.write('[roles.administrator]\npermissions = ["*"]\ngroups = ["administrators"]\n')
+    subprocess.run([exe, "init", home, "--from", src], check=True, capture_output=True)
+    env = dict(os.environ, STEWARD_USER="admin", STEWARD_PASSWORD="admin")
+    procs = [subprocess.Popen([exe, "master", "--domain-home", home], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{master}/healthz", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.05)
+        for i in range(a.servers):
+            subprocess.run([exe, "start-server", "--domain-home", home, "--server", f"s{i}",
+                            "--master-url", f"127.0.0.1:{master}"], check=True, env=env, capture_output=True)
+        git(tmp, "clone", "-q", f"http://admin:admin@127.0.0.1:{master}/git/domain.git", clone)
+        times = []
+        for n in range(a.pushes):
+            level = "debug" if n % 2 == 0 else "info"
+            with open(os.path.join(clone, "domain.toml"), "w") as f:
+                f.write(domain(master, bases, level))
+            git(clone, "commit", "-qam", f"level {level}")
+            head = git(clone, "rev-parse", "HEAD")
+            git(clone, "push", "-q", "origin", "main")
+            t0 = time.perf_counter()
+            pending = set(bases)
+            while pending:
+                pending = {p for p in pending if status(p).get("applied_commit") != head}
+                if pending:
+                    if time.perf_counter() - t0 > 30:
+                        sys.exit(f"servers {sorted(pending)} did not apply {head[:7]} within 30 s")
+                    time.sleep(0.002)
+            times.append((time.perf_counter() - t0) * 1000)
+        print(f"{a.servers} servers, {a.pushes} live pushes ({'debug' if a.debug else 'release'}): push returned -> applied on every server: "
+              f"median {statistics.median(times):.1f} ms, min {min(times):.1f} ms, max {max(times):.1f} ms")
+    finally:
+        for i in range(a.servers):
+            subprocess.run([exe, "stop-server", "--domain-home", home, "--server", f"s{i}"], capture_output=True)
+        for p in procs:
+            p.terminate()
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

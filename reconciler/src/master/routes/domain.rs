@@ -1,0 +1,114 @@
+//! `GET /v1/domain`, `GET /v1/domain/history`, `POST /v1/domain/pin` (rollback).
+
+use std::sync::Arc;
+
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{error, internal};
+use crate::master::MasterError;
+use crate::master::state::{Rollback, State};
+
+pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+    if let Err(r) = state.require(&headers, "domain:read").await {
+        return r;
+    }
+    let c = state.current();
+    axum::Json(serde_json::json!({
+        "name": c.domain.config.domain.name,
+        "pinned": { "commit": c.commit.to_hex(), "at": c.at },
+        "branch": state.branch,
+        "mode": if state.mirror.is_some() { "mirror" } else { "hosted" },
+        "upstream": state.mirror.as_ref().map(|m| m.status()),
+    }))
+    .into_response()
+}
+
+pub(super) async fn history(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+    if let Err(r) = state.require(&headers, "domain:read").await {
+        return r;
+    }
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.history()).await {
+        Ok(Ok(mut records)) => {
+            records.reverse(); // newest first
+            axum::Json(records).into_response()
+        }
+        Ok(Err(e)) => internal(&e.to_string()),
+        Err(e) => internal(&e.to_string()),
+    }
+}
+
+/// Body of `POST /v1/domain/pin`.
+#[derive(serde::Deserialize)]
+pub(super) struct PinRequest {
+    /// Any revision Git understands; usually a full commit id from the history.
+    commit: String,
+}
+
+/// Rollback (or roll forward): pins a commit of the repository that validates, whatever the branch
+/// head is. The branch head at that moment counts as decided, so the pin holds until the next
+/// commit arrives on the branch.
+pub(super) async fn pin(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let user = match state.require(&headers, "domain:pin").await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let req: PinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"commit\": \"<id>\"}}: {e}"),
+            );
+        }
+    };
+    let mut decided = state.decided.clone().lock_owned().await;
+    let st = state.clone();
+    let outcome = tokio::task::spawn_blocking(move || st.rollback(&req.commit, user)).await;
+    let (head, record, current) = match outcome {
+        Ok(Ok(Rollback::Done(done))) => *done,
+        Ok(Ok(Rollback::Unchanged(commit))) => {
+            let c = state.current();
+            return axum::Json(serde_json::json!({
+                "pinned": { "commit": commit.to_hex(), "at": c.at },
+                "changed": false,
+            }))
+            .into_response();
+        }
+        Ok(Ok(Rollback::NotFound)) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no such commit in the domain repository",
+            );
+        }
+        Ok(Ok(Rollback::Invalid(problems))) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(serde_json::json!({
+                    "error": "the commit does not validate; it was not pinned",
+                    "problems": problems,
+                })),
+            )
+                .into_response();
+        }
+        Ok(Err(MasterError::Pin(crate::pin::PinError::Conflict { .. }))) => {
+            return error(StatusCode::CONFLICT, "the pin moved meanwhile; try again");
+        }
+        Ok(Err(e)) => return internal(&e.to_string()),
+        Err(e) => return internal(&e.to_string()),
+    };
+    *decided = head;
+    drop(decided);
+    let body = serde_json::json!({
+        "pinned": { "commit": record.commit, "at": record.at },
+        "changed": true,
+    });
+    state.publish(record, Some(current));
+    axum::Json(body).into_response()
+}

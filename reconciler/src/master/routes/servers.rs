@@ -1,0 +1,119 @@
+//! `/v1/servers`: the list, one server, and what Managed Servers send: registration and heartbeats.
+
+use std::sync::Arc;
+
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::error;
+use axum::extract::Path as UrlPath;
+
+use crate::master::state::{Event, State};
+use crate::master::{log, servers};
+
+pub(super) async fn list_servers(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = state.require(&headers, "servers:read").await {
+        return r;
+    }
+    let c = state.current();
+    let timeout = c.domain.config.master.heartbeat_timeout.0;
+    axum::Json(state.servers.list(c.domain.config.servers.keys(), timeout)).into_response()
+}
+
+pub(super) async fn one_server(
+    AxState(state): AxState<Arc<State>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = state.require(&headers, "servers:read").await {
+        return r;
+    }
+    let c = state.current();
+    let timeout = c.domain.config.master.heartbeat_timeout.0;
+    match state
+        .servers
+        .list(c.domain.config.servers.keys(), timeout)
+        .into_iter()
+        .find(|v| v.name == name)
+    {
+        Some(v) => axum::Json(v).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such server"),
+    }
+}
+
+pub(super) async fn register(
+    st: AxState<Arc<State>>,
+    name: UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    report(st, name, headers, body, true).await
+}
+
+pub(super) async fn heartbeat(
+    st: AxState<Arc<State>>,
+    name: UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    report(st, name, headers, body, false).await
+}
+
+/// Registration and heartbeat take the same document and answer the same: what the server needs
+/// to stay in step (the pin, and how often to report). A heartbeat from a server the Master does
+/// not know (the Master restarted) simply registers it again.
+pub(super) async fn report(
+    AxState(state): AxState<Arc<State>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    registering: bool,
+) -> Response {
+    if let Err(r) = state.require(&headers, "servers:register").await {
+        return r;
+    }
+    let report: servers::Report = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("not a server status: {e}"),
+            );
+        }
+    };
+    let c = state.current();
+    let configured = c.domain.config.servers.contains_key(&name);
+    if registering && !configured {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such server in the pinned domain.toml",
+        );
+    }
+    if let Some(view) = state.servers.report(&name, report, configured) {
+        if registering {
+            log::info(
+                "Master-0020",
+                &format!(
+                    "Server {name} registered: {}, {}, running {}",
+                    view.state,
+                    view.mode.map_or("?", |m| m.as_str()),
+                    view.applied_commit.as_deref().unwrap_or("?")
+                ),
+            );
+        }
+        let _ = state
+            .events
+            .send(Arc::new(Event::new("server", None, &view)));
+    }
+    let m = &c.domain.config.master;
+    axum::Json(serde_json::json!({
+        "pinned": { "commit": c.commit.to_hex(), "at": c.at },
+        "heartbeat_interval_ms": m.heartbeat_interval.0.as_millis() as u64,
+        "heartbeat_timeout_ms": m.heartbeat_timeout.0.as_millis() as u64,
+    }))
+    .into_response()
+}

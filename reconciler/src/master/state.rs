@@ -1,0 +1,409 @@
+//! What the Master knows (the current pin and its domain, the event channel, the server
+//! registry, the mirror) and the decisions it takes under the decision lock: pin, reject, roll
+//! back, record a refused push, authenticate.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio::sync::{Mutex, OwnedMutexGuard, broadcast};
+
+use super::routes::unauthorized;
+use super::{MasterError, Result, auth, log, mirror, servers, sniff};
+use crate::git::{Oid, Repo};
+use crate::pin::{Outcome, PinStore, Record, Source};
+
+/// What the domain runs now.
+pub(super) struct Current {
+    pub(super) commit: Oid,
+    pub(super) at: String,
+    pub(super) domain: schema::model::Domain,
+}
+
+/// One message of `/v1/events`, encoded once however many subscribers there are.
+#[derive(Debug, Clone)]
+pub(super) struct Event {
+    /// SSE event name: `pinned`, `rejected` or `server`.
+    pub(super) name: &'static str,
+    /// SSE id: the commit for pins and rejections.
+    pub(super) id: Option<String>,
+    /// JSON.
+    pub(super) data: String,
+}
+
+impl Event {
+    pub(super) fn new(name: &'static str, id: Option<String>, data: &impl Serialize) -> Event {
+        Event {
+            name,
+            id,
+            data: serde_json::to_string(data).unwrap_or_else(|_| "null".into()),
+        }
+    }
+}
+
+pub(super) struct State {
+    pub(super) home: PathBuf,
+    pub(super) store: PinStore,
+    pub(super) branch: String,
+    pub(super) current: RwLock<Arc<Current>>,
+    pub(super) events: broadcast::Sender<Arc<Event>>,
+    /// The decision lock. Holds the last head of the branch that was decided on (pinned or
+    /// rejected), so a rejected head is recorded once, not at every poll.
+    pub(super) decided: Arc<Mutex<Option<Oid>>>,
+    pub(super) auth: auth::AuthCache,
+    pub(super) servers: servers::Registry,
+    /// Mirror mode; `None` when the Master hosts the repository.
+    pub(super) mirror: Option<mirror::Mirror>,
+}
+
+/// Loads the pinned commit's domain; errors name the problem.
+pub(super) fn load_pinned(store: &PinStore) -> Result<Current> {
+    let commit = store
+        .pinned()?
+        .ok_or_else(|| MasterError::NothingPinned(store.git_dir().to_owned()))?;
+    let repo = Repo::open(store.git_dir()).map_err(|e| MasterError::Git(e.to_string()))?;
+    let tree = repo
+        .tree(commit)
+        .map_err(|e| MasterError::Git(e.to_string()))?;
+    let v = schema::validate(&tree);
+    let Some(loaded) = v.loaded else {
+        return Err(MasterError::PinnedInvalid {
+            commit: commit.to_hex(),
+            problems: v.report.render_short(),
+        });
+    };
+    let at = store
+        .history()?
+        .into_iter()
+        .rev()
+        .find(|r| r.outcome == Outcome::Pinned && r.commit == commit.to_hex())
+        .map(|r| r.at)
+        .unwrap_or_default();
+    Ok(Current {
+        commit,
+        at,
+        domain: loaded.domain,
+    })
+}
+
+/// A record describing `commit` (author and summary from the commit itself).
+pub(super) fn describe(repo: &Repo, commit: Oid, outcome: Outcome, source: Source) -> Record {
+    let info = repo.commit_info(commit).ok();
+    Record {
+        outcome,
+        commit: commit.to_hex(),
+        previous: None,
+        at: crate::pin::now_rfc3339(),
+        source,
+        author: info
+            .as_ref()
+            .map(|i| format!("{} <{}>", i.author_name, i.author_email)),
+        pusher: None,
+        summary: info.map(|i| i.summary).unwrap_or_default(),
+        problems: Vec::new(),
+        branch_head: None,
+    }
+}
+
+impl State {
+    pub(super) fn current(&self) -> Arc<Current> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Validates the head of the followed branch and pins it if valid, records it as rejected if
+    /// not. `guard` is the decision lock when the caller already holds it (a push).
+    pub(super) async fn reconcile(
+        self: &Arc<Self>,
+        source: Source,
+        pusher: Option<String>,
+        guard: Option<OwnedMutexGuard<Option<Oid>>>,
+    ) -> Option<Record> {
+        let mut decided = match guard {
+            Some(g) => g,
+            None => self.decided.clone().lock_owned().await,
+        };
+        let me = self.clone();
+        let last = *decided;
+        let outcome = tokio::task::spawn_blocking(move || me.decide(last, source, pusher)).await;
+        let outcome = match outcome {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                log::severe(
+                    "Master-0019",
+                    &format!("Cannot decide on {}; the pin stays: {e}", self.branch),
+                );
+                return None;
+            }
+            Err(e) => {
+                log::severe(
+                    "Master-0019",
+                    &format!("Cannot decide on {}; the pin stays: {e}", self.branch),
+                );
+                return None;
+            }
+        };
+        let (head, record, current) = outcome?;
+        *decided = Some(head);
+        drop(decided);
+        self.publish(record.clone(), current);
+        Some(record)
+    }
+
+    /// Mirror mode: fetches the upstream branch and decides on its head, under the decision lock
+    /// (so the ref watcher, woken by the fetch, finds nothing left to decide).
+    pub(super) async fn sync(self: &Arc<Self>, source: Source) -> serde_json::Value {
+        let Some(mirror) = &self.mirror else {
+            return serde_json::json!({ "outcome": "hosted" });
+        };
+        let guard = self.decided.clone().lock_owned().await;
+        let git_dir = self.store.git_dir().to_owned();
+        let (url, branch) = (mirror.upstream.url.clone(), mirror.upstream.branch.clone());
+        let fetched = tokio::task::spawn_blocking(move || mirror::fetch(&git_dir, &url, &branch))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match fetched {
+            Ok(head) => {
+                if mirror.succeeded(head) {
+                    log::info(
+                        "Master-0041",
+                        &format!("The upstream {} is reachable again.", mirror.status().url),
+                    );
+                }
+                match self.reconcile(source, None, Some(guard)).await {
+                    Some(r) => serde_json::json!({
+                        "outcome": match r.outcome { Outcome::Pinned => "pinned", Outcome::Rejected => "rejected" },
+                        "commit": r.commit,
+                        "problems": r.problems,
+                    }),
+                    None => serde_json::json!({ "outcome": "unchanged", "commit": head.to_hex() }),
+                }
+            }
+            Err(e) => {
+                drop(guard);
+                if mirror.failed(&e) {
+                    log::warning(
+                        "Master-0040",
+                        &format!(
+                            "Cannot fetch the upstream; the pin stays, the mirror is stale: {e}"
+                        ),
+                    );
+                }
+                serde_json::json!({ "outcome": "unreachable", "error": e })
+            }
+        }
+    }
+
+    /// Makes a decision public: the new current pin (if any), the log line, the event.
+    pub(super) fn publish(&self, record: Record, current: Option<Current>) {
+        if let Some(c) = current {
+            match self.current.write() {
+                Ok(mut w) => *w = Arc::new(c),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(c),
+            }
+        }
+        let name = match record.outcome {
+            Outcome::Pinned => "pinned",
+            Outcome::Rejected => "rejected",
+        };
+        let by = record
+            .pusher
+            .as_deref()
+            .map(|p| format!(" by {p}"))
+            .unwrap_or_default();
+        match record.outcome {
+            Outcome::Pinned => log::info(
+                "Master-0010",
+                &format!(
+                    "Pinned {} (source {}{by}): {}",
+                    record.commit,
+                    record.source.as_str(),
+                    record.summary
+                ),
+            ),
+            Outcome::Rejected => log::warning(
+                "Master-0011",
+                &format!(
+                    "Rejected {} (source {}{by}): {} problem(s); the pin stays",
+                    record.commit,
+                    record.source.as_str(),
+                    record.problems.len()
+                ),
+            ),
+        }
+        // No subscribers is not an error.
+        let id = Some(record.commit.clone());
+        let _ = self.events.send(Arc::new(Event::new(name, id, &record)));
+    }
+
+    /// The blocking part of [`State::reconcile`]: `None` when there is nothing new to decide.
+    pub(super) fn decide(
+        &self,
+        last: Option<Oid>,
+        source: Source,
+        pusher: Option<String>,
+    ) -> Result<Option<(Oid, Record, Option<Current>)>> {
+        let repo = Repo::open(self.store.git_dir()).map_err(|e| MasterError::Git(e.to_string()))?;
+        let Some(head) = repo
+            .resolve(&self.branch)
+            .map_err(|e| MasterError::Git(e.to_string()))?
+        else {
+            return Ok(None); // the branch was deleted: keep the pin
+        };
+        let pinned = self.store.pinned()?;
+        if Some(head) == pinned || Some(head) == last {
+            return Ok(None);
+        }
+        let tree = repo
+            .tree(head)
+            .map_err(|e| MasterError::Git(e.to_string()))?;
+        // Validate again even though the hook did: a ref can be moved without a push, and an
+        // invalid commit is never pinned.
+        let v = schema::validate(&tree);
+        let mut record = describe(&repo, head, Outcome::Pinned, source);
+        record.pusher = pusher;
+        record.previous = pinned.map(|p| p.to_hex());
+        match v.loaded {
+            Some(loaded) => {
+                self.store.pin(head, pinned, &record)?;
+                let current = Current {
+                    commit: head,
+                    at: record.at.clone(),
+                    domain: loaded.domain,
+                };
+                Ok(Some((head, record, Some(current))))
+            }
+            None => {
+                record.outcome = Outcome::Rejected;
+                record.problems = v.report.to_json()["problems"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                self.store.append(&record)?;
+                Ok(Some((head, record, None)))
+            }
+        }
+    }
+
+    /// The blocking part of `POST /v1/domain/pin`.
+    pub(super) fn rollback(&self, rev: &str, user: String) -> Result<Rollback> {
+        let git = |e: crate::git::GitError| MasterError::Git(e.to_string());
+        let repo = Repo::open(self.store.git_dir()).map_err(git)?;
+        let Ok(Some(commit)) = repo.resolve(rev) else {
+            return Ok(Rollback::NotFound);
+        };
+        let pinned = self.store.pinned()?;
+        if pinned == Some(commit) {
+            return Ok(Rollback::Unchanged(commit));
+        }
+        let tree = repo.tree(commit).map_err(git)?;
+        let v = schema::validate(&tree);
+        let Some(loaded) = v.loaded else {
+            let problems = v.report.to_json()["problems"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            return Ok(Rollback::Invalid(problems));
+        };
+        let head = repo.resolve(&self.branch).map_err(git)?;
+        let mut record = describe(&repo, commit, Outcome::Pinned, Source::Rollback);
+        record.pusher = Some(user);
+        record.previous = pinned.map(|p| p.to_hex());
+        record.branch_head = Some(head.map(|h| h.to_hex()).unwrap_or_default());
+        self.store.pin(commit, pinned, &record)?;
+        let current = Current {
+            commit,
+            at: record.at.clone(),
+            domain: loaded.domain,
+        };
+        Ok(Rollback::Done(Box::new((head, record, current))))
+    }
+
+    /// Records a push the pre-receive hook refused for the followed branch: the commit never
+    /// entered the repository, so what is known comes from the conversation itself.
+    pub(super) async fn record_refusal(
+        self: &Arc<Self>,
+        request: &[u8],
+        response: &[u8],
+        pusher: String,
+    ) {
+        let answer = sniff::answer(response);
+        let declined = answer
+            .refused
+            .iter()
+            .any(|(name, reason)| *name == self.branch && reason.contains("hook declined"));
+        let Some(cmd) = sniff::commands(request)
+            .into_iter()
+            .find(|c| c.name == self.branch)
+        else {
+            return;
+        };
+        if !declined {
+            return;
+        }
+        let record = Record {
+            outcome: Outcome::Rejected,
+            commit: cmd.new,
+            previous: Some(self.current().commit.to_hex()),
+            at: crate::pin::now_rfc3339(),
+            source: Source::Push,
+            author: None,
+            pusher: Some(pusher),
+            summary: String::new(),
+            problems: sniff::problems(&answer.messages),
+            branch_head: None,
+        };
+        let store = self.store.clone();
+        let rec = record.clone();
+        match tokio::task::spawn_blocking(move || store.append(&rec)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::severe("Master-0031", &format!("Cannot record a refused push: {e}")),
+            Err(e) => log::severe("Master-0031", &format!("Cannot record a refused push: {e}")),
+        }
+        self.publish(record, None);
+    }
+
+    /// The authenticated user, or the response to send instead: 401 without (valid) credentials,
+    /// 403 when the user lacks `permission`. Neither says which part was wrong.
+    pub(super) async fn require(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        permission: &str,
+    ) -> Result<String, Response> {
+        let Some((user, password)) = auth::parse_basic(headers) else {
+            return Err(unauthorized());
+        };
+        let current = self.current();
+        let hash = current
+            .domain
+            .accounts
+            .users
+            .get(&user)
+            .map(|u| u.password.clone());
+        let me = self.clone();
+        let u = user.clone();
+        let ok =
+            tokio::task::spawn_blocking(move || me.auth.verify(&u, &password, hash.as_deref()))
+                .await
+                .unwrap_or(false);
+        if !ok {
+            return Err(unauthorized());
+        }
+        if !current.domain.permits(&user, permission) {
+            return Err(StatusCode::FORBIDDEN.into_response());
+        }
+        Ok(user)
+    }
+}
+
+pub(super) enum Rollback {
+    /// The branch head at the time (now decided), the record, the new current pin.
+    Done(Box<(Option<Oid>, Record, Current)>),
+    Unchanged(Oid),
+    NotFound,
+    Invalid(Vec<serde_json::Value>),
+}
