@@ -5,6 +5,8 @@
 pub mod background;
 pub mod clock;
 pub mod control;
+pub mod deploy;
+pub mod engine;
 pub mod launcher;
 pub mod layout;
 pub mod logfile;

@@ -1,0 +1,5 @@
+//! The Managed Server's engines. Engines always run, with defaults when not configured (the seed:
+//! "engines are always started"); each takes its part of the server's configuration and applies
+//! later changes to it live.
+
+pub mod web;

@@ -1,0 +1,1015 @@
+//! The web engine: HTTP/1.1 on the server's listeners, routing each request by the longest
+//! matching context path to a deployed application (`static` files, or a supervised `process`
+//! reverse-proxied).
+//!
+//! Live configuration: everything a request reads (routes, timeouts, access-log settings) is one
+//! immutable [`Snapshot`] behind a lock, taken once at the start of each request, so a request
+//! finishes on the configuration it started with and [`WebEngine::apply`] swaps the whole of it
+//! at once. Capacity (`thread-pool.max`) is a semaphore per listener resized in place. Listener
+//! addresses and ports are bound once: `apply` refuses to change them and names the settings, the
+//! caller reports them as pending restart. See `docs/web-engine.md`.
+
+pub mod access;
+pub mod body;
+pub mod files;
+pub mod supervisor;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use schema::model::{AccessLog as AccessLogSettings, AppKind, Application, Listener, Server};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::deploy::Deployment;
+use crate::logfile::{Logger, Rotation};
+
+pub use body::Body;
+use files::StaticApp;
+use supervisor::{ProcLive, ProcSpec, ProcState, Supervisor};
+
+/// Errors of the web engine.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("listener {name}: cannot bind {addr}: {error}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("these settings take effect only after a restart: {}", paths.join(", "))]
+    RestartRequired { paths: Vec<String> },
+    #[error("applications {first} and {second} both use context path {path:?}")]
+    DuplicateContext {
+        path: String,
+        first: String,
+        second: String,
+    },
+    #[error("application {app}: {message}")]
+    App { app: String, message: String },
+    #[error("the web engine is shut down")]
+    ShutDown,
+}
+
+/// The web engine's part of a server's configuration, with the applications deployed to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    /// The server's name: setting paths in errors are `servers.<server>.web…`.
+    pub server: String,
+    pub listeners: BTreeMap<String, Listener>,
+    pub access_log: AccessLogSettings,
+    pub apps: BTreeMap<String, AppSpec>,
+}
+
+impl WebConfig {
+    /// The web configuration of `server` (named `name`) with `apps` deployed.
+    pub fn new(name: &str, server: &Server, apps: BTreeMap<String, AppSpec>) -> WebConfig {
+        WebConfig {
+            server: name.to_owned(),
+            listeners: server.web.listeners.clone(),
+            access_log: server.web.access_log.clone(),
+            apps,
+        }
+    }
+}
+
+/// One deployed application: its settings and where its deployment put it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSpec {
+    pub app: Application,
+    pub deployment: Deployment,
+}
+
+/// What the engine needs from the server process.
+#[derive(Debug, Clone)]
+pub struct EngineContext {
+    /// `SERVER_HOME/logs`: the access log and the applications' output logs.
+    pub logs_dir: PathBuf,
+    pub rotation: Rotation,
+    /// The server log, for application lifecycle lines (`WEB-02xx`).
+    pub logger: Option<Logger>,
+}
+
+/// What [`WebEngine::apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Process applications started (new or redeployed) and healthy.
+    pub started: Vec<String>,
+    /// Applications no longer served.
+    pub removed: Vec<String>,
+    /// Applications that could not be (re)started: `(app, why)`. A redeployed application that
+    /// failed keeps its previous process serving; a new one is routed and answers 503 while its
+    /// supervisor keeps retrying.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Per listener: what its requests read from the snapshot.
+#[derive(Debug, Clone)]
+struct Limits {
+    queue_timeout: Duration,
+    request_timeout: Duration,
+}
+
+#[derive(Debug)]
+enum Handler {
+    Static(Arc<StaticApp>),
+    Process(Arc<ProcessApp>),
+}
+
+#[derive(Debug)]
+struct ProcessApp {
+    supervisor: Arc<Supervisor>,
+}
+
+#[derive(Debug)]
+struct Route {
+    context: String,
+    app: String,
+    handler: Handler,
+}
+
+/// Everything a request reads, swapped whole by `apply`.
+#[derive(Debug)]
+struct Snapshot {
+    /// Longest context path first.
+    routes: Vec<Route>,
+    limits: Vec<Limits>,
+    access_log: AccessLogSettings,
+}
+
+/// A listener's capacity: a semaphore whose size follows `thread-pool.max`.
+#[derive(Debug)]
+struct Pool {
+    sem: Arc<Semaphore>,
+    capacity: Mutex<usize>,
+}
+
+impl Pool {
+    fn new(n: usize) -> Pool {
+        Pool {
+            sem: Arc::new(Semaphore::new(n)),
+            capacity: Mutex::new(n),
+        }
+    }
+
+    /// Grows at once; shrinks by taking permits out of circulation as requests return them, so
+    /// requests already running are never cut short.
+    fn resize(&self, n: usize) {
+        let Ok(mut cap) = self.capacity.lock() else {
+            return;
+        };
+        if n > *cap {
+            self.sem.add_permits(n - *cap);
+        } else if n < *cap {
+            let sem = Arc::clone(&self.sem);
+            let take = *cap - n;
+            tokio::spawn(async move {
+                for _ in 0..take {
+                    match sem.acquire().await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        *cap = n;
+    }
+}
+
+#[derive(Debug)]
+struct ListenerRt {
+    name: String,
+    configured: Listener,
+    local: SocketAddr,
+    pool: Pool,
+}
+
+/// A process application being started by `apply`: name, the new one, the one it replaces, and
+/// how long it may take.
+type Starting = (String, Arc<ProcessApp>, Option<Arc<ProcessApp>>, Duration);
+
+/// A served static application: its deployment and index file (what it was built from), and it.
+type StaticEntry = (Deployment, String, Arc<StaticApp>);
+
+/// State only `apply` touches (serialized by its lock).
+#[derive(Debug)]
+struct Applied {
+    config: WebConfig,
+    statics: BTreeMap<String, StaticEntry>,
+    procs: BTreeMap<String, Arc<ProcessApp>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    snapshot: RwLock<Arc<Snapshot>>,
+    listeners: Vec<ListenerRt>,
+    access: access::AccessLog,
+    ctx: EngineContext,
+    applied: tokio::sync::Mutex<Option<Applied>>,
+    shutdown: watch::Sender<bool>,
+    connections: AtomicUsize,
+    idle: Notify,
+}
+
+/// The running web engine. Cheap to clone; every clone is the same engine.
+#[derive(Debug, Clone)]
+pub struct WebEngine {
+    inner: Arc<Inner>,
+}
+
+/// `1.5s`, `200ms`: durations in messages.
+pub fn fmt_duration(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+impl WebEngine {
+    /// Binds every listener, starts the applications of `config` (waiting for process
+    /// applications to be healthy, each within its `start-timeout`), and serves. Failed
+    /// applications are in the report; a listener that cannot be bound fails the start.
+    pub async fn start(
+        config: WebConfig,
+        ctx: EngineContext,
+    ) -> Result<(WebEngine, ApplyReport), WebError> {
+        let mut bound = Vec::new();
+        let mut listeners = Vec::new();
+        for (name, l) in &config.listeners {
+            let addr = SocketAddr::new(l.address, l.port);
+            let tcp =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| WebError::Bind {
+                        name: name.clone(),
+                        addr,
+                        error,
+                    })?;
+            let local = tcp.local_addr().map_err(|error| WebError::Bind {
+                name: name.clone(),
+                addr,
+                error,
+            })?;
+            listeners.push(ListenerRt {
+                name: name.clone(),
+                configured: l.clone(),
+                local,
+                pool: Pool::new(l.thread_pool.max.max(1) as usize),
+            });
+            bound.push(tcp);
+        }
+        let empty = Snapshot {
+            routes: Vec::new(),
+            limits: listeners
+                .iter()
+                .map(|l| Limits {
+                    queue_timeout: l.configured.queue_timeout.0,
+                    request_timeout: l.configured.request_timeout.0,
+                })
+                .collect(),
+            access_log: config.access_log.clone(),
+        };
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            snapshot: RwLock::new(Arc::new(empty)),
+            listeners,
+            access: access::AccessLog::new(ctx.logs_dir.clone(), ctx.rotation),
+            ctx,
+            applied: tokio::sync::Mutex::new(None),
+            shutdown,
+            connections: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let engine = WebEngine { inner };
+        // Accept at once: static applications are served while process applications start.
+        for (index, tcp) in bound.into_iter().enumerate() {
+            tokio::spawn(accept_loop(Arc::clone(&engine.inner), index, tcp));
+        }
+        match engine.apply(config).await {
+            Ok(report) => Ok((engine, report)),
+            Err(e) => {
+                let _ = engine.inner.shutdown.send(true);
+                Err(e)
+            }
+        }
+    }
+
+    /// The bound address of each listener, by name (useful with port 0).
+    pub fn local_addrs(&self) -> BTreeMap<String, SocketAddr> {
+        self.inner
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.local))
+            .collect()
+    }
+
+    /// The pid of a process application's running child.
+    pub fn app_pid(&self, app: &str) -> Option<u32> {
+        let snap = self.snapshot();
+        snap.routes
+            .iter()
+            .find(|r| r.app == app)
+            .and_then(|r| match &r.handler {
+                Handler::Process(p) => p.supervisor.pid(),
+                Handler::Static(_) => None,
+            })
+    }
+
+    /// Whether a process application is healthy and receiving traffic (static: always true
+    /// once routed).
+    pub fn app_ready(&self, app: &str) -> bool {
+        let snap = self.snapshot();
+        snap.routes.iter().any(|r| {
+            r.app == app
+                && match &r.handler {
+                    Handler::Process(p) => p.supervisor.port().is_some(),
+                    Handler::Static(_) => true,
+                }
+        })
+    }
+
+    /// The configuration last applied.
+    pub async fn config(&self) -> Option<WebConfig> {
+        self.inner
+            .applied
+            .lock()
+            .await
+            .as_ref()
+            .map(|a| a.config.clone())
+    }
+
+    /// Applies a new log rotation to the access log (live). Application output logs take it at
+    /// their next start.
+    pub fn set_rotation(&self, rotation: Rotation) {
+        self.inner.access.set_rotation(rotation);
+    }
+
+    /// Waits for the access log writer to catch up (tests, shutdown).
+    pub fn flush_access_log(&self) {
+        self.inner.access.flush();
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        read_snapshot(&self.inner)
+    }
+
+    /// Applies a new configuration live. Refuses (changing nothing) when a restart-only setting
+    /// differs: a listener added, removed, or with another address or port. Otherwise: pool
+    /// sizes, timeouts, access log, context paths, index files and health settings change in
+    /// place; applications whose deployment or process settings changed are started anew, and
+    /// switched to only once healthy; removed ones stop after the switch.
+    pub async fn apply(&self, config: WebConfig) -> Result<ApplyReport, WebError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(WebError::ShutDown);
+        }
+        let restart = self.restart_paths(&config);
+        if !restart.is_empty() {
+            return Err(WebError::RestartRequired { paths: restart });
+        }
+        let mut contexts: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, spec) in &config.apps {
+            let ctx = normalize_context(&spec.app.context_path);
+            if let Some(first) = contexts.insert(ctx, name) {
+                return Err(WebError::DuplicateContext {
+                    path: ctx.to_owned(),
+                    first: first.to_owned(),
+                    second: name.clone(),
+                });
+            }
+        }
+        let mut guard = self.inner.applied.lock().await;
+        let old = guard.take();
+        let (mut old_statics, mut old_procs) = match old {
+            Some(a) => (a.statics, a.procs),
+            None => (BTreeMap::new(), BTreeMap::new()),
+        };
+        let mut report = ApplyReport::default();
+        let mut statics = BTreeMap::new();
+        let mut procs: BTreeMap<String, Arc<ProcessApp>> = BTreeMap::new();
+        let mut to_stop: Vec<Arc<ProcessApp>> = Vec::new();
+        let mut starting: Vec<Starting> = Vec::new();
+        for (name, spec) in &config.apps {
+            match spec.app.kind {
+                AppKind::Static => {
+                    let reuse = old_statics.remove(name).filter(|(d, index, _)| {
+                        supervisor::same_content(d, &spec.deployment) && *index == spec.app.index
+                    });
+                    let app = match reuse {
+                        Some((_, _, app)) => app,
+                        None => match StaticApp::new(&spec.deployment.image, &spec.app.index) {
+                            Ok(app) => Arc::new(app),
+                            Err(e) => {
+                                report.failed.push((
+                                    name.clone(),
+                                    format!(
+                                        "deploy image {}: {e}",
+                                        spec.deployment.image.display()
+                                    ),
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    statics.insert(
+                        name.clone(),
+                        (spec.deployment.clone(), spec.app.index.clone(), app),
+                    );
+                }
+                AppKind::Process => {
+                    let Some(command) = spec.app.command.clone() else {
+                        report
+                            .failed
+                            .push((name.clone(), "`command` is required".to_owned()));
+                        continue;
+                    };
+                    let want = ProcSpec {
+                        app: name.clone(),
+                        command,
+                        args: spec.app.args.clone(),
+                        env: spec.app.env.clone(),
+                        deployment: spec.deployment.clone(),
+                    };
+                    let live = ProcLive {
+                        health_path: spec.app.health_path.clone(),
+                        start_timeout: spec.app.start_timeout.0,
+                    };
+                    let previous = old_procs.remove(name);
+                    match previous {
+                        Some(p) if p.supervisor.spec == want => {
+                            p.supervisor.set_live(live);
+                            procs.insert(name.clone(), p);
+                        }
+                        previous => {
+                            let timeout = live.start_timeout;
+                            let sup = Supervisor::start(
+                                want,
+                                live,
+                                self.inner.ctx.logs_dir.clone(),
+                                self.inner.ctx.rotation,
+                                self.inner.ctx.logger.clone(),
+                            );
+                            let app = Arc::new(ProcessApp {
+                                supervisor: Arc::new(sup),
+                            });
+                            starting.push((name.clone(), app, previous, timeout));
+                        }
+                    }
+                }
+            }
+        }
+        // While new processes start, everything else is already served: new applications are
+        // routed (503 until healthy), redeployed ones keep their previous process.
+        if !starting.is_empty() {
+            let mut interim = procs.clone();
+            for (name, app, previous, _) in &starting {
+                let serving = previous.as_ref().unwrap_or(app);
+                interim.insert(name.clone(), Arc::clone(serving));
+            }
+            self.swap(&config, &statics, &interim);
+        }
+        // They start concurrently; each is switched to once healthy.
+        for (name, app, previous, timeout) in starting {
+            match app.supervisor.wait_ready(timeout).await {
+                Ok(_) => {
+                    report.started.push(name.clone());
+                    procs.insert(name, app);
+                    if let Some(p) = previous {
+                        to_stop.push(p);
+                    }
+                }
+                Err(why) => {
+                    report.failed.push((name.clone(), why));
+                    match previous {
+                        Some(p) => {
+                            to_stop.push(app);
+                            procs.insert(name, p);
+                        }
+                        None => {
+                            procs.insert(name, app);
+                        }
+                    }
+                }
+            }
+        }
+        for (name, p) in old_procs {
+            report.removed.push(name);
+            to_stop.push(p);
+        }
+        for name in old_statics.keys() {
+            report.removed.push(name.clone());
+        }
+        self.swap(&config, &statics, &procs);
+        *guard = Some(Applied {
+            config,
+            statics,
+            procs,
+        });
+        drop(guard);
+        // Requests that started on the old snapshot may still be proxying to the replaced
+        // processes: stop them only once nothing else holds them (or after a grace period).
+        for p in to_stop {
+            tokio::spawn(retire(p));
+        }
+        Ok(report)
+    }
+
+    /// Builds the snapshot for `config` with these application objects, resizes the pools, and
+    /// makes it the one new requests read.
+    fn swap(
+        &self,
+        config: &WebConfig,
+        statics: &BTreeMap<String, StaticEntry>,
+        procs: &BTreeMap<String, Arc<ProcessApp>>,
+    ) {
+        let mut routes = Vec::new();
+        for (name, spec) in &config.apps {
+            let handler = if let Some((_, _, s)) = statics.get(name) {
+                Handler::Static(Arc::clone(s))
+            } else if let Some(p) = procs.get(name) {
+                Handler::Process(Arc::clone(p))
+            } else {
+                continue;
+            };
+            routes.push(Route {
+                context: normalize_context(&spec.app.context_path).to_owned(),
+                app: name.clone(),
+                handler,
+            });
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.context.len()));
+        let limits = self
+            .inner
+            .listeners
+            .iter()
+            .map(|l| {
+                let c = config.listeners.get(&l.name).unwrap_or(&l.configured);
+                Limits {
+                    queue_timeout: c.queue_timeout.0,
+                    request_timeout: c.request_timeout.0,
+                }
+            })
+            .collect();
+        for l in &self.inner.listeners {
+            if let Some(c) = config.listeners.get(&l.name) {
+                l.pool.resize(c.thread_pool.max.max(1) as usize);
+            }
+        }
+        let snapshot = Arc::new(Snapshot {
+            routes,
+            limits,
+            access_log: config.access_log.clone(),
+        });
+        // A panic elsewhere while holding the lock must not stop configuration changes.
+        *self
+            .inner
+            .snapshot
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = snapshot;
+    }
+
+    /// Paths of restart-only settings that differ between the bound listeners and `config`.
+    fn restart_paths(&self, config: &WebConfig) -> Vec<String> {
+        let base = format!("servers.{}.web.listeners", config.server);
+        let mut out = Vec::new();
+        for l in &self.inner.listeners {
+            match config.listeners.get(&l.name) {
+                None => out.push(format!("{base}.{}", l.name)),
+                Some(c) => {
+                    if c.address != l.configured.address {
+                        out.push(format!("{base}.{}.address", l.name));
+                    }
+                    if c.port != l.configured.port {
+                        out.push(format!("{base}.{}.port", l.name));
+                    }
+                }
+            }
+        }
+        for name in config.listeners.keys() {
+            if !self.inner.listeners.iter().any(|l| &l.name == name) {
+                out.push(format!("{base}.{name}"));
+            }
+        }
+        out
+    }
+
+    /// Graceful shutdown: stops accepting, lets requests in flight finish (idle keep-alive
+    /// connections are closed), waits up to `deadline` for connections to end, then stops every
+    /// process application.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let _ = self.inner.shutdown.send(true);
+        let until = Instant::now() + deadline;
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.connections.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                break;
+            }
+        }
+        let applied = self.inner.applied.lock().await.take();
+        if let Some(a) = applied {
+            for p in a.procs.into_values() {
+                p.supervisor.stop().await;
+            }
+        }
+        {
+            let mut s = self
+                .inner
+                .snapshot
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            *s = Arc::new(Snapshot {
+                routes: Vec::new(),
+                limits: Vec::new(),
+                access_log: AccessLogSettings {
+                    enabled: false,
+                    ..AccessLogSettings::default()
+                },
+            });
+        }
+        self.inner.access.flush();
+    }
+}
+
+/// Stops a replaced process once no request holds it any more (at most 60 s later).
+async fn retire(p: Arc<ProcessApp>) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while Arc::strong_count(&p) > 1 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.supervisor.stop().await;
+}
+
+/// `/shop/` → `/shop`; `""` → `/`.
+fn normalize_context(p: &str) -> &str {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() { "/" } else { t }
+}
+
+fn read_snapshot(inner: &Inner) -> Arc<Snapshot> {
+    match inner.snapshot.read() {
+        Ok(s) => Arc::clone(&s),
+        Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net::TcpListener) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = tcp.accept() => a,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            // Out of descriptors and the like: back off briefly rather than spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        inner.connections.fetch_add(1, Ordering::SeqCst);
+        let inner = Arc::clone(&inner);
+        tokio::spawn(async move {
+            serve_connection(&inner, index, stream, peer).await;
+            if inner.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+                inner.idle.notify_waiters();
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    inner: &Arc<Inner>,
+    index: usize,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let mut stop = inner.shutdown.subscribe();
+    let svc_inner = Arc::clone(inner);
+    let service = hyper::service::service_fn(move |req| {
+        let inner = Arc::clone(&svc_inner);
+        async move { Ok::<_, Infallible>(handle(&inner, index, peer, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    if *stop.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+fn plain(code: StatusCode) -> Response<Body> {
+    let text = code.canonical_reason().unwrap_or("");
+    let mut r = Response::new(Body::full(format!("{} {text}\n", code.as_u16())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn unavailable() -> Response<Body> {
+    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Whether `path` is under `context` (segment-wise: `/shop` covers `/shop` and `/shop/x`, not
+/// `/shopping`).
+fn under(path: &str, context: &str) -> bool {
+    context == "/"
+        || (path.starts_with(context)
+            && matches!(path.as_bytes().get(context.len()), None | Some(b'/')))
+}
+
+async fn handle(
+    inner: &Arc<Inner>,
+    index: usize,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let snap = read_snapshot(inner);
+    let Some(limits) = snap.limits.get(index).cloned() else {
+        return unavailable();
+    };
+    let Some(listener) = inner.listeners.get(index) else {
+        return unavailable();
+    };
+    // Capacity: a free slot at once, else wait up to queue-timeout.
+    let permit: Option<OwnedSemaphorePermit> =
+        match Arc::clone(&listener.pool.sem).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                match tokio::time::timeout(
+                    limits.queue_timeout,
+                    Arc::clone(&listener.pool.sem).acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => Some(p),
+                    _ => None,
+                }
+            }
+        };
+    let log = snap.access_log.enabled.then(|| RequestLine::of(&req));
+    let (resp, app) = match permit {
+        None => (unavailable(), None),
+        Some(permit) => {
+            let route = snap
+                .routes
+                .iter()
+                .find(|r| under(req.uri().path(), &r.context));
+            match route {
+                None => (plain(StatusCode::NOT_FOUND), None),
+                Some(route) => {
+                    let fut = dispatch(route, req, peer);
+                    let resp = match tokio::time::timeout(limits.request_timeout, fut).await {
+                        Ok(r) => r,
+                        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT),
+                    };
+                    (
+                        resp.map(|b| b.with_permit(Some(permit))),
+                        Some(route.app.as_str()),
+                    )
+                }
+            }
+        }
+    };
+    if let Some(line) = log {
+        let bytes = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let e = access::Entry {
+            remote: peer.ip(),
+            method: &line.method,
+            target: &line.target,
+            version: line.version,
+            status: resp.status().as_u16(),
+            bytes,
+            referer: line.referer.as_deref(),
+            user_agent: line.user_agent.as_deref(),
+            duration: started.elapsed(),
+            app,
+        };
+        inner.access.write(access::format(
+            snap.access_log.format,
+            &e,
+            SystemTime::now(),
+        ));
+    }
+    resp
+}
+
+/// What the access log needs from a request, taken before the request is consumed.
+struct RequestLine {
+    method: String,
+    target: String,
+    version: &'static str,
+    referer: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl RequestLine {
+    fn of(req: &Request<Incoming>) -> RequestLine {
+        let h = |n| {
+            req.headers()
+                .get(n)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        RequestLine {
+            method: req.method().to_string(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.to_string()),
+            version: match req.version() {
+                hyper::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            referer: h(header::REFERER),
+            user_agent: h(header::USER_AGENT),
+        }
+    }
+}
+
+async fn dispatch(route: &Route, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    match &route.handler {
+        Handler::Static(app) => {
+            let path = req.uri().path();
+            let rest = if route.context == "/" {
+                path
+            } else {
+                &path[route.context.len().min(path.len())..]
+            };
+            app.serve(req.method(), req.headers(), rest, path, req.uri().query())
+                .await
+        }
+        Handler::Process(p) => proxy(p, &route.context, req, peer).await,
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are not forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+/// Forwards the request, path unchanged (the application sees the full path, context path
+/// included), with `X-Forwarded-For/Proto/Host/Prefix`.
+async fn proxy(
+    app: &Arc<ProcessApp>,
+    context: &str,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let Some(port) = app.supervisor.port() else {
+        return unavailable();
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    let h = &mut parts.headers;
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = h.get(header::HOST).cloned() {
+        h.insert("x-forwarded-host", host);
+    }
+    if let Ok(v) = HeaderValue::from_str(context) {
+        h.insert("x-forwarded-prefix", v);
+    }
+    if !h.contains_key(header::HOST) {
+        h.insert(
+            header::HOST,
+            HeaderValue::from_str(&format!("127.0.0.1:{port}"))
+                .unwrap_or(HeaderValue::from_static("localhost")),
+        );
+    }
+    // Origin form: the upstream gets the path and query as the client sent them.
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.to_string());
+    parts.uri = match pq.parse() {
+        Ok(u) => u,
+        Err(_) => return plain(StatusCode::BAD_REQUEST),
+    };
+    parts.version = hyper::Version::HTTP_11;
+    let upstream = Request::from_parts(parts, body);
+    let stream =
+        match tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(s) => s,
+            // Exited between the health check and now: the supervisor is restarting it.
+            Err(_) => return unavailable(),
+        };
+    let _ = stream.set_nodelay(true);
+    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return plain(StatusCode::BAD_GATEWAY);
+    };
+    tokio::spawn(conn);
+    match send.send_request(upstream).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::upstream(body))
+        }
+        Err(_) => plain(StatusCode::BAD_GATEWAY),
+    }
+}
+
+impl ProcState {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, ProcState::Ready(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_paths_match_by_segment() {
+        assert!(under("/shop", "/shop"));
+        assert!(under("/shop/x", "/shop"));
+        assert!(!under("/shopping", "/shop"));
+        assert!(under("/anything", "/"));
+        assert_eq!(normalize_context("/shop/"), "/shop");
+        assert_eq!(normalize_context(""), "/");
+    }
+
+    #[tokio::test]
+    async fn pools_resize_in_place() {
+        let pool = Pool::new(4);
+        let held = Arc::clone(&pool.sem)
+            .acquire_many_owned(3)
+            .await
+            .expect("permits");
+        pool.resize(2);
+        // The shrink takes the one free permit now and one more when `held` is returned.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.sem.available_permits(), 0);
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.sem.available_permits(), 2);
+        pool.resize(5);
+        assert_eq!(pool.sem.available_permits(), 5);
+    }
+}
