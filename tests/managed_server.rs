@@ -77,10 +77,18 @@ fn server_log(home: &Path, name: &str) -> String {
 
 /// Edits `file` in the clone, commits and pushes; returns the new commit.
 fn push(clone: &Path, file: &str, from: &str, to: &str) -> String {
+    push_edits(clone, file, &[(from, to)])
+}
+
+/// Several edits of `file` in one commit, pushed; returns the new commit.
+fn push_edits(clone: &Path, file: &str, edits: &[(&str, &str)]) -> String {
     let p = clone.join(file);
-    let text = std::fs::read_to_string(&p).unwrap();
-    assert!(text.contains(from), "`{from}` not in {file}");
-    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "`{from}` not in {file}");
+        text = text.replacen(from, to, 1);
+    }
+    std::fs::write(&p, text).unwrap();
     assert_eq!(git(clone, &["commit", "-qam", "change"]).code, 0);
     let r = git(clone, &["push", "-q", "origin", "main"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -219,4 +227,95 @@ fn servers_follow_the_master() {
         assert!(log.contains(id), "{id} missing:\n{log}");
     }
     drop(m);
+}
+
+/// Timestamps (`2026.11.24 05:58:36`) of the log lines with `id`, in order.
+fn stamps(log: &str, id: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(id))
+        .filter_map(|l| l.get(1..20).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn rolling_restarts_one_server_of_a_cluster_at_a_time() {
+    let repo = Repo::example("rolling-domain");
+    let ports = util::example_on_free_ports(&repo);
+    let (mport, s1, s2) = (ports[0], ports[1], ports[2]);
+    let tmp = TempDir::new("rolling-home");
+    let home = tmp.path().join("domain1");
+    let r = util::steward(
+        repo.path(),
+        &["init", home.to_str().unwrap(), "--from", "."],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let _m = master(&home);
+    eventually(20, || {
+        http_get(mport, "/healthz", None).filter(|r| r.contains(" 200 "))
+    })
+    .expect("master up");
+    let _servers = Servers(&home, &["server1", "server2"]);
+    start_server(&home, "server1", mport);
+    start_server(&home, "server2", mport);
+    let pid_of = |s: &str| {
+        std::fs::read_to_string(home.join("servers").join(s).join(".workspace/server.pid"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let (p1, p2) = (pid_of("server1"), pid_of("server2"));
+
+    let clone = tmp.path().join("clone");
+    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
+    assert_eq!(
+        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
+        0
+    );
+    // One commit that needs both members of cluster1 (restart-policy rolling) restarted.
+    let pin = push_edits(
+        &clone,
+        "domain.toml",
+        &[
+            (
+                "[servers.server2.web.listeners.http]",
+                "[servers.server2.process]\nenv = { ROLLED = \"yes\" }\n\n[servers.server2.web.listeners.http]",
+            ),
+            (
+                "STEWARD_EXAMPLE = \"server1\"",
+                "STEWARD_EXAMPLE = \"rolled\"",
+            ),
+        ],
+    );
+    let settled = |port: u16| {
+        let s = status(port);
+        s["applied_commit"] == pin.as_str()
+            && s["pending_restart"] == serde_json::json!([])
+            && s["state"] == "RUNNING"
+    };
+    eventually(120, || {
+        (settled(s1) && settled(s2) && pid_of("server1") != p1 && pid_of("server2") != p2)
+            .then_some(())
+    })
+    .expect("both servers restarted onto the pin");
+
+    // The second restart was ordered only after the first server was RUNNING again.
+    let (l1, l2) = (server_log(&home, "server1"), server_log(&home, "server2"));
+    let (o1, o2) = (stamps(&l1, "[SERVER-0322]"), stamps(&l2, "[SERVER-0322]"));
+    assert_eq!(
+        (o1.len(), o2.len()),
+        (1, 1),
+        "each ordered once:\n{l1}\n{l2}"
+    );
+    let (first_log, second_order) = if o1[0] <= o2[0] {
+        (&l1, &o2[0])
+    } else {
+        (&l2, &o1[0])
+    };
+    let running_again = stamps(first_log, "[SERVER-0248]");
+    assert_eq!(running_again.len(), 2, "booted twice:\n{first_log}");
+    assert!(
+        *second_order >= running_again[1],
+        "the second server was ordered at {second_order}, before the first was RUNNING again at {}",
+        running_again[1]
+    );
 }

@@ -89,6 +89,15 @@ pub struct Control {
     pub apply_live: Box<dyn Fn(&Loaded) + Send>,
 }
 
+/// What the Master answers a report.
+struct Answer {
+    pinned: String,
+    /// `[master] heartbeat-interval` of the pinned configuration.
+    every: Option<Duration>,
+    /// Rolling restarts: this server's turn to restart.
+    restart: bool,
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -112,8 +121,8 @@ impl Control {
             .map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
-    /// Registers or heart-beats; returns the pinned commit and the Master's reporting rhythm.
-    fn report(&self, registered: bool) -> Result<(String, Option<Duration>), String> {
+    /// Registers or heart-beats; returns the Master's answer.
+    fn report(&self, registered: bool) -> Result<Answer, String> {
         let kind = if registered { "heartbeat" } else { "register" };
         let body = serde_json::to_vec(&self.snapshot()).map_err(|e| e.to_string())?;
         let resp = http::request(
@@ -134,10 +143,13 @@ impl Control {
                     .as_str()
                     .ok_or("the Master's answer names no pinned commit")?
                     .to_owned();
-                let every = v["heartbeat_interval_ms"]
-                    .as_u64()
-                    .map(Duration::from_millis);
-                Ok((pinned, every))
+                Ok(Answer {
+                    pinned,
+                    every: v["heartbeat_interval_ms"]
+                        .as_u64()
+                        .map(Duration::from_millis),
+                    restart: v["restart"].as_bool().unwrap_or(false),
+                })
             }
             401 | 403 => Err(format!(
                 "the Master refused this server's credentials ({}); set STEWARD_USER/STEWARD_PASSWORD for a user with `servers:register`",
@@ -221,12 +233,12 @@ impl Control {
         Ok(())
     }
 
-    /// `restart-policy = "auto"`: a detached `stop-server` then `start-server`, the same path an
-    /// operator takes, so the new process boots from the pinned commit.
+    /// A detached `stop-server` then `start-server`, the same path an operator takes, so the new
+    /// process boots from the pinned commit (`restart-policy` auto, or rolling when ordered).
     fn restart_self(&self) {
         self.log.info(
             "SERVER-0320",
-            "Restarting through the launcher to apply the pending settings (restart-policy auto).",
+            "Restarting through the launcher to apply the pending settings.",
         );
         let home = self.domain_home.display().to_string();
         let script = "\"$0\" stop-server --domain-home \"$1\" --server \"$2\" && exec \"$0\" start-server --domain-home \"$1\" --server \"$2\" --master-url \"$3\"";
@@ -292,7 +304,11 @@ impl Control {
                 self.update(|s| s.last_error = Some(e));
             }
             let wait = match self.report(registered) {
-                Ok((pinned, every)) => {
+                Ok(Answer {
+                    pinned,
+                    every,
+                    restart,
+                }) => {
                     registered = true;
                     refused_logged = false;
                     interval = every.unwrap_or(interval);
@@ -334,6 +350,14 @@ impl Control {
                         );
                     }
                     connected = synced || connected;
+                    if restart && !self.snapshot().pending_restart.is_empty() {
+                        // restart-policy rolling: the Master says it is this server's turn.
+                        self.log.info(
+                            "SERVER-0322",
+                            "The Master orders a restart (restart-policy rolling): it is this server's turn.",
+                        );
+                        self.restart_self();
+                    }
                     interval
                 }
                 Err(e) => {

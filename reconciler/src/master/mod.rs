@@ -17,6 +17,7 @@ mod cgi;
 mod https;
 pub mod log;
 mod mirror;
+mod rolling;
 mod routes;
 mod servers;
 mod sniff;
@@ -262,6 +263,7 @@ async fn serve(opts: Options) -> Result<()> {
         decided: Arc::new(Mutex::new(last)),
         auth: auth::AuthCache::default(),
         servers: servers::Registry::default(),
+        rolling: rolling::Rolling::default(),
         mirror: upstream.map(mirror::Mirror::new),
     });
 

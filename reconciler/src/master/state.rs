@@ -54,6 +54,8 @@ pub(super) struct State {
     pub(super) decided: Arc<Mutex<Option<Oid>>>,
     pub(super) auth: auth::AuthCache,
     pub(super) servers: servers::Registry,
+    /// Rolling restarts: which server of each cluster was ordered to restart.
+    pub(super) rolling: super::rolling::Rolling,
     /// Mirror mode; `None` when the Master hosts the repository.
     pub(super) mirror: Option<mirror::Mirror>,
 }

@@ -10,7 +10,7 @@ use super::error;
 use axum::extract::Path as UrlPath;
 
 use crate::master::state::{Event, State};
-use crate::master::{log, servers};
+use crate::master::{log, rolling, servers};
 
 pub(super) async fn list_servers(
     AxState(state): AxState<Arc<State>>,
@@ -110,8 +110,30 @@ pub(super) async fn report(
             .send(Arc::new(Event::new("server", None, &view)));
     }
     let m = &c.domain.config.master;
+    let pinned = c.commit.to_hex();
+    let views = state
+        .servers
+        .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0);
+    let restart = match views.iter().find(|v| v.name == name) {
+        Some(me) => {
+            let step = state.rolling.decide(&c.domain, me, &views, &pinned);
+            if step == rolling::Step::Order {
+                log::info(
+                    "Master-0022",
+                    &format!(
+                        "Ordering {name} to restart to apply {} (rolling: one server of {} at a time).",
+                        me.pending_restart.join(", "),
+                        rolling::group_of(&c.domain, &name)
+                    ),
+                );
+            }
+            step == rolling::Step::Order
+        }
+        None => false,
+    };
     axum::Json(serde_json::json!({
-        "pinned": { "commit": c.commit.to_hex(), "at": c.at },
+        "restart": restart,
+        "pinned": { "commit": pinned, "at": c.at },
         "heartbeat_interval_ms": m.heartbeat_interval.0.as_millis() as u64,
         "heartbeat_timeout_ms": m.heartbeat_timeout.0.as_millis() as u64,
     }))
