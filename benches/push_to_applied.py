@@ -60,6 +60,7 @@ def main():
     a.add_argument("--servers", type=int, default=3)
     a.add_argument("--pushes", type=int, default=15)
     a.add_argument("--debug", action="store_true")
+    a.add_argument("--keep", action="store_true", help="keep the temporary domain home (logs) and print its path")
     a = a.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     if a.debug:
@@ -117,7 +118,10 @@ def main():
         for p in procs:
             p.terminate()
             p.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if a.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

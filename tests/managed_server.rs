@@ -98,6 +98,12 @@ fn push_edits(clone: &Path, file: &str, edits: &[(&str, &str)]) -> String {
 #[test]
 fn servers_follow_the_master() {
     let repo = Repo::example("ms-domain");
+    // server1 waits for an operator (manual): its restart stays pending.
+    repo.edit(
+        "domain.toml",
+        "restart-policy = \"rolling\"",
+        "restart-policy = \"manual\"",
+    );
     let ports = util::example_on_free_ports(&repo);
     let (mport, s1, s3) = (ports[0], ports[1], ports[3]);
     let tmp = TempDir::new("ms-home");
@@ -144,7 +150,7 @@ fn servers_follow_the_master() {
     assert_eq!(st["pending_restart"], serde_json::json!([]));
     assert!(server_log(&home, "server1").contains("Applied live: servers.server1.logging.level"));
 
-    // A restart change under restart-policy rolling: applied_commit moves, the restart pends.
+    // A restart change under restart-policy manual: applied_commit moves, the restart pends.
     let pid_of = |s: &str| {
         std::fs::read_to_string(home.join("servers").join(s).join(".workspace/server.pid"))
             .expect("a pid file")
@@ -166,11 +172,7 @@ fn servers_follow_the_master() {
         st["pending_restart"],
         serde_json::json!(["servers.server1.process.env.STEWARD_EXAMPLE"])
     );
-    assert_eq!(
-        pid_before,
-        pid_of("server1"),
-        "no restart under rolling without the Master's order"
-    );
+    assert_eq!(pid_before, pid_of("server1"), "no restart under manual");
 
     // Reverting it clears the pending restart: derived from the diff, never sticky.
     let revert = push(

@@ -166,6 +166,30 @@ pub struct Repaired {
     pub moved_to: PathBuf,
 }
 
+/// The seed: a server on the Master's machine needs no configuration transfer. When this domain
+/// home also holds the Master's repository (`config/domain.git`), the cache reads the Master's
+/// objects in place through Git's alternates mechanism (as `git clone --shared` does), so a new
+/// pin is usable at once instead of after an HTTP fetch. If that repository goes away, the
+/// cache's integrity check fails and it is rebuilt from a reachable source, as for any damage.
+fn share_local_master(domain_home: &Path, git_dir: &Path) -> Result<()> {
+    let master = domain_home.join("config/domain.git/objects");
+    let Ok(master) = master.canonicalize() else {
+        return Ok(());
+    };
+    let info = git_dir.join("objects/info");
+    let file = info.join("alternates");
+    let current = std::fs::read_to_string(&file).unwrap_or_default();
+    let line = master.display().to_string();
+    if current.lines().any(|l| l == line) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&info).map_err(io(&info, "cannot create"))?;
+    let tmp = info.join(format!("alternates.tmp{}", std::process::id()));
+    std::fs::write(&tmp, format!("{current}{line}\n")).map_err(io(&tmp, "cannot write"))?;
+    std::fs::rename(&tmp, &file).map_err(io(&file, "cannot replace"))?;
+    Ok(())
+}
+
 /// `DOMAIN_HOME/.cache/domain.git`.
 pub fn git_dir(domain_home: &Path) -> PathBuf {
     domain_home.join(".cache").join("domain.git")
@@ -202,6 +226,7 @@ impl Cache {
             .map_err(io(&lock_path, "cannot lock the cache"))?;
         let git_dir = git_dir(domain_home);
         let opened = if git_dir.exists() {
+            share_local_master(domain_home, &git_dir)?;
             open_repo(&git_dir).and_then(|repo| {
                 check(&repo, &git_dir)?;
                 Ok(repo)
