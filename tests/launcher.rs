@@ -85,8 +85,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The example domain (users admin/admin) in `dir`, its server1 listening on `port`, committed
-/// on `main`.
+/// The example domain (users admin/admin) in `dir`, its server1 listening on `port` and its web
+/// listeners on free ports, committed on `main`.
 fn domain_repo(dir: &Path, port: u16) -> PathBuf {
     let src = dir.join("src");
     copy_dir(
@@ -94,7 +94,11 @@ fn domain_repo(dir: &Path, port: u16) -> PathBuf {
         &src,
     );
     let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
-    let toml = toml.replace("127.0.0.1:9741", &format!("127.0.0.1:{port}"));
+    // Web listeners on free ports too: servers bind them, and tests run in parallel.
+    let toml = toml
+        .replace("127.0.0.1:9741", &format!("127.0.0.1:{port}"))
+        .replace("port = 8088\n", &format!("port = {}\n", free_port()))
+        .replace("port = 8089\n", &format!("port = {}\n", free_port()));
     std::fs::write(src.join("domain.toml"), toml).expect("write");
     git(&src, &["init", "-q", "-b", "main"]);
     git(&src, &["add", "-A"]);

@@ -321,3 +321,109 @@ fn rolling_restarts_one_server_of_a_cluster_at_a_time() {
         running_again[1]
     );
 }
+
+#[test]
+fn servers_follow_a_master_over_https() {
+    let repo = Repo::example("https-domain");
+    let ports = util::example_on_free_ports(&repo);
+    let (mport, s1) = (ports[0], ports[1]);
+    // The Master serves HTTPS only, with a certificate from a test CA.
+    repo.edit(
+        "domain.toml",
+        "heartbeat-interval = \"2s\"",
+        "heartbeat-interval = \"2s\"\ntls = { certificate = \"tls/master.crt\", key = \"tls/master.key\" }",
+    );
+    let tmp = TempDir::new("https-home");
+    let (ca, crt, key) = util::make_certificates(&tmp.path().join("pki"));
+    let home = tmp.path().join("domain1");
+    let r = util::steward(
+        repo.path(),
+        &["init", home.to_str().unwrap(), "--from", "."],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::create_dir_all(home.join("tls")).unwrap();
+    std::fs::copy(&crt, home.join("tls/master.crt")).unwrap();
+    std::fs::copy(&key, home.join("tls/master.key")).unwrap();
+    let _m = master(&home);
+    // Plain HTTP gets nothing from it.
+    eventually(20, || {
+        std::net::TcpStream::connect(("127.0.0.1", mport)).ok()
+    })
+    .expect("master up");
+
+    let _servers = Servers(&home, &["server1"]);
+    let launch = |ca: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_steward"));
+        cmd.args(["start-server", "--server", "server1", "--master-url"])
+            .arg(format!("https://127.0.0.1:{mport}"))
+            .arg("--domain-home")
+            .arg(&home)
+            .env("STEWARD_USER", "admin")
+            .env("STEWARD_PASSWORD", "admin")
+            .env_remove("GIT_SSL_CAINFO")
+            .stdin(Stdio::null());
+        if let Some(ca) = ca {
+            cmd.env("GIT_SSL_CAINFO", ca);
+        }
+        cmd.output().unwrap()
+    };
+    // Without the CA the Master's certificate is not trusted: nothing else to boot from.
+    let out = launch(None);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TLS") || text.contains("certificate"),
+        "{text}"
+    );
+
+    let out = launch(Some(&ca));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let st = status(s1);
+    assert_eq!(st["mode"], "DEPENDENT", "{st}");
+
+    // It follows pins over HTTPS too.
+    let clone = tmp.path().join("clone");
+    let url = format!("https://admin:admin@127.0.0.1:{mport}/git/domain.git");
+    // git trusts the test CA through GIT_SSL_CAINFO, as the launcher does.
+    let git_ca = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_SSL_CAINFO", &ca)
+            .env("GIT_AUTHOR_NAME", "Op")
+            .env("GIT_AUTHOR_EMAIL", "op@example.com")
+            .env("GIT_COMMITTER_NAME", "Op")
+            .env("GIT_COMMITTER_EMAIL", "op@example.com")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git_ca(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]);
+    let toml = clone.join("domain.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        text.replacen(
+            "level = \"info\"\nrotation",
+            "level = \"debug\"\nrotation",
+            1,
+        ),
+    )
+    .unwrap();
+    git_ca(&clone, &["commit", "-qam", "debug logging"]);
+    git_ca(&clone, &["push", "-q", "origin", "main"]);
+    let live = git(&clone, &["rev-parse", "HEAD"]).stdout.trim().to_owned();
+    eventually(20, || {
+        Some(status(s1))
+            .filter(|s| s["applied_commit"] == live.as_str() && s["mode"] == "DEPENDENT")
+    })
+    .expect("server1 applies a pin received over HTTPS");
+}

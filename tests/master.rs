@@ -1,6 +1,8 @@
 //! End to end: `steward init` and `steward master` as real processes, driven by the real `git`
 //! binary and a minimal HTTP client over `TcpStream`.
 
+mod util;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1245,76 +1247,6 @@ fn one_master_per_domain_home() {
 
 // ---------------------------------------------------------------- HTTPS
 
-/// A test CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` binary:
-/// `(ca.pem, master.crt, master.key)` in `dir`. The leaf is not a CA (rustls refuses a CA
-/// certificate used as a server's own).
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl binary is needed to make test certificates");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509", "-days", "2", "-subj", "/CN=steward test CA"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req", "-new", "-subj", "/CN=127.0.0.1"][..],
-            &ec,
-            &["-keyout", "master.key", "-out", "master.csr"],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
-         extendedKeyUsage = serverAuth\n",
-    )
-    .expect("write");
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        "master.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "master.crt",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("master.crt"),
-        dir.join("master.key"),
-    )
-}
-
 /// `curl` over HTTPS trusting `ca`: (status, body); status 0 when the connection failed.
 fn curl(ca: &Path, url: &str) -> (u16, String) {
     let out = Command::new("curl")
@@ -1355,7 +1287,7 @@ fn init_tls_home(tmp: &TempDir, name: &str, certs: &(PathBuf, PathBuf, PathBuf))
 #[test]
 fn https_master_serves_git_and_a_mirror_follows_it_over_https() {
     let tmp = TempDir::new("https");
-    let certs = make_certificates(&tmp.path().join("pki"));
+    let certs = util::make_certificates(&tmp.path().join("pki"));
     let ca = certs.0.clone();
     let home = init_tls_home(&tmp, "home", &certs);
     let ready = |port: u16| curl(&ca, &format!("https://127.0.0.1:{port}/healthz")).0 == 200;
@@ -1493,7 +1425,7 @@ fn https_master_serves_git_and_a_mirror_follows_it_over_https() {
 #[test]
 fn bad_tls_files_stop_the_start_naming_the_file() {
     let tmp = TempDir::new("tls-bad");
-    let certs = make_certificates(&tmp.path().join("pki"));
+    let certs = util::make_certificates(&tmp.path().join("pki"));
     let home = init_tls_home(&tmp, "home", &certs);
     let start = || {
         let out = steward(&[

@@ -95,6 +95,19 @@ fn up_runs_the_whole_domain_and_stops_it() {
         assert!(status.contains("\"mode\":\"DEPENDENT\""), "{status}");
         assert!(status.contains("\"state\":\"RUNNING\""), "{status}");
     }
+    // The applications are really served: the shop on server1's listener, the process API on
+    // server3's default listener (base port + 1).
+    let shop = get(ports[4], "/shop/").unwrap_or_default();
+    let index = std::fs::read_to_string(util::example_dir().join("apps/shop/index.html")).unwrap();
+    assert!(shop.contains(" 200 "), "{shop}");
+    assert!(shop.ends_with(&index), "{shop}");
+    let api = get(ports[3] + 1, "/api/orders").unwrap_or_default();
+    assert!(api.contains(" 200 "), "{api}");
+    assert!(
+        api.contains("\"greeting\": \"hello from the api\""),
+        "{api}"
+    );
+    assert!(api.contains("\"path\": \"/api/orders\""), "{api}");
     let health = get(ports[0], "/healthz").unwrap_or_default();
     assert!(
         health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),

@@ -568,8 +568,14 @@ fn http_options(
             vec![format!("Authorization: Basic {token}")]
         })
         .unwrap_or_default();
+    // An https Master with a private CA: trusted through GIT_SSL_CAINFO, as by git itself. An
+    // unreadable file leaves only the system's anchors; the TLS error then names the cause.
+    let extra = crate::tls::reqwest_extra_roots().unwrap_or_default();
     let backend = http::reqwest::Options {
-        configure_client: Some(Box::new(move |b| Ok(b.connect_timeout(connect_timeout)))),
+        configure_client: Some(Box::new(move |b| {
+            Ok(b.connect_timeout(connect_timeout)
+                .tls_certs_merge(extra.clone()))
+        })),
         configure_request: None,
     };
     http::Options {

@@ -30,6 +30,8 @@ pub enum TlsError {
         path: PathBuf,
         expected: &'static str,
     },
+    #[error("cannot set up TLS as a client: {error}")]
+    Client { error: String },
     #[error("{certificate} and {key} cannot be used together: {error}")]
     Unusable {
         certificate: PathBuf,
@@ -110,6 +112,44 @@ pub fn server_config(
     .map_err(unusable)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// What Steward trusts when it is the client (launchers and servers talking to an HTTPS Master):
+/// the platform's trust store plus the certificates of `GIT_SSL_CAINFO`, as git does.
+pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    install_provider();
+    let extra = match ca_file_from_env() {
+        Some(path) => certificates(&path)?,
+        None => Vec::new(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let unusable = |error: rustls::Error| TlsError::Client {
+        error: error.to_string(),
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+            .map_err(unusable)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(unusable)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The certificates of `GIT_SSL_CAINFO` for reqwest (gix's HTTP transport), to merge into the
+/// system's trust anchors.
+pub fn reqwest_extra_roots() -> Result<Vec<reqwest::Certificate>, String> {
+    let Some(path) = ca_file_from_env() else {
+        return Ok(Vec::new());
+    };
+    certificates(&path)
+        .map_err(|e| format!("GIT_SSL_CAINFO: {e}"))?
+        .into_iter()
+        .map(|der| reqwest::Certificate::from_der(&der))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("GIT_SSL_CAINFO={}: {e}", path.display()))
 }
 
 /// The CA file named by `GIT_SSL_CAINFO` (git's own variable, so one setting serves `git` and

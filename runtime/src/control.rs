@@ -76,7 +76,7 @@ pub fn decide(boot: &Loaded, running: &Loaded, pinned: &Loaded, me: &str) -> Dec
 pub struct Control {
     pub name: String,
     pub domain_home: PathBuf,
-    /// `host:port` of the Master.
+    /// The Master's base URL (`http://HOST:PORT` or `https://HOST:PORT`).
     pub master: String,
     pub credentials: Option<(String, String)>,
     pub status: Arc<RwLock<Status>>,
@@ -87,6 +87,10 @@ pub struct Control {
     pub exe: PathBuf,
     /// Applies live settings that live outside this module (the log level, …).
     pub apply_live: Box<dyn Fn(&Loaded) + Send>,
+    /// The applications and the web engine, moved along with each applied commit.
+    pub serving: crate::serving::Serving,
+    /// The server's runtime: this loop is a plain thread and drives the engine through it.
+    pub handle: tokio::runtime::Handle,
 }
 
 /// What the Master answers a report.
@@ -168,7 +172,7 @@ impl Control {
         let (cache, _) = Cache::open(&self.domain_home).map_err(|e| e.to_string())?;
         if !cache.has_complete(commit) {
             let remote = Remote {
-                url: format!("http://{}/git/domain.git", self.master),
+                url: format!("{}/git/domain.git", self.master),
                 user: self.credentials.as_ref().map(|c| c.0.clone()),
                 password: self.credentials.as_ref().map(|c| c.1.clone()),
                 connect_timeout: CONNECT_TIMEOUT,
@@ -195,7 +199,7 @@ impl Control {
                 commit.short()
             ));
         }
-        (self.apply_live)(&target);
+        let d = self.apply(&target, commit, d)?;
         for c in &d.live {
             self.log.info(
                 "SERVER-0310",
@@ -215,7 +219,8 @@ impl Control {
         self.update(|s| {
             s.applied_commit = commit.to_hex();
             s.pending_restart = d.pending_restart.clone();
-            s.last_error = None;
+            s.failed_applications = self.serving.failed().keys().cloned().collect();
+            s.last_error = self.serving.failure_summary();
         });
         self.log.info(
             "SERVER-0309",
@@ -326,7 +331,10 @@ impl Control {
                             &format!("Successfully connected to the Master ({}).", self.master),
                         );
                     }
-                    let behind = self.snapshot().applied_commit != pinned;
+                    // Back from INDEPENDENT with applications that failed: resync anyway, which
+                    // retries them (the seed redeploys what failed when the Master returns).
+                    let behind = self.snapshot().applied_commit != pinned
+                        || (!connected && !self.serving.failed().is_empty());
                     let synced = if behind {
                         match self.resync(&pinned) {
                             Ok(()) => true,
@@ -393,6 +401,24 @@ impl Control {
     }
 }
 
+impl Control {
+    /// The apply step of a resync: the applications and the web engine first (they can fail, and
+    /// then the server returns to its previous configuration: nothing else is changed), then the
+    /// live settings outside the engine (log level and rotation). Returns the decision with the
+    /// engine's restart-only settings merged into its pending restarts, each listed once.
+    fn apply(&mut self, target: &Loaded, commit: Oid, d: Decision) -> Result<Decision, String> {
+        let applied = self
+            .serving
+            .apply(&self.handle, &self.running, target, commit)
+            .map_err(|e| e.to_string())?;
+        (self.apply_live)(target);
+        Ok(Decision {
+            pending_restart: crate::serving::merge_restart(&d.pending_restart, &applied.restart),
+            ..d
+        })
+    }
+}
+
 /// Follows the Master's `/v1/events` and wakes the loop on every `pinned` event, so a push
 /// reaches the server in one round trip instead of at the next heartbeat. Reconnects forever;
 /// the heartbeat stays the safety net for missed events.
@@ -403,16 +429,17 @@ fn watch_pins(
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::SeqCst) {
-        if let Ok(mut s) = http::connect(master, CONNECT_TIMEOUT) {
+        if let Ok(mut s) = http::open(master, CONNECT_TIMEOUT) {
             // HTTP/1.0: the event stream comes unchunked, one line at a time.
             let auth = creds
                 .map(|(u, p)| format!("Authorization: {}\r\n", http::basic(u, p)))
                 .unwrap_or_default();
+            let host = http::split(master).1;
             let req = format!(
-                "GET /v1/events HTTP/1.0\r\nHost: {master}\r\nAccept: text/event-stream\r\n{auth}\r\n"
+                "GET /v1/events HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n{auth}\r\n"
             );
             // A read timeout lets the loop notice `stop`; keep-alive comments arrive meanwhile.
-            if s.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+            if s.set_timeout(Some(Duration::from_secs(1))).is_ok()
                 && s.write_all(req.as_bytes()).is_ok()
             {
                 let mut reader = BufReader::new(s);

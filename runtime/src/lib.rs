@@ -13,5 +13,6 @@ pub mod logfile;
 pub mod notify;
 pub mod process;
 pub mod server;
+pub mod serving;
 pub mod signals;
 pub mod up;

@@ -1,7 +1,9 @@
 //! The Managed Server process, `steward server` (started by the launcher, or by systemd): loads
-//! its commit from the local cache, validates it, creates or repairs SERVER_HOME, answers
+//! its commit from the local cache, validates it, creates or repairs SERVER_HOME, deploys its
+//! applications and starts the web engine with them (`crate::serving`), answers
 //! `GET /v1/status` on its base `listen` address, signals READY over sd_notify, and stops
-//! gracefully on SIGTERM/SIGINT (in-flight requests get up to `stop-timeout`).
+//! gracefully on SIGTERM/SIGINT (in-flight requests get up to `stop-timeout`, then the process
+//! applications stop).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ pub enum ServerError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
+    #[error(transparent)]
+    Serving(#[from] crate::serving::ServingError),
 }
 
 /// How the server was booted: with the Master's configuration, or without it.
@@ -191,28 +195,36 @@ fn boot(
         .build()
         .map_err(ServerError::Runtime)?;
     let stop_timeout = server.stop_timeout.0;
+    // Applications before READY: a server reported RUNNING serves what it can.
+    let serving = rt.block_on(crate::serving::Serving::start(
+        &opts.name, home, log, &loaded, commit,
+    ))?;
+    let engine = serving.engine().clone();
     let status: Shared = Arc::new(RwLock::new(Status {
         name: opts.name.clone(),
         state: "STARTING",
         mode: opts.mode,
         applied_commit: commit.to_hex(),
         pending_restart: Vec::new(),
-        failed_applications: Vec::new(),
-        last_error: None,
+        failed_applications: serving.failed().keys().cloned().collect(),
+        last_error: serving.failure_summary(),
     }));
+    let handle = rt.handle().clone();
     let control = opts.master_url.as_ref().map(|master| {
         let apply_log = log.clone();
         let me = opts.name.clone();
         crate::control::Control {
             name: opts.name.clone(),
             domain_home: home.domain_home.clone(),
-            master: crate::launcher::source::master_host_port(master).to_owned(),
+            master: crate::launcher::source::master_base(master),
             credentials: opts.credentials.clone(),
             status: status.clone(),
             log: log.clone(),
             boot: loaded.clone(),
             running: loaded.clone(),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("steward")),
+            serving,
+            handle,
             apply_live: Box::new(move |target: &schema::Loaded| {
                 if let Some(s) = target.domain.config.servers.get(&me) {
                     apply_logging(&apply_log, s);
@@ -229,17 +241,14 @@ fn boot(
         mode: opts.mode,
         started,
         control,
+        engine,
     }))
 }
 
 /// The live logging settings: level and rotation.
 fn apply_logging(log: &Logger, server: &schema::model::Server) {
     log.set_level(level(server.logging.level));
-    log.set_rotation(Rotation {
-        max_size: server.logging.rotation.max_size.0,
-        daily: server.logging.rotation.daily,
-        keep: server.logging.rotation.keep,
-    });
+    log.set_rotation(crate::serving::rotation_of(server));
 }
 
 struct ServeArgs<'a> {
@@ -251,16 +260,22 @@ struct ServeArgs<'a> {
     mode: Mode,
     started: Instant,
     control: Option<crate::control::Control>,
+    engine: crate::engine::web::WebEngine,
 }
 
 async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .map_err(|error| ServerError::Listen {
-            addr: a.listen,
-            error,
-        })?;
+    let listener = match tokio::net::TcpListener::bind(a.listen).await {
+        Ok(l) => l,
+        Err(error) => {
+            // The process applications already run: they must not outlive a failed start.
+            a.engine.shutdown(Duration::ZERO).await;
+            return Err(ServerError::Listen {
+                addr: a.listen,
+                error,
+            });
+        }
+    };
     // Installed before READY, so a stop right after READY is never lost.
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
@@ -275,7 +290,10 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         ),
     );
     let pid = std::process::id();
-    crate::process::write_pid(a.home, pid)?;
+    if let Err(e) = crate::process::write_pid(a.home, pid) {
+        a.engine.shutdown(Duration::ZERO).await;
+        return Err(e.into());
+    }
     if let Ok(mut s) = a.status.write() {
         s.state = "RUNNING";
     }
@@ -319,6 +337,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     let signal_name = tokio::select! {
         r = &mut server => {
             // The listener failed on its own: nothing to drain.
+            a.engine.shutdown(Duration::ZERO).await;
             crate::process::remove_pid(a.home, pid);
             return r.map_err(ServerError::Runtime);
         }
@@ -338,7 +357,13 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     );
     let _ = tx.send(signal_name);
     stop_control.store(true, std::sync::atomic::Ordering::SeqCst);
-    match tokio::time::timeout(a.stop_timeout, &mut server).await {
+    // The web engine drains its requests (up to stop-timeout) and then stops the process
+    // applications, while the management API drains its own.
+    let (_, management) = tokio::join!(
+        a.engine.shutdown(a.stop_timeout),
+        tokio::time::timeout(a.stop_timeout, &mut server)
+    );
+    match management {
         Ok(_) => a.log.info("SERVER-0301", "The server stopped."),
         Err(_) => a.log.warn(
             "SERVER-0302",

@@ -188,15 +188,7 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
         crate::tls::install_provider();
         // Trust anchors beyond the system's (a private CA, a self-signed upstream), named as
         // git names them, so one `GIT_SSL_CAINFO` serves git and the Master.
-        let extra = match crate::tls::ca_file_from_env() {
-            Some(path) => crate::tls::certificates(&path)
-                .map_err(|e| format!("GIT_SSL_CAINFO: {e}"))?
-                .into_iter()
-                .map(|der| reqwest::Certificate::from_der(&der))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("GIT_SSL_CAINFO={}: {}", path.display(), chain(&e)))?,
-            None => Vec::new(),
-        };
+        let extra = crate::tls::reqwest_extra_roots()?;
         let backend = http::reqwest::Options {
             configure_client: Some(Box::new(move |b| {
                 Ok(b.connect_timeout(CONNECT_TIMEOUT)

@@ -1,5 +1,8 @@
-//! The one HTTP request the launcher makes itself, `GET /v1/domain` on the Master: a few lines
-//! over `TcpStream` give exact failure reasons (refused vs. no answer) and a bounded wait.
+//! The few HTTP requests launchers and servers make to the Master themselves (`GET /v1/domain`,
+//! reports, the event stream): a few lines over `TcpStream` give exact failure reasons (refused
+//! vs. no answer) and a bounded wait. A Master URL `https://HOST:PORT` is spoken to over TLS,
+//! trusting the platform's roots plus `GIT_SSL_CAINFO`; `HOST:PORT` or `http://HOST:PORT` is
+//! plain HTTP.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -9,6 +12,8 @@ use base64ct::Encoding;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    #[error("TLS with {addr}: {error}")]
+    Tls { addr: String, error: String },
     #[error("{0}")]
     Unreachable(String),
     #[error("{addr}: {error}")]
@@ -51,18 +56,96 @@ pub fn connect(host_port: &str, timeout: Duration) -> Result<TcpStream, HttpErro
     Err(HttpError::Unreachable(last))
 }
 
-/// `GET path` on `host_port` with optional Basic credentials: connecting waits up to
+/// A connection to the Master, plain or TLS.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// Bounds every read and write of the exchange.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(timeout)?;
+        self.tcp().set_write_timeout(timeout)
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Splits a Master URL into whether it is TLS and its `HOST:PORT`.
+pub fn split(base: &str) -> (bool, &str) {
+    let base = base.trim_end_matches('/');
+    match base.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, base.trim_start_matches("http://")),
+    }
+}
+
+/// Opens a connection to a Master URL (`HOST:PORT`, `http://…` or `https://…`).
+pub fn open(base: &str, connect_timeout: Duration) -> Result<Conn, HttpError> {
+    let (tls, host_port) = split(base);
+    let stream = connect(host_port, connect_timeout)?;
+    if !tls {
+        return Ok(Conn::Plain(stream));
+    }
+    let tls_err = |error: String| HttpError::Tls {
+        addr: host_port.to_owned(),
+        error,
+    };
+    let config = reconciler::tls::client_config().map_err(|e| tls_err(e.to_string()))?;
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| tls_err(format!("`{host}` is not a valid server name: {e}")))?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| tls_err(e.to_string()))?;
+    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, stream))))
+}
+
+/// `GET path` on the Master URL `master` with optional Basic credentials: connecting waits up to
 /// `connect_timeout`; each read and write of the exchange up to `timeout`, so a Master that
 /// accepts but never answers cannot hang the launcher either.
 pub fn get(
-    host_port: &str,
+    master: &str,
     path: &str,
     credentials: Option<(&str, &str)>,
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
     request(
-        host_port,
+        master,
         "GET",
         path,
         credentials,
@@ -74,7 +157,7 @@ pub fn get(
 
 /// One request with an optional JSON body, bounded as [`get`] is.
 pub fn request(
-    host_port: &str,
+    master: &str,
     method: &str,
     path: &str,
     credentials: Option<(&str, &str)>,
@@ -82,13 +165,13 @@ pub fn request(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    let mut stream = connect(host_port, connect_timeout)?;
+    let mut stream = open(master, connect_timeout)?;
+    let host_port = split(master).1;
     let io = |error| HttpError::Io {
         addr: host_port.to_owned(),
         error,
     };
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    stream.set_timeout(Some(timeout)).map_err(io)?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: application/json\r\nConnection: close\r\n"
     );
@@ -106,7 +189,13 @@ pub fn request(
     bytes.extend_from_slice(json.unwrap_or_default());
     stream.write_all(&bytes).map_err(io)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| {
+    let read = stream.read_to_end(&mut raw);
+    // A TLS peer that closes without close_notify still sent a complete HTTP/1.0-style answer.
+    let read = match read {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(0),
+        other => other,
+    };
+    read.map_err(|e| {
         if matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

@@ -16,7 +16,7 @@ use crate::server::Mode;
 /// What the launcher was told about sources.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    /// `HOST:PORT` (an `http://` prefix is accepted).
+    /// `HOST:PORT`, `http://HOST:PORT`, or `https://HOST:PORT` for a Master serving HTTPS.
     pub master_url: Option<String>,
     pub git_url: Option<String>,
     /// The branch of the Git URL, when it has no `refs/steward/pinned`.
@@ -85,9 +85,18 @@ impl From<&str> for Failure {
     }
 }
 
-/// `HOST:PORT` of a `--master-url` (scheme and trailing slash dropped).
+/// `HOST:PORT` of a `--master-url` (scheme and trailing slash dropped), for messages.
 pub fn master_host_port(url: &str) -> &str {
-    url.trim_start_matches("http://").trim_end_matches('/')
+    http::split(url).1
+}
+
+/// The base URL of a `--master-url`: `https://HOST:PORT` stays TLS; `HOST:PORT` and
+/// `http://HOST:PORT` are plain HTTP.
+pub fn master_base(url: &str) -> String {
+    match http::split(url) {
+        (true, host_port) => format!("https://{host_port}"),
+        (false, host_port) => format!("http://{host_port}"),
+    }
 }
 
 /// Resolves the configuration for server `name`.
@@ -236,10 +245,10 @@ fn from_master(
     log: &Logger,
 ) -> Result<Resolved, Failure> {
     let start = Instant::now();
-    let host_port = master_host_port(url);
+    let base = master_base(url);
     let creds = s.user.as_deref().zip(s.password.as_deref());
     let resp = http::get(
-        host_port,
+        &base,
         "/v1/domain",
         creds,
         s.connect_timeout,
@@ -283,7 +292,7 @@ fn from_master(
             ),
         );
         let remote = Remote {
-            url: format!("http://{host_port}/git/domain.git"),
+            url: format!("{base}/git/domain.git"),
             user: s.user.clone(),
             password: s.password.clone(),
             connect_timeout: s.connect_timeout,
@@ -298,7 +307,7 @@ fn from_master(
         cache.verify(commit).map_err(|e| e.to_string())?;
     }
     let loaded = load(cache, commit, name)?;
-    let label = format!("the Master at {host_port}");
+    let label = format!("the Master at {}", master_host_port(url));
     let _ = cache.set_ref(
         reconciler::cache::MASTER_PINNED,
         commit,

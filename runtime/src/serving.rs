@@ -1,0 +1,770 @@
+//! What the Managed Server does with its applications: at boot it deploys every application it
+//! runs from its commit and starts the web engine with them; on each resync it deploys only what
+//! the plan says changed (plus what failed before), applies the new web configuration live, and
+//! undeploys what left. A failing application fails alone: it is listed with its reason, the
+//! others serve, and it is retried on the next resync.
+//!
+//! "Never run a mix": when the engine refuses a configuration, the images replaced for it are
+//! deployed again from the running commit and the previous [`WebConfig`] is applied again, so the
+//! server keeps serving exactly what it served before.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use reconciler::cache::Cache;
+use reconciler::git::Oid;
+use schema::Loaded;
+use schema::model::{Application, Listener, Server};
+use schema::plan::{AppAction, plan};
+
+use crate::deploy::{self, Deployment, GitSource};
+use crate::engine::web::{AppSpec, EngineContext, WebConfig, WebEngine, WebError};
+use crate::layout::ServerHome;
+use crate::logfile::{Logger, Rotation};
+
+/// Errors of serving applications. A single application's failure is not one of them: it is
+/// reported in [`Serving::failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("the configuration does not define server {0}")]
+    NoSuchServer(String),
+    #[error("the deployment thread failed: {0}")]
+    Join(String),
+    #[error("the web engine refused the new configuration ({error}); returned to the previous one")]
+    RolledBack { error: WebError },
+    #[error(transparent)]
+    Web(#[from] WebError),
+}
+
+/// The log rotation of a server's `logging.rotation` settings.
+pub fn rotation_of(server: &Server) -> Rotation {
+    Rotation {
+        max_size: server.logging.rotation.max_size.0,
+        daily: server.logging.rotation.daily,
+        keep: server.logging.rotation.keep,
+    }
+}
+
+/// The applications `loaded` deploys to server `me`, by name.
+pub fn apps_of(loaded: &Loaded, me: &str) -> BTreeMap<String, Application> {
+    let names = loaded.domain.deployments();
+    names
+        .get(me)
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let app = loaded.domain.config.applications.get(*n)?;
+            Some(((*n).to_owned(), app.clone()))
+        })
+        .collect()
+}
+
+/// The outcome of deploying one application: its deployment, or why it failed.
+type Deployed = BTreeMap<String, Result<Deployment, String>>;
+
+/// Deploys `apps` from `commit` of the machine's cache, each on its own: one failing does not
+/// stop the others. Blocking (file-system work, and [`GitSource`] is not `Send`): run it on a
+/// thread that may block.
+pub fn deploy_apps(
+    home: &ServerHome,
+    commit: Oid,
+    apps: &BTreeMap<String, Application>,
+) -> Deployed {
+    if apps.is_empty() {
+        return BTreeMap::new();
+    }
+    // Shared lock: no launcher moves the cache aside while the images are read from it.
+    let source = Cache::open_shared(&home.domain_home)
+        .map_err(|e| e.to_string())
+        .and_then(|cache| {
+            let repo = cache.repo().map_err(|e| e.to_string())?;
+            let source = GitSource::open(&repo, commit).map_err(|e| e.to_string())?;
+            Ok((cache, source))
+        });
+    match source {
+        Ok((_cache, source)) => apps
+            .iter()
+            .map(|(name, app)| {
+                let r = deploy::deploy(home, &source, name, app).map_err(|e| e.to_string());
+                (name.clone(), r)
+            })
+            .collect(),
+        // Without the commit nothing can deploy: every application fails with the same reason.
+        Err(why) => apps
+            .keys()
+            .map(|name| {
+                let why = format!(
+                    "cannot read commit {} for deployment: {why}",
+                    commit.short()
+                );
+                (name.clone(), Err(why))
+            })
+            .collect(),
+    }
+}
+
+/// The result of applying a new configuration to the applications.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Setting paths the web engine cannot change without a restart (its listeners), in the
+    /// form the engine names them.
+    pub restart: Vec<String>,
+    /// Applications deployed (new or redeployed, image rewritten).
+    pub deployed: Vec<String>,
+    /// Applications undeployed.
+    pub undeployed: Vec<String>,
+}
+
+/// The server's applications and its web engine.
+pub struct Serving {
+    name: String,
+    home: ServerHome,
+    log: Logger,
+    engine: WebEngine,
+    /// The listeners the engine bound at start: addresses and ports stay these until a restart.
+    bound: BTreeMap<String, Listener>,
+    /// The configuration the engine runs: the one to return to when an apply fails.
+    current: WebConfig,
+    /// The commit the running configuration came from: where images are restored from.
+    commit: Oid,
+    /// Applications that failed, with why; retried on the next resync.
+    failed: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("name", &self.name)
+            .field("commit", &self.commit)
+            .field("apps", &self.current.apps.keys().collect::<Vec<_>>())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl Serving {
+    /// At boot: deploys the applications of `loaded` that server `name` runs (on a blocking
+    /// thread) and starts the web engine with those that deployed. Only a listener that cannot
+    /// be bound fails the start; failed applications are in [`Serving::failed`].
+    pub async fn start(
+        name: &str,
+        home: &ServerHome,
+        log: &Logger,
+        loaded: &Loaded,
+        commit: Oid,
+    ) -> Result<Serving, ServingError> {
+        let server = loaded
+            .domain
+            .config
+            .servers
+            .get(name)
+            .ok_or_else(|| ServingError::NoSuchServer(name.to_owned()))?;
+        let apps = apps_of(loaded, name);
+        let deployed = {
+            let (home, apps) = (home.clone(), apps.clone());
+            tokio::task::spawn_blocking(move || deploy_apps(&home, commit, &apps))
+                .await
+                .map_err(|e| ServingError::Join(e.to_string()))?
+        };
+        let mut failed = BTreeMap::new();
+        let mut specs = BTreeMap::new();
+        for (app, result) in deployed {
+            log_deployment(log, &app, &result, commit);
+            match result {
+                Ok(deployment) => {
+                    if let Some(a) = apps.get(&app) {
+                        specs.insert(
+                            app,
+                            AppSpec {
+                                app: a.clone(),
+                                deployment,
+                            },
+                        );
+                    }
+                }
+                Err(why) => {
+                    failed.insert(app, why);
+                }
+            }
+        }
+        let config = WebConfig::new(name, server, specs);
+        let ctx = EngineContext {
+            logs_dir: home.logs(),
+            rotation: rotation_of(server),
+            logger: Some(log.clone()),
+        };
+        let (engine, report) = WebEngine::start(config.clone(), ctx).await?;
+        for (listener, addr) in engine.local_addrs() {
+            log.info(
+                "SERVER-0510",
+                &format!("The web engine listens on {addr} (listener {listener})."),
+            );
+        }
+        for (app, why) in report.failed {
+            log.severe(
+                "SERVER-0505",
+                &format!("Application {app} failed to start: {why}"),
+            );
+            failed.insert(app, why);
+        }
+        let mut serving = Serving {
+            name: name.to_owned(),
+            home: home.clone(),
+            log: log.clone(),
+            engine,
+            bound: server.web.listeners.clone(),
+            current: config,
+            commit,
+            failed,
+        };
+        serving.note_unhealthy();
+        log.info("SERVER-0511", &serving.summary());
+        Ok(serving)
+    }
+
+    /// The web engine (a handle: clones are the same engine).
+    pub fn engine(&self) -> &WebEngine {
+        &self.engine
+    }
+
+    /// Applications that failed, with why.
+    pub fn failed(&self) -> &BTreeMap<String, String> {
+        &self.failed
+    }
+
+    /// `last_error` for the status: every failed application with its reason, `None` if none.
+    pub fn failure_summary(&self) -> Option<String> {
+        if self.failed.is_empty() {
+            return None;
+        }
+        let lines: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(app, why)| format!("application {app}: {why}"))
+            .collect();
+        Some(lines.join("\n"))
+    }
+
+    fn summary(&self) -> String {
+        let served: Vec<String> = self
+            .current
+            .apps
+            .iter()
+            .filter(|(n, _)| !self.failed.contains_key(*n))
+            .map(|(n, s)| format!("{n} ({})", s.app.context_path))
+            .collect();
+        let failed: Vec<&str> = self.failed.keys().map(String::as_str).collect();
+        format!(
+            "Serving {} application(s): {}{}",
+            served.len(),
+            if served.is_empty() {
+                "none".to_owned()
+            } else {
+                served.join(", ")
+            },
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", failed.join(", "))
+            }
+        )
+    }
+
+    /// A process application that is routed but not healthy (its start failed and the
+    /// supervisor keeps retrying) is failed too, until it is healthy.
+    fn note_unhealthy(&mut self) {
+        for name in self.current.apps.keys() {
+            if !self.failed.contains_key(name) && !self.engine.app_ready(name) {
+                self.failed.insert(
+                    name.clone(),
+                    "not running; the supervisor restarts it with backoff".to_owned(),
+                );
+            }
+        }
+    }
+
+    /// On a resync (from the control thread, outside the runtime; `handle` is the server's
+    /// runtime): moves the applications from `running` to `target` (commit `commit`). Deploys
+    /// what the plan deploys or redeploys and what failed before, applies the new web
+    /// configuration live, then undeploys what left. Listener addresses and ports are kept as
+    /// bound (they need a restart: [`Applied::restart`]). When the engine refuses the
+    /// configuration, everything returns to the previous one and the error says why.
+    pub fn apply(
+        &mut self,
+        handle: &tokio::runtime::Handle,
+        running: &Loaded,
+        target: &Loaded,
+        commit: Oid,
+    ) -> Result<Applied, ServingError> {
+        let server = target
+            .domain
+            .config
+            .servers
+            .get(&self.name)
+            .ok_or_else(|| ServingError::NoSuchServer(self.name.clone()))?;
+        let want = apps_of(target, &self.name);
+        let step = plan(Some(running), target);
+        let actions: BTreeMap<&str, AppAction> = step
+            .server(&self.name)
+            .map(|s| {
+                s.applications
+                    .iter()
+                    .map(|a| (a.name.as_str(), a.action))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Deployed now: what the plan (re)deploys, what failed before (the retry), and anything
+        // wanted that the engine does not serve yet.
+        let to_deploy: BTreeMap<String, Application> = want
+            .iter()
+            .filter(|(n, _)| {
+                matches!(
+                    actions.get(n.as_str()),
+                    Some(AppAction::Deploy | AppAction::Redeploy)
+                ) || self.failed.contains_key(*n)
+                    || !self.current.apps.contains_key(*n)
+            })
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect();
+        let retried: Vec<&String> = to_deploy
+            .keys()
+            .filter(|n| self.failed.contains_key(*n))
+            .collect();
+        if !retried.is_empty() {
+            self.log.info(
+                "SERVER-0506",
+                &format!(
+                    "Retrying application(s) that failed: {}.",
+                    retried
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        let deployed = deploy_apps(&self.home, commit, &to_deploy);
+        let mut failed = BTreeMap::new();
+        let mut specs = BTreeMap::new();
+        let mut rewritten = Vec::new();
+        for (name, app) in &want {
+            match deployed.get(name) {
+                Some(result) => {
+                    log_deployment(&self.log, name, result, commit);
+                    match result {
+                        Ok(d) => {
+                            if !d.reused {
+                                rewritten.push(name.clone());
+                            }
+                            specs.insert(
+                                name.clone(),
+                                AppSpec {
+                                    app: app.clone(),
+                                    deployment: d.clone(),
+                                },
+                            );
+                        }
+                        Err(why) => {
+                            failed.insert(name.clone(), why.clone());
+                            // A failed redeployment left the image untouched: the previous
+                            // version (with its settings) keeps serving.
+                            if let Some(previous) = self.current.apps.get(name) {
+                                specs.insert(name.clone(), previous.clone());
+                            }
+                        }
+                    }
+                }
+                None => {
+                    // Not redeployed: the same image, with the new live settings.
+                    if let Some(previous) = self.current.apps.get(name) {
+                        specs.insert(
+                            name.clone(),
+                            AppSpec {
+                                app: app.clone(),
+                                deployment: previous.deployment.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let mut config = WebConfig::new(&self.name, server, specs);
+        let mut applied = Applied {
+            deployed: rewritten.clone(),
+            ..Applied::default()
+        };
+        let result = match handle.block_on(self.engine.apply(config.clone())) {
+            Err(WebError::RestartRequired { paths }) => {
+                // Everything else of this configuration applies now; the listeners stay as
+                // bound until the restart.
+                applied.restart = paths;
+                config.listeners = keep_bound(&self.bound, &config.listeners);
+                handle.block_on(self.engine.apply(config.clone()))
+            }
+            other => other,
+        };
+        let report = match result {
+            Ok(report) => report,
+            Err(error) => {
+                self.roll_back(handle, &rewritten, &error);
+                return Err(ServingError::RolledBack { error });
+            }
+        };
+        for (app, why) in report.failed {
+            self.log.severe(
+                "SERVER-0505",
+                &format!("Application {app} failed to start: {why}"),
+            );
+            failed.insert(app, why);
+        }
+        // Undeployed only now: until the switch, requests may still read the old images.
+        for name in self.current.apps.keys() {
+            if want.contains_key(name) {
+                continue;
+            }
+            match deploy::undeploy(&self.home, name) {
+                Ok(()) => {
+                    self.log
+                        .info("SERVER-0503", &format!("Undeployed application {name}."));
+                    applied.undeployed.push(name.clone());
+                }
+                Err(e) => self.log.warn(
+                    "SERVER-0504",
+                    &format!("Cannot remove what application {name} left: {e}"),
+                ),
+            }
+        }
+        // An application that never deployed and left the configuration may still have what its
+        // attempt created (its working directory): nothing of it is to stay.
+        for name in self.failed.keys() {
+            if !want.contains_key(name) && !self.current.apps.contains_key(name) {
+                let _ = deploy::undeploy(&self.home, name);
+            }
+        }
+        self.engine.set_rotation(rotation_of(server));
+        self.current = config;
+        self.commit = commit;
+        self.failed = failed;
+        self.note_unhealthy();
+        if !applied.deployed.is_empty() || !applied.undeployed.is_empty() || !retried.is_empty() {
+            self.log.info("SERVER-0511", &self.summary());
+        }
+        Ok(applied)
+    }
+
+    /// The engine refused a configuration: images rewritten for it are deployed again from the
+    /// running commit, and the previous configuration is applied again, so what serves is
+    /// exactly what served before.
+    fn roll_back(
+        &mut self,
+        handle: &tokio::runtime::Handle,
+        rewritten: &[String],
+        error: &WebError,
+    ) {
+        if matches!(error, WebError::ShutDown) {
+            return;
+        }
+        self.log.severe(
+            "SERVER-0512",
+            &format!(
+                "The web engine refused the new configuration: {error}. Returning to the previous configuration (commit {}).",
+                self.commit.short()
+            ),
+        );
+        let restore: BTreeMap<String, Application> = rewritten
+            .iter()
+            .filter_map(|n| Some((n.clone(), self.current.apps.get(n)?.app.clone())))
+            .collect();
+        for (name, result) in deploy_apps(&self.home, self.commit, &restore) {
+            if let Err(why) = result {
+                self.log.severe(
+                    "SERVER-0513",
+                    &format!("Cannot restore the previous image of application {name}: {why}"),
+                );
+                self.failed.insert(name, why);
+            }
+        }
+        // Applications deployed for the refused configuration only are not served: remove them.
+        for name in rewritten {
+            if !self.current.apps.contains_key(name) {
+                let _ = deploy::undeploy(&self.home, name);
+            }
+        }
+        if let Err(e) = handle.block_on(self.engine.apply(self.current.clone())) {
+            self.log.severe(
+                "SERVER-0513",
+                &format!("Cannot re-apply the previous web configuration: {e}"),
+            );
+        }
+    }
+
+    /// Graceful stop: requests in flight finish (up to `deadline`), process applications stop.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.engine.shutdown(deadline).await;
+    }
+}
+
+/// The listeners to apply live: the bound ones, with the live settings (pool, timeouts) of
+/// `wanted` where it still has them. Added listeners wait for the restart.
+fn keep_bound(
+    bound: &BTreeMap<String, Listener>,
+    wanted: &BTreeMap<String, Listener>,
+) -> BTreeMap<String, Listener> {
+    bound
+        .iter()
+        .map(|(name, b)| {
+            let l = match wanted.get(name) {
+                Some(w) => Listener {
+                    address: b.address,
+                    port: b.port,
+                    ..w.clone()
+                },
+                None => b.clone(),
+            };
+            (name.clone(), l)
+        })
+        .collect()
+}
+
+/// Pending restarts from the plan (`decided`) and from the engine (`engine`), each once. The
+/// engine names a whole listener where it was added or removed (`…listeners.https`), the plan
+/// each of its settings (`…listeners.https.port`): a path already covered by the plan is not
+/// listed again.
+pub fn merge_restart(decided: &[String], engine: &[String]) -> Vec<String> {
+    let mut out: BTreeSet<String> = decided.iter().cloned().collect();
+    for p in engine {
+        let prefix = format!("{p}.");
+        if !decided.iter().any(|d| d == p || d.starts_with(&prefix)) {
+            out.insert(p.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn log_deployment(log: &Logger, app: &str, result: &Result<Deployment, String>, commit: Oid) {
+    match result {
+        Ok(d) => {
+            let how = if d.reused {
+                "unchanged, image kept"
+            } else {
+                "image written"
+            };
+            log.info(
+                "SERVER-0500",
+                &format!(
+                    "Deployed application {app} from commit {} ({how}): {}",
+                    commit.short(),
+                    d.image.display()
+                ),
+            );
+            for w in &d.warnings {
+                log.warn("SERVER-0502", &format!("Application {app}: {w}"));
+            }
+        }
+        Err(why) => log.severe(
+            "SERVER-0501",
+            &format!("Deployment of application {app} failed: {why}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schema::settings::FileKind;
+    use schema::tree::MemTree;
+
+    const ACCOUNTS: &str = include_str!("../../examples/domain1/security/accounts.toml");
+    const POLICIES: &str = include_str!("../../examples/domain1/security/policies.toml");
+    const DOMAIN: &str = r#"
+[domain]
+name = "d"
+[master]
+listen = "127.0.0.1:9736"
+[servers.s1]
+listen = "127.0.0.1:9741"
+[servers.s1.web.listeners.http]
+address = "127.0.0.1"
+port = 8088
+[applications.a]
+kind = "static"
+source = "apps/a"
+context-path = "/a"
+targets = ["s1"]
+[applications.b]
+kind = "static"
+source = "apps/b"
+context-path = "/b"
+targets = ["s1"]
+"#;
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Commits `a` and `b` with the given index contents in `work`; returns the commit.
+    fn commit(work: &std::path::Path, a: &str, b: &str) -> Oid {
+        for (app, text) in [("a", a), ("b", b)] {
+            let dir = work.join("apps").join(app);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("index.html"), text).unwrap();
+        }
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "-qm", "c"]);
+        Oid::from_hex(&git(work, &["rev-parse", "HEAD"])).unwrap()
+    }
+
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_refused_configuration_returns_to_the_previous_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        let c1 = commit(&work, "A1", "B1");
+        let c2 = commit(&work, "A2", "B1");
+        let domain_home = tmp.path().join("home");
+        std::fs::create_dir_all(domain_home.join(".cache")).unwrap();
+        git(
+            tmp.path(),
+            &["clone", "-q", "--bare", "work", "home/.cache/domain.git"],
+        );
+        let tree = MemTree::new("t")
+            .with(FileKind::Domain.path(), DOMAIN)
+            .with(FileKind::Accounts.path(), ACCOUNTS)
+            .with(FileKind::Policies.path(), POLICIES)
+            .with("apps/a/index.html", "x")
+            .with("apps/b/index.html", "x");
+        let mut running = schema::validate(&tree).loaded.expect("valid");
+        // Any free port: the test binds, it does not care which.
+        if let Some(l) = running
+            .domain
+            .config
+            .servers
+            .get_mut("s1")
+            .and_then(|s| s.web.listeners.get_mut("http"))
+        {
+            l.port = 0;
+        }
+        let home = ServerHome::new(&domain_home, "s1").unwrap();
+        home.create().unwrap();
+        let log = Logger::new(None, crate::logfile::Echo::None, "s1");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut serving = rt
+            .block_on(Serving::start("s1", &home, &log, &running, c1))
+            .unwrap();
+        let addr = serving.engine().local_addrs()["http"];
+        assert!(get(addr, "/a/").ends_with("A1"));
+
+        // The target redeploys `a` (new content) and gives `b` the context path of `a`: the
+        // engine refuses it after `a`'s image was rewritten.
+        let mut target = running.clone();
+        target.content.insert("a".into(), "changed".into());
+        if let Some(b) = target.domain.config.applications.get_mut("b") {
+            b.context_path = "/a".into();
+        }
+        let r = serving.apply(rt.handle(), &running, &target, c2);
+        assert!(matches!(r, Err(ServingError::RolledBack { .. })), "{r:?}");
+        // Exactly what served before: `a`'s previous image, `b` where it was.
+        let image = home.deployed().join("a/index.html");
+        assert_eq!(std::fs::read_to_string(image).unwrap(), "A1");
+        // ... after the new one had been written (the restore swapped it out).
+        let replaced = home.tmp().join(".previous-a/index.html");
+        assert_eq!(std::fs::read_to_string(replaced).unwrap(), "A2");
+        assert!(get(addr, "/a/").ends_with("A1"));
+        assert!(get(addr, "/b/").ends_with("B1"));
+        assert!(serving.failed().is_empty());
+
+        // The same change without the conflict applies.
+        let mut target = running.clone();
+        target.content.insert("a".into(), "changed".into());
+        serving.apply(rt.handle(), &running, &target, c2).unwrap();
+        assert!(get(addr, "/a/").ends_with("A2"));
+        rt.block_on(serving.shutdown(Duration::from_secs(1)));
+    }
+
+    fn l(port: u16, max: u32) -> Listener {
+        let mut l = Listener::on_port(port);
+        l.thread_pool.max = max;
+        l
+    }
+
+    #[test]
+    fn restart_paths_are_listed_once() {
+        let decided = vec![
+            "servers.s.web.listeners.http.port".to_owned(),
+            "servers.s.web.listeners.https.address".to_owned(),
+            "servers.s.web.listeners.https.port".to_owned(),
+        ];
+        let engine = vec![
+            "servers.s.web.listeners.http.port".to_owned(),
+            "servers.s.web.listeners.https".to_owned(),
+            "servers.s.web.listeners.old".to_owned(),
+        ];
+        assert_eq!(
+            merge_restart(&decided, &engine),
+            [
+                "servers.s.web.listeners.http.port",
+                "servers.s.web.listeners.https.address",
+                "servers.s.web.listeners.https.port",
+                "servers.s.web.listeners.old",
+            ]
+        );
+        // A prefix match must be a whole path component.
+        assert_eq!(
+            merge_restart(
+                &["servers.s.web.listeners.https2.port".to_owned()],
+                &["servers.s.web.listeners.https".to_owned()]
+            )
+            .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn bound_listeners_keep_their_address_and_take_live_settings() {
+        let bound = BTreeMap::from([("http".to_owned(), l(8088, 64))]);
+        let wanted = BTreeMap::from([
+            ("http".to_owned(), l(9000, 8)),
+            ("extra".to_owned(), l(9001, 8)),
+        ]);
+        let kept = keep_bound(&bound, &wanted);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept["http"].port, 8088);
+        assert_eq!(kept["http"].thread_pool.max, 8);
+        // A listener removed from the configuration stays as bound until the restart.
+        assert_eq!(keep_bound(&bound, &BTreeMap::new()), bound);
+    }
+}
