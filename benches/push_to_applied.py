@@ -16,11 +16,15 @@ HASH = "$argon2id$v=19$m=19456,t=2,p=1$3g8LTxBToLWYGF26MIvccw$mPeItzmyCRTynzZOK2
 
 
 def free_ports(n):
+    """n free ports, no two adjacent: a server without listeners takes its base port + 1."""
     socks, ports = [], []
     while len(ports) < n:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         p = s.getsockname()[1]
+        if any(abs(p - q) <= 1 for q in ports):
+            s.close()
+            continue
         probe = socket.socket()
         try:
             probe.bind(("127.0.0.1", p + 1))  # the default web listener takes base + 1
@@ -90,8 +94,10 @@ def main():
             except Exception:
                 time.sleep(0.05)
         for i in range(a.servers):
-            subprocess.run([exe, "start-server", "--domain-home", home, "--server", f"s{i}",
-                            "--master-url", f"127.0.0.1:{master}"], check=True, env=env, capture_output=True)
+            r = subprocess.run([exe, "start-server", "--domain-home", home, "--server", f"s{i}",
+                                "--master-url", f"127.0.0.1:{master}"], env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"start-server s{i} failed:\n{r.stdout}{r.stderr}")
         git(tmp, "clone", "-q", f"http://admin:admin@127.0.0.1:{master}/git/domain.git", clone)
         times = []
         for n in range(a.pushes):
