@@ -7,88 +7,14 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use util::{Guard, HttpConn, Repo, TempDir, eventually, git, http_get};
-
-fn master(home: &Path) -> Guard {
-    Guard(
-        Command::new(env!("CARGO_BIN_EXE_steward"))
-            .args(["master", "--domain-home"])
-            .arg(home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn start_server(home: &Path, name: &str, master_port: u16) {
-    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["start-server", "--server", name, "--master-url"])
-        .arg(format!("127.0.0.1:{master_port}"))
-        .arg("--domain-home")
-        .arg(home)
-        .env("STEWARD_USER", "admin")
-        .env("STEWARD_PASSWORD", "admin")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-fn stop_server(home: &Path, name: &str) {
-    let _ = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["stop-server", "--server", name, "--domain-home"])
-        .arg(home)
-        .output();
-}
-
-/// Stops the named servers when the test ends, however it ends.
-struct Servers<'a>(&'a Path, &'a [&'a str]);
-impl Drop for Servers<'_> {
-    fn drop(&mut self) {
-        for s in self.1 {
-            stop_server(self.0, s);
-        }
-    }
-}
-
-fn status(port: u16) -> serde_json::Value {
-    let raw = http_get(port, "/v1/status", None).unwrap_or_default();
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
-}
-
-fn server_log(home: &Path, name: &str) -> String {
-    let dir = home.join("servers").join(name).join("logs");
-    let mut all = String::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with("server_") {
-            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-        }
-    }
-    all
-}
-
-fn pid_of(home: &Path, server: &str) -> String {
-    std::fs::read_to_string(
-        home.join("servers")
-            .join(server)
-            .join(".workspace/server.pid"),
-    )
-    .expect("a pid file")
-    .trim()
-    .to_owned()
-}
+use util::{
+    Guard, HttpConn, Repo, Servers, TempDir, eventually, git, http_get, master, pid_of, server_log,
+    start_server, status, stop_server,
+};
 
 /// Bytes in the server's access logs.
 fn access_log_size(home: &Path, server: &str) -> u64 {

@@ -437,3 +437,81 @@ pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("master.key"),
     )
 }
+
+// ---------------------------------------------------------------- Master and servers
+
+pub fn master(home: &std::path::Path) -> Guard {
+    Guard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(["master", "--domain-home"])
+            .arg(home)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+pub fn start_server(home: &std::path::Path, name: &str, master_port: u16) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["start-server", "--server", name, "--master-url"])
+        .arg(format!("127.0.0.1:{master_port}"))
+        .arg("--domain-home")
+        .arg(home)
+        .env("STEWARD_USER", "admin")
+        .env("STEWARD_PASSWORD", "admin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+pub fn stop_server(home: &std::path::Path, name: &str) {
+    let _ = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["stop-server", "--server", name, "--domain-home"])
+        .arg(home)
+        .output();
+}
+
+pub struct Servers<'a>(pub &'a std::path::Path, pub &'a [&'a str]);
+impl Drop for Servers<'_> {
+    fn drop(&mut self) {
+        for s in self.1 {
+            stop_server(self.0, s);
+        }
+    }
+}
+
+pub fn status(port: u16) -> serde_json::Value {
+    let raw = http_get(port, "/v1/status", None).unwrap_or_default();
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn server_log(home: &std::path::Path, name: &str) -> String {
+    let dir = home.join("servers").join(name).join("logs");
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("server_") {
+            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    all
+}
+
+/// The pid in a server's pid file.
+pub fn pid_of(home: &std::path::Path, server: &str) -> String {
+    std::fs::read_to_string(
+        home.join("servers")
+            .join(server)
+            .join(".workspace/server.pid"),
+    )
+    .expect("a pid file")
+    .trim()
+    .to_owned()
+}

@@ -5,6 +5,7 @@
 //! An unreachable upstream never unpins: the fetch fails, the pin stays, and the status says since
 //! when the mirror is stale.
 
+use crate::cache::chain;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -120,20 +121,6 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 /// Fetches `refs/heads/<branch>` of `url` into the same ref of the bare repository `git_dir`
