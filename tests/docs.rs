@@ -17,3 +17,58 @@ fn settings_reference_is_current() {
         "docs/settings.md is stale: run `cargo run -q -- schema --markdown > docs/settings.md`"
     );
 }
+
+/// Every message id the code logs (`SERVER-0201`, `Master-0010`, …) is in docs/messages.md.
+#[test]
+fn every_message_id_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let table = std::fs::read_to_string(root.join("docs/messages.md")).unwrap();
+    let mut missing = Vec::new();
+    let mut stack = vec![
+        root.join("src"),
+        root.join("schema/src"),
+        root.join("reconciler/src"),
+        root.join("runtime/src"),
+    ];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for id in message_ids(&text) {
+                if !table.contains(&format!("| {id} |")) && !missing.contains(&id) {
+                    missing.push(id);
+                }
+            }
+        }
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "message ids missing from docs/messages.md: {missing:?}"
+    );
+}
+
+/// `"PREFIX-NNNN"` string literals, for the prefixes Steward logs with.
+fn message_ids(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for prefix in ["Launcher-", "SERVER-", "Master-", "Domain-", "WEB-"] {
+        let needle = format!("\"{prefix}");
+        let mut rest = text;
+        while let Some(i) = rest.find(&needle) {
+            let after = &rest[i + needle.len()..];
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            if digits.len() == 4 && after[4..].starts_with('"') {
+                out.push(format!("{prefix}{digits}"));
+            }
+            rest = &rest[i + needle.len()..];
+        }
+    }
+    out
+}
