@@ -26,6 +26,10 @@ use crate::git::Oid;
 
 /// The ref that names the pinned commit.
 pub const PINNED_REF: &str = "refs/steward/pinned";
+
+/// Every commit ever pinned keeps a ref under here, so no force-push and `git gc` can prune a
+/// commit a rollback may return to.
+pub const PINS_PREFIX: &str = "refs/steward/pins/";
 /// The history file's name, next to `domain.git` in `DOMAIN_HOME/config`.
 pub const HISTORY_FILE: &str = "pins.jsonl";
 
@@ -196,7 +200,27 @@ impl PinStore {
             name,
             deref: false,
         };
-        if let Err(e) = repo.edit_reference(edit) {
+        let keep_name = format!("{PINS_PREFIX}{}", new.to_hex())
+            .try_into()
+            .map_err(|e: gix::validate::reference::name::Error| PinError::Write {
+                commit: new.to_hex(),
+                cause: e.to_string(),
+            })?;
+        // In the same transaction: the pin and the ref that keeps its commit are written together.
+        let keep = RefEdit {
+            change: Change::Update {
+                log: LogChange {
+                    mode: RefLog::AndReference,
+                    force_create_reflog: false,
+                    message: "steward: keep a pinned commit".into(),
+                },
+                expected: PreviousValue::Any,
+                new: Target::Object(new.as_gix().to_owned()),
+            },
+            name: keep_name,
+            deref: false,
+        };
+        if let Err(e) = repo.edit_references([edit, keep]) {
             // Tell a lost race apart from an I/O failure: the caller re-reads and retries on the former.
             let found = read_ref(&repo)?;
             if found != expected {
@@ -436,6 +460,38 @@ mod tests {
             .output()
             .expect("git");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), b.to_hex());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_pinned_commit_survives_gc() {
+        let dir = tmp("keep");
+        let (store, a, b) = repo_with_commits(&dir);
+        store.set(b, None).expect("pin b");
+        store.set(a, Some(b)).expect("roll back to a");
+        // Nothing but the pin history refers to b now; expire every reflog and prune.
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(store.git_dir())
+                .args(args)
+                .output()
+                .expect("git")
+        };
+        assert!(
+            git(&["reflog", "expire", "--expire=now", "--all"])
+                .status
+                .success()
+        );
+        assert!(git(&["gc", "-q", "--prune=now"]).status.success());
+        let kept = git(&["cat-file", "-e", &format!("{}^{{commit}}", b.to_hex())]);
+        assert!(kept.status.success(), "a once-pinned commit was pruned");
+        let refs = git(&["for-each-ref", "--format=%(refname)", PINS_PREFIX]);
+        let refs = String::from_utf8_lossy(&refs.stdout);
+        assert!(
+            refs.contains(&b.to_hex()) && refs.contains(&a.to_hex()),
+            "{refs}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
