@@ -232,7 +232,11 @@ impl Cache {
                 Ok(repo)
             })
         } else {
-            init_repo(&git_dir)
+            // A new cache on the Master's machine shares its objects from the start.
+            init_repo(&git_dir).and_then(|_| {
+                share_local_master(domain_home, &git_dir)?;
+                open_repo(&git_dir)
+            })
         };
         match opened {
             Ok(repo) => Ok((
