@@ -365,3 +365,53 @@ fn servers_follow_a_master_over_https() {
     })
     .expect("server1 applies a pin received over HTTPS");
 }
+
+#[test]
+fn stop_timeout_is_live() {
+    let repo = Repo::example("stoptimeout-domain");
+    let ports = util::example_on_free_ports(&repo);
+    let (mport, s1) = (ports[0], ports[1]);
+    let tmp = TempDir::new("stoptimeout-home");
+    let home = tmp.path().join("domain1");
+    let r = util::steward(
+        repo.path(),
+        &["init", home.to_str().unwrap(), "--from", "."],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let _m = master(&home);
+    eventually(20, || {
+        http_get(mport, "/healthz", None).filter(|r| r.contains(" 200 "))
+    })
+    .expect("master up");
+    let _servers = Servers(&home, &["server1"]);
+    start_server(&home, "server1", mport);
+    let clone = tmp.path().join("clone");
+    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
+    assert_eq!(
+        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
+        0
+    );
+    let pin = push(
+        &clone,
+        "domain.toml",
+        "restart-policy = \"rolling\"",
+        "restart-policy = \"rolling\"\nstop-timeout = \"7s\"",
+    );
+    let st = eventually(20, || {
+        Some(status(s1)).filter(|s| s["applied_commit"] == pin.as_str())
+    })
+    .expect("applied");
+    assert_eq!(
+        st["pending_restart"],
+        serde_json::json!([]),
+        "stop-timeout is live"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["stop-server", "--server", "server1", "--domain-home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("waiting up to 7000 ms"), "{text}");
+    assert!(server_log(&home, "server1").contains("in-flight requests get up to 7000 ms"));
+}

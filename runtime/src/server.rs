@@ -194,7 +194,10 @@ fn boot(
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    let stop_timeout = server.stop_timeout.0;
+    // `stop-timeout` is live: the control loop updates it with every applied commit.
+    let stop_timeout = Arc::new(std::sync::atomic::AtomicU64::new(
+        server.stop_timeout.0.as_millis() as u64,
+    ));
     // Applications before READY: a server reported RUNNING serves what it can.
     let serving = rt.block_on(crate::serving::Serving::start(
         &opts.name, home, log, &loaded, commit,
@@ -213,6 +216,7 @@ fn boot(
     let control = opts.master_url.as_ref().map(|master| {
         let apply_log = log.clone();
         let me = opts.name.clone();
+        let live_stop_timeout = stop_timeout.clone();
         crate::control::Control {
             name: opts.name.clone(),
             domain_home: home.domain_home.clone(),
@@ -228,6 +232,10 @@ fn boot(
             apply_live: Box::new(move |target: &schema::Loaded| {
                 if let Some(s) = target.domain.config.servers.get(&me) {
                     apply_logging(&apply_log, s);
+                    live_stop_timeout.store(
+                        s.stop_timeout.0.as_millis() as u64,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
                 }
             }),
         }
@@ -256,7 +264,8 @@ struct ServeArgs<'a> {
     log: &'a Logger,
     status: Shared,
     listen: SocketAddr,
-    stop_timeout: Duration,
+    /// Milliseconds; live.
+    stop_timeout: Arc<std::sync::atomic::AtomicU64>,
     mode: Mode,
     started: Instant,
     control: Option<crate::control::Control>,
@@ -348,11 +357,13 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         s.state = "STOPPING";
     }
     let _ = crate::notify::notify("STOPPING=1");
+    let stop_timeout =
+        Duration::from_millis(a.stop_timeout.load(std::sync::atomic::Ordering::SeqCst));
     a.log.info(
         "SERVER-0300",
         &format!(
             "Received {signal_name}; stopping gracefully (in-flight requests get up to {} ms).",
-            a.stop_timeout.as_millis()
+            stop_timeout.as_millis()
         ),
     );
     let _ = tx.send(signal_name);
@@ -360,8 +371,8 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     // The web engine drains its requests (up to stop-timeout) and then stops the process
     // applications, while the management API drains its own.
     let (_, management) = tokio::join!(
-        a.engine.shutdown(a.stop_timeout),
-        tokio::time::timeout(a.stop_timeout, &mut server)
+        a.engine.shutdown(stop_timeout),
+        tokio::time::timeout(stop_timeout, &mut server)
     );
     match management {
         Ok(_) => a.log.info("SERVER-0301", "The server stopped."),
@@ -377,11 +388,34 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Reads the configuration the server at `argv` runs (its `--commit`), for its stop-timeout.
+/// The stop-timeout the server at `argv` runs with now. `stop-timeout` is live, so this asks the
+/// server for its applied commit (`GET /v1/status` on its base address, which is restart-class
+/// and so still the boot commit's); if it cannot answer, the boot commit (`--commit`) decides.
 pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
-    let commit = Oid::from_hex(crate::process::arg_value(argv, "--commit")?).ok()?;
+    let boot = Oid::from_hex(crate::process::arg_value(argv, "--commit")?).ok()?;
     let cache = Cache::open_shared(&home.domain_home).ok()?;
-    let tree = cache.tree(commit).ok()?;
-    let loaded = schema::validate(&tree).loaded?;
-    Some(loaded.domain.config.servers.get(&home.name)?.stop_timeout.0)
+    let server_of = |commit: Oid| -> Option<schema::model::Server> {
+        let tree = cache.tree(commit).ok()?;
+        let loaded = schema::validate(&tree).loaded?;
+        loaded.domain.config.servers.get(&home.name).cloned()
+    };
+    let at_boot = server_of(boot)?;
+    let applied = crate::launcher::http::get(
+        &at_boot.listen.to_string(),
+        "/v1/status",
+        None,
+        Duration::from_millis(500),
+        Duration::from_secs(2),
+    )
+    .ok()
+    .filter(|r| r.status == 200)
+    .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+    .and_then(|v| {
+        v["applied_commit"]
+            .as_str()
+            .and_then(|c| Oid::from_hex(c).ok())
+    })
+    .filter(|c| *c != boot)
+    .and_then(server_of);
+    Some(applied.unwrap_or(at_boot).stop_timeout.0)
 }

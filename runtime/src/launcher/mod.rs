@@ -344,6 +344,9 @@ fn attend(home: &ServerHome, log: &Logger, mut child: Child, stop_timeout: Durat
         }
         if !stopping && crate::signals::stop_requested() {
             stopping = true;
+            // `stop-timeout` is live: the running server's current value, not the boot one.
+            let argv = process::cmdline(pid as i32).unwrap_or_default();
+            let stop_timeout = crate::server::stop_timeout_of(home, &argv).unwrap_or(stop_timeout);
             log.info(
                 "Launcher-0080",
                 &format!(
