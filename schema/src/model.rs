@@ -156,7 +156,6 @@ impl Default for Process {
 pub struct Web {
     pub listeners: BTreeMap<String, Listener>,
     pub access_log: AccessLog,
-    pub session: Session,
 }
 
 /// The listener the web engine gets when none is configured.
@@ -232,20 +231,6 @@ impl Default for AccessLog {
         AccessLog {
             enabled: true,
             format: AccessLogFormat::Common,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct Session {
-    pub timeout: Dur,
-}
-
-impl Default for Session {
-    fn default() -> Self {
-        Session {
-            timeout: Dur::secs(30 * 60),
         }
     }
 }

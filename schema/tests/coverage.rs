@@ -44,9 +44,6 @@ fn maximal() -> Domain {
                 enabled: false,
                 format: AccessLogFormat::Json,
             },
-            session: Session {
-                timeout: Dur::secs(1),
-            },
         },
         component: Component {
             thread_pool: pool,
