@@ -2,42 +2,19 @@
 //! processes — a real Master, bare repositories driven by the real `git`, and real servers whose
 //! `GET /v1/status` is read over TCP. Every process started here is killed by a drop guard.
 
+mod util;
+
+use util::TempDir;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
 
 // ---------------------------------------------------------------- helpers
-
-/// A temporary directory under /tmp (short paths: unix socket names are limited), removed on
-/// drop unless STEWARD_KEEP_TMP is set.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("stl-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("STEWARD_KEEP_TMP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -11,15 +11,15 @@ pub fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/domain1")
 }
 
-/// A fresh directory under the target dir, unique per call, removed on drop.
+/// A fresh directory under the system temp dir (short paths: unix socket names are limited),
+/// unique per call, removed on drop unless STEWARD_KEEP_TMP is set (for debugging).
 pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{name}-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("steward-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -32,7 +32,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("STEWARD_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
