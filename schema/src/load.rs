@@ -18,10 +18,17 @@ use crate::values;
 
 /// Where each key and value of the revision was written, by concrete path
 /// (`servers.s1.web.listeners.http.port`; array elements as `targets[0]`).
+///
+/// Only problems need positions, and a valid revision has none: the map is built on the first
+/// question, by walking the files again, so validating a valid revision never pays for it.
 #[derive(Debug, Clone, Default)]
 pub struct Spans {
-    map: FastMap<(FileKind, String), Place>,
+    /// The files that parsed, to walk again on demand.
+    sources: Vec<(FileKind, std::sync::Arc<str>)>,
+    map: std::sync::OnceLock<SpanMap>,
 }
+
+type SpanMap = FastMap<(FileKind, String), Place>;
 
 #[derive(Debug, Clone)]
 struct Place {
@@ -30,13 +37,25 @@ struct Place {
 }
 
 impl Spans {
-    /// Makes room for about the number of entries a file of `len` bytes holds.
-    fn reserve_for(&mut self, len: usize) {
-        self.map.reserve(len / 24);
-    }
-
-    fn insert(&mut self, file: FileKind, path: String, key: Range<usize>, value: Range<usize>) {
-        self.map.insert((file, path), Place { key, value });
+    fn map(&self) -> &SpanMap {
+        self.map.get_or_init(|| {
+            let mut map = SpanMap::default();
+            for (file, text) in &self.sources {
+                map.reserve(text.len() / 24);
+                let (table, _) = DeTable::parse_recoverable(text);
+                let mut cx = Cx {
+                    problems: Vec::new(),
+                    spans: Some(&mut map),
+                };
+                let mut walker = Walker {
+                    file: *file,
+                    cx: &mut cx,
+                };
+                let mut p = String::new();
+                walker.table(settings::tree(*file), table.get_ref(), table.span(), &mut p);
+            }
+            map
+        })
     }
 
     /// The span of the value at `path`, else of the nearest enclosing key that was written.
@@ -56,10 +75,11 @@ impl Spans {
     }
 
     fn find(&self, file: FileKind, path: &str) -> Option<(bool, &Place)> {
+        let map = self.map();
         let mut p = path;
         let mut exact = true;
         loop {
-            if let Some(place) = self.map.get(&(file, p.to_owned())) {
+            if let Some(place) = map.get(&(file, p.to_owned())) {
                 return Some((exact, place));
             }
             exact = false;
@@ -95,11 +115,14 @@ pub fn validate(tree: &dyn Tree) -> Validation {
     let mut spans = Spans::default();
     let mut cx = Cx {
         problems: Vec::new(),
-        spans: &mut spans,
+        spans: None,
     };
-    let config: Option<DomainFile> = load_file(tree, FileKind::Domain, &mut report, &mut cx);
-    let accounts: Option<AccountsFile> = load_file(tree, FileKind::Accounts, &mut report, &mut cx);
-    let policies: Option<PoliciesFile> = load_file(tree, FileKind::Policies, &mut report, &mut cx);
+    let config: Option<DomainFile> =
+        load_file(tree, FileKind::Domain, &mut report, &mut cx, &mut spans);
+    let accounts: Option<AccountsFile> =
+        load_file(tree, FileKind::Accounts, &mut report, &mut cx, &mut spans);
+    let policies: Option<PoliciesFile> =
+        load_file(tree, FileKind::Policies, &mut report, &mut cx, &mut spans);
     let mut problems = cx.problems;
 
     let loaded = match (config, accounts, policies) {
@@ -130,7 +153,16 @@ pub fn validate(tree: &dyn Tree) -> Validation {
 
 struct Cx<'a> {
     problems: Vec<Problem>,
-    spans: &'a mut Spans,
+    /// Where to record spans; `None` on the checking pass (see [`Spans`]).
+    spans: Option<&'a mut SpanMap>,
+}
+
+impl Cx<'_> {
+    fn record(&mut self, file: FileKind, path: &str, key: Range<usize>, value: Range<usize>) {
+        if let Some(map) = self.spans.as_deref_mut() {
+            map.insert((file, path.to_owned()), Place { key, value });
+        }
+    }
 }
 
 fn load_file<T: DeserializeOwned>(
@@ -138,6 +170,7 @@ fn load_file<T: DeserializeOwned>(
     file: FileKind,
     report: &mut Report,
     cx: &mut Cx<'_>,
+    spans: &mut Spans,
 ) -> Option<T> {
     let path = file.path();
     let bytes = match tree.read(path) {
@@ -186,7 +219,6 @@ fn load_file<T: DeserializeOwned>(
         }
     };
     let before = cx.problems.len();
-    cx.spans.reserve_for(text.len());
     let (table, syntax) = DeTable::parse_recoverable(&text);
     for err in &syntax {
         let span = err.span().unwrap_or(0..0);
@@ -204,6 +236,9 @@ fn load_file<T: DeserializeOwned>(
         let mut walker = Walker { file, cx: &mut *cx };
         let mut p = String::new();
         walker.table(settings::tree(file), table.get_ref(), table.span(), &mut p);
+        spans
+            .sources
+            .push((file, std::sync::Arc::from(text.as_str())));
     }
     let typed = if cx.problems.len() == before {
         match T::deserialize(toml::de::Deserializer::from(table)) {
@@ -241,7 +276,9 @@ impl Walker<'_, '_> {
         self.cx.problems.last_mut().expect("just pushed")
     }
 
-    fn table(&mut self, node: &Node, table: &DeTable<'_>, span: Range<usize>, path: &mut String) {
+    /// `header`: where the table is named (its key; the whole document for the root), for
+    /// problems about the table as a whole.
+    fn table(&mut self, node: &Node, table: &DeTable<'_>, header: Range<usize>, path: &mut String) {
         // Keys an unknown key was taken for (`prot` → `port`): not reported missing as well.
         let mut suggested: Vec<&'static str> = Vec::new();
         for (key, value) in table.iter() {
@@ -282,8 +319,7 @@ impl Walker<'_, '_> {
                 } else {
                     format!("add `{name} = {example}`")
                 };
-                let header = self.cx.spans.key(self.file, path).unwrap_or(span.clone());
-                self.err("missing-key", header, msg).hint = Some(hint);
+                self.err("missing-key", header.clone(), msg).hint = Some(hint);
             }
         }
     }
@@ -316,12 +352,11 @@ impl Walker<'_, '_> {
 
     fn entry(&mut self, node: &Node, key_span: Range<usize>, value: &Val<'_>, path: &mut String) {
         self.cx
-            .spans
-            .insert(self.file, path.clone(), key_span, value.span());
+            .record(self.file, path, key_span.clone(), value.span());
         match node.setting {
             Some(setting) => self.value(setting.kind, value, path),
             None => match value.get_ref() {
-                DeValue::Table(t) => self.table(node, t, value.span(), path),
+                DeValue::Table(t) => self.table(node, t, key_span, path),
                 other => {
                     let msg = format!("`{path}` must be a table, found {}", other.type_str());
                     self.err("wrong-type", value.span(), msg).hint =
@@ -415,9 +450,7 @@ impl Walker<'_, '_> {
                 Some(t) => {
                     for (k, item) in t.iter() {
                         let item_path = format!("{path}.{}", k.get_ref());
-                        self.cx
-                            .spans
-                            .insert(self.file, item_path.clone(), k.span(), item.span());
+                        self.cx.record(self.file, &item_path, k.span(), item.span());
                         if path.ends_with("env")
                             && let Err(m) = values::check_env_name(k.get_ref())
                         {
@@ -470,8 +503,7 @@ impl Walker<'_, '_> {
         for (i, item) in items.iter().enumerate() {
             let item_path = format!("{path}[{i}]");
             self.cx
-                .spans
-                .insert(self.file, item_path.clone(), item.span(), item.span());
+                .record(self.file, &item_path, item.span(), item.span());
             let Some(s) = item.get_ref().as_str() else {
                 let msg = format!(
                     "`{item_path}` must be a string, found {}",
