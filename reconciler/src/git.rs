@@ -635,11 +635,6 @@ impl CommitTree {
         self.commit
     }
 
-    /// The id of the root tree object.
-    pub fn root_id(&self) -> Oid {
-        Oid(self.root)
-    }
-
     fn tree_err(&self, path: &str, e: &gix::Error) -> TreeError {
         TreeError {
             path: path.to_owned(),
@@ -913,14 +908,14 @@ fn is_absent(e: &std::io::Error) -> bool {
 }
 
 #[cfg(unix)]
-fn is_executable(meta: &std::fs::Metadata) -> bool {
+pub(crate) fn is_executable(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
     // Git records 100755 exactly when the owner's execute bit is set.
     meta.permissions().mode() & 0o100 != 0
 }
 
 #[cfg(not(unix))]
-fn is_executable(_meta: &std::fs::Metadata) -> bool {
+pub(crate) fn is_executable(_meta: &std::fs::Metadata) -> bool {
     false
 }
 

@@ -237,7 +237,7 @@ fn commit_directory(git_dir: &Path, from: &Path, domain: &str) -> Result<Oid> {
             } else if meta.is_file() {
                 let bytes = std::fs::read(&path).map_err(io(&path, "cannot read"))?;
                 (
-                    if is_executable(&meta) {
+                    if crate::git::is_executable(&meta) {
                         EntryKind::BlobExecutable
                     } else {
                         EntryKind::Blob
@@ -275,15 +275,4 @@ fn commit_directory(git_dir: &Path, from: &Path, domain: &str) -> Result<Oid> {
         .commit_as(sig, sig, BRANCH, message, tree, Vec::<gix::ObjectId>::new())
         .map_err(|e| git_err(git_dir, "cannot commit", e))?;
     Ok(Oid::from(id.detach()))
-}
-
-#[cfg(unix)]
-fn is_executable(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o100 != 0
-}
-
-#[cfg(not(unix))]
-fn is_executable(_meta: &std::fs::Metadata) -> bool {
-    false
 }

@@ -6,4 +6,5 @@ pub mod hook;
 pub mod init;
 pub mod master;
 pub mod pin;
+pub mod time;
 pub mod tls;

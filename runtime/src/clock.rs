@@ -40,31 +40,20 @@ impl Local {
         }
     }
 
-    /// UTC from Unix seconds (the civil-from-days algorithm), used if localtime fails.
+    /// UTC from Unix seconds, used if localtime fails.
     fn utc(secs: u64, millis: u32) -> Local {
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+        let c = reconciler::time::civil(secs as i64);
         Local {
-            year,
-            month,
-            day,
-            hour: (rem / 3_600) as u32,
-            minute: (rem % 3_600 / 60) as u32,
-            second: (rem % 60) as u32,
+            year: c.year as i32,
+            month: c.month,
+            day: c.day,
+            hour: c.hour,
+            minute: c.minute,
+            second: c.second,
             millis,
         }
     }
 
-    /// `YYYYMMDD`, as in log file names.
     pub fn date_stamp(&self) -> String {
         format!("{:04}{:02}{:02}", self.year, self.month, self.day)
     }

@@ -69,11 +69,6 @@ impl Spans {
         })
     }
 
-    /// The span of the key at `path`, else of the nearest enclosing key that was written.
-    pub fn key(&self, file: FileKind, path: &str) -> Option<Range<usize>> {
-        self.find(file, path).map(|(_, p)| p.key.clone())
-    }
-
     fn find(&self, file: FileKind, path: &str) -> Option<(bool, &Place)> {
         let map = self.map();
         let mut p = path;

@@ -5,7 +5,7 @@
 //! An unreachable upstream never unpins: the fetch fails, the pin stays, and the status says since
 //! when the mirror is stale.
 
-use crate::cache::chain;
+use crate::cache::{chain, redact};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -109,17 +109,6 @@ impl Mirror {
         s.stale_since.get_or_insert(now);
         s.last_error = Some(error.to_owned());
         became
-    }
-}
-
-/// `url` without its password, for messages and the API.
-pub fn redact(url: &str) -> String {
-    match gix::url::parse(url.as_bytes().as_bstr()) {
-        Ok(mut u) if u.password().is_some() => {
-            u.set_password(Some("***".into()));
-            u.to_bstring().to_string()
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -280,7 +280,7 @@ async fn serve(opts: Options) -> Result<()> {
             &format!(
                 "Mirroring branch {} of {} every {:?}; webhooks at POST /v1/hooks/git",
                 m.upstream.branch,
-                mirror::redact(&m.upstream.url),
+                crate::cache::redact(&m.upstream.url),
                 m.upstream.poll_interval
             ),
         );
