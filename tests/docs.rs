@@ -72,3 +72,30 @@ fn message_ids(text: &str) -> Vec<String> {
     }
     out
 }
+
+/// Every route the Master serves is documented in docs/api.md.
+#[test]
+fn every_master_route_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let routes = std::fs::read_to_string(root.join("reconciler/src/master/routes/mod.rs")).unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    let mut found = 0;
+    let mut missing = Vec::new();
+    for part in routes.split(".route(\"").skip(1) {
+        let path = part.split('"').next().unwrap_or_default();
+        // `/git/domain.git/{*rest}` is documented as `/git/domain.git/…`.
+        let shown = path.split("/{*").next().unwrap_or(path);
+        found += 1;
+        if !doc.contains(shown) {
+            missing.push(path.to_owned());
+        }
+    }
+    assert!(
+        found >= 10,
+        "only {found} routes found: did the router move?"
+    );
+    assert!(
+        missing.is_empty(),
+        "routes missing from docs/api.md: {missing:?}"
+    );
+}
