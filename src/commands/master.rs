@@ -205,6 +205,11 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let mark = logfile::mark(&logs, "master");
     // The notify socket lives beside the Master's lock; the listener removes it when dropped.
     let listener = runtime::notify::Listener::bind(&home.join("config"))?;
+    if args.verbose {
+        // Before the spawn: a stop asked for while the Master boots must stop it once it is
+        // ready, not kill this process and leave the Master running on its own.
+        runtime::signals::install();
+    }
     let mut child = background::spawn_detached(&mut cmd, &listener)?;
     let pid = child.id();
     log.info(

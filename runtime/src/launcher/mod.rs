@@ -73,6 +73,11 @@ fn launcher_log(home: &ServerHome, echo: Echo) -> Result<Logger, LaunchError> {
 /// `steward start-server`.
 pub fn start(opts: &StartOptions) -> Result<Outcome, LaunchError> {
     let t0 = Instant::now();
+    if opts.verbose {
+        // Before the spawn: a Ctrl-C while the server boots must stop it once it is ready, not
+        // kill the launcher and leave the server running on its own.
+        crate::signals::install();
+    }
     let home = ServerHome::new(&opts.domain_home, &opts.server)?;
     home.create()?;
     let log = launcher_log(&home, Echo::Stdout)?;
