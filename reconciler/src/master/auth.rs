@@ -1,26 +1,150 @@
-//! HTTP Basic authentication against the pinned commit's `security/accounts.toml`.
+//! HTTP Basic authentication against the pinned commit's `security/accounts.toml`, bounded so that
+//! a flood of password guesses can exhaust neither memory nor CPU.
 //!
-//! Argon2 is slow on purpose (tens of milliseconds), and `git` makes several requests per clone or
-//! push, so successful verifications are cached, keyed by a BLAKE2b digest of (user, password,
-//! stored hash): a changed password or hash in a new pin simply misses the cache, and the cache
-//! never holds a password in the clear. Failures are never cached, so guessing stays expensive.
+//! Argon2 is slow and memory-hard on purpose (tens of milliseconds, about 19 MiB each), so:
+//! - successful verifications are cached, keyed by a BLAKE2b digest of (user, password, stored
+//!   hash): a changed password or hash in a new pin simply misses the cache, the cache never holds
+//!   a password in the clear, and a cached user is answered at once whatever else is going on;
+//! - every other verification runs on a small fixed pool of threads ([`Auth::new`]: one per core, at
+//!   most 4) fed by a short queue: at most that many Argon2 states exist at once, and they are
+//!   allocated by the same few threads (so the allocator's per-thread arenas do not each keep one).
+//!   A request that finds the queue full, or waits longer than [`QUEUE_WAIT`] for a thread, is
+//!   answered 503 with `Retry-After` without any Argon2 work;
+//! - failures slow down further attempts per client address and per user name ([`backoff`]):
+//!   while a key is backing off, its uncached attempts are answered 429 with `Retry-After`. The
+//!   table of failures is bounded ([`MAX_FAILURE_ENTRIES`]) and forgets keys quiet for [`FORGET`].
+//!
 //! An unknown user is checked against a dummy hash so that timing does not tell which users exist.
 
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use base64ct::{Base64, Encoding};
 use blake2::{Blake2b512, Digest};
+use tokio::sync::oneshot;
 
 /// Cached digests beyond this are dropped wholesale: a bound, not an LRU, since a domain has few users.
 const CACHE_LIMIT: usize = 4096;
+/// Verifications waiting for a pool thread; more are refused at once (503).
+const QUEUE: usize = 16;
+/// Longest a request waits for a pool thread to take its verification before it is answered 503.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Failures allowed per key before attempts are slowed down.
+const FREE_FAILURES: u32 = 5;
+/// Longest back-off after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A key with no failure for this long starts afresh.
+pub const FORGET: Duration = Duration::from_secs(15 * 60);
+/// Keys remembered at most (client addresses and user names together).
+pub const MAX_FAILURE_ENTRIES: usize = 10_000;
 
-#[derive(Default)]
-pub struct AuthCache {
+/// How long to refuse uncached attempts after `failures` consecutive failures of one key: nothing
+/// for the first [`FREE_FAILURES`], then 1 s doubling per failure up to [`MAX_BACKOFF`].
+pub fn backoff(failures: u32) -> Duration {
+    if failures <= FREE_FAILURES {
+        return Duration::ZERO;
+    }
+    let doublings = (failures - FREE_FAILURES - 1).min(16);
+    Duration::from_secs(1u64 << doublings).min(MAX_BACKOFF)
+}
+
+/// What failures are counted against: the client address (an IPv6 client by its /64, which one
+/// host usually owns whole) and the user name tried.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Addr(IpAddr),
+    User(String),
+}
+
+fn addr_key(ip: IpAddr) -> Key {
+    match ip {
+        IpAddr::V4(_) => Key::Addr(ip),
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            Key::Addr(IpAddr::from(s))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// Recent failures per key, bounded and self-pruning.
+#[derive(Debug, Default)]
+struct FailureTable {
+    entries: HashMap<Key, Failures>,
+}
+
+impl FailureTable {
+    /// How much longer `key` must wait, if it is backing off.
+    fn wait(&self, key: &Key, now: Instant) -> Option<Duration> {
+        let f = self.entries.get(key)?;
+        let until = f.last + backoff(f.count);
+        (until > now).then(|| until - now)
+    }
+
+    fn fail(&mut self, key: Key, now: Instant) {
+        if !self.entries.contains_key(&key) && self.entries.len() >= MAX_FAILURE_ENTRIES {
+            self.entries
+                .retain(|_, f| now.saturating_duration_since(f.last) < FORGET);
+            if self.entries.len() >= MAX_FAILURE_ENTRIES
+                && let Some(oldest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone())
+            {
+                self.entries.remove(&oldest);
+            }
+        }
+        let f = self.entries.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.saturating_duration_since(f.last) >= FORGET {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+    }
+
+    fn forget(&mut self, key: &Key) {
+        self.entries.remove(key);
+    }
+}
+
+/// The outcome of a password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    /// Too many verifications in flight: try again shortly.
+    Busy,
+    /// This client or user failed too often: try again after this long.
+    Throttled(Duration),
+}
+
+struct Job {
+    password: String,
+    /// `None`: an unknown user, checked against the dummy hash.
+    hash: Option<String>,
+    /// Set when a pool thread takes the job: from then on its requester waits for the answer.
+    started: Arc<std::sync::atomic::AtomicBool>,
+    reply: oneshot::Sender<bool>,
+}
+
+pub struct Auth {
     ok: Mutex<HashSet<Vec<u8>>>,
-    dummy: OnceLock<String>,
+    failures: Mutex<FailureTable>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
 /// User name and password from an `Authorization: Basic …` header.
@@ -46,30 +170,133 @@ fn key(user: &str, password: &str, hash: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-impl AuthCache {
-    /// Whether `password` is `user`'s, given the stored hash (`None`: no such user). Blocking: call
-    /// from `spawn_blocking`.
-    pub fn verify(&self, user: &str, password: &str, hash: Option<&str>) -> bool {
-        let Some(hash) = hash else {
-            // Same work as for a real user, same answer as a wrong password.
-            let dummy = self.dummy.get_or_init(|| {
-                schema::security::hash_password("steward-dummy").unwrap_or_default()
-            });
-            let _ = schema::security::verify_password(password, dummy);
-            return false;
+/// One pool thread: verifies jobs until the [`Auth`] is dropped.
+fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, dummy: Arc<OnceLock<String>>) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
         };
-        let k = key(user, password, hash);
-        if self.ok.lock().is_ok_and(|set| set.contains(&k)) {
-            return true;
+        let Ok(job) = job else { return };
+        // Its requester gave up waiting: skip the work.
+        if job.reply.is_closed() {
+            continue;
         }
-        let ok = schema::security::verify_password(password, hash);
-        if ok && let Ok(mut set) = self.ok.lock() {
-            if set.len() >= CACHE_LIMIT {
-                set.clear();
+        job.started.store(true, std::sync::atomic::Ordering::SeqCst);
+        let ok = match &job.hash {
+            Some(hash) => schema::security::verify_password(&job.password, hash),
+            None => {
+                // Same work as for a real user, same answer as a wrong password.
+                let dummy = dummy.get_or_init(|| {
+                    schema::security::hash_password("steward-dummy").unwrap_or_default()
+                });
+                let _ = schema::security::verify_password(&job.password, dummy);
+                false
             }
-            set.insert(k);
+        };
+        let _ = job.reply.send(ok);
+    }
+}
+
+impl Auth {
+    /// Starts the verification pool: one thread per core, at most 4 (each Argon2 state is large).
+    pub fn new() -> Auth {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Auth::with_slots(cores.clamp(1, 4))
+    }
+
+    pub fn with_slots(slots: usize) -> Auth {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let dummy = Arc::new(OnceLock::new());
+        for i in 0..slots {
+            let (rx, dummy) = (rx.clone(), dummy.clone());
+            // A thread that cannot be started leaves the pool smaller, never empty: the queue
+            // still bounds the work, and the first thread is the one most likely to start.
+            let _ = std::thread::Builder::new()
+                .name(format!("steward-auth-{i}"))
+                .spawn(move || worker(rx, dummy));
         }
-        ok
+        Auth {
+            ok: Mutex::new(HashSet::new()),
+            failures: Mutex::new(FailureTable::default()),
+            jobs: tx,
+        }
+    }
+
+    /// Whether these credentials were verified before (cheap; no Argon2, no throttling).
+    pub fn cached(&self, user: &str, password: &str, hash: Option<&str>) -> bool {
+        let Some(hash) = hash else { return false };
+        let k = key(user, password, hash);
+        self.ok.lock().is_ok_and(|set| set.contains(&k))
+    }
+
+    /// Checks `password` against `user`'s stored hash (`None`: no such user). `from`: the client
+    /// address, when known, whose failures count too.
+    pub async fn check(
+        &self,
+        from: Option<IpAddr>,
+        user: &str,
+        password: &str,
+        hash: Option<&str>,
+    ) -> Verdict {
+        if self.cached(user, password, hash) {
+            return Verdict::Valid;
+        }
+        let keys: Vec<Key> = from
+            .map(addr_key)
+            .into_iter()
+            .chain([Key::User(user.to_owned())])
+            .collect();
+        let now = Instant::now();
+        if let Ok(table) = self.failures.lock()
+            && let Some(wait) = keys.iter().filter_map(|k| table.wait(k, now)).max()
+        {
+            return Verdict::Throttled(wait);
+        }
+        let (reply, mut answer) = oneshot::channel();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let job = Job {
+            password: password.to_owned(),
+            hash: hash.map(str::to_owned),
+            started: started.clone(),
+            reply,
+        };
+        if self.jobs.try_send(job).is_err() {
+            return Verdict::Busy;
+        }
+        // Only the wait for a pool thread is bounded; a verification once started is awaited.
+        let answer = match tokio::time::timeout(QUEUE_WAIT, &mut answer).await {
+            Ok(a) => a,
+            Err(_) if started.load(std::sync::atomic::Ordering::SeqCst) => answer.await,
+            // Still queued: dropping `answer` makes the pool skip the job.
+            Err(_) => return Verdict::Busy,
+        };
+        let Ok(ok) = answer else {
+            return Verdict::Busy; // the pool is gone
+        };
+        let now = Instant::now();
+        if ok {
+            if let (Some(hash), Ok(mut set)) = (hash, self.ok.lock()) {
+                if set.len() >= CACHE_LIMIT {
+                    set.clear();
+                }
+                set.insert(key(user, password, hash));
+            }
+            if let Ok(mut table) = self.failures.lock() {
+                // The user proved who they are; the address keeps its record (it may be shared
+                // with whoever is guessing).
+                table.forget(&Key::User(user.to_owned()));
+            }
+            Verdict::Valid
+        } else {
+            if let Ok(mut table) = self.failures.lock() {
+                for k in keys {
+                    table.fail(k, now);
+                }
+            }
+            Verdict::Invalid
+        }
     }
 }
 
@@ -97,13 +324,84 @@ mod tests {
     }
 
     #[test]
-    fn verifies_and_caches() {
-        let cache = AuthCache::default();
+    fn backoff_grows_then_caps() {
+        for n in 0..=FREE_FAILURES {
+            assert_eq!(backoff(n), Duration::ZERO, "{n}");
+        }
+        assert_eq!(backoff(FREE_FAILURES + 1), Duration::from_secs(1));
+        assert_eq!(backoff(FREE_FAILURES + 2), Duration::from_secs(2));
+        assert_eq!(backoff(FREE_FAILURES + 4), Duration::from_secs(8));
+        assert_eq!(backoff(FREE_FAILURES + 30), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn failure_table_backs_off_forgets_and_stays_bounded() {
+        let mut t = FailureTable::default();
+        let t0 = Instant::now();
+        let k = Key::User("admin".into());
+        for _ in 0..FREE_FAILURES {
+            t.fail(k.clone(), t0);
+        }
+        assert_eq!(t.wait(&k, t0), None);
+        t.fail(k.clone(), t0);
+        assert_eq!(t.wait(&k, t0), Some(Duration::from_secs(1)));
+        assert_eq!(t.wait(&k, t0 + Duration::from_secs(1)), None);
+        // Quiet for FORGET: the count starts again.
+        let later = t0 + FORGET;
+        t.fail(k.clone(), later);
+        assert_eq!(t.wait(&k, later), None);
+        // Bounded: a flood of distinct keys never grows the table past the limit.
+        for i in 0..(MAX_FAILURE_ENTRIES + 50) {
+            t.fail(
+                Key::User(format!("u{i}")),
+                later + Duration::from_millis(i as u64),
+            );
+        }
+        assert_eq!(t.entries.len(), MAX_FAILURE_ENTRIES);
+        assert!(
+            !t.entries.contains_key(&Key::User("u0".into())),
+            "oldest dropped"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::1".parse().expect("ip");
+        assert_eq!(addr_key(a), addr_key(b));
+        let v4: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert_eq!(addr_key(v4), Key::Addr(v4));
+    }
+
+    #[tokio::test]
+    async fn verifies_caches_and_throttles() {
+        let auth = Auth::with_slots(1);
         let hash = schema::security::hash_password("pw").expect("hash");
-        assert!(!cache.verify("u", "nope", Some(&hash)));
-        assert!(cache.verify("u", "pw", Some(&hash)));
-        assert!(cache.verify("u", "pw", Some(&hash)), "cached");
-        assert!(!cache.verify("u", "pw", None));
-        assert_eq!(cache.ok.lock().expect("lock").len(), 1);
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert_eq!(
+            auth.check(Some(ip), "u", "pw", Some(&hash)).await,
+            Verdict::Valid
+        );
+        assert!(auth.cached("u", "pw", Some(&hash)));
+        assert_eq!(
+            auth.check(Some(ip), "u", "pw", None).await,
+            Verdict::Invalid
+        );
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(
+                auth.check(Some(ip), "u", "no", Some(&hash)).await,
+                Verdict::Invalid
+            );
+        }
+        assert!(matches!(
+            auth.check(Some(ip), "other", "x", Some(&hash)).await,
+            Verdict::Throttled(_)
+        ));
+        // Known-good credentials are answered from the cache, throttled address or not.
+        assert_eq!(
+            auth.check(Some(ip), "u", "pw", Some(&hash)).await,
+            Verdict::Valid
+        );
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+
+use super::conn::{Registry, Tracked};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -17,7 +19,7 @@ const BACKLOG: usize = 128;
 
 /// A [`axum::serve::Listener`] yielding TLS connections.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(TlsStream<Tracked<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
     accepting: tokio::task::JoinHandle<()>,
 }
@@ -28,23 +30,19 @@ impl Drop for TlsListener {
     }
 }
 
-/// Accepts TCP connections on `tcp` and completes their handshakes with `config`.
-pub fn listen(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+/// Accepts TCP connections on `tcp` (registered in `registry`, so the cap and timeouts apply to
+/// handshakes too) and completes their handshakes with `config`.
+pub fn listen(
+    tcp: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    registry: Arc<Registry>,
+) -> std::io::Result<TlsListener> {
     let local = tcp.local_addr()?;
     let (tx, rx) = mpsc::channel(BACKLOG);
     let acceptor = TlsAcceptor::from(config);
     let accepting = tokio::spawn(async move {
         loop {
-            let (sock, remote) = match tcp.accept().await {
-                Ok(x) => x,
-                // Out of descriptors and the like: pause instead of spinning, as axum does.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // Small requests and SSE events should leave at once, not after Nagle's delay.
-            let _ = sock.set_nodelay(true);
+            let (sock, remote) = super::conn::accept(&tcp, &registry).await;
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 // A failed or slow handshake (a plain-HTTP client, a scanner) is dropped quietly:
@@ -65,7 +63,7 @@ pub fn listen(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::R
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Tracked<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -214,6 +214,11 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
 
 /// Whether a webhook call carries the shared secret: GitHub's `X-Hub-Signature-256`
 /// (HMAC-SHA256 of the body) or GitLab's `X-Gitlab-Token`. `None` when it carries neither.
+/// Whether a webhook call carries a signature or token (checked by [`verify_webhook`]).
+pub fn signed(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key("x-hub-signature-256") || headers.contains_key("x-gitlab-token")
+}
+
 pub fn verify_webhook(headers: &axum::http::HeaderMap, body: &[u8], secret: &str) -> Option<bool> {
     if let Some(sig) = headers.get("x-hub-signature-256") {
         let hex = sig.to_str().ok().and_then(|s| s.strip_prefix("sha256="));

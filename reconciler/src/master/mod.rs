@@ -14,6 +14,7 @@
 
 mod auth;
 mod cgi;
+mod conn;
 mod https;
 pub mod log;
 mod mirror;
@@ -254,6 +255,7 @@ async fn serve(opts: Options) -> Result<()> {
     };
     let pinned = current.commit;
     let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let registry = conn::Registry::new(conn::raise_fd_limit());
     let state = Arc::new(State {
         home: home.clone(),
         store,
@@ -261,7 +263,9 @@ async fn serve(opts: Options) -> Result<()> {
         current: RwLock::new(Arc::new(current)),
         events,
         decided: Arc::new(Mutex::new(last)),
-        auth: auth::AuthCache::default(),
+        auth: auth::Auth::new(),
+        wakeups: std::sync::atomic::AtomicU64::new(0),
+        connections: registry.clone(),
         servers: servers::Registry::default(),
         rolling: rolling::Rolling::default(),
         mirror: upstream.map(mirror::Mirror::new),
@@ -321,15 +325,20 @@ async fn serve(opts: Options) -> Result<()> {
         pinned.short(),
         std::process::id()
     ));
-    let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = routes::router(state).into_make_service_with_connect_info::<conn::Peer>();
     let server = async move {
         match tls {
-            // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for a listener of ours.
-            Some(config) => {
-                use axum::serve::ListenerExt;
-                axum::serve(https::listen(listener, config)?.tap_io(|_| {}), app).await
+            Some(config) => axum::serve(https::listen(listener, config, registry)?, app).await,
+            None => {
+                axum::serve(
+                    conn::Plain {
+                        tcp: listener,
+                        registry,
+                    },
+                    app,
+                )
+                .await
             }
-            None => axum::serve(listener, app).await,
         }
     };
     tokio::select! {

@@ -52,7 +52,12 @@ pub(super) struct State {
     /// The decision lock. Holds the last head of the branch that was decided on (pinned or
     /// rejected), so a rejected head is recorded once, not at every poll.
     pub(super) decided: Arc<Mutex<Option<Oid>>>,
-    pub(super) auth: auth::AuthCache,
+    pub(super) auth: auth::Auth,
+    /// How often the ref watcher woke the decision procedure (shown in `GET /v1/domain`: an idle
+    /// Master's count stays still).
+    pub(super) wakeups: std::sync::atomic::AtomicU64,
+    /// The open client connections.
+    pub(super) connections: Arc<super::conn::Registry>,
     pub(super) servers: servers::Registry,
     /// Rolling restarts: which server of each cluster was ordered to restart.
     pub(super) rolling: super::rolling::Rolling,
@@ -115,6 +120,15 @@ impl State {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// How the Master itself is doing, for `GET /v1/domain`: ref-watcher wake-ups (an idle Master's
+    /// count stays still) and open connections against the cap.
+    pub(super) fn vitals(&self) -> serde_json::Value {
+        serde_json::json!({
+            "watch_wakeups": self.wakeups.load(std::sync::atomic::Ordering::Relaxed),
+            "connections": { "open": self.connections.len(), "cap": self.connections.cap() },
+        })
     }
 
     /// Validates the head of the followed branch and pins it if valid, records it as rejected if
@@ -369,12 +383,14 @@ impl State {
         self.publish(record, None);
     }
 
-    /// The authenticated user, or the response to send instead: 401 without (valid) credentials,
-    /// 403 when the user lacks `permission`. Neither says which part was wrong.
-    pub(super) async fn require(
-        self: &Arc<Self>,
+    /// The authenticated user, or the response to send instead: 401 without valid credentials,
+    /// 503 or 429 (with `Retry-After`) while verifications are bounded (see [`auth`]). `from`: the
+    /// client's address, whose failures count. The router checks this before any route is
+    /// chosen or any body read; routes then call [`State::require`].
+    pub(super) async fn authenticate(
+        &self,
         headers: &HeaderMap,
-        permission: &str,
+        from: Option<std::net::IpAddr>,
     ) -> Result<String, Response> {
         let Some((user, password)) = auth::parse_basic(headers) else {
             return Err(unauthorized());
@@ -385,21 +401,47 @@ impl State {
             .accounts
             .users
             .get(&user)
-            .map(|u| u.password.clone());
-        let me = self.clone();
-        let u = user.clone();
-        let ok =
-            tokio::task::spawn_blocking(move || me.auth.verify(&u, &password, hash.as_deref()))
-                .await
-                .unwrap_or(false);
-        if !ok {
-            return Err(unauthorized());
+            .map(|u| &u.password);
+        match self
+            .auth
+            .check(from, &user, &password, hash.map(String::as_str))
+            .await
+        {
+            auth::Verdict::Valid => Ok(user),
+            auth::Verdict::Invalid => Err(unauthorized()),
+            auth::Verdict::Busy => Err(retry_after(
+                StatusCode::SERVICE_UNAVAILABLE,
+                std::time::Duration::from_secs(1),
+            )),
+            auth::Verdict::Throttled(wait) => Err(retry_after(StatusCode::TOO_MANY_REQUESTS, wait)),
         }
-        if !current.domain.permits(&user, permission) {
+    }
+
+    /// The authenticated user, or the response to send instead: as [`State::authenticate`] (the
+    /// router's check already cached the credentials, so this costs no Argon2), and 403 when the
+    /// user lacks `permission`. Neither says which part was wrong.
+    pub(super) async fn require(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        permission: &str,
+    ) -> Result<String, Response> {
+        let user = self.authenticate(headers, None).await?;
+        if !self.current().domain.permits(&user, permission) {
             return Err(StatusCode::FORBIDDEN.into_response());
         }
         Ok(user)
     }
+}
+
+/// `status` with `Retry-After` in whole seconds (at least 1).
+fn retry_after(status: StatusCode, wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = status.into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(secs.max(1)),
+    );
+    r
 }
 
 pub(super) enum Rollback {

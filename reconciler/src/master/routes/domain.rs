@@ -21,6 +21,7 @@ pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderM
         "branch": state.branch,
         "mode": if state.mirror.is_some() { "mirror" } else { "hosted" },
         "upstream": state.mirror.as_ref().map(|m| m.status()),
+        "master": state.vitals(),
     }))
     .into_response()
 }

@@ -10,11 +10,15 @@ mod servers;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State as AxState;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use http_body_util::BodyExt;
 
+use super::conn::Peer;
 use super::log;
 use super::state::State;
 
@@ -32,7 +36,49 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/servers/{name}/heartbeat", post(servers::heartbeat))
         .route("/git/domain.git/{*rest}", any(git::git))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
+}
+
+/// In front of every route: marks the connection busy until the response is sent (see
+/// [`super::conn`]), and authenticates before anything else happens. Without valid credentials
+/// every method and path but `/healthz` gets the same 401: no route, method or body size is
+/// revealed, and no body is read. A webhook call carrying a signature is let through to its route,
+/// which verifies the signature over the body (bounded by the default body limit).
+async fn gate(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let busy = peer.conn.begin();
+    let path = req.uri().path();
+    let open = path == "/healthz"
+        || (path == "/v1/hooks/git"
+            && state.mirror.is_some()
+            && super::mirror::signed(req.headers()));
+    let response = if open {
+        None
+    } else {
+        state
+            .authenticate(req.headers(), Some(peer.addr.ip()))
+            .await
+            .err()
+    };
+    let response = match response {
+        Some(refused) => refused,
+        None => {
+            req.extensions_mut().insert(ConnectInfo(peer.addr));
+            req.extensions_mut().insert(peer.conn.clone());
+            next.run(req).await
+        }
+    };
+    response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            let _busy = &busy;
+            frame
+        }))
+    })
 }
 
 pub(super) async fn healthz() -> &'static str {
