@@ -167,6 +167,7 @@ fn build(root: &Path, from: &Path, steward_exe: &Path, domain: &str) -> Result<O
         pusher: None,
         summary: info.summary,
         problems: Vec::new(),
+        more_problems: 0,
         branch_head: None,
     };
     store.pin(commit, None, &record)?;

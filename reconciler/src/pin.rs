@@ -32,6 +32,9 @@ pub const PINNED_REF: &str = "refs/steward/pinned";
 pub const PINS_PREFIX: &str = "refs/steward/pins/";
 /// The history file's name, next to `domain.git` in `DOMAIN_HOME/config`.
 pub const HISTORY_FILE: &str = "pins.jsonl";
+/// A record keeps at most this many problems; `more_problems` counts the rest, so one rejection of
+/// a badly broken commit stays one small line.
+pub const RECORD_PROBLEMS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -119,6 +122,9 @@ pub struct Record {
     /// For rejections: the validator's problems, as in `steward validate --format json`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<serde_json::Value>,
+    /// Problems beyond the first [`RECORD_PROBLEMS`], counted but not kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_problems: usize,
     /// For rollbacks: the head of the followed branch when the operator pinned an older commit.
     /// That head counts as decided, so the Master does not re-pin it (also after a restart); the
     /// next commit on the branch is pinned as usual.
@@ -126,7 +132,19 @@ pub struct Record {
     pub branch_head: Option<String>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl Record {
+    /// Keeps the first [`RECORD_PROBLEMS`] of `problems` and counts the rest.
+    pub fn set_problems(&mut self, mut problems: Vec<serde_json::Value>, more: usize) {
+        let over = problems.len().saturating_sub(RECORD_PROBLEMS);
+        problems.truncate(RECORD_PROBLEMS);
+        self.problems = problems;
+        self.more_problems = more + over;
+    }
+
     /// The branch head this record settled: what the Master need not decide on again.
     pub fn decided_head(&self) -> &str {
         self.branch_head.as_deref().unwrap_or(&self.commit)
@@ -237,10 +255,19 @@ impl PinStore {
         Ok(())
     }
 
-    /// Moves the pin (compare-and-swap) and then records it.
+    /// Moves the pin (compare-and-swap) and then records it. When the record cannot be written
+    /// (a full disk, an unwritable history) the pin is moved back, so that nothing is pinned
+    /// without its record and the caller can refuse what it was pinning; only if that fails too
+    /// does the pin stay, to be recorded by [`PinStore::recover`] at the next start.
     pub fn pin(&self, new: Oid, expected: Option<Oid>, record: &Record) -> Result<()> {
         self.set(new, expected)?;
-        self.append(record)
+        let appended = self.append(record);
+        if appended.is_err()
+            && let Some(old) = expected
+        {
+            let _ = self.set(old, Some(new));
+        }
+        appended
     }
 
     /// Appends one record, durably: the record is on disk when this returns.
@@ -376,6 +403,7 @@ mod tests {
             pusher: None,
             summary: "change".into(),
             problems: vec![],
+            more_problems: 0,
             branch_head: None,
         }
     }
@@ -543,6 +571,38 @@ mod tests {
             Some(b.to_hex())
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_pin_that_cannot_be_recorded_is_moved_back() {
+        let dir = tmp("unrecorded");
+        let (store, a, b) = repo_with_commits(&dir);
+        store
+            .pin(a, None, &record(&a.to_hex(), Outcome::Pinned))
+            .expect("pin");
+        // A real fault: the history's path is taken by a directory.
+        let history = store.history_path().to_owned();
+        std::fs::remove_file(&history).expect("remove");
+        std::fs::create_dir(&history).expect("dir");
+        let e = store.pin(b, Some(a), &record(&b.to_hex(), Outcome::Pinned));
+        assert!(matches!(e, Err(PinError::History { .. })), "{e:?}");
+        assert_eq!(store.pinned().expect("read"), Some(a));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_keep_a_bounded_number_of_problems() {
+        let mut r = record("a", Outcome::Rejected);
+        let many: Vec<_> = (0..6000)
+            .map(|i| serde_json::json!({ "line": i }))
+            .collect();
+        r.set_problems(many, 0);
+        assert_eq!(r.problems.len(), RECORD_PROBLEMS);
+        assert_eq!(r.more_problems, 6000 - RECORD_PROBLEMS);
+        let line = serde_json::to_string(&r).expect("json");
+        assert!(line.len() < 8 * 1024, "{}", line.len());
+        r.set_problems(vec![serde_json::json!({})], 7);
+        assert_eq!((r.problems.len(), r.more_problems), (1, 7));
     }
 
     #[test]

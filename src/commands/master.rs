@@ -31,6 +31,10 @@ pub struct Args {
     /// Mirror mode: the environment variable holding the webhook secret.
     #[arg(long, value_name = "VAR")]
     pub webhook_secret_env: Option<String>,
+    /// How long a push's pre-receive step (validation) may run, from the end of its upload, before
+    /// the push is stopped and refused, e.g. `60s`.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub pre_receive_timeout: String,
     /// Write the log to DIR/master_<YYYYMMDD>.log<NNNNN> (rotated daily and by size) instead of
     /// standard error.
     #[arg(long, value_name = "DIR")]
@@ -74,6 +78,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         opts.poll_interval = Some(d);
     }
+    let d =
+        schema::values::parse_duration(&args.pre_receive_timeout).map_err(anyhow::Error::msg)?;
+    if d.is_zero() {
+        bail!("--pre-receive-timeout must be longer than 0");
+    }
+    opts.pre_receive_timeout = d;
     if let Some(var) = &args.webhook_secret_env {
         let secret = std::env::var(var)
             .with_context(|| format!("--webhook-secret-env: ${var} is not set"))?;
@@ -177,7 +187,8 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         .arg(&home)
         .arg("--log-dir")
         .arg(&logs)
-        .args(["--branch", &m.branch]);
+        .args(["--branch", &m.branch])
+        .args(["--pre-receive-timeout", &m.pre_receive_timeout]);
     if let Some(l) = m.listen {
         cmd.args(["--listen", &l.to_string()]);
     }

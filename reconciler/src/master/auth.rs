@@ -34,7 +34,7 @@ const QUEUE: usize = 16;
 /// Longest a request waits for a pool thread to take its verification before it is answered 503.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Failures allowed per key before attempts are slowed down.
-const FREE_FAILURES: u32 = 5;
+const FREE_FAILURES: u32 = 10;
 /// Longest back-off after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A key with no failure for this long starts afresh.

@@ -1,12 +1,12 @@
 //! Git smart HTTP by running `git http-backend` as a CGI program (gix has no server side).
 //!
 //! The request body is streamed to the backend's standard input and its standard output streamed
-//! back after the CGI header block, so a large clone or push never sits in memory.
+//! back after the CGI header block, so a large clone or push never sits in memory. Pushes go
+//! through [`super::push`], which drives the same backend under the decision lock.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -14,36 +14,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 /// A CGI header block larger than this is a broken backend, not a response.
 const MAX_HEADER: usize = 64 * 1024;
 
-/// A push or fetch that has not finished after this long is killed (and a push's lock released).
+/// A fetch that has not finished after this long is killed.
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// What a push said and was answered, kept for [`super::sniff`]: the start of the request, the
-/// start of the response, a signal when the backend's whole output has been read (`eof`; also fired
-/// when the client went away), and a gate the response waits on before its last byte, so that
-/// `git push` returns only after the Master has decided on the pin (open it by sending or dropping
-/// `release`).
-pub struct Captured {
-    pub request: Arc<Mutex<Vec<u8>>>,
-    pub response: Arc<Mutex<Vec<u8>>>,
-    pub eof: oneshot::Receiver<()>,
-    pub release: oneshot::Sender<()>,
-}
-
-/// How long a finished response waits for the pin decision before ending anyway.
-const GATE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn keep(buf: &Mutex<Vec<u8>>, bytes: &[u8], limit: usize) {
-    if let Ok(mut b) = buf.lock() {
-        let room = limit.saturating_sub(b.len());
-        b.extend_from_slice(&bytes[..bytes.len().min(room)]);
-    }
-}
 
 /// One request for the backend.
 pub struct CgiRequest<'a> {
@@ -57,13 +34,10 @@ pub struct CgiRequest<'a> {
     pub remote: Option<SocketAddr>,
 }
 
-/// Starts `git http-backend` for `req`, feeding it `body`. Returns the HTTP response (its body
-/// streams the backend's output) and the child, which the caller waits for.
-pub async fn run(
-    req: CgiRequest<'_>,
-    body: Body,
-    capture: bool,
-) -> Result<(Response, Child, Option<Captured>), String> {
+/// Starts `git http-backend` for `req`, in a process group of its own so that it can be stopped
+/// with everything it started (`receive-pack`, the pre-receive hook and its children): see
+/// [`kill_group`].
+pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, String> {
     let mut cmd = Command::new("git");
     cmd.arg("http-backend");
     // A clean environment: an inherited GIT_DIR or similar would make the backend serve the wrong
@@ -115,62 +89,55 @@ pub async fn run(
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run `git http-backend`: {e}"))?;
-    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err("git http-backend: pipes missing".into());
-    };
+    cmd.spawn()
+        .map_err(|e| format!("cannot run `git http-backend`: {e}"))
+}
 
+/// Stops the backend `child` and every process of its group (see [`spawn`]).
+pub fn kill_group(child: &Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: a signal to the process group this Master created for the backend.
+        unsafe { libc::killpg(pid, libc::SIGKILL) };
+    }
+}
+
+/// The backend's pipes.
+pub fn pipes(child: &mut Child) -> Result<(ChildStdin, ChildStdout, ChildStderr), String> {
+    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(i), Some(o), Some(e)) => Ok((i, o, e)),
+        _ => Err("git http-backend: pipes missing".into()),
+    }
+}
+
+/// Serves a read (clone, fetch, ref advertisement) through the backend: `body` is streamed to its
+/// input, its output streamed back. Returns the response and the child, which the caller waits for.
+pub async fn run(req: CgiRequest<'_>, body: Body) -> Result<(Response, Child), String> {
+    let mut child = spawn(&req)?;
+    let (mut stdin, mut stdout, stderr) = pipes(&mut child)?;
     // The body goes in from its own task: the backend may start answering before it has read
     // everything, and waiting for one before the other could deadlock on full pipes.
-    let request_copy = Arc::new(Mutex::new(Vec::new()));
-    let response_copy = Arc::new(Mutex::new(Vec::new()));
-    let (eof_tx, eof_rx) = oneshot::channel();
-    let (release_tx, release_rx) = oneshot::channel();
-    let keep_request = capture.then(|| request_copy.clone());
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    if let Some(buf) = &keep_request {
-                        keep(buf, &bytes, super::sniff::REQUEST_LIMIT);
-                    }
-                    if stdin.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                }
-                Err(_) => break, // client went away: closing stdin makes the backend fail cleanly
+        while let Some(Ok(bytes)) = stream.next().await {
+            if stdin.write_all(&bytes).await.is_err() {
+                break;
             }
         }
+        // Client gone or body done: closing stdin makes the backend finish or fail cleanly.
         let _ = stdin.shutdown().await;
     });
     tokio::spawn(log_stderr(stderr));
-
     let (status, headers, rest) = read_headers(&mut stdout).await?;
-    let sink = capture.then(|| Sink {
-        copy: response_copy.clone(),
-        eof: Some(eof_tx),
-        gate: Some(release_rx),
-    });
-    let mut response = Response::new(Body::from_stream(stream_out(rest, stdout, sink)));
+    let mut response = Response::new(Body::from_stream(stream_out(rest, stdout)));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    let captured = capture.then_some(Captured {
-        request: request_copy,
-        response: response_copy,
-        eof: eof_rx,
-        release: release_tx,
-    });
-    Ok((response, child, captured))
+    Ok((response, child))
 }
 
 /// The backend's own complaints (a missing repository, a bad request) belong in the Master's log.
-async fn log_stderr(mut stderr: impl AsyncRead + Unpin) {
+pub async fn log_stderr(mut stderr: impl AsyncRead + Unpin) {
     let mut text = Vec::new();
     let _ = stderr.read_to_end(&mut text).await;
     let text = String::from_utf8_lossy(&text);
@@ -180,7 +147,7 @@ async fn log_stderr(mut stderr: impl AsyncRead + Unpin) {
 }
 
 /// Reads the CGI header block; returns the status, headers and any body bytes read past it.
-async fn read_headers(
+pub async fn read_headers(
     out: &mut (impl AsyncRead + Unpin),
 ) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
     let mut buf = Vec::new();
@@ -234,59 +201,23 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Where a captured response is copied. `eof` fires when the backend's output ends, or when the
-/// stream is dropped (a client that went away drops the body, and with it the sender).
-struct Sink {
-    copy: Arc<Mutex<Vec<u8>>>,
-    eof: Option<oneshot::Sender<()>>,
-    gate: Option<oneshot::Receiver<()>>,
-}
-
-impl Sink {
-    fn keep(&self, bytes: &[u8]) {
-        keep(&self.copy, bytes, super::sniff::RESPONSE_LIMIT);
-    }
-    /// Reports the end of the output, then holds the end of the response until released.
-    async fn finish(&mut self) {
-        if let Some(tx) = self.eof.take() {
-            let _ = tx.send(());
-        }
-        if let Some(gate) = self.gate.take() {
-            let _ = tokio::time::timeout(GATE_TIMEOUT, gate).await;
-        }
-    }
-}
-
 fn stream_out<R: AsyncRead + Unpin + Send + 'static>(
     first: Vec<u8>,
     out: R,
-    sink: Option<Sink>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let init = (Some(first), Some(out), sink);
-    futures_util::stream::unfold(init, |(first, out, mut sink)| async move {
+    futures_util::stream::unfold((Some(first), Some(out)), |(first, out)| async move {
         if let Some(f) = first.filter(|f| !f.is_empty()) {
-            if let Some(s) = &sink {
-                s.keep(&f);
-            }
-            return Some((Ok(Bytes::from(f)), (None, out, sink)));
+            return Some((Ok(Bytes::from(f)), (None, out)));
         }
         let mut out = out?;
         let mut buf = vec![0u8; 64 * 1024];
         match out.read(&mut buf).await {
-            Ok(0) => {
-                if let Some(s) = &mut sink {
-                    s.finish().await;
-                }
-                None
-            }
+            Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                if let Some(s) = &sink {
-                    s.keep(&buf);
-                }
-                Some((Ok(Bytes::from(buf)), (None, Some(out), sink)))
+                Some((Ok(Bytes::from(buf)), (None, Some(out))))
             }
-            Err(e) => Some((Err(e), (None, None, sink))),
+            Err(e) => Some((Err(e), (None, None))),
         }
     })
 }

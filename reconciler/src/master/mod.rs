@@ -18,6 +18,7 @@ mod conn;
 mod https;
 pub mod log;
 mod mirror;
+mod push;
 mod rolling;
 mod routes;
 mod servers;
@@ -162,6 +163,8 @@ pub struct Options {
     /// Mirror mode: the webhook secret (default: the variable named by
     /// `[master.upstream] webhook-secret-env`).
     pub webhook_secret: Option<String>,
+    /// How long a push's pre-receive step may run, from the end of its upload.
+    pub pre_receive_timeout: Duration,
 }
 
 impl Options {
@@ -173,6 +176,7 @@ impl Options {
             upstream: None,
             poll_interval: None,
             webhook_secret: None,
+            pre_receive_timeout: push::PRE_RECEIVE_TIMEOUT,
         }
     }
 }
@@ -266,6 +270,7 @@ async fn serve(opts: Options) -> Result<()> {
         auth: auth::Auth::new(),
         wakeups: std::sync::atomic::AtomicU64::new(0),
         connections: registry.clone(),
+        pre_receive_timeout: opts.pre_receive_timeout,
         servers: servers::Registry::default(),
         rolling: rolling::Rolling::default(),
         mirror: upstream.map(mirror::Mirror::new),

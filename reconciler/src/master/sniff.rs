@@ -8,8 +8,6 @@
 
 /// Keep at most this much of a request (the commands come first; the pack is not needed).
 pub const REQUEST_LIMIT: usize = 64 * 1024;
-/// Keep at most this much of a response (report-status and hook messages are small).
-pub const RESPONSE_LIMIT: usize = 512 * 1024;
 
 /// One ref update requested by a push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,50 +112,133 @@ pub fn answer(response: &[u8]) -> Answer {
     out
 }
 
-/// The problems in the hook's messages: each `file:line:col: severity[code]: message` line (what
+/// One problem line of the hook's messages: `file:line:col: severity[code]: message` (what
 /// `steward hook pre-receive` prints first), as the same fields `steward validate --format json`
-/// uses. Lines in other shapes are skipped.
-pub fn problems(messages: &str) -> Vec<serde_json::Value> {
-    messages
-        .lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let (loc, rest) = line.split_once(": ")?;
-            let (head, message) = rest.split_once(": ")?;
-            let (severity, code) = head.strip_suffix(']')?.split_once('[')?;
-            if !matches!(severity, "error" | "warning") {
-                return None;
+/// uses. `None` for lines in other shapes.
+pub fn problem(line: &str) -> Option<serde_json::Value> {
+    let line = line.trim();
+    let (loc, rest) = line.split_once(": ")?;
+    let (head, message) = rest.split_once(": ")?;
+    let (severity, code) = head.strip_suffix(']')?.split_once('[')?;
+    if !matches!(severity, "error" | "warning") {
+        return None;
+    }
+    let mut parts = loc.rsplitn(3, ':');
+    let column: u64 = parts.next()?.parse().ok()?;
+    let line_no: u64 = parts.next()?.parse().ok()?;
+    let file = parts.next()?;
+    let (message, hint) = match message.rsplit_once(" (help: ") {
+        Some((m, h)) => (m, h.strip_suffix(')')),
+        None => (message, None),
+    };
+    Some(serde_json::json!({
+        "severity": severity,
+        "code": code,
+        "message": message,
+        "file": file,
+        "line": line_no,
+        "column": column,
+        "hint": hint,
+    }))
+}
+
+/// One pkt-line holding `payload`.
+pub fn pkt(payload: &[u8]) -> Vec<u8> {
+    let mut v = format!("{:04x}", payload.len() + 4).into_bytes();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Largest payload of a side-band-64k packet after its band byte.
+const BAND_PAYLOAD: usize = 65515;
+
+/// `data` as side-band packets on `band`.
+pub fn banded(band: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in data.chunks(BAND_PAYLOAD) {
+        let mut p = vec![band];
+        p.extend_from_slice(chunk);
+        out.extend(pkt(&p));
+    }
+    out
+}
+
+/// The report-status of a push (the band-1 packets of a banded answer, or the packets themselves),
+/// with `ok <branch>` turned into `ng <branch> <reason>`: what a client is told when the Master
+/// could not pin what git already accepted. Anything that does not parse is returned unchanged.
+pub fn refuse_in_report(report: &[u8], banded_answer: bool, branch: &str, reason: &str) -> Vec<u8> {
+    let reason = reason.replace(['\n', '\r'], " ");
+    let ok = format!("ok {branch}");
+    let rewrite = |lines: Vec<&[u8]>| -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in lines {
+            if String::from_utf8_lossy(l).trim_end() == ok {
+                out.extend(pkt(format!("ng {branch} {reason}\n").as_bytes()));
+            } else {
+                out.extend(pkt(l));
             }
-            let mut parts = loc.rsplitn(3, ':');
-            let column: u64 = parts.next()?.parse().ok()?;
-            let line_no: u64 = parts.next()?.parse().ok()?;
-            let file = parts.next()?;
-            let (message, hint) = match message.rsplit_once(" (help: ") {
-                Some((m, h)) => (m, h.strip_suffix(')')),
-                None => (message, None),
-            };
-            Some(serde_json::json!({
-                "severity": severity,
-                "code": code,
-                "message": message,
-                "file": file,
-                "line": line_no,
-                "column": column,
-                "hint": hint,
-            }))
+        }
+        out.extend_from_slice(b"0000");
+        out
+    };
+    if !banded_answer {
+        return match pkt_lines(report, false) {
+            Some((lines, _)) => {
+                let mut out = rewrite(lines);
+                out.truncate(out.len() - 4); // the caller sends the final flush
+                out
+            }
+            None => report.to_vec(),
+        };
+    }
+    let Some((packets, _)) = pkt_lines(report, false) else {
+        return report.to_vec();
+    };
+    let inner: Vec<u8> = packets
+        .iter()
+        .filter(|p| p.first() == Some(&1))
+        .flat_map(|p| p[1..].to_vec())
+        .collect();
+    match pkt_lines(&inner, true) {
+        Some((lines, _)) => banded(1, &rewrite(lines)),
+        None => report.to_vec(),
+    }
+}
+
+/// A whole report-status refusing every command with `reason` (for a push stopped before git
+/// answered), banded or not as the client asked.
+pub fn refusal_report(commands: &[Command], banded_answer: bool, reason: &str) -> Vec<u8> {
+    let reason = reason.replace(['\n', '\r'], " ");
+    let mut inner = pkt(b"unpack ok\n");
+    for c in commands {
+        inner.extend(pkt(format!("ng {} {reason}\n", c.name).as_bytes()));
+    }
+    inner.extend_from_slice(b"0000");
+    if banded_answer {
+        banded(1, &inner)
+    } else {
+        inner.truncate(inner.len() - 4);
+        inner
+    }
+}
+
+/// Whether the client asked for side bands (in the capabilities after its first command).
+pub fn wants_side_band(request: &[u8]) -> bool {
+    let Some((lines, _)) = pkt_lines(request, true) else {
+        return false;
+    };
+    lines.first().is_some_and(|l| {
+        l.split(|b| *b == 0).nth(1).is_some_and(|caps| {
+            String::from_utf8_lossy(caps)
+                .split_whitespace()
+                .any(|c| c == "side-band-64k" || c == "side-band")
         })
-        .collect()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pkt(payload: &[u8]) -> Vec<u8> {
-        let mut v = format!("{:04x}", payload.len() + 4).into_bytes();
-        v.extend_from_slice(payload);
-        v
-    }
 
     const A: &str = "1111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222";
@@ -203,7 +284,7 @@ mod tests {
             a.refused,
             vec![("refs/heads/main".into(), "pre-receive hook declined".into())]
         );
-        let p = problems(&a.messages);
+        let p: Vec<_> = a.messages.lines().filter_map(problem).collect();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0]["file"], "domain.toml");
         assert_eq!(p[0]["line"], 11);
@@ -222,8 +303,60 @@ mod tests {
     }
 
     #[test]
+    fn refuses_the_branch_in_a_report() {
+        let mut inner = pkt(b"unpack ok\n");
+        inner.extend(pkt(b"ok refs/heads/main\n"));
+        inner.extend(pkt(b"ok refs/tags/v1\n"));
+        inner.extend(b"0000");
+        let out = refuse_in_report(&banded(1, &inner), true, "refs/heads/main", "cannot pin");
+        let mut resp = out.clone();
+        resp.extend(b"0000");
+        let a = answer(&resp);
+        assert_eq!(
+            a.refused,
+            vec![("refs/heads/main".into(), "cannot pin".into())]
+        );
+        // Unbanded: the packets themselves.
+        let plain = &inner[..inner.len() - 4];
+        let mut out = refuse_in_report(plain, false, "refs/heads/main", "x\ny");
+        out.extend(b"0000");
+        assert_eq!(
+            answer(&out).refused,
+            vec![("refs/heads/main".into(), "x y".into())]
+        );
+    }
+
+    #[test]
+    fn builds_a_refusal_for_every_command() {
+        let c = vec![
+            Command {
+                old: A.into(),
+                new: B.into(),
+                name: "refs/heads/main".into(),
+            },
+            Command {
+                old: A.into(),
+                new: B.into(),
+                name: "refs/heads/x".into(),
+            },
+        ];
+        for banded_answer in [true, false] {
+            let mut out = refusal_report(&c, banded_answer, "stopped");
+            out.extend(b"0000");
+            assert_eq!(answer(&out).refused.len(), 2, "banded {banded_answer}");
+        }
+        let req = pkt(format!("{A} {B} refs/heads/main\0report-status side-band-64k\n").as_bytes());
+        let mut req = req;
+        req.extend(b"0000");
+        assert!(wants_side_band(&req));
+        let mut plain = pkt(format!("{A} {B} refs/heads/main\0report-status\n").as_bytes());
+        plain.extend(b"0000");
+        assert!(!wants_side_band(&plain));
+    }
+
+    #[test]
     fn skips_lines_that_are_not_problems() {
         let text = "steward: refs/heads/main abc is valid\n   --> domain.toml:11:18\nerror: abc is invalid: 1 error\n";
-        assert!(problems(text).is_empty());
+        assert!(text.lines().all(|l| problem(l).is_none()));
     }
 }

@@ -58,6 +58,8 @@ pub(super) struct State {
     pub(super) wakeups: std::sync::atomic::AtomicU64,
     /// The open client connections.
     pub(super) connections: Arc<super::conn::Registry>,
+    /// The deadline of a push's pre-receive step (see [`super::push`]).
+    pub(super) pre_receive_timeout: std::time::Duration,
     pub(super) servers: servers::Registry,
     /// Rolling restarts: which server of each cluster was ordered to restart.
     pub(super) rolling: super::rolling::Rolling,
@@ -110,6 +112,7 @@ pub(super) fn describe(repo: &Repo, commit: Oid, outcome: Outcome, source: Sourc
         pusher: None,
         summary: info.map(|i| i.summary).unwrap_or_default(),
         problems: Vec::new(),
+        more_problems: 0,
         branch_head: None,
     }
 }
@@ -132,7 +135,8 @@ impl State {
     }
 
     /// Validates the head of the followed branch and pins it if valid, records it as rejected if
-    /// not. `guard` is the decision lock when the caller already holds it (a push).
+    /// not. `guard` is the decision lock when the caller already holds it. A failure is logged
+    /// (at most once a minute: a full disk fails every poll) and the pin stays.
     pub(super) async fn reconcile(
         self: &Arc<Self>,
         source: Source,
@@ -143,31 +147,68 @@ impl State {
             Some(g) => g,
             None => self.decided.clone().lock_owned().await,
         };
-        let me = self.clone();
-        let last = *decided;
-        let outcome = tokio::task::spawn_blocking(move || me.decide(last, source, pusher)).await;
-        let outcome = match outcome {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => {
-                log::severe(
-                    "Master-0019",
-                    &format!("Cannot decide on {}; the pin stays: {e}", self.branch),
-                );
-                return None;
-            }
+        match self.decide_locked(&mut decided, source, pusher).await {
+            Ok(r) => r,
             Err(e) => {
-                log::severe(
+                log::limited(
+                    log::Level::Severe,
                     "Master-0019",
                     &format!("Cannot decide on {}; the pin stays: {e}", self.branch),
                 );
-                return None;
+                None
             }
+        }
+    }
+
+    /// [`State::reconcile`] for a caller holding the decision lock, which needs the error (a push
+    /// that cannot be pinned is refused).
+    pub(super) async fn decide_locked(
+        self: &Arc<Self>,
+        decided: &mut OwnedMutexGuard<Option<Oid>>,
+        source: Source,
+        pusher: Option<String>,
+    ) -> Result<Option<Record>> {
+        let me = self.clone();
+        let last = **decided;
+        let outcome = tokio::task::spawn_blocking(move || me.decide(last, source, pusher))
+            .await
+            .map_err(|e| MasterError::Runtime(std::io::Error::other(e)))??;
+        let Some((head, record, current)) = outcome else {
+            return Ok(None);
         };
-        let (head, record, current) = outcome?;
-        *decided = Some(head);
-        drop(decided);
+        **decided = Some(head);
         self.publish(record.clone(), current);
-        Some(record)
+        Ok(Some(record))
+    }
+
+    /// Moves `branch` back from `from` to `to` (`None`: deletes it), only if it is still at `from`:
+    /// for a push git accepted but the Master could not pin.
+    pub(super) fn unmove_branch(&self, from: Oid, to: Option<Oid>) -> Result<()> {
+        let mut cmd = std::process::Command::new("git");
+        cmd.arg("--git-dir").arg(self.store.git_dir());
+        match to {
+            Some(to) => cmd.args([
+                "update-ref",
+                "-m",
+                "steward: push not pinned",
+                &self.branch,
+                &to.to_hex(),
+                &from.to_hex(),
+            ]),
+            None => cmd.args(["update-ref", "-d", &self.branch, &from.to_hex()]),
+        };
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| MasterError::Git(format!("cannot run git update-ref: {e}")))?;
+        if !out.status.success() {
+            return Err(MasterError::Git(format!(
+                "git update-ref {}: {}",
+                self.branch,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// Mirror mode: fetches the upstream branch and decides on its head, under the decision lock
@@ -295,10 +336,11 @@ impl State {
             }
             None => {
                 record.outcome = Outcome::Rejected;
-                record.problems = v.report.to_json()["problems"]
+                let problems = v.report.to_json()["problems"]
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
+                record.set_problems(problems, 0);
                 self.store.append(&record)?;
                 Ok(Some((head, record, None)))
             }
@@ -340,28 +382,21 @@ impl State {
     }
 
     /// Records a push the pre-receive hook refused for the followed branch: the commit never
-    /// entered the repository, so what is known comes from the conversation itself.
-    pub(super) async fn record_refusal(
-        self: &Arc<Self>,
-        request: &[u8],
-        response: &[u8],
-        pusher: String,
-    ) {
-        let answer = sniff::answer(response);
-        let declined = answer
+    /// entered the repository, so what is known comes from the conversation itself (see
+    /// [`super::push`]): the commands, what git refused and why, and the hook's problems (the first
+    /// ones, and how many more).
+    pub(super) async fn record_refusal(self: &Arc<Self>, refusal: Refusal, pusher: String) {
+        let declined = refusal
             .refused
             .iter()
             .any(|(name, reason)| *name == self.branch && reason.contains("hook declined"));
-        let Some(cmd) = sniff::commands(request)
-            .into_iter()
-            .find(|c| c.name == self.branch)
-        else {
+        let Some(cmd) = refusal.commands.into_iter().find(|c| c.name == self.branch) else {
             return;
         };
         if !declined {
             return;
         }
-        let record = Record {
+        let mut record = Record {
             outcome: Outcome::Rejected,
             commit: cmd.new,
             previous: Some(self.current().commit.to_hex()),
@@ -370,15 +405,23 @@ impl State {
             author: None,
             pusher: Some(pusher),
             summary: String::new(),
-            problems: sniff::problems(&answer.messages),
+            problems: Vec::new(),
+            more_problems: 0,
             branch_head: None,
         };
+        record.set_problems(refusal.problems, refusal.more_problems);
         let store = self.store.clone();
         let rec = record.clone();
-        match tokio::task::spawn_blocking(move || store.append(&rec)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::severe("Master-0031", &format!("Cannot record a refused push: {e}")),
-            Err(e) => log::severe("Master-0031", &format!("Cannot record a refused push: {e}")),
+        let appended = tokio::task::spawn_blocking(move || store.append(&rec))
+            .await
+            .map_err(|e| MasterError::Runtime(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(MasterError::from));
+        if let Err(e) = appended {
+            log::limited(
+                log::Level::Severe,
+                "Master-0031",
+                &format!("Cannot record a refused push: {e}"),
+            );
         }
         self.publish(record, None);
     }
@@ -442,6 +485,14 @@ fn retry_after(status: StatusCode, wait: std::time::Duration) -> Response {
         axum::http::HeaderValue::from(secs.max(1)),
     );
     r
+}
+
+/// What a push the hook refused said (see [`State::record_refusal`]).
+pub(super) struct Refusal {
+    pub(super) commands: Vec<sniff::Command>,
+    pub(super) refused: Vec<(String, String)>,
+    pub(super) problems: Vec<serde_json::Value>,
+    pub(super) more_problems: usize,
 }
 
 pub(super) enum Rollback {

@@ -1,32 +1,70 @@
-//! `/git/domain.git/…`: Git smart HTTP through `git http-backend`; pushes hold the decision lock.
+//! `/git/domain.git/…`: Git smart HTTP through `git http-backend`; pushes go through
+//! [`crate::master::push`], which holds the decision lock and answers once the pin is decided.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State as AxState;
+use axum::extract::{ConnectInfo, Path as UrlPath, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::error;
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use axum::extract::{ConnectInfo, Path as UrlPath, Request};
-
-use crate::master::cgi;
+use crate::master::conn::Conn;
 use crate::master::state::State;
-use crate::pin::Source;
+use crate::master::{cgi, push};
 
-/// Git smart HTTP. Fetching needs `git:read`, pushing `git:push`; a push holds the decision lock
-/// until its commit is pinned or rejected.
+/// `%XX` escapes and `+` decoded, as CGI programs (`git http-backend` among them) read a query.
+/// Invalid escapes stay as they are.
+pub(super) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' => {
+                match (
+                    b.get(i + 1).and_then(|c| hex(*c)),
+                    b.get(i + 2).and_then(|c| hex(*c)),
+                ) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a request with this query string asks for the push service. Decoded first: the
+/// backend decodes it too, so `service=git%2dreceive-pack` is a push. Any `service` other than
+/// fetching counts as a push, the safe side.
+pub(super) fn asks_to_push(query: &str) -> bool {
+    query.split('&').any(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        percent_decode(k) == "service" && percent_decode(v) != "git-upload-pack"
+    })
+}
+
+/// Git smart HTTP. Fetching needs `git:read`, pushing `git:push`.
 pub(super) async fn git(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(conn): Extension<Arc<Conn>>,
     UrlPath(rest): UrlPath<String>,
     request: Request,
 ) -> Response {
     let query = request.uri().query().unwrap_or("").to_owned();
-    let push =
-        rest == "git-receive-pack" || query.split('&').any(|p| p == "service=git-receive-pack");
+    let push = rest == "git-receive-pack" || asks_to_push(&query);
     let permission = if push { "git:push" } else { "git:read" };
     let user = match state.require(request.headers(), permission).await {
         Ok(u) => u,
@@ -44,12 +82,6 @@ pub(super) async fn git(
     if rest.split('/').any(|c| c == ".." || c == ".") || rest.starts_with('/') {
         return StatusCode::NOT_FOUND.into_response();
     }
-    // Only the POST that carries the pack changes refs; the ref advertisement is a read.
-    let guard = if rest == "git-receive-pack" {
-        Some(state.decided.clone().lock_owned().await)
-    } else {
-        None
-    };
     let (parts, body) = request.into_parts();
     let config = state.home.join("config");
     let req = cgi::CgiRequest {
@@ -58,47 +90,43 @@ pub(super) async fn git(
         query,
         method: parts.method,
         headers: parts.headers,
-        user: user.clone(),
+        user,
         remote: Some(remote),
     };
-    let (response, mut child, captured) = match cgi::run(req, body, guard.is_some()).await {
+    // Only the POST that carries the pack changes refs; the ref advertisement is a read.
+    if rest == "git-receive-pack" {
+        return push::receive(state.clone(), conn, req, body).await;
+    }
+    let (response, mut child) = match cgi::run(req, body).await {
         Ok(x) => x,
         Err(e) => return cgi::bad_gateway(&e),
     };
-    match guard {
-        None => {
-            tokio::spawn(async move {
-                if tokio::time::timeout(cgi::BACKEND_TIMEOUT, child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = child.kill().await;
-                }
-            });
+    tokio::spawn(async move {
+        if tokio::time::timeout(cgi::BACKEND_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            cgi::kill_group(&child);
         }
-        Some(guard) => {
-            let st = state.clone();
-            tokio::spawn(async move {
-                let done = tokio::time::timeout(cgi::BACKEND_TIMEOUT, child.wait()).await;
-                if done.is_err() {
-                    let _ = child.kill().await;
-                }
-                let Some(c) = captured else {
-                    st.reconcile(Source::Push, Some(user), Some(guard)).await;
-                    return;
-                };
-                // The whole answer is needed to see what the hook refused. Bounded: a client that
-                // stops reading must not hold the push lock for long.
-                let _ = tokio::time::timeout(Duration::from_secs(60), c.eof).await;
-                st.reconcile(Source::Push, Some(user.clone()), Some(guard))
-                    .await;
-                let request = c.request.lock().map(|b| b.clone()).unwrap_or_default();
-                let response = c.response.lock().map(|b| b.clone()).unwrap_or_default();
-                st.record_refusal(&request, &response, user).await;
-                // Only now may `git push` return: the pin (or the rejection) is already public.
-                let _ = c.release.send(());
-            });
-        }
-    }
+    });
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_before_deciding_what_is_a_push() {
+        assert!(asks_to_push("service=git-receive-pack"));
+        assert!(asks_to_push("service=git%2dreceive-pack"));
+        assert!(asks_to_push("service=git%2Dreceive%2Dpack"));
+        assert!(asks_to_push("x=1&%73ervice=git-receive-pack"));
+        assert!(asks_to_push("service=something-else"));
+        assert!(!asks_to_push("service=git-upload-pack"));
+        assert!(!asks_to_push("service=git%2Dupload-pack"));
+        assert!(!asks_to_push(""));
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz+%41"), "%zz A");
+    }
 }

@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use http_body_util::BodyExt;
 
 use super::conn::Peer;
 use super::log;
@@ -73,12 +72,34 @@ async fn gate(
             next.run(req).await
         }
     };
-    response.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            let _busy = &busy;
-            frame
-        }))
-    })
+    response.map(|body| Body::new(Held { body, _busy: busy }))
+}
+
+/// A response body that keeps its connection marked busy until it is sent or dropped.
+struct Held {
+    body: Body,
+    _busy: super::conn::Busy,
+}
+
+impl axum::body::HttpBody for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    // Forwarded, so that a body of known length keeps its `Content-Length`.
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 pub(super) async fn healthz() -> &'static str {

@@ -1,0 +1,517 @@
+//! Pushes over Git smart HTTP: `git http-backend` runs `receive-pack` and the pre-receive hook,
+//! and the Master decides on the pin before the client hears that its push succeeded.
+//!
+//! - The decision lock is taken when the upload is complete: the last chunk of the pack is held
+//!   back until the lock is ours, so `receive-pack` cannot run the hook or move a ref before, and
+//!   a slow upload holds nobody up.
+//! - From then on the pre-receive step has a deadline (`steward master --pre-receive-timeout`);
+//!   past it, or as soon as the client goes away, the backend and everything it started (its
+//!   process group: the hook and its children) are killed and the lock released.
+//! - The hook's messages (side band 2) reach the client as they come; the report-status (side band
+//!   1, "ok"/"ng" per ref) is held until the Master has pinned the branch head. If the pin or its
+//!   record cannot be written, the branch is moved back and the report says `ng` with the reason:
+//!   a push is acknowledged only once pinned.
+//! - A push the hook refused is recorded as a rejection, with its first problems and a count of
+//!   the rest, however much the hook printed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::cgi::{self, CgiRequest};
+use super::conn::Conn;
+use super::state::{Refusal, State};
+use super::{log, sniff};
+use crate::git::Oid;
+use crate::pin::{RECORD_PROBLEMS, Source};
+
+/// Default deadline of the pre-receive step (from the end of the upload to git's answer).
+pub const PRE_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An upload that sends nothing for this long is abandoned.
+const UPLOAD_STALL: Duration = Duration::from_secs(60);
+/// Report-status kept for rewriting at most; a longer one is passed on as it is.
+const HELD_LIMIT: usize = 1024 * 1024;
+/// How often a push whose client is silent checks that the client is still there.
+const HANGUP_CHECK: Duration = Duration::from_millis(250);
+
+type Guard = OwnedMutexGuard<Option<Oid>>;
+
+/// Serves `POST /git/domain.git/git-receive-pack` for `user`.
+pub(super) async fn receive(
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: CgiRequest<'_>,
+    body: Body,
+) -> Response {
+    let user = req.user.clone();
+    let mut child = match cgi::spawn(&req) {
+        Ok(c) => c,
+        Err(e) => return cgi::bad_gateway(&e),
+    };
+    let (stdin, mut stdout, stderr) = match cgi::pipes(&mut child) {
+        Ok(p) => p,
+        Err(e) => return cgi::bad_gateway(&e),
+    };
+    let request = Arc::new(Mutex::new(Vec::new()));
+    let (lock_tx, lock_rx) = oneshot::channel();
+    tokio::spawn(feed(
+        body,
+        stdin,
+        request.clone(),
+        state.decided.clone(),
+        lock_tx,
+    ));
+    tokio::spawn(cgi::log_stderr(stderr));
+    let (status, headers, first) = match cgi::read_headers(&mut stdout).await {
+        Ok(x) => x,
+        Err(e) => {
+            cgi::kill_group(&child);
+            return cgi::bad_gateway(&e);
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(drive(Drive {
+        deadline: state.pre_receive_timeout,
+        state,
+        conn,
+        child,
+        stdout,
+        first,
+        lock: lock_rx,
+        request,
+        user,
+        tx,
+        parse: status == StatusCode::OK,
+    }));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Streams the upload into the backend, holding back its last chunk until the decision lock is
+/// taken; the lock goes to [`drive`] through `locked`. Dropping `stdin` early (a client gone or
+/// stalled) makes the backend fail without touching any ref.
+async fn feed(
+    body: Body,
+    mut stdin: ChildStdin,
+    copy: Arc<Mutex<Vec<u8>>>,
+    lock: Arc<tokio::sync::Mutex<Option<Oid>>>,
+    locked: oneshot::Sender<Guard>,
+) {
+    let mut stream = body.into_data_stream();
+    let mut held: Option<Bytes> = None;
+    loop {
+        let next = match tokio::time::timeout(UPLOAD_STALL, stream.next()).await {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        match next {
+            Some(Ok(bytes)) => {
+                if let Ok(mut c) = copy.lock() {
+                    let room = sniff::REQUEST_LIMIT.saturating_sub(c.len());
+                    c.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+                if let Some(prev) = held.replace(bytes)
+                    && stdin.write_all(&prev).await.is_err()
+                {
+                    return;
+                }
+            }
+            Some(Err(_)) => return,
+            None => break,
+        }
+    }
+    let guard = lock.lock_owned().await;
+    if let Some(last) = held
+        && stdin.write_all(&last).await.is_err()
+    {
+        return;
+    }
+    if locked.send(guard).is_err() {
+        return;
+    }
+    let _ = stdin.shutdown().await;
+}
+
+/// Splits the backend's answer: hook messages pass at once (and are scanned for problems), the
+/// report-status is held back for the decision, the final flush is sent last.
+#[derive(Default)]
+struct Demux {
+    buf: Vec<u8>,
+    held: Vec<u8>,
+    banded: bool,
+    /// The answer was not pkt-lines, or its report too long to hold: passed on as it came.
+    raw: bool,
+    line: String,
+    problems: Vec<serde_json::Value>,
+    more_problems: usize,
+}
+
+impl Demux {
+    /// Takes more of the answer; returns what to send now.
+    fn push(&mut self, data: &[u8]) -> Vec<u8> {
+        if self.raw {
+            return data.to_vec();
+        }
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while self.buf.len() - i >= 4 {
+            let len = std::str::from_utf8(&self.buf[i..i + 4])
+                .ok()
+                .and_then(|h| usize::from_str_radix(h, 16).ok());
+            let Some(len) = len else {
+                return self.give_up(out, i);
+            };
+            if len < 4 {
+                // The final flush (sent last, after the report) or a delimiter.
+                if len != 0 {
+                    out.extend_from_slice(&self.buf[i..i + 4]);
+                }
+                i += 4;
+                continue;
+            }
+            if self.buf.len() - i < len {
+                break;
+            }
+            let packet = &self.buf[i..i + len];
+            match packet.get(4) {
+                Some(1) => {
+                    self.banded = true;
+                    self.held.extend_from_slice(packet);
+                }
+                Some(2) => {
+                    self.banded = true;
+                    out.extend_from_slice(packet);
+                    let text = String::from_utf8_lossy(&packet[5..]).into_owned();
+                    self.scan(&text);
+                }
+                Some(3) => out.extend_from_slice(packet),
+                _ => self.held.extend_from_slice(packet),
+            }
+            i += len;
+        }
+        self.buf.drain(..i);
+        if self.held.len() > HELD_LIMIT {
+            return self.give_up(out, 0);
+        }
+        out
+    }
+
+    /// Passes on everything from here as it comes.
+    fn give_up(&mut self, mut out: Vec<u8>, from: usize) -> Vec<u8> {
+        self.raw = true;
+        out.append(&mut self.held);
+        out.extend_from_slice(&self.buf[from..]);
+        self.buf.clear();
+        out
+    }
+
+    /// Collects the problem lines of the hook's messages, the first few whole.
+    fn scan(&mut self, text: &str) {
+        self.line.push_str(text);
+        while let Some(end) = self.line.find('\n') {
+            if let Some(p) = sniff::problem(&self.line[..end]) {
+                if self.problems.len() < RECORD_PROBLEMS {
+                    self.problems.push(p);
+                } else {
+                    self.more_problems += 1;
+                }
+            }
+            self.line.drain(..=end);
+        }
+        if self.line.len() > 64 * 1024 {
+            self.line.clear();
+        }
+    }
+}
+
+struct Drive {
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    child: Child,
+    stdout: ChildStdout,
+    first: Vec<u8>,
+    lock: oneshot::Receiver<Guard>,
+    request: Arc<Mutex<Vec<u8>>>,
+    user: String,
+    tx: mpsc::Sender<Bytes>,
+    parse: bool,
+    deadline: Duration,
+}
+
+enum Stop {
+    /// The client went away: nobody to answer.
+    Gone,
+    /// The pre-receive step outlived its deadline.
+    Deadline,
+}
+
+async fn drive(d: Drive) {
+    let Drive {
+        state,
+        conn,
+        mut child,
+        mut stdout,
+        first,
+        lock,
+        request,
+        user,
+        tx,
+        parse,
+        deadline,
+    } = d;
+    let mut demux = Demux {
+        raw: !parse,
+        ..Demux::default()
+    };
+    let mut lock = Some(lock);
+    let mut guard: Option<Guard> = None;
+    let mut until: Option<Instant> = None;
+    let mut stop = None;
+    let mut pending = first;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut check = tokio::time::interval(HANGUP_CHECK);
+    loop {
+        if !pending.is_empty() {
+            let out = demux.push(&pending);
+            pending.clear();
+            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                stop = Some(Stop::Gone);
+                break;
+            }
+        }
+        let expiry = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = stdout.read(&mut buf) => match r {
+                Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                _ => break,
+            },
+            g = async { lock.as_mut().expect("guarded by the condition").await }, if lock.is_some() => {
+                lock = None;
+                if let Ok(g) = g {
+                    guard = Some(g);
+                    until = Some(Instant::now() + deadline);
+                }
+            }
+            () = expiry => {
+                stop = Some(Stop::Deadline);
+                break;
+            }
+            _ = check.tick() => if conn.hung_up() {
+                stop = Some(Stop::Gone);
+                break;
+            }
+        }
+    }
+    if stop.is_some() {
+        cgi::kill_group(&child);
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        cgi::kill_group(&child);
+        let _ = child.wait().await;
+    }
+    // The lock may have been handed over just as the backend finished.
+    if guard.is_none()
+        && let Some(rx) = lock
+    {
+        guard = rx.await.ok();
+    }
+    let request = request.lock().map(|r| r.clone()).unwrap_or_default();
+    let commands = sniff::commands(&request);
+    let banded = demux.banded || sniff::wants_side_band(&request);
+    let mut tail = Vec::new();
+    match stop {
+        Some(Stop::Gone) => {
+            log::warning(
+                "Master-0032",
+                &format!("A push by {user} was stopped: the client went away"),
+            );
+            // In case a ref moved before the backend was stopped.
+            if let Some(g) = guard {
+                state.reconcile(Source::Push, Some(user), Some(g)).await;
+            }
+            return;
+        }
+        Some(Stop::Deadline) => {
+            log::warning(
+                "Master-0032",
+                &format!(
+                    "A push by {user} was stopped: its pre-receive step took longer than {deadline:?}"
+                ),
+            );
+            let reason = format!(
+                "steward: stopped after {}s, the deadline of the pre-receive step",
+                deadline.as_secs_f64()
+            );
+            if banded {
+                tail.extend(sniff::banded(2, format!("{reason}\n").as_bytes()));
+            }
+            tail.extend(sniff::refusal_report(&commands, banded, &reason));
+            if let Some(g) = guard {
+                state.reconcile(Source::Push, Some(user), Some(g)).await;
+            }
+        }
+        None => {
+            let mut report = std::mem::take(&mut demux.held);
+            if let Some(mut g) = guard {
+                let decided = state
+                    .decide_locked(&mut g, Source::Push, Some(user.clone()))
+                    .await;
+                if let Err(e) = decided {
+                    let reason = unpin(&state, &commands, &user, &e).await;
+                    if !demux.raw {
+                        report = sniff::refuse_in_report(&report, banded, &state.branch, &reason);
+                        if banded {
+                            tail.extend(sniff::banded(2, format!("{reason}\n").as_bytes()));
+                        }
+                    }
+                }
+                drop(g);
+            }
+            let mut answer = report.clone();
+            answer.extend_from_slice(b"0000");
+            tail.extend(report);
+            let refusal = Refusal {
+                commands,
+                refused: sniff::answer(&answer).refused,
+                problems: std::mem::take(&mut demux.problems),
+                more_problems: demux.more_problems,
+            };
+            state.record_refusal(refusal, user).await;
+        }
+    }
+    if parse {
+        tail.extend_from_slice(b"0000");
+    }
+    let _ = tx.send(Bytes::from(tail)).await;
+}
+
+/// After git accepted a push the Master could not pin (`error`): moves the branch back to where
+/// it was, logs why, and returns the reason for the pusher.
+async fn unpin(
+    state: &Arc<State>,
+    commands: &[sniff::Command],
+    user: &str,
+    error: &super::MasterError,
+) -> String {
+    let cmd = commands.iter().find(|c| c.name == state.branch);
+    let ids = cmd.and_then(|c| Some((Oid::from_hex(&c.new).ok()?, Oid::from_hex(&c.old).ok()?)));
+    let Some((new, old)) = ids else {
+        log::limited(
+            log::Level::Severe,
+            "Master-0019",
+            &format!("Cannot decide on {}; the pin stays: {error}", state.branch),
+        );
+        return "steward: the Master could not decide on this push; see its log".into();
+    };
+    let st = state.clone();
+    let back = (!old.is_null()).then_some(old);
+    let undone = tokio::task::spawn_blocking(move || st.unmove_branch(new, back))
+        .await
+        .map_err(|e| super::MasterError::Runtime(std::io::Error::other(e)))
+        .and_then(|r| r);
+    match undone {
+        Ok(()) => {
+            log::severe(
+                "Master-0013",
+                &format!(
+                    "A push by {user} of {} could not be pinned, so it is refused and {} is back at {}: {error}",
+                    new.to_hex(),
+                    state.branch,
+                    if old.is_null() {
+                        "nothing (deleted)".to_owned()
+                    } else {
+                        old.to_hex()
+                    }
+                ),
+            );
+            "steward: the commit is valid but the Master could not pin it (see its log); the push is refused".into()
+        }
+        Err(e) => {
+            log::severe(
+                "Master-0014",
+                &format!(
+                    "A push by {user} of {} could not be pinned ({error}), and {} could not be moved back: {e}",
+                    new.to_hex(),
+                    state.branch
+                ),
+            );
+            "steward: the commit is valid but the Master could not pin it (see its log)".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sniff::pkt;
+
+    #[test]
+    fn demux_passes_messages_holds_the_report_and_counts_problems() {
+        let mut answer = Vec::new();
+        let mut msgs = Vec::new();
+        for i in 0..(RECORD_PROBLEMS + 20) {
+            msgs.extend_from_slice(
+                format!("domain.toml:{i}:1: error[syntax]: expected a key\n").as_bytes(),
+            );
+        }
+        msgs.extend_from_slice(b"steward: refs/heads/main is invalid\n");
+        answer.extend(sniff::banded(2, &msgs));
+        let mut report = pkt(b"unpack ok\n");
+        report.extend(pkt(b"ng refs/heads/main pre-receive hook declined\n"));
+        report.extend(b"0000");
+        answer.extend(sniff::banded(1, &report));
+        answer.extend(b"0000");
+        let mut d = Demux::default();
+        // Fed in awkward pieces: packets split anywhere.
+        let mut sent = Vec::new();
+        for chunk in answer.chunks(7) {
+            sent.extend(d.push(chunk));
+        }
+        assert!(d.banded && !d.raw);
+        assert_eq!(d.problems.len(), RECORD_PROBLEMS);
+        assert_eq!(d.more_problems, 20);
+        assert_eq!(
+            sent,
+            sniff::banded(2, &msgs),
+            "only the messages pass at once"
+        );
+        let mut held = d.held.clone();
+        held.extend(b"0000");
+        assert_eq!(
+            sniff::answer(&held).refused,
+            vec![("refs/heads/main".into(), "pre-receive hook declined".into())]
+        );
+    }
+
+    #[test]
+    fn demux_passes_what_is_not_pkt_lines() {
+        let mut d = Demux::default();
+        assert_eq!(d.push(b"fatal: not a pkt line"), b"fatal: not a pkt line");
+        assert!(d.raw);
+        assert_eq!(d.push(b"more"), b"more");
+    }
+}
