@@ -26,15 +26,37 @@ pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderM
     .into_response()
 }
 
-pub(super) async fn history(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+/// Records a history answer holds by default, and at most (`?limit=`).
+const HISTORY_DEFAULT: usize = 100;
+const HISTORY_MAX: usize = 1000;
+
+pub(super) async fn history(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
     if let Err(r) = state.require(&headers, "domain:read").await {
         return r;
     }
+    let limit = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|p| p.strip_prefix("limit="))
+        .map_or(Ok(HISTORY_DEFAULT), str::parse::<usize>);
+    let Ok(limit) = limit else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "limit: expected a number of records",
+        );
+    };
+    let limit = limit.clamp(1, HISTORY_MAX);
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.history()).await {
-        Ok(Ok(mut records)) => {
-            records.reverse(); // newest first
-            axum::Json(records).into_response()
+        Ok(Ok(records)) => {
+            // Newest first.
+            let newest: Vec<_> = records.into_iter().rev().take(limit).collect();
+            axum::Json(newest).into_response()
         }
         Ok(Err(e)) => internal(&e.to_string()),
         Err(e) => internal(&e.to_string()),
