@@ -344,9 +344,11 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
         .expect("git push");
     let started = tmp.path().join("hook-started");
     util::eventually(30, || started.exists().then_some(())).expect("the hook runs");
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{}", push.id())])
-        .status();
+    let killed = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", push.id())])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
     let _ = push.wait();
     util::eventually(20, || {
         util::processes_with(&script).is_empty().then_some(())
@@ -372,7 +374,10 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
         &["--pre-receive-timeout", "2s"],
     );
     std::fs::remove_file(&started).expect("reset");
-    git_ok(&wc, &["remote", "set-url", "origin", &master.url("admin", "admin")]);
+    git_ok(
+        &wc,
+        &["remote", "set-url", "origin", &master.url("admin", "admin")],
+    );
     let (script, original) = hanging_hook(&tmp, &home);
     let last = commit_valid(&wc, 9805);
     let out = git(&wc, &["push", "origin", "main"]);
