@@ -1335,6 +1335,22 @@ mod tests {
     }
 
     #[test]
+    fn staging_names_carry_their_pid() {
+        assert_eq!(staging_pid(".staging-shop-1234-0"), Some(1234));
+        assert_eq!(staging_pid(".staging-my-app-77-12"), Some(77));
+        for other in [
+            ".previous-shop",
+            "shop",
+            ".staging-shop-x-0",
+            ".staging-shop-12",
+            ".staging--12-0",
+            ".staging-shop-0-1",
+        ] {
+            assert_eq!(staging_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn app_ids() {
         assert!(valid_app_id("shop-1"));
         for bad in ["", "_generated_", "..", ".x", "a/b", "1a"] {
