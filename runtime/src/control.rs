@@ -22,7 +22,7 @@ use schema::plan::{Change, plan};
 use schema::settings::Effect;
 
 use crate::launcher::http;
-use crate::logfile::Logger;
+use crate::logfile::{Level, Logger};
 use crate::server::{Mode, Status};
 
 /// What moving to a pinned configuration means for this server.
@@ -166,11 +166,32 @@ impl Control {
         }
     }
 
+    /// An apply step, logged at the `debug` level.
+    fn debug(&self, id: &str, message: &str) {
+        self.log.log(Level::Fine, id, message);
+    }
+
     /// Fetches, validates and applies the pinned commit. `Err` leaves the server as it was.
     fn resync(&mut self, pinned: &str) -> Result<(), String> {
         let commit = Oid::from_hex(pinned).map_err(|e| e.to_string())?;
+        // A background retry holds the cache (shared) and deploys the older commit: the pin
+        // supersedes it.
+        self.serving.cancel_retry();
         let (cache, _) = Cache::open(&self.domain_home).map_err(|e| e.to_string())?;
-        if !cache.has_complete(commit) {
+        let cached = cache.has_complete(commit);
+        self.debug(
+            "SERVER-0330",
+            &format!(
+                "Resync to commit {}: {}.",
+                commit.short(),
+                if cached {
+                    "already in the local cache"
+                } else {
+                    "fetching it from the Master"
+                }
+            ),
+        );
+        if !cached {
             let remote = Remote {
                 url: format!("{}/git/domain.git", self.master),
                 user: self.credentials.as_ref().map(|c| c.0.clone()),
@@ -193,6 +214,18 @@ impl Control {
             .map_err(|e| e.to_string())?;
         drop(cache);
         let d = decide(&self.boot, &self.running, &target, &self.name);
+        self.debug(
+            "SERVER-0331",
+            &format!(
+                "Commit {} is valid here; decided: {} live change(s) [{}], {} setting(s) differ from the boot configuration [{}], restart-policy {:?}.",
+                commit.short(),
+                d.live.len(),
+                d.live.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join(", "),
+                d.pending_restart.len(),
+                d.pending_restart.join(", "),
+                d.policy
+            ),
+        );
         if d.removed {
             return Err(format!(
                 "the pinned commit {} no longer defines this server; it keeps running its current configuration until stopped",
@@ -220,6 +253,7 @@ impl Control {
             s.applied_commit = commit.to_hex();
             s.pending_restart = d.pending_restart.clone();
             s.failed_applications = self.serving.failed().keys().cloned().collect();
+            s.older_images = crate::server::older_images(&self.serving);
             s.last_error = self.serving.failure_summary();
         });
         self.log.info(
@@ -388,9 +422,11 @@ impl Control {
                     b
                 }
             };
-            // Sleep until the next report, or until the Master announces a pin.
+            // Sleep until the next report, or until the Master announces a pin; meanwhile the
+            // failed applications are retried in the background.
             let until = Instant::now() + wait;
             while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                self.poll_retry();
                 if let Ok(pin) = woken.recv_timeout(Duration::from_millis(50)) {
                     // Only the latest announcement matters.
                     announced = Some(woken.try_iter().last().unwrap_or(pin));
@@ -398,6 +434,24 @@ impl Control {
                 }
             }
         }
+        self.serving.cancel_retry();
+    }
+
+    /// One step of the background retry; publishes what changed. `last_error` is replaced only
+    /// when it was the applications' summary (an error of the last resync stays).
+    fn poll_retry(&mut self) {
+        let before = self.serving.failure_summary();
+        if !self.serving.poll_retry(&self.handle) {
+            return;
+        }
+        let after = self.serving.failure_summary();
+        self.update(|s| {
+            s.failed_applications = self.serving.failed().keys().cloned().collect();
+            s.older_images = crate::server::older_images(&self.serving);
+            if s.last_error == before {
+                s.last_error = after;
+            }
+        });
     }
 }
 
@@ -412,6 +466,13 @@ impl Control {
             .apply(&self.handle, &self.running, target, commit)
             .map_err(|e| e.to_string())?;
         (self.apply_live)(target);
+        self.debug(
+            "SERVER-0332",
+            &format!(
+                "Applied the settings outside the web engine (log level, rotation, stop-timeout) of commit {}.",
+                commit.short()
+            ),
+        );
         Ok(Decision {
             pending_restart: crate::serving::merge_restart(&d.pending_restart, &applied.restart),
             ..d

@@ -12,8 +12,14 @@
 //! application still running from it keeps working until the engine switches over).
 //!
 //! Archives (`.tar`, `.tar.gz`/`.tgz`, `.zip`) are unpacked with every escape refused: absolute
-//! paths, `..`, hard links, device files, and symbolic links that resolve outside the image. A
-//! refused archive fails that application only.
+//! paths, `..`, hard links, device files, and symbolic links that resolve outside the image. Their
+//! integrity is checked too: each zip entry's CRC-32 and declared size, each tar entry's length,
+//! the gzip trailer (CRC and length) of a `.tar.gz`, and the total against the application's
+//! `max-unpacked-size`. A refused archive fails that application only, and the error names the
+//! entry.
+//!
+//! A staging directory is named `.staging-<app>-<pid>-<n>`: one left by a process that was
+//! killed mid-deployment is removed at the next start ([`clean_stale_staging`]).
 //!
 //! Everything here is blocking file-system work; the server runs it under `spawn_blocking`
 //! (a [`GitSource`] is not `Send` and must be created on that thread).
@@ -22,13 +28,14 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use reconciler::git::{CommitId, CommitTree, Repo};
 use schema::model::{AppKind, Application};
 use schema::tree::{Entry, EntryKind, MemTree, Tree, TreeError};
 
 use crate::layout::ServerHome;
+use crate::logfile::{Level, Logger};
 
 /// Errors of deployment. Each names the application and says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +97,28 @@ pub enum DeployError {
     },
     #[error("cannot read commit {commit}: {cause}")]
     Git { commit: String, cause: String },
+    #[error("application {app}: deployment cancelled (superseded)")]
+    Cancelled { app: String },
 }
 
-/// Most bytes an archive may unpack to: a guard against compression bombs.
-pub const MAX_UNPACKED_BYTES: u64 = 2 << 30;
 /// Most entries an archive may hold.
 pub const MAX_ENTRIES: usize = 200_000;
+
+/// How a deployment runs: what may stop it early, and where its steps are logged (at the `debug`
+/// level).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeployContext<'a> {
+    /// Set from another thread to stop the deployment soon ([`DeployError::Cancelled`]); the
+    /// live image is then untouched and the staging directory removed.
+    pub cancel: Option<&'a AtomicBool>,
+    pub log: Option<&'a Logger>,
+}
+
+impl DeployContext<'_> {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+}
 
 /// One entry of a directory in a revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,6 +356,17 @@ pub fn deploy(
     name: &str,
     app: &Application,
 ) -> Result<Deployment, DeployError> {
+    deploy_with(home, tree, name, app, DeployContext::default())
+}
+
+/// [`deploy`], cancellable and logging its steps.
+pub fn deploy_with(
+    home: &ServerHome,
+    tree: &dyn SourceTree,
+    name: &str,
+    app: &Application,
+    ctx: DeployContext<'_>,
+) -> Result<Deployment, DeployError> {
     if !valid_app_id(name) {
         return Err(DeployError::BadName {
             app: name.to_owned(),
@@ -341,6 +375,8 @@ pub fn deploy(
     let d = Deployer {
         app: name.to_owned(),
         tree,
+        ctx,
+        limit: app.max_unpacked_size.0,
     };
     let (image, generated, work_dir) = paths(home, name);
     for dir in [home.deployed(), home.tmp(), work_dir.clone()] {
@@ -353,10 +389,42 @@ pub fn deploy(
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("fingerprint")?.as_str().map(str::to_owned));
     let reused = previous.as_deref() == Some(fingerprint.as_str()) && image.is_dir();
-    if !reused {
+    if reused {
+        d.debug(
+            "SERVER-0520",
+            &format!("image unchanged ({fingerprint}); kept as it is"),
+        );
+    } else {
         let staging = Staging::create(home, name).map_err(|(p, e)| d.io(&p, "cannot create", e))?;
+        d.debug(
+            "SERVER-0521",
+            &format!(
+                "writing the image from {} of {} into {}",
+                app.source,
+                tree.label(),
+                staging.path.display()
+            ),
+        );
+        let started = std::time::Instant::now();
         d.materialize(app, &staging.path)?;
+        d.debug(
+            "SERVER-0522",
+            &format!(
+                "content written ({} file(s)) in {} ms",
+                relative_files(&staging.path).len(),
+                started.elapsed().as_millis()
+            ),
+        );
+        d.check_cancel()?;
         swap_in(home, name, &staging.path, &image).map_err(|(p, w, e)| d.io(&p, w, e))?;
+        d.debug(
+            "SERVER-0524",
+            &format!(
+                "new image swapped in at {}; the replaced one (if any) is kept at {}",
+                image.display(),
+                home.tmp().join(format!(".previous-{name}")).display()
+            ),
+        );
         std::fs::create_dir_all(&generated).map_err(|e| d.io(&generated, "cannot create", e))?;
         let body = serde_json::json!({
             "app": name,
@@ -514,6 +582,71 @@ fn swap_in(
     std::fs::rename(staging, &previous).map_err(|e| (previous, "cannot keep the old image", e))
 }
 
+/// The pid in a staging directory's name (`.staging-<app>-<pid>-<n>`); `None` for any other name.
+pub fn staging_pid(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix(".staging-")?;
+    let (head, n) = rest.rsplit_once('-')?;
+    let (app, pid) = head.rsplit_once('-')?;
+    if !valid_app_id(app) || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|p| *p > 0)
+}
+
+/// Removes the staging directories in `.workspace/tmp/` left by processes that no longer run
+/// (a kill during a deployment); one whose pid is a live process running `exe` (another
+/// `steward` deploying now) is left alone. Returns the removed paths with their size in bytes.
+pub fn clean_stale_staging(home: &ServerHome, exe: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(read) = std::fs::read_dir(home.tmp()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in read.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(staging_pid) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || runs(pid, exe) {
+            continue;
+        }
+        let path = e.path();
+        let size = tree_size(&path);
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed.push((path, size));
+        }
+    }
+    removed
+}
+
+/// Whether `pid` is a live process running the executable `exe`.
+fn runs(pid: i32, exe: &Path) -> bool {
+    crate::process::alive(pid)
+        && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
+            // A rebuilt binary shows as `<path> (deleted)`: still the same program.
+            p == exe
+                || p.to_string_lossy().strip_suffix(" (deleted)") == Some(&exe.to_string_lossy())
+        })
+}
+
+/// Bytes of the files below `dir`, links not followed.
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(read) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in read.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// Atomically exchanges two directories (Linux `renameat2(RENAME_EXCHANGE)`).
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
@@ -547,6 +680,31 @@ fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
 struct Deployer<'a> {
     app: String,
     tree: &'a dyn SourceTree,
+    ctx: DeployContext<'a>,
+    /// `max-unpacked-size`: most bytes an archive may unpack to.
+    limit: u64,
+}
+
+/// A reader that fails once the deployment is cancelled, so a long unpack stops within one
+/// buffer.
+struct Cancellable<'a, R> {
+    inner: R,
+    cancel: Option<&'a AtomicBool>,
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return Err(std::io::Error::other("deployment cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl<R: std::io::Seek> std::io::Seek for Cancellable<'_, R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
 }
 
 /// What an archive is, by file name.
@@ -578,12 +736,48 @@ struct PendingLink {
 
 impl Deployer<'_> {
     fn io(&self, path: &Path, what: &'static str, error: std::io::Error) -> DeployError {
+        if self.ctx.cancelled() {
+            return DeployError::Cancelled {
+                app: self.app.clone(),
+            };
+        }
         DeployError::Io {
             app: self.app.clone(),
             path: path.to_owned(),
             what,
             error,
         }
+    }
+
+    fn check_cancel(&self) -> Result<(), DeployError> {
+        if self.ctx.cancelled() {
+            return Err(DeployError::Cancelled {
+                app: self.app.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A deployment step, logged at the `debug` level.
+    fn debug(&self, id: &str, step: &str) {
+        if let Some(log) = self.ctx.log {
+            log.log(
+                Level::Fine,
+                id,
+                &format!("Application {}: {step}.", self.app),
+            );
+        }
+    }
+
+    fn too_large(&self, archive: &str) -> DeployError {
+        self.archive_err(
+            archive,
+            format!(
+                "unpacks to more than {} (applications.{}.max-unpacked-size)",
+                schema::values::ByteSize(self.limit),
+                self.app
+            ),
+        )
     }
 
     fn tree_err(&self, error: TreeError) -> DeployError {
@@ -677,6 +871,7 @@ impl Deployer<'_> {
     ) -> Result<(), DeployError> {
         let mut stack = vec![(src.trim_end_matches('/').to_owned(), PathBuf::new())];
         while let Some((dir, rel)) = stack.pop() {
+            self.check_cancel()?;
             let entries = self
                 .tree
                 .list(&dir)
@@ -740,6 +935,13 @@ impl Deployer<'_> {
             .into_iter()
             .map(|p| (p, format!("{}/lib", app.source)))
             .collect();
+        self.debug(
+            "SERVER-0523",
+            &format!(
+                "copying the libraries {} into lib/",
+                app.libraries.join(", ")
+            ),
+        );
         for src in &app.libraries {
             let staging = tempdir_in(dest, ".lib-staging")
                 .map_err(|(p, e)| self.io(&p, "cannot create", e))?;
@@ -809,10 +1011,24 @@ impl Deployer<'_> {
         dest: &Path,
         links: &mut Vec<PendingLink>,
     ) -> Result<(), DeployError> {
+        let cancel = self.ctx.cancel;
         match kind {
-            ArchiveKind::Tar => self.unpack_tar(archive, bytes, dest, links),
+            ArchiveKind::Tar => self.unpack_tar(
+                archive,
+                Cancellable {
+                    inner: bytes,
+                    cancel,
+                },
+                dest,
+                links,
+            ),
             ArchiveKind::TarGz => {
-                let gz = flate2::read::MultiGzDecoder::new(bytes);
+                // The decoder checks the gzip trailer (CRC-32 and length) when it reaches the end
+                // of the stream: `unpack_tar` reads to that end.
+                let gz = flate2::read::MultiGzDecoder::new(Cancellable {
+                    inner: bytes,
+                    cancel,
+                });
                 self.unpack_tar(archive, gz, dest, links)
             }
             ArchiveKind::Zip => self.unpack_zip(archive, bytes, dest, links),
@@ -845,12 +1061,13 @@ impl Deployer<'_> {
     ) -> Result<(), DeployError> {
         use tar::EntryType as T;
         let mut ar = tar::Archive::new(reader);
-        let mut budget = MAX_UNPACKED_BYTES;
+        let mut budget = self.limit;
         let entries = ar.entries().map_err(|e| self.archive_err(archive, e))?;
         for (count, entry) in entries.enumerate() {
             if count >= MAX_ENTRIES {
                 return Err(self.archive_err(archive, format!("more than {MAX_ENTRIES} entries")));
             }
+            self.check_cancel()?;
             let mut entry = entry.map_err(|e| self.archive_err(archive, e))?;
             let raw = entry
                 .path()
@@ -868,10 +1085,7 @@ impl Deployer<'_> {
                 T::Regular | T::Continuous => {
                     let size = entry.size();
                     if size > budget {
-                        return Err(self.archive_err(
-                            archive,
-                            format!("unpacks to more than {MAX_UNPACKED_BYTES} bytes"),
-                        ));
+                        return Err(self.too_large(archive));
                     }
                     budget -= size;
                     let exec = entry
@@ -883,8 +1097,17 @@ impl Deployer<'_> {
                         std::fs::create_dir_all(parent)
                             .map_err(|e| self.io(parent, "cannot create", e))?;
                     }
-                    write_file(&abs, &mut (&mut entry).take(size), exec)
-                        .map_err(|e| self.io(&abs, "cannot write", e))?;
+                    let written = write_file(&abs, &mut (&mut entry).take(size), exec)
+                        .map_err(|e| self.entry_err(archive, &shown, &abs, e))?;
+                    if written != size {
+                        return Err(self.refused(
+                            archive,
+                            &shown,
+                            &format!(
+                                "the archive ends inside this entry ({written} of its {size} bytes)"
+                            ),
+                        ));
+                    }
                 }
                 T::Directory => {
                     std::fs::create_dir_all(&abs).map_err(|e| self.io(&abs, "cannot create", e))?
@@ -916,7 +1139,40 @@ impl Deployer<'_> {
                 }
             }
         }
+        // Read to the end of the stream: a compressed archive's trailer (its checksum and length)
+        // is checked only there. What follows the last entry counts against the limit too.
+        let mut rest = ar.into_inner().take(budget.saturating_add(1));
+        let trailing = std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| {
+            if self.ctx.cancelled() {
+                DeployError::Cancelled {
+                    app: self.app.clone(),
+                }
+            } else {
+                self.archive_err(archive, format!("corrupt after the last entry: {e}"))
+            }
+        })?;
+        if trailing > budget {
+            return Err(self.too_large(archive));
+        }
         Ok(())
+    }
+
+    /// A failure while unpacking entry `entry` to `abs`: corrupt data (a checksum or the
+    /// compressed stream) names the entry; anything else is a write failure.
+    fn entry_err(&self, archive: &str, entry: &str, abs: &Path, e: std::io::Error) -> DeployError {
+        if self.ctx.cancelled() {
+            return DeployError::Cancelled {
+                app: self.app.clone(),
+            };
+        }
+        match e.kind() {
+            std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::InvalidInput
+            | std::io::ErrorKind::UnexpectedEof => {
+                self.refused(archive, entry, &format!("corrupt data: {e}"))
+            }
+            _ => self.io(abs, "cannot write", e),
+        }
     }
 
     fn unpack_zip(
@@ -926,13 +1182,17 @@ impl Deployer<'_> {
         dest: &Path,
         links: &mut Vec<PendingLink>,
     ) -> Result<(), DeployError> {
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-            .map_err(|e| self.archive_err(archive, e))?;
+        let reader = Cancellable {
+            inner: std::io::Cursor::new(bytes),
+            cancel: self.ctx.cancel,
+        };
+        let mut zip = zip::ZipArchive::new(reader).map_err(|e| self.archive_err(archive, e))?;
         if zip.len() > MAX_ENTRIES {
             return Err(self.archive_err(archive, format!("more than {MAX_ENTRIES} entries")));
         }
-        let mut budget = MAX_UNPACKED_BYTES;
+        let mut budget = self.limit;
         for i in 0..zip.len() {
+            self.check_cancel()?;
             let mut file = zip.by_index(i).map_err(|e| self.archive_err(archive, e))?;
             let name = file.name().to_owned();
             if name.contains('\\') {
@@ -950,10 +1210,7 @@ impl Deployer<'_> {
             }
             let size = file.size();
             if size > budget {
-                return Err(self.archive_err(
-                    archive,
-                    format!("unpacks to more than {MAX_UNPACKED_BYTES} bytes"),
-                ));
+                return Err(self.too_large(archive));
             }
             budget -= size;
             if is_link {
@@ -961,7 +1218,7 @@ impl Deployer<'_> {
                 (&mut file)
                     .take(4096)
                     .read_to_string(&mut target)
-                    .map_err(|e| self.archive_err(archive, e))?;
+                    .map_err(|e| self.entry_err(archive, &name, &abs, e))?;
                 let target = PathBuf::from(target);
                 if target.is_absolute() {
                     return Err(self.refused(archive, &name, "symbolic link to an absolute path"));
@@ -983,14 +1240,21 @@ impl Deployer<'_> {
                 std::fs::create_dir_all(parent).map_err(|e| self.io(parent, "cannot create", e))?;
             }
             let exec = mode.is_some_and(|m| m & 0o111 != 0);
-            // `take` bounds what a lying size field could make us write.
-            write_file(&abs, &mut (&mut file).take(size), exec).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    self.archive_err(archive, e)
-                } else {
-                    self.io(&abs, "cannot write", e)
-                }
-            })?;
+            // One byte more than declared: a stream longer than its size field is caught (and
+            // bounded), and the reader reaches the entry's end, where it checks the CRC-32.
+            let written = write_file(&abs, &mut (&mut file).take(size + 1), exec)
+                .map_err(|e| self.entry_err(archive, &name, &abs, e))?;
+            if written != size {
+                return Err(self.refused(
+                    archive,
+                    &name,
+                    &if written > size {
+                        format!("its data is longer than its declared size of {size} bytes")
+                    } else {
+                        format!("its data ends after {written} of its declared {size} bytes")
+                    },
+                ));
+            }
         }
         Ok(())
     }
@@ -1012,8 +1276,8 @@ fn safe_relative(path: &Path) -> Result<Option<PathBuf>, &'static str> {
 }
 
 /// Writes a file (replacing any earlier one of that name: archives may repeat entries) with mode
-/// 0755 or 0644.
-fn write_file(path: &Path, content: &mut dyn Read, executable: bool) -> std::io::Result<()> {
+/// 0755 or 0644; returns how many bytes it holds.
+fn write_file(path: &Path, content: &mut dyn Read, executable: bool) -> std::io::Result<u64> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)?,
@@ -1025,8 +1289,9 @@ fn write_file(path: &Path, content: &mut dyn Read, executable: bool) -> std::io:
         .create_new(true)
         .mode(if executable { 0o755 } else { 0o644 })
         .open(path)?;
-    std::io::copy(content, &mut f)?;
-    f.flush()
+    let n = std::io::copy(content, &mut f)?;
+    f.flush()?;
+    Ok(n)
 }
 
 /// Creates a fresh directory `<parent>/<prefix>-<n>`.
@@ -1067,6 +1332,22 @@ mod tests {
         assert!(safe_relative(Path::new("a/../../b")).is_err());
         assert!(safe_relative(Path::new("/etc/passwd")).is_err());
         assert_eq!(safe_relative(Path::new("./")).ok().flatten(), None);
+    }
+
+    #[test]
+    fn staging_names_carry_their_pid() {
+        assert_eq!(staging_pid(".staging-shop-1234-0"), Some(1234));
+        assert_eq!(staging_pid(".staging-my-app-77-12"), Some(77));
+        for other in [
+            ".previous-shop",
+            "shop",
+            ".staging-shop-x-0",
+            ".staging-shop-12",
+            ".staging--12-0",
+            ".staging-shop-0-1",
+        ] {
+            assert_eq!(staging_pid(other), None, "{other}");
+        }
     }
 
     #[test]

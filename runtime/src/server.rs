@@ -5,6 +5,7 @@
 //! gracefully on SIGTERM/SIGINT (in-flight requests get up to `stop-timeout`, then the process
 //! applications stop).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -95,7 +96,19 @@ pub struct Status {
     pub applied_commit: String,
     pub pending_restart: Vec<String>,
     pub failed_applications: Vec<String>,
+    /// Applications serving an image older than `applied_commit`'s (their deployment from it
+    /// failed), with the commit their image comes from.
+    pub older_images: BTreeMap<String, String>,
     pub last_error: Option<String>,
+}
+
+/// [`Status::older_images`] of `serving`.
+pub fn older_images(serving: &crate::serving::Serving) -> BTreeMap<String, String> {
+    serving
+        .older_images()
+        .into_iter()
+        .map(|(app, commit)| (app, commit.to_hex()))
+        .collect()
 }
 
 type Shared = Arc<RwLock<Status>>;
@@ -155,6 +168,7 @@ fn boot(
             opts.commit
         ),
     );
+    clean_staging(home, log);
     let load_err = |cause: String| ServerError::Load {
         commit: opts.commit.clone(),
         cause,
@@ -210,6 +224,7 @@ fn boot(
         applied_commit: commit.to_hex(),
         pending_restart: Vec::new(),
         failed_applications: serving.failed().keys().cloned().collect(),
+        older_images: older_images(&serving),
         last_error: serving.failure_summary(),
     }));
     let handle = rt.handle().clone();
@@ -251,6 +266,36 @@ fn boot(
         control,
         engine,
     }))
+}
+
+/// Removes what deployments of processes killed mid-way left in `.workspace/tmp/` (their staging
+/// directories), before this process deploys anything.
+fn clean_staging(home: &ServerHome, log: &Logger) {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let removed = crate::deploy::clean_stale_staging(home, &exe);
+    if removed.is_empty() {
+        return;
+    }
+    let bytes: u64 = removed.iter().map(|(_, b)| b).sum();
+    let names: Vec<String> = removed
+        .iter()
+        .map(|(p, _)| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    log.info(
+        "SERVER-0008",
+        &format!(
+            "Removed {} staging director{} left by interrupted deployments ({:.1} MiB): {}.",
+            removed.len(),
+            if removed.len() == 1 { "y" } else { "ies" },
+            bytes as f64 / f64::from(1 << 20),
+            names.join(", ")
+        ),
+    );
 }
 
 /// The live logging settings: level and rotation.

@@ -1,15 +1,22 @@
 //! What the Managed Server does with its applications: at boot it deploys every application it
 //! runs from its commit and starts the web engine with them; on each resync it deploys only what
-//! the plan says changed (plus what failed before), applies the new web configuration live, and
-//! undeploys what left. A failing application fails alone: it is listed with its reason, the
-//! others serve, and it is retried on the next resync.
+//! the plan says changed, applies the new web configuration live, and undeploys what left. A
+//! failing application fails alone: it is listed with its reason, the others serve.
+//!
+//! An application whose deployment failed is retried in the background (a thread, with the
+//! backoff of [`retry_delay`]), never on the path of a new pin: a resync applies the pin first,
+//! and a newer pin cancels a retry in progress (the retry was for the older commit) and starts
+//! the schedule again. When a redeployment fails, the application keeps serving its previous image;
+//! [`Serving::older_images`] says which applications do, and from which commit.
 //!
 //! "Never run a mix": when the engine refuses a configuration, the images replaced for it are
 //! deployed again from the running commit and the previous [`WebConfig`] is applied again, so the
 //! server keeps serving exactly what it served before.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use reconciler::cache::Cache;
 use reconciler::git::Oid;
@@ -17,10 +24,10 @@ use schema::Loaded;
 use schema::model::{Application, Listener, Server};
 use schema::plan::{AppAction, plan};
 
-use crate::deploy::{self, Deployment, GitSource};
+use crate::deploy::{self, DeployContext, DeployError, Deployment, GitSource};
 use crate::engine::web::{AppSpec, EngineContext, WebConfig, WebEngine, WebError};
 use crate::layout::ServerHome;
-use crate::logfile::{Logger, Rotation};
+use crate::logfile::{Level, Logger, Rotation};
 
 /// Errors of serving applications. A single application's failure is not one of them: it is
 /// reported in [`Serving::failed`].
@@ -62,17 +69,51 @@ pub fn apps_of(loaded: &Loaded, me: &str) -> BTreeMap<String, Application> {
 /// The outcome of deploying one application: its deployment, or why it failed.
 type Deployed = BTreeMap<String, Result<Deployment, String>>;
 
+/// The first retry of a failed deployment waits this long; each further one twice as long.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two retries.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How long to wait before retry number `attempt` (0 for the first) of failed deployments: the
+/// backoff policy, doubling from [`RETRY_FIRST`] up to [`RETRY_MAX`].
+pub fn retry_delay(attempt: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(RETRY_MAX)
+}
+
+/// Logs a step at the `debug` level.
+fn debug(log: &Logger, id: &str, message: &str) {
+    log.log(Level::Fine, id, message);
+}
+
 /// Deploys `apps` from `commit` of the machine's cache, each on its own: one failing does not
-/// stop the others. Blocking (file-system work, and [`GitSource`] is not `Send`): run it on a
-/// thread that may block.
+/// stop the others; `cancel` stops what remains (those are left out of the result). Blocking
+/// (file-system work, and [`GitSource`] is not `Send`): run it on a thread that may block.
 pub fn deploy_apps(
     home: &ServerHome,
     commit: Oid,
     apps: &BTreeMap<String, Application>,
+    cancel: Option<&AtomicBool>,
+    log: &Logger,
 ) -> Deployed {
     if apps.is_empty() {
         return BTreeMap::new();
     }
+    debug(
+        log,
+        "SERVER-0530",
+        &format!(
+            "Deploying {} application(s) from commit {}: {}.",
+            apps.len(),
+            commit.short(),
+            apps.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    );
+    let ctx = DeployContext {
+        cancel,
+        log: Some(log),
+    };
     // Shared lock: no launcher moves the cache aside while the images are read from it.
     let source = Cache::open_shared(&home.domain_home)
         .map_err(|e| e.to_string())
@@ -84,10 +125,12 @@ pub fn deploy_apps(
     match source {
         Ok((_cache, source)) => apps
             .iter()
-            .map(|(name, app)| {
-                let r = deploy::deploy(home, &source, name, app).map_err(|e| e.to_string());
-                (name.clone(), r)
-            })
+            .filter_map(
+                |(name, app)| match deploy::deploy_with(home, &source, name, app, ctx) {
+                    Err(DeployError::Cancelled { .. }) => None,
+                    r => Some((name.clone(), r.map_err(|e| e.to_string()))),
+                },
+            )
             .collect(),
         // Without the commit nothing can deploy: every application fails with the same reason.
         Err(why) => apps
@@ -127,8 +170,44 @@ pub struct Serving {
     current: WebConfig,
     /// The commit the running configuration came from: where images are restored from.
     commit: Oid,
-    /// Applications that failed, with why; retried on the next resync.
+    /// Applications that failed, with why: those of [`Retry::apps`], and process applications
+    /// that are not running (their supervisor restarts them).
     failed: BTreeMap<String, String>,
+    /// The applications of the running commit that this server runs.
+    want: BTreeMap<String, Application>,
+    /// The commit each served image was deployed from (or found unchanged at).
+    images: BTreeMap<String, Oid>,
+    retry: Retry,
+}
+
+/// The background retry of failed deployments.
+#[derive(Debug)]
+struct Retry {
+    /// Applications whose deployment from the running commit failed.
+    apps: BTreeSet<String>,
+    /// Retries done since the last pin (the backoff's exponent).
+    attempt: u32,
+    /// When the next retry may start.
+    next: Instant,
+    job: Option<RetryJob>,
+}
+
+#[derive(Debug)]
+struct RetryJob {
+    cancel: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Deployed>,
+}
+
+impl Retry {
+    /// A fresh schedule for `apps` (at a new pin, or at start).
+    fn new(apps: BTreeSet<String>) -> Retry {
+        Retry {
+            apps,
+            attempt: 0,
+            next: Instant::now() + retry_delay(0),
+            job: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Serving {
@@ -161,17 +240,19 @@ impl Serving {
             .ok_or_else(|| ServingError::NoSuchServer(name.to_owned()))?;
         let apps = apps_of(loaded, name);
         let deployed = {
-            let (home, apps) = (home.clone(), apps.clone());
-            tokio::task::spawn_blocking(move || deploy_apps(&home, commit, &apps))
+            let (home, apps, log) = (home.clone(), apps.clone(), log.clone());
+            tokio::task::spawn_blocking(move || deploy_apps(&home, commit, &apps, None, &log))
                 .await
                 .map_err(|e| ServingError::Join(e.to_string()))?
         };
         let mut failed = BTreeMap::new();
         let mut specs = BTreeMap::new();
+        let mut images = BTreeMap::new();
         for (app, result) in deployed {
             log_deployment(log, &app, &result, commit);
             match result {
                 Ok(deployment) => {
+                    images.insert(app.clone(), commit);
                     if let Some(a) = apps.get(&app) {
                         specs.insert(
                             app,
@@ -187,6 +268,7 @@ impl Serving {
                 }
             }
         }
+        let retry = Retry::new(failed.keys().cloned().collect());
         let config = WebConfig::new(name, server, specs);
         let ctx = EngineContext {
             logs_dir: home.logs(),
@@ -216,6 +298,9 @@ impl Serving {
             current: config,
             commit,
             failed,
+            want: apps,
+            images,
+            retry,
         };
         serving.note_unhealthy();
         log.info("SERVER-0511", &serving.summary());
@@ -232,31 +317,65 @@ impl Serving {
         &self.failed
     }
 
+    /// Applications that serve an image older than the running commit's (their deployment from
+    /// it failed, the previous image stays), with the commit that image was deployed from.
+    pub fn older_images(&self) -> BTreeMap<String, Oid> {
+        self.retry
+            .apps
+            .iter()
+            .filter(|n| self.current.apps.contains_key(*n))
+            .filter_map(|n| Some((n.clone(), *self.images.get(n)?)))
+            .collect()
+    }
+
     /// `last_error` for the status: every failed application with its reason, `None` if none.
     pub fn failure_summary(&self) -> Option<String> {
         if self.failed.is_empty() {
             return None;
         }
+        let older = self.older_images();
         let lines: Vec<String> = self
             .failed
             .iter()
-            .map(|(app, why)| format!("application {app}: {why}"))
+            .map(|(app, why)| match older.get(app) {
+                Some(c) => format!(
+                    "application {app}: {why} (still serving its image from commit {})",
+                    c.short()
+                ),
+                None => format!("application {app}: {why}"),
+            })
             .collect();
         Some(lines.join("\n"))
     }
 
     fn summary(&self) -> String {
+        let older = self.older_images();
         let served: Vec<String> = self
             .current
             .apps
             .iter()
-            .filter(|(n, _)| !self.failed.contains_key(*n))
-            .map(|(n, s)| format!("{n} ({})", s.app.context_path))
+            .filter(|(n, _)| !self.failed.contains_key(*n) || older.contains_key(*n))
+            .map(|(n, s)| match older.get(n) {
+                Some(c) => format!(
+                    "{n} ({}) with its older image from commit {}",
+                    s.app.context_path,
+                    c.short()
+                ),
+                None => format!("{n} ({})", s.app.context_path),
+            })
             .collect();
-        let failed: Vec<&str> = self.failed.keys().map(String::as_str).collect();
+        let failed: Vec<String> = self
+            .failed
+            .keys()
+            .map(|n| match older.get(n) {
+                Some(_) => format!("{n} (its deployment failed; the older image serves)"),
+                None => format!("{n} (not served)"),
+            })
+            .collect();
         format!(
-            "Serving {} application(s): {}{}",
+            "Serving {} application(s) at commit {}: {}{}",
             served.len(),
+            self.commit.short(),
             if served.is_empty() {
                 "none".to_owned()
             } else {
@@ -268,6 +387,148 @@ impl Serving {
                 format!("; failed: {}", failed.join(", "))
             }
         )
+    }
+
+    /// Stops a background retry in progress and waits for it (within one read buffer): a newer
+    /// pin supersedes it. What it deployed before the cancel is discarded; the images it had not
+    /// swapped in yet are untouched.
+    pub fn cancel_retry(&mut self) {
+        if let Some(job) = self.retry.job.take() {
+            job.cancel.store(true, Ordering::SeqCst);
+            let _ = job.thread.join();
+            debug(
+                &self.log,
+                "SERVER-0532",
+                "Cancelled the background retry of failed applications: a newer pin supersedes it.",
+            );
+        }
+    }
+
+    /// Drives the background retry (from the control loop, often): starts a retry when one is
+    /// due, and takes in a finished one (the applications that deployed now serve). Returns true
+    /// when what is served or failed changed.
+    pub fn poll_retry(&mut self, handle: &tokio::runtime::Handle) -> bool {
+        let finished = self
+            .retry
+            .job
+            .as_ref()
+            .is_some_and(|j| j.thread.is_finished());
+        if finished {
+            let Some(job) = self.retry.job.take() else {
+                return false;
+            };
+            let cancelled = job.cancel.load(Ordering::SeqCst);
+            return match job.thread.join() {
+                Ok(deployed) if !cancelled => self.take_retried(handle, deployed),
+                _ => false,
+            };
+        }
+        if self.retry.job.is_none()
+            && !self.retry.apps.is_empty()
+            && Instant::now() >= self.retry.next
+        {
+            self.start_retry();
+        }
+        false
+    }
+
+    fn start_retry(&mut self) {
+        let apps: BTreeMap<String, Application> = self
+            .retry
+            .apps
+            .iter()
+            .filter_map(|n| Some((n.clone(), self.want.get(n)?.clone())))
+            .collect();
+        self.log.info(
+            "SERVER-0506",
+            &format!(
+                "Retrying application(s) that failed at commit {} in the background (attempt {}): {}.",
+                self.commit.short(),
+                self.retry.attempt + 1,
+                apps.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (home, log, commit, flag) = (
+            self.home.clone(),
+            self.log.clone(),
+            self.commit,
+            cancel.clone(),
+        );
+        let thread =
+            std::thread::spawn(move || deploy_apps(&home, commit, &apps, Some(&flag), &log));
+        self.retry.job = Some(RetryJob { cancel, thread });
+    }
+
+    /// The results of a background retry: the applications that deployed are served (one engine
+    /// apply), the others wait for the next retry, later.
+    fn take_retried(&mut self, handle: &tokio::runtime::Handle, deployed: Deployed) -> bool {
+        let mut config = self.current.clone();
+        let mut fixed = Vec::new();
+        for (name, result) in deployed {
+            log_deployment(&self.log, &name, &result, self.commit);
+            match result {
+                Ok(d) => {
+                    if let Some(app) = self.want.get(&name) {
+                        config.apps.insert(
+                            name.clone(),
+                            AppSpec {
+                                app: app.clone(),
+                                deployment: d,
+                            },
+                        );
+                        fixed.push(name);
+                    }
+                }
+                Err(why) => {
+                    self.failed.insert(name, why);
+                }
+            }
+        }
+        if !fixed.is_empty() {
+            debug(
+                &self.log,
+                "SERVER-0531",
+                &format!(
+                    "Applying the web configuration with the retried application(s): {}.",
+                    fixed.join(", ")
+                ),
+            );
+            match handle.block_on(self.engine.apply(config.clone())) {
+                Ok(report) => {
+                    for name in &fixed {
+                        self.failed.remove(name);
+                        self.retry.apps.remove(name);
+                        self.images.insert(name.clone(), self.commit);
+                    }
+                    for (app, why) in report.failed {
+                        self.log.severe(
+                            "SERVER-0505",
+                            &format!("Application {app} failed to start: {why}"),
+                        );
+                        self.failed.insert(app, why);
+                    }
+                    self.current = config;
+                }
+                Err(e) => {
+                    self.log.severe(
+                        "SERVER-0514",
+                        &format!(
+                            "The web engine refused the retried application(s) {}: {e}; they stay failed.",
+                            fixed.join(", ")
+                        ),
+                    );
+                    for name in &fixed {
+                        self.failed.insert(name.clone(), e.to_string());
+                    }
+                }
+            }
+        }
+        self.retry.attempt = self.retry.attempt.saturating_add(1);
+        self.retry.next = Instant::now() + retry_delay(self.retry.attempt);
+        self.note_unhealthy();
+        self.log.info("SERVER-0511", &self.summary());
+        true
     }
 
     /// A process application that is routed but not healthy (its start failed and the
@@ -313,46 +574,35 @@ impl Serving {
                     .collect()
             })
             .unwrap_or_default();
-        // Deployed now: what the plan (re)deploys, what failed before (the retry), and anything
-        // wanted that the engine does not serve yet.
+        // The pin first: a retry of the older commit must not delay it.
+        self.cancel_retry();
+        // Deployed now: what the plan (re)deploys, and anything wanted that the engine does not
+        // serve yet, except what failed before and is unchanged (the background retry's).
         let to_deploy: BTreeMap<String, Application> = want
             .iter()
             .filter(|(n, _)| {
                 matches!(
                     actions.get(n.as_str()),
                     Some(AppAction::Deploy | AppAction::Redeploy)
-                ) || self.failed.contains_key(*n)
-                    || !self.current.apps.contains_key(*n)
+                ) || (!self.current.apps.contains_key(*n) && !self.retry.apps.contains(*n))
             })
             .map(|(n, a)| (n.clone(), a.clone()))
             .collect();
-        let retried: Vec<&String> = to_deploy
-            .keys()
-            .filter(|n| self.failed.contains_key(*n))
-            .collect();
-        if !retried.is_empty() {
-            self.log.info(
-                "SERVER-0506",
-                &format!(
-                    "Retrying application(s) that failed: {}.",
-                    retried
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-        }
-        let deployed = deploy_apps(&self.home, commit, &to_deploy);
+        let deployed = deploy_apps(&self.home, commit, &to_deploy, None, &self.log);
         let mut failed = BTreeMap::new();
         let mut specs = BTreeMap::new();
         let mut rewritten = Vec::new();
+        // Failed deployments, to retry in the background: those of this pin and those carried
+        // over.
+        let mut retry = BTreeSet::new();
+        let mut images = BTreeMap::new();
         for (name, app) in &want {
             match deployed.get(name) {
                 Some(result) => {
                     log_deployment(&self.log, name, result, commit);
                     match result {
                         Ok(d) => {
+                            images.insert(name.clone(), commit);
                             if !d.reused {
                                 rewritten.push(name.clone());
                             }
@@ -366,15 +616,25 @@ impl Serving {
                         }
                         Err(why) => {
                             failed.insert(name.clone(), why.clone());
+                            retry.insert(name.clone());
                             // A failed redeployment left the image untouched: the previous
                             // version (with its settings) keeps serving.
                             if let Some(previous) = self.current.apps.get(name) {
                                 specs.insert(name.clone(), previous.clone());
+                                images.extend(self.images.get(name).map(|c| (name.clone(), *c)));
                             }
                         }
                     }
                 }
                 None => {
+                    if self.retry.apps.contains(name) {
+                        // Failed before, unchanged by this pin: still failed, retried later.
+                        retry.insert(name.clone());
+                        if let Some(why) = self.failed.get(name) {
+                            failed.insert(name.clone(), why.clone());
+                        }
+                    }
+                    images.extend(self.images.get(name).map(|c| (name.clone(), *c)));
                     // Not redeployed: the same image, with the new live settings.
                     if let Some(previous) = self.current.apps.get(name) {
                         specs.insert(
@@ -393,6 +653,16 @@ impl Serving {
             deployed: rewritten.clone(),
             ..Applied::default()
         };
+        debug(
+            &self.log,
+            "SERVER-0531",
+            &format!(
+                "Applying the web configuration of commit {}: {} application(s), {} listener(s).",
+                commit.short(),
+                config.apps.len(),
+                config.listeners.len()
+            ),
+        );
         let result = match handle.block_on(self.engine.apply(config.clone())) {
             Err(WebError::RestartRequired { paths }) => {
                 // Everything else of this configuration applies now; the listeners stay as
@@ -442,11 +712,19 @@ impl Serving {
             }
         }
         self.engine.set_rotation(rotation_of(server));
+        let changed = !applied.deployed.is_empty()
+            || !applied.undeployed.is_empty()
+            || failed.keys().ne(self.failed.keys())
+            || commit != self.commit && !failed.is_empty();
         self.current = config;
         self.commit = commit;
         self.failed = failed;
+        self.want = want;
+        self.images = images;
+        // A new pin starts the schedule again: it may have fixed what failed.
+        self.retry = Retry::new(retry);
         self.note_unhealthy();
-        if !applied.deployed.is_empty() || !applied.undeployed.is_empty() || !retried.is_empty() {
+        if changed {
             self.log.info("SERVER-0511", &self.summary());
         }
         Ok(applied)
@@ -475,7 +753,7 @@ impl Serving {
             .iter()
             .filter_map(|n| Some((n.clone(), self.current.apps.get(n)?.app.clone())))
             .collect();
-        for (name, result) in deploy_apps(&self.home, self.commit, &restore) {
+        for (name, result) in deploy_apps(&self.home, self.commit, &restore, None, &self.log) {
             if let Err(why) = result {
                 self.log.severe(
                     "SERVER-0513",
@@ -499,7 +777,12 @@ impl Serving {
     }
 
     /// Graceful stop: requests in flight finish (up to `deadline`), process applications stop.
+    /// A background retry in progress is told to stop (what it left is removed at the next
+    /// start at the latest).
     pub async fn shutdown(&self, deadline: Duration) {
+        if let Some(job) = &self.retry.job {
+            job.cancel.store(true, Ordering::SeqCst);
+        }
         self.engine.shutdown(deadline).await;
     }
 }
@@ -713,6 +996,14 @@ targets = ["s1"]
         serving.apply(rt.handle(), &running, &target, c2).unwrap();
         assert!(get(addr, "/a/").ends_with("A2"));
         rt.block_on(serving.shutdown(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn retries_back_off_doubling_up_to_a_ceiling() {
+        let waits: Vec<u64> = (0..5).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16]);
+        assert_eq!(retry_delay(9), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
     }
 
     fn l(port: u16, max: u32) -> Listener {

@@ -60,6 +60,7 @@ fn app(kind: AppKind, source: &str, libraries: &[&str]) -> Application {
         index: "index.html".to_owned(),
         health_path: "/".to_owned(),
         start_timeout: schema::values::Dur::secs(5),
+        max_unpacked_size: schema::model::default_max_unpacked_size(),
     }
 }
 
@@ -411,4 +412,190 @@ fn refuses_a_library_file_provided_twice_and_bad_ids() {
     let e =
         deploy::deploy(&h, &tree, "../x", &app(AppKind::Static, "site", &[])).expect_err("bad id");
     assert!(matches!(e, DeployError::BadName { .. }));
+}
+
+/// A zip of one stored (uncompressed) entry.
+fn stored_zip(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .unix_permissions(0o644);
+    w.start_file(name, opts).expect("start");
+    w.write_all(data).expect("write");
+    w.finish().expect("finish").into_inner()
+}
+
+/// Sets the uncompressed size recorded for the only entry of `zip`, in its local header and in
+/// the central directory, to `size` (as a forger would).
+fn forge_zip_size(zip: &mut [u8], size: u32) {
+    let find = |zip: &[u8], sig: &[u8]| zip.windows(4).position(|w| w == sig).expect("signature");
+    let local = find(zip, b"PK\x03\x04");
+    zip[local + 22..local + 26].copy_from_slice(&size.to_le_bytes());
+    let central = find(zip, b"PK\x01\x02");
+    zip[central + 24..central + 28].copy_from_slice(&size.to_le_bytes());
+}
+
+#[test]
+fn refuses_corrupt_archives_naming_the_entry_and_keeps_the_old_image() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let h = home(tmp.path());
+    let good = commit(&repo, &[("site/index.html", b"v1", false)]);
+    let d = deploy::deploy(&h, &good, "site", &app(AppKind::Static, "site", &[])).expect("v1");
+    let index = d.image.join("index.html");
+
+    // A zip whose stored data no longer matches its CRC-32.
+    let mut crc = stored_zip("page.html", b"hello world, intact");
+    let at = crc
+        .windows(5)
+        .position(|w| w == b"hello")
+        .expect("stored data");
+    crc[at] = b'J';
+    // A tar.gz whose gzip trailer (CRC-32 of the data) is wrong: every entry reads fine.
+    let mut trailer = tar_gz(&[("index.html", b"tar index", 0o644)]);
+    let n = trailer.len();
+    trailer[n - 8] ^= 0xff;
+    // A zip entry that declares 1,000 bytes and inflates to 4 MiB.
+    let mut long = zip_of(&[("big.bin", &vec![0u8; 4 << 20])]);
+    forge_zip_size(&mut long, 1000);
+    // A zip entry that declares more than its data holds.
+    let mut short = stored_zip("short.txt", b"only these bytes");
+    forge_zip_size(&mut short, 5000);
+    // A tar that ends inside its second entry.
+    let mut cut = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut cut);
+        for (name, len) in [("first.txt", 10usize), ("second.bin", 8192)] {
+            let mut head = tar::Header::new_gnu();
+            head.set_size(len as u64);
+            head.set_mode(0o644);
+            head.set_cksum();
+            b.append_data(&mut head, name, &vec![b'x'; len][..])
+                .expect("append");
+        }
+        b.finish().expect("finish");
+    }
+    cut.truncate(512 + 512 + 512 + 3000);
+
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("crc.zip", crc, "\"page.html\"", "corrupt data"),
+        (
+            "trailer.tar.gz",
+            trailer,
+            "",
+            "corrupt after the last entry",
+        ),
+        (
+            "long.zip",
+            long,
+            "\"big.bin\"",
+            "longer than its declared size of 1000",
+        ),
+        (
+            "short.zip",
+            short,
+            "\"short.txt\"",
+            "ends after 16 of its declared 5000",
+        ),
+        ("cut.tar", cut, "\"second.bin\"", "ends inside this entry"),
+    ];
+    let files: Vec<(String, Vec<u8>)> = cases
+        .iter()
+        .map(|(n, b, _, _)| (format!("bad/{n}"), b.clone()))
+        .collect();
+    let refs: Vec<(&str, &[u8], bool)> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice(), false))
+        .collect();
+    let bad = commit(&repo, &refs);
+    for (name, _, entry, why) in &cases {
+        let e = deploy::deploy(
+            &h,
+            &bad,
+            "site",
+            &app(AppKind::Static, &format!("bad/{name}"), &[]),
+        )
+        .expect_err(name);
+        let text = e.to_string();
+        assert!(text.contains(why), "{name}: {text}");
+        assert!(text.contains(entry), "{name}: {text}");
+        assert!(text.contains(&format!("bad/{name}")), "{name}: {text}");
+        assert_eq!(std::fs::read(&index).expect("old image"), b"v1", "{name}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(h.tmp())
+        .expect("tmp")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn the_unpacked_size_limit_is_per_application() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let h = home(tmp.path());
+    let chunk = vec![b'a'; 600 << 10];
+    let tgz = tar_gz(&[("a.bin", &chunk, 0o644), ("b.bin", &chunk, 0o644)]);
+    let zip = zip_of(&[("a.bin", &chunk), ("b.bin", &chunk)]);
+    let src = commit(
+        &repo,
+        &[("d/site.tar.gz", &tgz, false), ("d/site.zip", &zip, false)],
+    );
+    for source in ["d/site.tar.gz", "d/site.zip"] {
+        let mut small = app(AppKind::Static, source, &[]);
+        small.max_unpacked_size = schema::values::ByteSize(1 << 20);
+        let e = deploy::deploy(&h, &src, "small", &small).expect_err(source);
+        let text = e.to_string();
+        assert!(
+            text.contains("unpacks to more than 1MiB (applications.small.max-unpacked-size)"),
+            "{source}: {text}"
+        );
+        // The default (2GiB) takes it.
+        let d = deploy::deploy(&h, &src, "big", &app(AppKind::Static, source, &[])).expect(source);
+        assert_eq!(
+            std::fs::metadata(d.image.join("b.bin")).expect("b").len(),
+            600 << 10
+        );
+    }
+}
+
+#[test]
+fn a_cancelled_deployment_leaves_the_old_image_and_no_staging() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let h = home(tmp.path());
+    let v1 = commit(&repo, &[("site/index.html", b"v1", false)]);
+    let d = deploy::deploy(&h, &v1, "site", &app(AppKind::Static, "site", &[])).expect("v1");
+    let tgz = tar_gz(&[("index.html", b"v2", 0o644)]);
+    let v2 = commit(
+        &repo,
+        &[
+            ("site.tar.gz", &tgz, false),
+            ("site/index.html", b"v2", false),
+        ],
+    );
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let ctx = deploy::DeployContext {
+        cancel: Some(&cancel),
+        log: None,
+    };
+    for source in ["site", "site.tar.gz"] {
+        let e = deploy::deploy_with(&h, &v2, "site", &app(AppKind::Static, source, &[]), ctx)
+            .expect_err(source);
+        assert!(matches!(e, DeployError::Cancelled { .. }), "{source}: {e}");
+        assert_eq!(
+            std::fs::read(d.image.join("index.html")).expect("v1"),
+            b"v1"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(h.tmp())
+        .expect("tmp")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

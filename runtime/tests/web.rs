@@ -122,6 +122,7 @@ fn application(kind: AppKind, context: &str) -> Application {
         index: "index.html".to_owned(),
         health_path: "/".to_owned(),
         start_timeout: Dur::secs(10),
+        max_unpacked_size: schema::model::default_max_unpacked_size(),
     }
 }
 

@@ -392,6 +392,8 @@ pub struct Application {
     pub health_path: String,
     #[serde(default = "default_start_timeout")]
     pub start_timeout: Dur,
+    #[serde(default = "default_max_unpacked_size")]
+    pub max_unpacked_size: ByteSize,
 }
 
 fn default_index() -> String {
@@ -402,6 +404,10 @@ fn default_health() -> String {
 }
 fn default_start_timeout() -> Dur {
     Dur::secs(30)
+}
+/// An archive source unpacking to more is refused (a guard against compression bombs).
+pub fn default_max_unpacked_size() -> ByteSize {
+    ByteSize(2 << 30)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -665,6 +665,14 @@ pub static SETTINGS: &[Setting] = &[
         "\"30s\"",
         "`process`: how long it may take to answer its health path.",
     ),
+    s(
+        Domain,
+        "applications.*.max-unpacked-size",
+        Kind::ByteSize,
+        Redeploy,
+        "\"2GiB\"",
+        "Archive sources: most bytes the archive may unpack to; a larger one is refused.",
+    ),
     // security/accounts.toml
     Setting {
         file: Accounts,

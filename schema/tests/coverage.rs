@@ -121,6 +121,7 @@ fn maximal() -> Domain {
                     index: "i".into(),
                     health_path: "/h".into(),
                     start_timeout: Dur::secs(1),
+                    max_unpacked_size: ByteSize(1 << 20),
                 },
             ),
         },

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::deploy::Deployment;
-use crate::logfile::{LogFile, Logger, Rotation};
+use crate::logfile::{Level, LogFile, Logger, Rotation};
 
 /// Time a stopped process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -208,6 +208,41 @@ impl Run {
         }
     }
 
+    /// A step logged at the `debug` level (`logging.level = "debug"`).
+    fn debug(&self, id: &str, msg: &str) {
+        if let Some(l) = &self.logger {
+            l.log(
+                Level::Fine,
+                id,
+                &format!("Application {}: {msg}", self.spec.app),
+            );
+        }
+    }
+
+    /// Stops the child (see [`terminate`]), logging each step at the `debug` level.
+    async fn stop_child(&self, child: &mut tokio::process::Child, why: &str) {
+        let pid = child.id().unwrap_or(0);
+        self.debug(
+            "WEB-0208",
+            &format!(
+                "stopping pid {pid} ({why}): SIGTERM to its process group, SIGKILL after {}.",
+                crate::engine::web::fmt_duration(STOP_GRACE)
+            ),
+        );
+        let (status, killed) = terminate(child).await;
+        self.debug(
+            "WEB-0209",
+            &format!(
+                "pid {pid} stopped{}: {status}.",
+                if killed {
+                    " (killed: it did not stop within the grace period)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+
     fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
@@ -268,6 +303,17 @@ impl Run {
         app_log: Option<Arc<Mutex<LogFile>>>,
     ) -> Result<Duration, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        self.debug(
+            "WEB-0206",
+            &format!(
+                "starting {:?} with arguments {:?} in {} on port {port}; health path {} (start-timeout {}).",
+                self.spec.command,
+                self.spec.args,
+                self.spec.deployment.work_dir.display(),
+                live.health_path,
+                crate::engine::web::fmt_duration(live.start_timeout)
+            ),
+        );
         let mut child = self.command(port)?.spawn().map_err(|e| {
             format!(
                 "cannot run {:?} (in {}): {e}",
@@ -294,7 +340,9 @@ impl Run {
                 pid.unwrap_or(0)
             ),
         );
-        let deadline = Instant::now() + live.start_timeout;
+        let started = Instant::now();
+        let deadline = started + live.start_timeout;
+        let mut probes = 0u32;
         let healthy = loop {
             if self.stopping() {
                 break Err("stopped".to_owned());
@@ -303,8 +351,28 @@ impl Run {
                 break Err(format!("exited during start: {status}"));
             }
             if probe(port, &live.health_path).await {
+                self.debug(
+                    "WEB-0207",
+                    &format!(
+                        "health path {} answered on port {port} after {} ms ({} probe(s)).",
+                        live.health_path,
+                        started.elapsed().as_millis(),
+                        probes + 1
+                    ),
+                );
                 break Ok(());
             }
+            if probes == 0 {
+                self.debug(
+                    "WEB-0207",
+                    &format!(
+                        "health path {} not answering on port {port} yet; probing every {} ms.",
+                        live.health_path,
+                        PROBE_EVERY.as_millis()
+                    ),
+                );
+            }
+            probes += 1;
             if Instant::now() >= deadline {
                 break Err(format!(
                     "{} did not answer within {}",
@@ -318,7 +386,7 @@ impl Run {
             }
         };
         if let Err(why) = healthy {
-            terminate(&mut child).await;
+            self.stop_child(&mut child, "not healthy").await;
             return Err(why);
         }
         let since = Instant::now();
@@ -336,7 +404,7 @@ impl Run {
             }
             _ = self.stop.changed() => {
                 let _ = self.state.send(ProcState::Starting);
-                terminate(&mut child).await;
+                self.stop_child(&mut child, "the application is stopped or replaced").await;
             }
         }
         if let Ok(mut p) = self.pid.lock() {
@@ -425,27 +493,31 @@ async fn probe(port: u16, path: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// SIGTERM to the process group, SIGKILL after [`STOP_GRACE`].
-async fn terminate(child: &mut tokio::process::Child) {
+/// SIGTERM to the process group, SIGKILL after [`STOP_GRACE`]. Returns how the child ended and
+/// whether it had to be killed.
+async fn terminate(child: &mut tokio::process::Child) -> (String, bool) {
+    let ended = |r: std::io::Result<std::process::ExitStatus>| {
+        r.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+    };
     let Some(pid) = child.id() else {
-        return;
+        return (ended(child.wait().await), false);
     };
     let Ok(pgid) = i32::try_from(pid) else {
-        return;
+        return ("not signalled (pid out of range)".to_owned(), false);
     };
     // SAFETY: kill(2) with a negative pid signals the group this child leads.
     unsafe {
         libc::kill(-pgid, libc::SIGTERM);
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(r) => (ended(r), false),
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            (ended(child.wait().await), true)
         }
-        let _ = child.wait().await;
     }
 }
 
