@@ -1099,3 +1099,164 @@ fn a_server_removed_from_the_domain_is_not_booted_from_an_older_cache() {
     assert!(!stdout.contains("[Launcher-0030]"), "{stdout}");
     assert!(get(port, "/v1/status").is_err());
 }
+
+/// The Master's answer to `GET path` as admin.
+fn master_get(master: &Master, path: &str) -> serde_json::Value {
+    let mut st = TcpStream::connect(("127.0.0.1", master.port)).expect("connect");
+    st.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        st,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    st.read_to_end(&mut raw).expect("read");
+    let raw = text(&raw);
+    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_master_that_refuses_is_an_error_and_the_credentials_file_is_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("refuse");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let master = Master::start(&tmp.path().join("master"), &src);
+    let home = tmp.path().join("home");
+    let _guard = ServerGuard::new(&home, "server1");
+    // A first start warms the cache: what used to boot INDEPENDENT from it after a refusal.
+    assert_ok(&start(
+        &home,
+        &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+    ));
+    assert_ok(&stop(&home));
+
+    for (extra, says) in [
+        (
+            vec!["--master-url", &master.url()],
+            "it asks for credentials and none were given (401)",
+        ),
+        (
+            vec!["--master-url", &master.url(), "-u", "admin", "-p", "nope"],
+            "it refused the credentials of user admin (401)",
+        ),
+    ] {
+        let out = start(&home, &extra);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains("[Launcher-0068]"), "{stdout}");
+        assert!(stdout.contains(says), "{stdout}");
+        assert!(stdout.contains("Not starting as INDEPENDENT"), "{stdout}");
+        assert!(stdout.contains("config/server-credentials"), "{stdout}");
+        assert!(!stdout.contains("Launcher-0030"), "{stdout}");
+        assert!(get(port, "/v1/status").is_err(), "no server runs");
+    }
+
+    // The servers' own account, from a credentials file: refused while others can read it.
+    std::fs::create_dir_all(home.join("config")).expect("mkdir");
+    let file = home.join("config/server-credentials");
+    std::fs::write(
+        &file,
+        "STEWARD_USER=steward-server\nSTEWARD_PASSWORD=server\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = start(&home, &["--master-url", &master.url()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("readable by others (mode 644)"), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_ok(&start(&home, &["--master-url", &master.url()]));
+    assert_eq!(status(port)["mode"], "DEPENDENT");
+    let script =
+        std::fs::read_to_string(home.join("servers/server1/bin/startServer")).expect("startServer");
+    assert!(
+        !script.contains("PASSWORD=") && !script.contains(" -p ") && !script.contains("--password"),
+        "{script}"
+    );
+    let pid =
+        std::fs::read_to_string(home.join("servers/server1/.workspace/server.pid")).expect("pid");
+    let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).expect("cmdline");
+    assert!(!text(&argv).contains("PASSWORD"), "{}", text(&argv));
+
+    // The servers' password changes under the running server: its status and the Master say why.
+    let url = format!(
+        "http://admin:admin@127.0.0.1:{}/git/domain.git",
+        master.port
+    );
+    let clone = tmp.path().join("clone");
+    git(tmp.path(), &["clone", "-q", &url, &clone.to_string_lossy()]);
+    let accounts = std::fs::read_to_string(clone.join("security/accounts.toml")).expect("read");
+    let admin_hash = accounts
+        .lines()
+        .find(|l| l.starts_with("password = "))
+        .expect("admin's hash")
+        .to_owned();
+    let mut lines: Vec<String> = accounts.lines().map(str::to_owned).collect();
+    let at = lines
+        .iter()
+        .position(|l| l == "[users.steward-server]")
+        .expect("the server account");
+    lines[at + 1] = admin_hash;
+    std::fs::write(
+        clone.join("security/accounts.toml"),
+        lines.join("\n") + "\n",
+    )
+    .expect("write");
+    git(
+        &clone,
+        &["commit", "-qam", "a new password for the servers"],
+    );
+    git(&clone, &["push", "-q", "origin", "main"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mine = status(port)["last_error"].as_str().unwrap_or("").to_owned();
+        let seen = master_get(&master, "/v1/servers/server1")["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if mine.contains("refused this server's credentials")
+            && seen.contains("refused this server's report")
+        {
+            assert!(mine.contains("server-credentials"), "{mine}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server: {mine:?}; Master: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ok(&stop(&home));
+}
+
+#[test]
+fn stopping_an_unknown_server_is_an_error_naming_the_known_ones() {
+    let tmp = TempDir::new("unknown");
+    let port = free_port();
+    let src = domain_repo(tmp.path(), port);
+    let master_home = tmp.path().join("master");
+    let _master = Master::start(&master_home, &src);
+    let h = master_home.to_string_lossy().into_owned();
+    let out = steward(
+        &["stop-server", "--domain-home", &h, "--server", "nosuch"],
+        &[],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("[Launcher-0095]"), "{stdout}");
+    assert!(
+        stdout.contains("known servers: server1, server2, server3"),
+        "{stdout}"
+    );
+    // A server of the domain that is not running is no error.
+    let out = steward(
+        &["stop-server", "--domain-home", &h, "--server", "server2"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("[Launcher-0093]"));
+}

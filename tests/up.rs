@@ -38,13 +38,50 @@ impl Drop for Up {
     }
 }
 
+/// `up`'s output, line by line, as it comes.
+struct Output {
+    rx: mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Output {
+    fn new(stdout: impl Read + Send + 'static) -> Output {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Output {
+            rx,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Reads until a line satisfies `f` (searching from line `from`); returns its index.
+    fn until(&mut self, from: usize, what: &str, f: impl Fn(&str) -> bool) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(i) = (from..self.lines.len()).find(|&i| f(&self.lines[i])) {
+                return i;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => self.lines.push(l),
+                Err(_) => panic!("no {what}; output so far:\n{}", self.lines.join("\n")),
+            }
+        }
+    }
+}
+
 #[test]
-fn up_runs_the_whole_domain_and_stops_it() {
+fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
+    use std::os::unix::process::CommandExt;
     // The example domain, moved to free ports.
     let repo = Repo::example("up-domain");
     let ports = util::example_on_free_ports(&repo);
-    let home = TempDir::new("up-home");
-    let home = home.path().join("domain1");
+    let tmp = TempDir::new("up-home");
+    let home = tmp.path().join("domain1");
     let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
         .arg("up")
         .arg(repo.path())
@@ -55,29 +92,14 @@ fn up_runs_the_whole_domain_and_stops_it() {
         .stderr(Stdio::inherit())
         .env_remove("STEWARD_USER")
         .env_remove("STEWARD_PASSWORD")
+        // A process group of its own, as a shell gives a foreground job: Ctrl-C is sent to it.
+        .process_group(0)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut out = Output::new(child.stdout.take().unwrap());
     let up = Up(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !log
-        .iter()
-        .any(|l: &String| l.contains("Ctrl-C stops everything"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => log.push(l),
-            Err(_) => panic!("no banner; output so far:\n{}", log.join("\n")),
-        }
-    }
-    let all = log.join("\n");
+    let banner = out.until(0, "banner", |l| l.contains("Ctrl-C stops everything"));
+    let all = out.lines.join("\n");
     assert!(
         all.contains(&format!(
             "push URL      http://admin:admin@127.0.0.1:{}/git/domain.git",
@@ -86,6 +108,21 @@ fn up_runs_the_whole_domain_and_stops_it() {
         "{all}"
     );
     assert!(all.contains("credentials   admin / admin"), "{all}");
+    // The servers use their own account, from a file only its owner can read.
+    let creds = home.join("config/server-credentials");
+    assert!(
+        all.contains(&format!(
+            "servers       log in as steward-server (from {})",
+            creds.display()
+        )),
+        "{all}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(all.contains("it is kept when `up` ends"), "{all}");
     assert!(
         all.contains(&format!("web: http://127.0.0.1:{}/shop", ports[4])),
         "{all}"
@@ -107,19 +144,74 @@ fn up_runs_the_whole_domain_and_stops_it() {
         api.contains("\"greeting\": \"hello from the api\""),
         "{api}"
     );
-    assert!(api.contains("\"path\": \"/api/orders\""), "{api}");
-    let health = get(ports[0], "/healthz").unwrap_or_default();
-    assert!(
-        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
-        "{health}"
-    );
 
-    // SIGINT: everything stops, servers first, and `up` exits 0.
+    // A second `up` of the same domain: it names the busy port, starts and creates nothing.
+    let other = tmp.path().join("second");
+    let second = util::steward(repo.path(), &["up", ".", "--home", other.to_str().unwrap()]);
+    assert_eq!(second.code, 1, "{}{}", second.stdout, second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "port {} (the Master's listen) is in use",
+            ports[0]
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(!other.exists(), "nothing is created by a refused up");
+    assert!(second.stdout.is_empty(), "{}", second.stdout);
+
+    // server3 (restart-policy auto) restarts itself for a restart-class change; `up` follows
+    // the new process and keeps streaming its log.
+    let old = util::pid_of(&home, "server3");
+    let clone = tmp.path().join("clone");
+    let url = format!("http://admin:admin@127.0.0.1:{}/git/domain.git", ports[0]);
+    assert_eq!(
+        util::git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
+        0
+    );
+    let toml = std::fs::read_to_string(clone.join("domain.toml")).unwrap();
+    let toml = toml.replace(
+        "[servers.server3.component.timer-service]",
+        "[servers.server3.process]\nenv = { RESTARTED = \"yes\" }\n\n[servers.server3.component.timer-service]",
+    );
+    std::fs::write(clone.join("domain.toml"), toml).unwrap();
+    assert_eq!(
+        util::git(&clone, &["commit", "-qam", "server3: new env"]).code,
+        0
+    );
+    let push = util::git(&clone, &["push", "-q", "origin", "main"]);
+    assert_eq!(push.code, 0, "{}", push.stderr);
+    let running_again = |old: String| {
+        move |l: &str| {
+            l.contains(" up | server3 ")
+                && (l.contains("is running [pid : ") || l.contains("was restarted"))
+                && !l.contains(&format!(": {old}]"))
+                && !l.contains(&format!("-> {old}]"))
+        }
+    };
+    let auto = out.until(banner, "restart of server3", running_again(old.clone()));
+    let new = util::pid_of(&home, "server3");
+    assert_ne!(new, old);
+    assert!(out.lines[auto].contains(&new), "{}", out.lines[auto]);
+    out.until(auto, "server3's log after its restart", |l| {
+        l.starts_with("server3 | ") && l.contains("[SERVER-0248] The server is RUNNING.")
+    });
+
+    // And by hand: stop-server, start-server.
+    util::stop_server(&home, "server1");
+    util::start_server(&home, "server1", ports[0]);
+    let hand = out.until(auto, "server1 back", |l| {
+        l.contains(" up | server1 is running [pid : ")
+    });
+    assert!(out.lines[hand].contains(&util::pid_of(&home, "server1")));
+
+    // Ctrl-C as a terminal sends it: to the whole process group. Only `up` acts on it: every
+    // server stops (whatever its pid now), then the Master.
     let mut up = up;
+    let group = format!("-{}", up.0.id());
     assert!(
         Command::new("kill")
-            .arg("-INT")
-            .arg(up.0.id().to_string())
+            .args(["-INT", "--", &group])
             .status()
             .unwrap()
             .success()
@@ -133,20 +225,112 @@ fn up_runs_the_whole_domain_and_stops_it() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status}");
-    let rest: Vec<String> = rx.try_iter().collect();
-    let stopped = rest.join("\n");
-    let server_stop = stopped.find("The server stopped").unwrap_or(usize::MAX);
-    let master_stop = stopped.find("[Master-0002]").unwrap_or(0);
+    out.lines.extend(out.rx.try_iter());
+    let stopped = out.lines[hand..].join("\n");
+    let line = |f: &dyn Fn(&str) -> bool| out.lines[hand..].iter().position(|l| f(l));
+    let master_stop = line(&|l| l.contains("[Master-0002]"))
+        .unwrap_or_else(|| panic!("no Master stop:\n{stopped}"));
+    for s in ["server1", "server2", "server3"] {
+        let at = line(&|l| {
+            l.starts_with(&format!("{s} | ")) && l.contains("[SERVER-0301] The server stopped.")
+        })
+        .unwrap_or_else(|| panic!("{s} did not stop:\n{stopped}"));
+        assert!(at < master_stop, "{s} stops before the Master:\n{stopped}");
+    }
     assert!(
-        server_stop < master_stop,
-        "servers stop before the Master:\n{stopped}"
+        stopped.contains(&format!("`steward up --home {}`", home.display())),
+        "{stopped}"
     );
+    for port in ports[..4].iter().chain([&(ports[3] + 1)]) {
+        assert!(
+            TcpStream::connect(("127.0.0.1", *port)).is_err(),
+            "port {port} still open"
+        );
+    }
+    // Nothing of this domain home runs: no server, no launcher, no process application.
+    let left = util::processes_with(home.to_str().unwrap());
+    assert!(left.is_empty(), "still running: {left:?}");
+}
+
+#[test]
+fn up_stops_everything_when_a_server_cannot_start() {
+    let repo = Repo::example("up-fail");
+    let ports = util::example_on_free_ports(&repo);
+    let tmp = TempDir::new("up-fail-home");
+    let home = tmp.path().join("domain1");
+    // The launchers inherit a wrong password: the Master refuses them.
+    let r: util::Run = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg("up")
+        .arg(repo.path())
+        .arg("--home")
+        .arg(&home)
+        .env("STEWARD_USER", "steward-server")
+        .env("STEWARD_PASSWORD", "wrong")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("[Launcher-0068]"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("did not start (see the lines above); stopped everything"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("is up;"), "{}", r.stdout);
+    assert!(r.stdout.contains("[Master-0002]"), "{}", r.stdout);
     for port in &ports[..4] {
         assert!(
             TcpStream::connect(("127.0.0.1", *port)).is_err(),
             "port {port} still open"
         );
     }
+    assert!(util::processes_with(home.to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn init_works_from_any_directory_with_the_built_in_example() {
+    let cwd = TempDir::new("init-anywhere");
+    let home = cwd.path().join("home");
+    let r = util::steward(cwd.path(), &["init", "home"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("wrote the servers' credentials (steward-server")
+    );
+    // The first commit holds exactly the example domain of the source tree.
+    let git_dir = home.join("config/domain.git");
+    let files = util::git(&git_dir, &["ls-tree", "-r", "--name-only", "main"]).stdout;
+    let mut expected = Vec::new();
+    fn walk(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = format!("{rel}{}", e.file_name().to_string_lossy());
+            if e.path().is_dir() {
+                walk(&e.path(), &format!("{name}/"), out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+    walk(&util::example_dir(), "", &mut expected);
+    expected.sort();
+    let mut got: Vec<String> = files.lines().map(str::to_owned).collect();
+    got.sort();
+    assert_eq!(got, expected);
+    for f in &expected {
+        let blob = util::git(&git_dir, &["show", &format!("main:{f}")]).stdout;
+        let disk = std::fs::read_to_string(util::example_dir().join(f)).unwrap();
+        assert_eq!(blob, disk, "{f}");
+    }
+    // The process application stays executable.
+    let mode = util::git(&git_dir, &["ls-tree", "main", "apps/api/bin/api"]).stdout;
+    assert!(mode.starts_with("100755"), "{mode}");
+    let log = util::git(&git_dir, &["log", "-1", "--format=%B", "main"]).stdout;
+    assert!(
+        log.contains("the example domain built into steward"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -58,9 +58,10 @@ pub struct Initialized {
     pub warnings: String,
 }
 
-/// Creates the domain home `home` from the domain directory `from`; `steward_exe` is what the
-/// installed pre-receive hook runs.
-pub fn init(home: &Path, from: &Path, steward_exe: &Path) -> Result<Initialized> {
+/// Creates the domain home `home` from the domain directory `from`, named `source` in the first
+/// commit's message (a path, or "the example domain built into steward"); `steward_exe` is what
+/// the installed pre-receive hook runs.
+pub fn init(home: &Path, from: &Path, source: &str, steward_exe: &Path) -> Result<Initialized> {
     if !from.is_dir() {
         return Err(InitError::NoSource(from.to_owned()));
     }
@@ -100,6 +101,7 @@ pub fn init(home: &Path, from: &Path, steward_exe: &Path) -> Result<Initialized>
     let built = build(
         &staging,
         from,
+        source,
         steward_exe,
         &loaded.domain.config.domain.name,
     );
@@ -132,13 +134,13 @@ fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> InitErr
 }
 
 /// Builds the complete domain home in `root` and returns the pinned commit.
-fn build(root: &Path, from: &Path, steward_exe: &Path, domain: &str) -> Result<Oid> {
+fn build(root: &Path, from: &Path, source: &str, steward_exe: &Path, domain: &str) -> Result<Oid> {
     for dir in ["config", "lib/application", "servers", ".cache"] {
         let p = root.join(dir);
         std::fs::create_dir_all(&p).map_err(io(&p, "cannot create"))?;
     }
     let git_dir = root.join("config").join("domain.git");
-    let commit = commit_directory(&git_dir, from, domain)?;
+    let commit = commit_directory(&git_dir, from, source, domain)?;
 
     // Never pin what the Master would not: validate the commit itself, not just the directory.
     let repo = Repo::open(&git_dir).map_err(|e| git_err(&git_dir, "cannot reopen", e))?;
@@ -185,7 +187,7 @@ fn git_err(path: &Path, what: &'static str, e: impl std::fmt::Display) -> InitEr
 
 /// Creates the bare repository `git_dir` with one commit on `main` holding every file under
 /// `from` (as `WorkTree` sees them: `.git` skipped, empty directories dropped, as Git does).
-fn commit_directory(git_dir: &Path, from: &Path, domain: &str) -> Result<Oid> {
+fn commit_directory(git_dir: &Path, from: &Path, source: &str, domain: &str) -> Result<Oid> {
     let repo =
         gix::init_bare(git_dir).map_err(|e| git_err(git_dir, "cannot create the repository", e))?;
     // The branch the Master follows, whatever init.defaultBranch says on this machine.
@@ -269,8 +271,7 @@ fn commit_directory(git_dir: &Path, from: &Path, domain: &str) -> Result<Oid> {
         time: now.to_str(&mut time),
     };
     let message = format!(
-        "Initial configuration of domain {domain}\n\nImported by `steward init` from {}.\n",
-        from.display()
+        "Initial configuration of domain {domain}\n\nImported by `steward init` from {source}.\n"
     );
     let id = repo
         .commit_as(sig, sig, BRANCH, message, tree, Vec::<gix::ObjectId>::new())

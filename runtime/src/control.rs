@@ -156,7 +156,7 @@ impl Control {
                 })
             }
             401 | 403 => Err(format!(
-                "the Master refused this server's credentials ({}); set STEWARD_USER/STEWARD_PASSWORD for a user with `servers:register`",
+                "the Master refused this server's credentials ({}): give the servers' account (role with servers:register, domain:read, git:read, events:read) in DOMAIN_HOME/config/server-credentials or STEWARD_USER/STEWARD_PASSWORD, then restart the server",
                 resp.status
             )),
             s => Err(format!(
@@ -326,6 +326,7 @@ impl Control {
         let mut interval = self.boot.domain.config.master.heartbeat_interval.0;
         let mut backoff = interval;
         let mut refused_logged = false;
+        let mut refusal: Option<String> = None;
         let mut announced: Option<String> = None;
         while !stop.load(Ordering::SeqCst) {
             // A pin announced on the event stream is applied at once; the report that follows
@@ -350,6 +351,13 @@ impl Control {
                 }) => {
                     registered = true;
                     refused_logged = false;
+                    if let Some(r) = refusal.take() {
+                        self.update(|s| {
+                            if s.last_error.as_ref() == Some(&r) {
+                                s.last_error = None;
+                            }
+                        });
+                    }
                     interval = every.unwrap_or(interval);
                     backoff = interval;
                     if !connected {
@@ -403,6 +411,12 @@ impl Control {
                     interval
                 }
                 Err(e) => {
+                    // A refusal is no outage: say so in the status, which the Master shows too.
+                    let refused = e.contains("refused this server's credentials");
+                    if refused {
+                        self.update(|s| s.last_error = Some(e.clone()));
+                        refusal = Some(e.clone());
+                    }
                     if connected {
                         self.log.warn(
                             "SERVER-0210",
@@ -413,7 +427,7 @@ impl Control {
                         self.update(|s| s.mode = Mode::Independent);
                         connected = false;
                         registered = false;
-                    } else if e.contains("refused this server's credentials") && !refused_logged {
+                    } else if refused && !refused_logged {
                         self.log.warn("SERVER-0211", &e);
                         refused_logged = true;
                     }

@@ -3,35 +3,75 @@
 //! combined log; Ctrl-C stops everything in order (servers first, then the Master).
 //!
 //! Each part runs as the same `steward` subcommand an operator would run (`master`,
-//! `start-server --verbose`), so the quick start exercises exactly the production paths.
+//! `start-server`, `stop-server`), so the quick start exercises exactly the production paths.
+//! Servers restart on their own (`restart-policy` auto or rolling) or by hand, each time as a new
+//! process started by a new launcher; so `up` follows each server by what outlives a process —
+//! its pid file and its log files — never by a child handle, and stops whatever pid each one has
+//! at the end. Every child runs in a process group of its own: the terminal's Ctrl-C reaches only
+//! `up`, which then stops the servers and, after them, the Master.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use reconciler::git::WorkTree;
+use reconciler::git::{Repo, WorkTree};
+use reconciler::pin::PinStore;
+use schema::Loaded;
 use schema::model::Domain;
+
+use crate::background::{self, Boot};
+use crate::launcher::credentials;
+use crate::layout::ServerHome;
+use crate::logfile::{self, Mark};
+use crate::process::{self, Running};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error("{dir}: the domain is invalid; fix it and run `steward up` again:\n{problems}")]
     Invalid { dir: PathBuf, problems: String },
+    #[error(
+        "{home}: the domain home's pinned configuration cannot be used ({cause}); give another --home"
+    )]
+    Home { home: PathBuf, cause: String },
     #[error(transparent)]
     Init(#[from] reconciler::init::InitError),
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+    #[error(transparent)]
+    Background(#[from] background::BackgroundError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    #[error(
+        "nothing was started: {}. Is another `steward up` (or a server of this domain) running? \
+         Stop it, or move the domain to free ports",
+        .0.join("; ")
+    )]
+    Busy(Vec<String>),
     #[error("cannot start `steward {what}`: {error}")]
     Spawn { what: String, error: std::io::Error },
-    #[error("the Master did not become ready at {addr} within {secs} s; see its lines above")]
-    MasterNotReady { addr: SocketAddr, secs: u64 },
-    #[error("the Master exited during start-up ({status}); see its lines above")]
+    #[error("the Master did not report READY within {secs} s; see its lines above")]
+    MasterNotReady { secs: u64 },
+    #[error("the Master exited ({status}); see its lines above")]
     MasterExited { status: String },
+    #[error(
+        "{} did not start (see the lines above); stopped everything that was started",
+        .0.join(", ")
+    )]
+    ServersFailed(Vec<String>),
+    #[error("stopped by a signal while starting; stopped everything that was started")]
+    Interrupted,
 }
 
 pub struct UpOptions {
     /// The domain directory (a checkout of a domain repository).
     pub dir: PathBuf,
+    /// How the first commit names where the domain came from.
+    pub label: String,
     /// Where the domain home goes; reused when it already is one. Default: a new directory
     /// under the system temp dir.
     pub home: Option<PathBuf>,
@@ -40,16 +80,14 @@ pub struct UpOptions {
 }
 
 const MASTER_READY: Duration = Duration::from_secs(30);
-const SERVERS_READY: Duration = Duration::from_secs(60);
-/// Servers get their own `stop-timeout`; this bounds the whole shutdown on top of it.
+/// Servers get their own `stop-timeout`; this bounds the Master's stop and each wait for a
+/// launcher that is still starting a server.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(45);
+const POLL: Duration = Duration::from_millis(100);
 
-/// One child process and the name its lines are prefixed with.
-struct Part {
-    name: String,
-    child: Child,
-    done: bool,
-}
+/// The example domain's account for servers, and its documented password (security/accounts.toml).
+pub const EXAMPLE_SERVER_USER: &str = "steward-server";
+pub const EXAMPLE_SERVER_PASSWORD: &str = "server";
 
 /// Serializes the children's lines into one log.
 #[derive(Clone)]
@@ -65,9 +103,12 @@ impl Log {
         let _ = out.flush();
     }
 
-    fn follow(&self, who: &str, stream: impl Read + Send + 'static) {
+    /// Copies `stream` line by line; the receiver disconnects when the stream has ended.
+    fn follow(&self, who: &str, stream: impl Read + Send + 'static) -> mpsc::Receiver<()> {
         let (log, who) = (self.clone(), who.to_owned());
+        let (done, ended) = mpsc::channel();
         std::thread::spawn(move || {
+            let _done = done;
             for line in BufReader::new(stream).lines() {
                 match line {
                     Ok(l) => log.line(&who, &l),
@@ -75,24 +116,209 @@ impl Log {
                 }
             }
         });
+        ended
     }
 }
 
-/// Runs the quick start until SIGINT/SIGTERM or the Master's exit.
+/// A server as `up` follows it: by its home (pid file, logs), not by a process handle.
+struct Tracked {
+    home: ServerHome,
+    launcher_log: Mark,
+    server_log: Mark,
+    /// Whether the last launcher-log line shown was the launcher's own (for continuation lines).
+    own: bool,
+    pid: Option<i32>,
+    /// `up` is stopping everything: a stop is expected, not news.
+    stopping: bool,
+}
+
+impl Tracked {
+    fn new(home: ServerHome) -> Tracked {
+        let logs = home.logs();
+        Tracked {
+            launcher_log: logfile::mark(&logs, "launcher"),
+            server_log: logfile::mark(&logs, "server"),
+            own: false,
+            pid: None,
+            stopping: false,
+            home,
+        }
+    }
+
+    /// Prints what the server and its launchers logged since the last call, and pid changes.
+    fn poll(&mut self, log: &Log) {
+        let logs = self.home.logs();
+        let (text, mark) = logfile::read_since(&logs, "launcher", &self.launcher_log);
+        self.launcher_log = mark;
+        for line in text.lines() {
+            self.own = launcher_own(line, self.own);
+            if self.own {
+                log.line(&self.home.name, line);
+            }
+        }
+        let (text, mark) = logfile::read_since(&logs, "server", &self.server_log);
+        self.server_log = mark;
+        for line in text.lines() {
+            log.line(&self.home.name, line);
+        }
+        let now = match process::running(&self.home) {
+            Running::Yes { pid, .. } => Some(pid),
+            Running::No | Running::Stale { .. } => None,
+        };
+        match change(self.pid, now) {
+            Some(Change::Stopped(pid)) if self.stopping => {
+                log.line("up", &format!("{} stopped [pid : {pid}]", self.home.name));
+            }
+            Some(c) => log.line("up", &c.describe(&self.home.name)),
+            None => {}
+        }
+        self.pid = now;
+    }
+
+    /// True while a launcher holds the server's start lock (it is starting the server).
+    fn starting(&self) -> bool {
+        let path = self.home.workspace().join("start.lock");
+        match std::fs::File::open(&path) {
+            Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Whether a launcher-log line is the launcher's own (shown) or a copy of the server's boot log
+/// (not shown: the server log is followed directly). Lines indented by four spaces continue the
+/// line before; lines that are not log lines at all are what the server process printed outside
+/// its logger (a crash), and are shown.
+fn launcher_own(line: &str, previous_own: bool) -> bool {
+    if line.starts_with("    ") {
+        previous_own
+    } else if line.starts_with('[') {
+        line.contains("] [launcher] [")
+    } else {
+        true
+    }
+}
+
+/// What a server's pid file says happened between two looks.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    Started(i32),
+    Restarted { from: i32, to: i32 },
+    Stopped(i32),
+}
+
+impl Change {
+    fn describe(&self, name: &str) -> String {
+        match self {
+            Change::Started(pid) => format!("{name} is running [pid : {pid}]"),
+            Change::Restarted { from, to } => {
+                format!("{name} was restarted [pid : {from} -> {to}]")
+            }
+            Change::Stopped(pid) => format!(
+                "{name} stopped [pid : {pid}]; still following it (a restart, or `steward start-server`, brings it back)"
+            ),
+        }
+    }
+}
+
+fn change(before: Option<i32>, now: Option<i32>) -> Option<Change> {
+    match (before, now) {
+        (None, Some(p)) => Some(Change::Started(p)),
+        (Some(a), Some(b)) if a != b => Some(Change::Restarted { from: a, to: b }),
+        (Some(a), None) => Some(Change::Stopped(a)),
+        _ => None,
+    }
+}
+
+/// Every address the domain's processes will listen on, with what listens there.
+fn listen_addresses(domain: &Domain) -> Vec<(SocketAddr, String)> {
+    let cfg = &domain.config;
+    let mut out = vec![(cfg.master.listen, "the Master's listen".to_owned())];
+    for (name, server) in &cfg.servers {
+        out.push((server.listen, format!("{name}'s base port")));
+        for (l, listener) in &server.web.listeners {
+            out.push((
+                SocketAddr::new(listener.address, listener.port),
+                format!("{name}'s web listener {l}"),
+            ));
+        }
+    }
+    out
+}
+
+/// The addresses of [`listen_addresses`] that cannot be bound now, each named.
+fn busy(domain: &Domain) -> Vec<String> {
+    listen_addresses(domain)
+        .into_iter()
+        .filter_map(|(addr, what)| match TcpListener::bind(addr) {
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                Some(format!("port {} ({what}) is in use", addr.port()))
+            }
+            Err(e) => Some(format!("{addr} ({what}) cannot be bound: {e}")),
+        })
+        .collect()
+}
+
+/// The pinned configuration of an existing domain home.
+fn load_home(home: &Path) -> Result<Loaded, UpError> {
+    let err = |cause: String| UpError::Home {
+        home: home.to_owned(),
+        cause,
+    };
+    let store = PinStore::for_home(home);
+    let pinned = store
+        .pinned()
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("nothing is pinned".into()))?;
+    let repo = Repo::open(store.git_dir()).map_err(|e| err(e.to_string()))?;
+    let tree = repo.tree(pinned).map_err(|e| err(e.to_string()))?;
+    schema::validate(&tree)
+        .loaded
+        .ok_or_else(|| err(format!("commit {} is invalid", pinned.short())))
+}
+
+/// The example's server account, while its password is still the documented one.
+pub fn example_server_credentials(domain: &Domain) -> Option<(String, String)> {
+    let user = domain.accounts.users.get(EXAMPLE_SERVER_USER)?;
+    schema::security::verify_password(EXAMPLE_SERVER_PASSWORD, &user.password).then(|| {
+        (
+            EXAMPLE_SERVER_USER.to_owned(),
+            EXAMPLE_SERVER_PASSWORD.to_owned(),
+        )
+    })
+}
+
+/// Runs the quick start until SIGINT/SIGTERM (then `Ok`) or a failure (everything started is
+/// stopped first).
 pub fn run(opts: &UpOptions) -> Result<(), UpError> {
     crate::signals::install();
-    let validation = schema::validate(&WorkTree::new(&opts.dir));
-    let Some(loaded) = validation.loaded else {
-        return Err(UpError::Invalid {
-            dir: opts.dir.clone(),
-            problems: validation.report.render_human(false),
-        });
+    let default_home = opts.home.is_none();
+    let existing = opts
+        .home
+        .as_ref()
+        .is_some_and(|h| h.join("config/domain.git").is_dir());
+    let loaded = match &opts.home {
+        Some(h) if existing => load_home(h)?,
+        _ => {
+            let validation = schema::validate(&WorkTree::new(&opts.dir));
+            validation.loaded.ok_or_else(|| UpError::Invalid {
+                dir: opts.dir.clone(),
+                problems: validation.report.render_human(false),
+            })?
+        }
     };
     let domain = &loaded.domain;
     let name = domain.config.domain.name.clone();
+    // Before anything is created or started: a second `up` must not half-start.
+    let busy = busy(domain);
+    if !busy.is_empty() {
+        return Err(UpError::Busy(busy));
+    }
     let home = opts.home.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("steward-up-{name}-{}", std::process::id()))
     });
+    let home = std::path::absolute(&home).unwrap_or(home);
     let width = domain
         .config
         .servers
@@ -105,78 +331,211 @@ pub fn run(opts: &UpOptions) -> Result<(), UpError> {
         out: Arc::new(Mutex::new(std::io::stdout())),
         width,
     };
-    if home.join("config/domain.git").is_dir() {
-        log.line(
-            "up",
-            &format!("using the existing domain home {}", home.display()),
-        );
-    } else {
-        let made = reconciler::init::init(&home, &opts.dir, &opts.exe)?;
+    if existing {
         log.line(
             "up",
             &format!(
-                "created domain home {} ({} pinned at {})",
+                "using the existing domain home {} (its pinned configuration; the domain directory is not read)",
+                home.display()
+            ),
+        );
+    } else {
+        let made = reconciler::init::init(&home, &opts.dir, &opts.label, &opts.exe)?;
+        log.line(
+            "up",
+            &format!(
+                "created domain home {} ({} pinned at {}); it is kept when `up` ends",
                 home.display(),
                 made.domain,
                 made.commit.short()
             ),
         );
     }
+    let server_credentials = server_credentials(domain, &home, &log)?;
 
     let master_addr = reachable(domain.config.master.listen);
-    let mut parts = Vec::new();
-    let master = spawn(
+    let mut master = start_master(&opts.exe, &home, &log)?;
+    let mut servers: Vec<Tracked> = Vec::new();
+    for server in domain.config.servers.keys() {
+        let h = ServerHome::new(&home, server)?;
+        servers.push(Tracked::new(h));
+    }
+    let outcome = start_servers(
         &opts.exe,
-        &["master", "--domain-home"],
         &home,
-        &[],
-        "master",
+        master_addr,
+        &mut servers,
+        &mut master,
         &log,
-    )?;
-    parts.push(master);
-    if let Err(e) = wait_master(&mut parts[0], master_addr) {
-        stop_all(&mut parts, &log);
+    );
+    if let Err(e) = outcome {
+        stop_all(&opts.exe, &home, &mut servers, &mut master, &log);
+        say_home(&home, default_home, &log);
         return Err(e);
     }
+    banner(domain, &home, master_addr, server_credentials, &log);
 
-    let credentials = quick_start_credentials(domain);
-    let env: Vec<(&str, String)> = match &credentials {
-        Some((u, p)) => vec![("STEWARD_USER", u.clone()), ("STEWARD_PASSWORD", p.clone())],
-        None => Vec::new(),
-    };
-    let master_url = master_addr.to_string();
-    for server in domain.config.servers.keys() {
-        let args = [
-            "start-server",
-            "--server",
-            server,
-            "--master-url",
-            &master_url,
-            "--verbose",
-            "--domain-home",
-        ];
-        match spawn(&opts.exe, &args, &home, &env, server, &log) {
-            Ok(p) => parts.push(p),
-            Err(e) => log.line("up", &e.to_string()),
-        }
-    }
-    wait_servers(domain, &mut parts);
-    banner(domain, &home, master_addr, credentials.as_ref(), &log);
-
+    let mut result = Ok(());
     while !crate::signals::stop_requested() {
-        std::thread::sleep(Duration::from_millis(100));
-        for part in parts.iter_mut().filter(|p| !p.done) {
-            if let Ok(Some(status)) = part.child.try_wait() {
-                part.done = true;
-                log.line("up", &format!("{} exited ({status})", part.name));
-            }
+        std::thread::sleep(POLL);
+        for s in &mut servers {
+            s.poll(&log);
         }
-        if parts[0].done {
-            log.line("up", "the Master is gone: stopping the servers");
+        if let Ok(Some(status)) = master.child.try_wait() {
+            result = Err(UpError::MasterExited {
+                status: status.to_string(),
+            });
             break;
         }
     }
-    stop_all(&mut parts, &log);
+    stop_all(&opts.exe, &home, &mut servers, &mut master, &log);
+    say_home(&home, default_home, &log);
+    result
+}
+
+/// The credentials file the launchers read: kept if there is one (refused if others can read
+/// it), else written for the example's documented server account. Returns what the banner shows.
+fn server_credentials(domain: &Domain, home: &Path, log: &Log) -> Result<Credentials, UpError> {
+    if let Some((user, _)) = credentials::read(home)? {
+        return Ok(Credentials::File(user));
+    }
+    if let Some((u, p)) = example_server_credentials(domain) {
+        let path = credentials::write(home, &u, &p)?;
+        log.line(
+            "up",
+            &format!(
+                "wrote the servers' credentials ({u}) to {} (mode 0600)",
+                path.display()
+            ),
+        );
+        return Ok(Credentials::File(u));
+    }
+    Ok(Credentials::None(credentials::path(home)))
+}
+
+enum Credentials {
+    /// The user of the credentials file.
+    File(String),
+    /// No file; where one would go.
+    None(PathBuf),
+}
+
+/// The Master's process and the readers of its output.
+struct Master {
+    child: Child,
+    output: Vec<mpsc::Receiver<()>>,
+    /// Kept open: the Master also says STOPPING=1 on it when it stops.
+    _notify: crate::notify::Listener,
+}
+
+/// The Master in its own session (the terminal's Ctrl-C is for `up`), ready when it says so.
+fn start_master(exe: &Path, home: &Path, log: &Log) -> Result<Master, UpError> {
+    let listener = crate::notify::Listener::bind(&home.join("config"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("master")
+        .arg("--domain-home")
+        .arg(home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = background::spawn_detached(&mut cmd, &listener)?;
+    let mut output = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        output.push(log.follow("master", o));
+    }
+    if let Some(e) = child.stderr.take() {
+        output.push(log.follow("master", e));
+    }
+    let failure = match background::wait_ready(&listener, &mut child, MASTER_READY)? {
+        Boot::Ready(_) => {
+            return Ok(Master {
+                child,
+                output,
+                _notify: listener,
+            });
+        }
+        Boot::Exited(status) => UpError::MasterExited {
+            status: status.to_string(),
+        },
+        Boot::TimedOut => {
+            let _ = process::stop_pid(child.id() as i32, Duration::from_secs(5));
+            UpError::MasterNotReady {
+                secs: MASTER_READY.as_secs(),
+            }
+        }
+    };
+    let _ = child.wait();
+    for ended in output {
+        let _ = ended.recv_timeout(Duration::from_secs(2));
+    }
+    Err(failure)
+}
+
+/// One launcher per server, all at once, each in its own process group; waits until every one
+/// has exited. Any failure is fatal: the caller stops what was started.
+fn start_servers(
+    exe: &Path,
+    home: &Path,
+    master_addr: SocketAddr,
+    servers: &mut [Tracked],
+    master: &mut Master,
+    log: &Log,
+) -> Result<(), UpError> {
+    use std::os::unix::process::CommandExt;
+    let master_url = master_addr.to_string();
+    let mut launchers = Vec::new();
+    for s in servers.iter() {
+        let child = Command::new(exe)
+            .args(["start-server", "--server", &s.home.name])
+            .args(["--master-url", &master_url])
+            .arg("--domain-home")
+            .arg(home)
+            .stdin(Stdio::null())
+            // Its lines are in the launcher log, which is followed.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|error| UpError::Spawn {
+                what: format!("start-server --server {}", s.home.name),
+                error,
+            })?;
+        launchers.push((s.home.name.clone(), child, None));
+    }
+    loop {
+        for s in servers.iter_mut() {
+            s.poll(log);
+        }
+        for (_, child, status) in &mut launchers {
+            if status.is_none()
+                && let Ok(Some(st)) = child.try_wait()
+            {
+                *status = Some(st);
+            }
+        }
+        if launchers.iter().all(|(_, _, st)| st.is_some()) {
+            break;
+        }
+        if let Ok(Some(status)) = master.child.try_wait() {
+            return Err(UpError::MasterExited {
+                status: status.to_string(),
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+    for s in servers.iter_mut() {
+        s.poll(log);
+    }
+    let failed: Vec<String> = launchers
+        .into_iter()
+        .filter(|(_, _, st)| !st.is_some_and(|s| s.success()))
+        .map(|(n, _, _)| n)
+        .collect();
+    if !failed.is_empty() {
+        return Err(UpError::ServersFailed(failed));
+    }
+    if crate::signals::stop_requested() {
+        return Err(UpError::Interrupted);
+    }
     Ok(())
 }
 
@@ -195,108 +554,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn spawn(
-    exe: &Path,
-    args: &[&str],
-    home: &Path,
-    env: &[(&str, String)],
-    name: &str,
-    log: &Log,
-) -> Result<Part, UpError> {
-    let mut child = Command::new(exe)
-        .args(args)
-        .arg(home)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| UpError::Spawn {
-            what: args.first().copied().unwrap_or("").to_owned(),
-            error,
-        })?;
-    if let Some(o) = child.stdout.take() {
-        log.follow(name, o);
-    }
-    if let Some(e) = child.stderr.take() {
-        log.follow(name, e);
-    }
-    Ok(Part {
-        name: name.to_owned(),
-        child,
-        done: false,
-    })
-}
-
-/// A plain HTTP GET on loopback; `Some(status)` when anything answered.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-fn wait_master(master: &mut Part, addr: SocketAddr) -> Result<(), UpError> {
-    let t0 = Instant::now();
-    while t0.elapsed() < MASTER_READY {
-        if let Ok(Some(status)) = master.child.try_wait() {
-            master.done = true;
-            return Err(UpError::MasterExited {
-                status: status.to_string(),
-            });
-        }
-        if http_status(addr, "/healthz") == Some(200) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(UpError::MasterNotReady {
-        addr,
-        secs: MASTER_READY.as_secs(),
-    })
-}
-
-/// Waits until every server answers its status route (or its launcher gave up).
-fn wait_servers(domain: &Domain, parts: &mut [Part]) {
-    let t0 = Instant::now();
-    for (name, server) in &domain.config.servers {
-        let addr = reachable(server.listen);
-        while t0.elapsed() < SERVERS_READY && !crate::signals::stop_requested() {
-            let launcher_gone = parts
-                .iter_mut()
-                .find(|p| &p.name == name)
-                .is_none_or(|p| matches!(p.child.try_wait(), Ok(Some(_))));
-            if launcher_gone || http_status(addr, "/v1/status") == Some(200) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// The example's documented administrator, offered only while its password is still `admin`,
-/// else the operator's own from `STEWARD_USER`/`STEWARD_PASSWORD`.
-fn quick_start_credentials(domain: &Domain) -> Option<(String, String)> {
-    if let (Ok(u), Ok(p)) = (
-        std::env::var("STEWARD_USER"),
-        std::env::var("STEWARD_PASSWORD"),
-    ) {
-        return Some((u, p));
-    }
-    let admin = domain.accounts.users.get("admin")?;
-    schema::security::verify_password("admin", &admin.password)
-        .then(|| ("admin".to_owned(), "admin".to_owned()))
-}
-
-fn banner(
-    domain: &Domain,
-    home: &Path,
-    master: SocketAddr,
-    credentials: Option<&(String, String)>,
-    log: &Log,
-) {
+fn banner(domain: &Domain, home: &Path, master: SocketAddr, servers: Credentials, log: &Log) {
     let cfg = &domain.config;
     let mut lines = vec![
         format!(
@@ -306,26 +564,33 @@ fn banner(
         ),
         format!("Master        http://{master}/v1/domain   events: http://{master}/v1/events"),
     ];
-    match credentials {
-        Some((u, p)) => {
-            lines.push(format!(
-                "push URL      http://{u}:{p}@{master}/git/domain.git"
-            ));
-            let origin = if u == "admin" && p == "admin" {
-                " (the example's administrator: change the password before exposing the Master)"
-            } else {
-                " (from STEWARD_USER / STEWARD_PASSWORD)"
-            };
-            lines.push(format!("credentials   {u} / {p}{origin}"));
-        }
-        None => {
-            lines.push(format!(
-                "push URL      http://USER:PASSWORD@{master}/git/domain.git"
-            ));
-            lines.push(
-                "credentials   a user of security/accounts.toml; set STEWARD_USER and STEWARD_PASSWORD so the servers can reach the Master".into(),
-            );
-        }
+    // The example's documented administrator, offered only while its password is still `admin`.
+    let admin = domain
+        .accounts
+        .users
+        .get("admin")
+        .is_some_and(|a| schema::security::verify_password("admin", &a.password));
+    if admin {
+        lines.push(format!(
+            "push URL      http://admin:admin@{master}/git/domain.git"
+        ));
+        lines.push(
+            "credentials   admin / admin (the example's administrator: change the password before exposing the Master)".into(),
+        );
+    } else {
+        lines.push(format!(
+            "push URL      http://USER:PASSWORD@{master}/git/domain.git (a user of security/accounts.toml)"
+        ));
+    }
+    match servers {
+        Credentials::File(user) => lines.push(format!(
+            "servers       log in as {user} (from {})",
+            credentials::path(home).display()
+        )),
+        Credentials::None(path) => lines.push(format!(
+            "servers       no credentials file: write {} (mode 0600) or set STEWARD_USER/STEWARD_PASSWORD (docs/launcher.md)",
+            path.display()
+        )),
     }
     let deployments = domain.deployments();
     for (name, server) in &cfg.servers {
@@ -353,38 +618,121 @@ fn banner(
     }
 }
 
-/// Servers first (their launchers stop them gracefully on SIGINT), then the Master.
-fn stop_all(parts: &mut [Part], log: &Log) {
-    log.line("up", "stopping");
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    let (master, servers) = parts.split_at_mut(1);
-    for group in [servers, master] {
-        for p in group.iter_mut().filter(|p| !p.done) {
-            let sig = if p.name == "master" {
-                libc::SIGTERM
-            } else {
-                libc::SIGINT
-            };
-            let _ = crate::process::signal(p.child.id() as i32, sig);
-        }
-        for p in group.iter_mut().filter(|p| !p.done) {
-            loop {
-                match p.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        log.line(
-                            "up",
-                            &format!("{} did not stop in time: killing it", p.name),
-                        );
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                }
+/// Where the domain home stays, and how to reuse or remove it.
+fn say_home(home: &Path, default_home: bool, log: &Log) {
+    let h = home.display();
+    let made_here = if default_home {
+        " (made under the system temp dir)"
+    } else {
+        ""
+    };
+    log.line(
+        "up",
+        &format!(
+            "the domain home stays at {h}{made_here}: `steward up --home {h}` runs it again with everything pushed to it; `rm -rf {h}` removes it"
+        ),
+    );
+}
+
+/// Servers first — whatever pid each has now, through `stop-server` (which stops its process
+/// applications with it) — then the Master. A launcher still starting a server (a restart in
+/// progress) is waited for, then that server is stopped too.
+fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Master, log: &Log) {
+    log.line("up", "stopping: the servers first, then the Master");
+    for s in servers.iter_mut() {
+        s.stopping = true;
+    }
+    // Each round stops what runs; a launcher that was mid-start is then done and its server is
+    // caught by the next round. Restarts are one launcher at a time, so three rounds suffice.
+    for _ in 0..3 {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while servers.iter().any(Tracked::starting) && Instant::now() < deadline {
+            for s in servers.iter_mut() {
+                s.poll(log);
             }
-            p.done = true;
+            std::thread::sleep(POLL);
+        }
+        let running: Vec<String> = servers
+            .iter()
+            .filter(|s| matches!(process::running(&s.home), Running::Yes { .. }))
+            .map(|s| s.home.name.clone())
+            .collect();
+        if running.is_empty() {
+            break;
+        }
+        let mut stops: Vec<Child> = Vec::new();
+        for name in &running {
+            use std::os::unix::process::CommandExt;
+            match Command::new(exe)
+                .args(["stop-server", "--server", name, "--domain-home"])
+                .arg(home)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+            {
+                Ok(c) => stops.push(c),
+                Err(e) => log.line("up", &format!("cannot run stop-server for {name}: {e}")),
+            }
+        }
+        // stop-server bounds itself: SIGTERM, the server's stop-timeout, then SIGKILL.
+        while !stops.is_empty() {
+            stops.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+            for s in servers.iter_mut() {
+                s.poll(log);
+            }
+            std::thread::sleep(POLL);
         }
     }
+    for s in servers.iter_mut() {
+        s.poll(log);
+    }
+    let _ = process::signal(master.child.id() as i32, libc::SIGTERM);
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    loop {
+        match master.child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                log.line("up", "the Master did not stop in time: killing it");
+                let _ = master.child.kill();
+                let _ = master.child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    // The Master's last lines are still in its pipes: print them before saying so.
+    for ended in master.output.drain(..) {
+        let _ = ended.recv_timeout(Duration::from_secs(2));
+    }
     log.line("up", "stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_changes_are_named() {
+        assert_eq!(change(None, Some(5)), Some(Change::Started(5)));
+        assert_eq!(
+            change(Some(5), Some(6)),
+            Some(Change::Restarted { from: 5, to: 6 })
+        );
+        assert_eq!(change(Some(6), None), Some(Change::Stopped(6)));
+        assert_eq!(change(Some(6), Some(6)), None);
+        assert_eq!(change(None, None), None);
+    }
+
+    #[test]
+    fn only_the_launchers_own_lines_are_shown() {
+        let own = "[2026.11.24 05:30:01][2] [launcher] [Launcher-0040] RUNNING";
+        let copy = "[2026.11.24 05:30:01][2] [main] [SERVER-0001] booting";
+        assert!(launcher_own(own, false));
+        assert!(launcher_own("    continued", true));
+        assert!(!launcher_own(copy, true));
+        assert!(!launcher_own("    continued", false));
+        assert!(launcher_own("thread 'main' panicked at …", false));
+    }
 }

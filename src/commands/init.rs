@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,15 +8,67 @@ pub struct Args {
     /// The domain home to create (config/domain.git, lib/application/, servers/, .cache/). Must
     /// not exist, or be an empty directory.
     pub domain_home: PathBuf,
-    /// The domain directory whose files become the first commit. Relative paths are taken from the
-    /// current directory, so the default only works from the top of the steward source tree.
-    #[arg(long, default_value = "examples/domain1")]
-    pub from: PathBuf,
+    /// The domain directory whose files become the first commit (default: the example domain
+    /// built into steward, the same as the source tree's examples/domain1).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+}
+
+/// The example domain (`examples/domain1`), embedded by build.rs: relative path, content, and
+/// whether the file is executable.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/example_domain.rs"));
+}
+
+/// How the first commit names the embedded example.
+pub const EXAMPLE_LABEL: &str = "the example domain built into steward (examples/domain1)";
+
+/// The embedded example written out to a temporary directory, removed when dropped.
+pub struct Example(PathBuf);
+
+impl Example {
+    pub fn extract() -> anyhow::Result<Example> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("steward-example-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let example = Example(dir);
+        for (rel, bytes, exec) in embedded::FILES {
+            let path = example.0.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("{}: cannot create", parent.display()))?;
+            }
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            let mode = if *exec { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("{}: cannot set its mode", path.display()))?;
+        }
+        Ok(example)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the steward executable")?;
-    match reconciler::init::init(&args.domain_home, &args.from, &exe) {
+    let example;
+    let (from, label) = match &args.from {
+        Some(dir) => (dir.as_path(), dir.display().to_string()),
+        None => {
+            example = Example::extract()?;
+            (example.path(), EXAMPLE_LABEL.to_owned())
+        }
+    };
+    match reconciler::init::init(&args.domain_home, from, &label, &exe) {
         Ok(done) => {
             if !done.warnings.is_empty() {
                 eprint!("{}", done.warnings);
@@ -28,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 done.home.display(),
                 done.commit.short()
             );
+            server_credentials(&done.home, from)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(reconciler::init::InitError::Invalid { dir, report }) => {
@@ -40,4 +93,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes the servers' credentials file when the domain is the example with its documented
+/// server account; otherwise says how to give the servers their credentials.
+fn server_credentials(home: &Path, from: &Path) -> anyhow::Result<()> {
+    use runtime::launcher::credentials;
+    let loaded = schema::validate(&reconciler::git::WorkTree::new(from)).loaded;
+    match loaded.and_then(|l| runtime::up::example_server_credentials(&l.domain)) {
+        Some((user, password)) => {
+            let path = credentials::write(home, &user, &password)?;
+            println!(
+                "wrote the servers' credentials ({user}, the example's server account) to {} (mode 0600)",
+                path.display()
+            );
+        }
+        None => println!(
+            "servers log in to the Master with an account of security/accounts.toml: write \
+             STEWARD_USER=… and STEWARD_PASSWORD=… to {} (mode 0600), or set them in the \
+             launchers' environment (docs/launcher.md)",
+            credentials::path(home).display()
+        ),
+    }
+    Ok(())
 }

@@ -110,15 +110,27 @@ fn code(o: Outcome) -> ExitCode {
 
 pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let domain_home = args.target.domain_home()?;
+    // -u/-p, else the environment, else the domain home's credentials file.
+    let (user, password) = match (
+        args.user.or_else(|| env("STEWARD_USER")),
+        args.password.or_else(|| env("STEWARD_PASSWORD")),
+    ) {
+        (None, None) => match launcher::credentials::read(&domain_home)? {
+            Some((u, p)) => (Some(u), Some(p)),
+            None => (None, None),
+        },
+        given => given,
+    };
     let opts = StartOptions {
-        domain_home: args.target.domain_home()?,
+        domain_home,
         server: args.target.server,
         sources: Sources {
             master_url: args.master_url,
             git_url: args.git_url,
             branch: args.branch,
-            user: args.user.or_else(|| env("STEWARD_USER")),
-            password: args.password.or_else(|| env("STEWARD_PASSWORD")),
+            user,
+            password,
             connect_timeout: args.connect_timeout,
             response_timeout: args.response_timeout,
         },

@@ -104,6 +104,16 @@ impl Registry {
         view
     }
 
+    /// A report for `name` that the Master refused (401/403): shown as the server's `last_error`
+    /// until its next accepted report, so `GET /v1/servers` says why it went silent. Only for a
+    /// server already registered: a refused request never adds an entry.
+    pub fn refused(&self, name: &str, why: String) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get_mut(name) {
+            e.report.last_error = Some(why);
+        }
+    }
+
     /// Every configured server (in name order), then servers that report but are no longer
     /// configured.
     pub fn list<'a>(

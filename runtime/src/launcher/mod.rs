@@ -5,6 +5,7 @@
 //! crash before the server's logger is up is still on record), wait for `READY=1` on a notify
 //! socket of its own, print the boot log, and exit — or stay attached with `--verbose`.
 
+pub mod credentials;
 pub mod http;
 pub mod source;
 
@@ -382,6 +383,29 @@ fn attend(home: &ServerHome, log: &Logger, mut child: Child, stop_timeout: Durat
     }
 }
 
+/// The servers a domain home knows: those with a SERVER_HOME, and those of the pinned
+/// configuration when this is the Master's domain home.
+fn known_servers(domain_home: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut known: std::collections::BTreeSet<String> =
+        std::fs::read_dir(domain_home.join("servers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+    let store = reconciler::pin::PinStore::for_home(domain_home);
+    if store.git_dir().is_dir()
+        && let Ok(Some(pinned)) = store.pinned()
+        && let Ok(repo) = reconciler::git::Repo::open(store.git_dir())
+        && let Ok(tree) = repo.tree(pinned)
+        && let Some(loaded) = schema::validate(&tree).loaded
+    {
+        known.extend(loaded.domain.config.servers.into_keys());
+    }
+    known
+}
+
 fn print_last_lines(
     home: &ServerHome,
     log: &Logger,
@@ -420,6 +444,23 @@ pub fn stop(domain_home: &std::path::Path, name: &str) -> Result<Outcome, Launch
     };
     match process::running(&home) {
         Running::No => {
+            // Never started here: a server of the domain, or a misspelt name?
+            let known = known_servers(&home.domain_home);
+            if !home.root.is_dir() && !known.contains(name) {
+                let known = if known.is_empty() {
+                    "none: no server was ever started here and nothing is pinned".to_owned()
+                } else {
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                };
+                log.severe(
+                    "Launcher-0095",
+                    &format!(
+                        "There is no server named {name} in the domain home {} (known servers: {known}).",
+                        home.domain_home.display()
+                    ),
+                );
+                return Ok(Outcome::Failed);
+            }
             log.info(
                 "Launcher-0093",
                 &format!("The server[{name}] is not running (no pid file)."),

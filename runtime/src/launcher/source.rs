@@ -61,20 +61,31 @@ impl Refused {
     }
 }
 
-/// Why a source was not used. `final_` failures end the search: the source answered with a valid
-/// configuration that has no such server, so the server was removed from the domain (or the name
-/// is wrong) and booting it from an older configuration would resurrect it.
+/// Why a source was not used, and whether the search goes on.
 #[derive(Debug)]
 struct Failure {
     message: String,
-    final_: bool,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Unreachable, broken, invalid: try the next source.
+    Next,
+    /// The source answered with a valid configuration that has no such server: the server was
+    /// removed from the domain (or the name is wrong), and booting it from an older
+    /// configuration would resurrect it.
+    NotInDomain,
+    /// The Master answered and refused the credentials (401/403). INDEPENDENT is for a Master
+    /// that cannot be reached, never for one that said no.
+    Refused,
 }
 
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure {
             message,
-            final_: false,
+            kind: Kind::Next,
         }
     }
 }
@@ -118,10 +129,31 @@ pub fn resolve(
                 Ok(r) => return Ok(r),
                 Err(Failure {
                     message,
-                    final_: true,
+                    kind: Kind::NotInDomain,
                 }) => return Err(not_in_domain(log, name, label, message, attempts)),
                 Err(Failure {
-                    message: failure, ..
+                    message,
+                    kind: Kind::Refused,
+                }) => {
+                    log.severe(
+                        "Launcher-0068",
+                        &format!(
+                            "{label} refused this launcher: {message}. Not starting as INDEPENDENT: \
+                             that is for a Master that cannot be reached, not for one that said no. \
+                             Give the servers' account in DOMAIN_HOME/config/server-credentials \
+                             (STEWARD_USER=… and STEWARD_PASSWORD=… lines, mode 0600), in the \
+                             environment (STEWARD_USER, STEWARD_PASSWORD), or with -u/-p."
+                        ),
+                    );
+                    attempts.push(Attempt {
+                        source: label,
+                        failure: message,
+                    });
+                    return Err(Refused { attempts });
+                }
+                Err(Failure {
+                    message: failure,
+                    kind: Kind::Next,
                 }) => {
                     log.severe(
                         "Launcher-0052",
@@ -161,7 +193,7 @@ pub fn resolve(
                 Ok(r) => return Ok(r),
                 Err(Failure {
                     message,
-                    final_: true,
+                    kind: Kind::NotInDomain,
                 }) => return Err(not_in_domain(log, name, label, message, attempts)),
                 Err(Failure {
                     message: failure, ..
@@ -231,7 +263,7 @@ fn load(cache: &Cache, commit: Oid, name: &str) -> Result<Loaded, Failure> {
     if !loaded.domain.config.servers.contains_key(name) {
         return Err(Failure {
             message: format!("commit {} defines no server named {name}", commit.short()),
-            final_: true,
+            kind: Kind::NotInDomain,
         });
     }
     Ok(loaded)
@@ -257,15 +289,23 @@ fn from_master(
     .map_err(|e| e.to_string())?;
     match resp.status {
         200 => {}
-        401 if creds.is_none() => {
-            return Err(
-                "the Master asks for credentials: give -u/-p (--user/--password) or \
-                 STEWARD_USER/STEWARD_PASSWORD"
-                    .into(),
-            );
+        401 | 403 => {
+            let message = match (resp.status, creds) {
+                (401, None) => "it asks for credentials and none were given (401)".to_owned(),
+                (401, Some((user, _))) => {
+                    format!("it refused the credentials of user {user} (401)")
+                }
+                (_, user) => format!(
+                    "user {} may not read the domain (403: the servers' role needs domain:read, \
+                     git:read, events:read and servers:register)",
+                    user.map_or("(none)", |u| u.0)
+                ),
+            };
+            return Err(Failure {
+                message,
+                kind: Kind::Refused,
+            });
         }
-        401 => return Err("the Master refused the credentials (401)".into()),
-        403 => return Err("the user may not read the domain (403)".into()),
         other => return Err(format!("GET /v1/domain answered {other}").into()),
     }
     let v: serde_json::Value =
@@ -352,7 +392,7 @@ fn from_git(
     let label = format!("the Git URL {}", reconciler::cache::redact(url));
     let loaded = match load(cache, fetched.commit, name) {
         Ok(l) => l,
-        Err(f) if f.final_ => return Err(f),
+        Err(f) if f.kind == Kind::NotInDomain => return Err(f),
         Err(Failure {
             message: problems, ..
         }) => {

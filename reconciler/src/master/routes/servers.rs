@@ -74,6 +74,14 @@ pub(super) async fn report(
     registering: bool,
 ) -> Response {
     if let Err(r) = state.require(&headers, "servers:register").await {
+        state.servers.refused(
+            &name,
+            format!(
+                "the Master refused this server's report at {} ({}): check the credentials its launcher was given",
+                crate::pin::now_rfc3339(),
+                r.status().as_u16()
+            ),
+        );
         return r;
     }
     let report: servers::Report = match serde_json::from_slice(&body) {
