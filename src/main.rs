@@ -65,6 +65,9 @@ pub enum Format {
     Markdown,
 }
 
+/// Every command writes through [`commands::out`] and [`commands::err`], which treat a reader
+/// that went away (`steward validate | head -1`) as the end of the output, not as an error: the
+/// command's own exit code stands and nothing panics.
 fn main() -> ExitCode {
     // Before anything builds an HTTP client: reqwest (under gix) panics without a TLS provider.
     reconciler::tls::install_provider();
@@ -75,10 +78,9 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Hook(cmd) => commands::hook::run(cmd),
-        Command::Schema { markdown: _ } => {
-            print!("{}", schema::settings::markdown());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Schema { markdown: _ } => commands::out(&schema::settings::markdown())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
         Command::HashPassword => commands::hash_password(),
         Command::Init(args) => commands::init::run(args),
         Command::Master(args) => commands::master::run(args),
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            commands::err(&format!("error: {e:#}\n"));
             ExitCode::from(1)
         }
     }

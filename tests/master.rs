@@ -352,8 +352,10 @@ fn rollback_holds_until_the_next_commit_and_racing_pushes_pin_once() {
     let r = post(master.port, "/v1/domain/pin", ("admin", "admin"), &body);
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-    assert_eq!(v["pinned"]["commit"], initial.as_str());
+    // Hosted mode: the rollback is a commit on the branch with the initial commit's tree.
+    let rollback = v["pinned"]["commit"].as_str().expect("commit").to_owned();
     assert_eq!(v["changed"], true);
+    assert_eq!(v["branch_head"], rollback.as_str());
     let (name, data) = events.next(Duration::from_secs(10));
     assert_eq!(
         (name.as_str(), data["source"].as_str()),
@@ -361,19 +363,24 @@ fn rollback_holds_until_the_next_commit_and_racing_pushes_pin_once() {
     );
     assert_eq!(data["pusher"], "admin");
     assert_eq!(data["previous"], a.as_str());
-    // The branch still points at `a`; the safety poll (2 s) must not undo the rollback, nor a restart.
+    // The safety poll (2 s) must not undo the rollback, nor a restart.
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(master.pinned(), initial);
+    assert_eq!(master.pinned(), rollback);
     master.kill9();
     let master = Master::start(&home, tmp.path().join("master2.log"));
-    assert_eq!(master.pinned(), initial);
+    assert_eq!(master.pinned(), rollback);
 
     // The next commit on the branch is pinned as usual (the restarted Master has a new port).
     git_ok(
         &wc,
         &["remote", "set-url", "origin", &master.url("admin", "admin")],
     );
-    edit(&wc.join("domain.toml"), "9751", "9761");
+    git_ok(&wc, &["pull", "-q", "--ff-only", "origin", "main"]);
+    assert_eq!(
+        git_ok(&wc, &["rev-parse", "HEAD^{tree}"]),
+        git_ok(&wc, &["rev-parse", &format!("{initial}^{{tree}}")])
+    );
+    edit(&wc.join("domain.toml"), "9741", "9761");
     git_ok(&wc, &["commit", "-qam", "b"]);
     git_ok(&wc, &["push", "-q", "origin", "main"]);
     let b = git_ok(&wc, &["rev-parse", "HEAD"]);

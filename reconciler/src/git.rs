@@ -44,6 +44,18 @@ pub enum GitError {
     },
     #[error("{input:?} is not a full hexadecimal object id")]
     InvalidId { input: String },
+    #[error("cannot write a commit: {cause}")]
+    WriteCommit { cause: String },
+}
+
+/// A commit to write with [`Repo::write_commit`]. Identities are `(name, email)`.
+#[derive(Debug, Clone)]
+pub struct NewCommit<'a> {
+    pub tree: Oid,
+    pub parents: Vec<Oid>,
+    pub author: (&'a str, &'a str),
+    pub committer: (&'a str, &'a str),
+    pub message: String,
 }
 
 type Result<T, E = GitError> = std::result::Result<T, E>;
@@ -309,7 +321,8 @@ impl Drop for ObjectView {
     }
 }
 
-/// A Git repository (bare or not), opened read-only.
+/// A Git repository (bare or not), opened for reading. The one write is
+/// [`Repo::write_commit`], a commit object for the Master's rollback; it moves no ref.
 pub struct Repo {
     repo: gix::Repository,
     /// Keeps the hook's object view alive as long as anything reads through it.
@@ -516,6 +529,90 @@ impl Repo {
         })
     }
 
+    /// The Master's pinned commit as this repository knows it, with the ref it was read from:
+    /// `refs/steward/pinned` in the Master's own repository (or a mirror of it), else a clone's
+    /// remote-tracking copy `refs/remotes/REMOTE/steward/pinned` (`origin` first). A normal
+    /// clone fetches branches only; docs/ci.md shows the refspec that brings the pin along.
+    /// `None` when no such ref exists.
+    pub fn pinned(&self) -> Result<Option<(String, CommitId)>> {
+        let mut remotes: Vec<String> = self
+            .repo
+            .remote_names()
+            .iter()
+            .map(|n| n.to_str_lossy().into_owned())
+            .collect();
+        // `origin` first, the others in name order.
+        remotes.sort_by_key(|n| (n != "origin", n.clone()));
+        let candidates = std::iter::once(crate::pin::PINNED_REF.to_owned()).chain(
+            remotes
+                .iter()
+                .map(|r| format!("refs/remotes/{r}/steward/pinned")),
+        );
+        for name in candidates {
+            if let Some(id) = self.resolve(&name)? {
+                return Ok(Some((name, id)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The root tree of `commit`.
+    pub fn tree_id(&self, commit: CommitId) -> Result<Oid> {
+        let c = self.find_commit(commit)?;
+        Ok(Oid(c
+            .tree_id()
+            .map_err(|e| object_err(commit.0, "commit", &e))?
+            .detach()))
+    }
+
+    /// Writes the commit object `commit`, dated now, and returns its id. No ref moves: the
+    /// caller moves refs, together with others if need be.
+    pub fn write_commit(&self, commit: &NewCommit<'_>) -> Result<CommitId> {
+        let time = gix::date::Time::now_local_or_utc();
+        let sig = |(name, email): (&str, &str)| gix::actor::Signature {
+            name: name.into(),
+            email: email.into(),
+            time,
+        };
+        let object = gix::objs::Commit {
+            tree: commit.tree.0,
+            parents: commit.parents.iter().map(|p| p.0).collect(),
+            author: sig(commit.author),
+            committer: sig(commit.committer),
+            encoding: None,
+            message: commit.message.clone().into(),
+            extra_headers: Vec::new(),
+        };
+        self.repo
+            .write_object(&object)
+            .map(|id| Oid(id.detach()))
+            .map_err(|e| GitError::WriteCommit { cause: cause(&e) })
+    }
+
+    /// The first-parent history from `from` back to `until` (excluded), newest first, at most
+    /// `limit` commits. The flag says whether `until` was reached: `false` when it is not a
+    /// first-parent ancestor of `from` within `limit` commits.
+    pub fn first_parents(
+        &self,
+        from: CommitId,
+        until: CommitId,
+        limit: usize,
+    ) -> Result<(Vec<CommitId>, bool)> {
+        let mut out = Vec::new();
+        let mut at = Some(from);
+        while let Some(c) = at {
+            if c == until {
+                return Ok((out, true));
+            }
+            if out.len() == limit {
+                break;
+            }
+            out.push(c);
+            at = self.parent(c)?;
+        }
+        Ok((out, false))
+    }
+
     /// Author, time and summary of `commit`.
     pub fn commit_info(&self, commit: CommitId) -> Result<CommitInfo> {
         let c = self.find_commit(commit)?;
@@ -660,6 +757,24 @@ impl CommitTree {
         Ok(dir)
     }
 
+    /// Every file and symbolic link of the commit, by path, with its object id (submodules are
+    /// left out, as [`Tree::entry`] leaves them out).
+    pub fn files(&self) -> Result<std::collections::BTreeMap<String, String>, TreeError> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![(self.root, String::new())];
+        while let Some((id, prefix)) = stack.pop() {
+            for (name, (mode, oid)) in self.dir(id, &prefix)?.iter() {
+                let path = format!("{prefix}{}", name.to_str_lossy());
+                if mode.is_tree() {
+                    stack.push((*oid, format!("{path}/")));
+                } else if mode.is_blob() || mode.is_link() {
+                    out.insert(path, oid.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Mode and id of what `path` names, walking from the root tree.
     fn locate(&self, path: &str) -> Result<Option<(EntryMode, gix::ObjectId)>, TreeError> {
         let Some(parts) = components(path) else {
@@ -757,6 +872,33 @@ impl WorkTree {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Every file and symbolic link under the root (`.git` skipped), by `/`-separated path, with
+    /// the object id `git add` would give it: what [`CommitTree::files`] lists for a commit.
+    pub fn files(&self) -> Result<std::collections::BTreeMap<String, String>, TreeError> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let read =
+                std::fs::read_dir(&dir).map_err(|e| Self::io_err(&prefix, "cannot list", &e))?;
+            for item in read {
+                let item = item.map_err(|e| Self::io_err(&prefix, "cannot list", &e))?;
+                let name = item.file_name();
+                if name == ".git" {
+                    continue;
+                }
+                let path = format!("{prefix}{}", name.to_string_lossy());
+                let meta = std::fs::symlink_metadata(item.path())
+                    .map_err(|e| Self::io_err(&path, "cannot inspect", &e))?;
+                if meta.is_dir() {
+                    stack.push((item.path(), format!("{path}/")));
+                } else if let Some(Entry { id, .. }) = self.entry(&path)? {
+                    out.insert(path, id);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn io_err(path: &str, what: &str, e: &std::io::Error) -> TreeError {

@@ -44,6 +44,8 @@ pub enum PinError {
     Read(String),
     #[error("{PINNED_REF} moved concurrently: expected {expected}, found {found}")]
     Conflict { expected: String, found: String },
+    #[error("{branch} moved concurrently: expected {expected}")]
+    BranchMoved { branch: String, expected: String },
     #[error("cannot move {PINNED_REF} to {commit}: {cause}")]
     Write { commit: String, cause: String },
     #[error("{path}: {what}: {error}")]
@@ -194,6 +196,24 @@ impl PinStore {
     /// Moves the pin to `new` if, and only if, it is still `expected` (`None`: not pinned yet).
     /// Callers validate `new` first: this only guarantees the move is atomic and not lost to a race.
     pub fn set(&self, new: Oid, expected: Option<Oid>) -> Result<()> {
+        self.transact(new, expected, None)
+    }
+
+    /// [`PinStore::set`] that also moves `branch` from `branch_expected` to `new`, in the same
+    /// transaction: a hosted rollback's commit becomes the branch head and the pin together, or
+    /// neither moves (a push that moved the branch meanwhile makes it fail with
+    /// [`PinError::BranchMoved`]).
+    pub fn set_with_branch(
+        &self,
+        new: Oid,
+        expected: Option<Oid>,
+        branch: &str,
+        branch_expected: Oid,
+    ) -> Result<()> {
+        self.transact(new, expected, Some((branch, branch_expected)))
+    }
+
+    fn transact(&self, new: Oid, expected: Option<Oid>, branch: Option<(&str, Oid)>) -> Result<()> {
         let repo = self.repo()?;
         let previous = match expected {
             Some(old) => PreviousValue::MustExistAndMatch(Target::Object(old.as_gix().to_owned())),
@@ -238,7 +258,30 @@ impl PinStore {
             name: keep_name,
             deref: false,
         };
-        if let Err(e) = repo.edit_references([edit, keep]) {
+        let mut edits = vec![edit, keep];
+        if let Some((branch, old)) = branch {
+            edits.push(RefEdit {
+                change: Change::Update {
+                    log: LogChange {
+                        mode: RefLog::AndReference,
+                        force_create_reflog: false,
+                        message: "steward: rollback".into(),
+                    },
+                    expected: PreviousValue::MustExistAndMatch(Target::Object(
+                        old.as_gix().to_owned(),
+                    )),
+                    new: Target::Object(new.as_gix().to_owned()),
+                },
+                name: branch
+                    .try_into()
+                    .map_err(|e: gix::validate::reference::name::Error| PinError::Write {
+                        commit: new.to_hex(),
+                        cause: e.to_string(),
+                    })?,
+                deref: false,
+            });
+        }
+        if let Err(e) = repo.edit_references(edits) {
             // Tell a lost race apart from an I/O failure: the caller re-reads and retries on the former.
             let found = read_ref(&repo)?;
             if found != expected {
@@ -246,6 +289,19 @@ impl PinStore {
                     expected: expected.map_or("nothing".into(), |o| o.to_hex()),
                     found: found.map_or("nothing".into(), |o| o.to_hex()),
                 });
+            }
+            if let Some((branch, old)) = branch {
+                let now = repo
+                    .try_find_reference(branch)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.target().try_id().map(|id| id.to_owned()));
+                if now.as_deref() != Some(old.as_gix()) {
+                    return Err(PinError::BranchMoved {
+                        branch: branch.to_owned(),
+                        expected: old.to_hex(),
+                    });
+                }
             }
             return Err(PinError::Write {
                 commit: new.to_hex(),

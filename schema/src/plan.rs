@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::load::Loaded;
-use crate::model::Domain;
+use crate::model::{Domain, RestartPolicy};
 use crate::settings::{self, Effect, FileKind};
 
 /// One changed setting.
@@ -84,6 +84,65 @@ impl AppPlan {
     }
 }
 
+/// Who restarts a server that needs it, from its `restart-policy` in the proposed revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Restart {
+    pub policy: RestartPolicy,
+    /// For `rolling`: the cluster whose members the Master restarts one at a time (`None`: the
+    /// server is in no cluster and is restarted on its own).
+    pub cluster: Option<String>,
+    /// What will happen, in words (as the human and markdown plans say it).
+    pub description: String,
+}
+
+impl std::fmt::Display for Restart {
+    /// `restarted by the Master, one at a time in cluster cluster1 (rolling)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let policy = match self.policy {
+            RestartPolicy::Auto => "auto",
+            RestartPolicy::Rolling => "rolling",
+            RestartPolicy::Manual => "manual",
+        };
+        write!(f, "{} ({policy})", self.description)
+    }
+}
+
+impl Restart {
+    fn new(domain: &Domain, server: &str) -> Restart {
+        let policy = domain
+            .config
+            .servers
+            .get(server)
+            .map_or(RestartPolicy::Manual, |s| s.restart_policy);
+        // The same group the Master's rolling restarts use: the first cluster naming the server.
+        let cluster = (policy == RestartPolicy::Rolling)
+            .then(|| {
+                domain
+                    .config
+                    .clusters
+                    .iter()
+                    .find(|(_, c)| c.servers.iter().any(|s| s == server))
+                    .map(|(name, _)| name.clone())
+            })
+            .flatten();
+        let description = match (policy, &cluster) {
+            (RestartPolicy::Auto, _) => "restarts on apply".into(),
+            (RestartPolicy::Rolling, Some(c)) => {
+                format!("restarted by the Master, one at a time in cluster {c}")
+            }
+            (RestartPolicy::Rolling, None) => {
+                "restarted by the Master, on its own (in no cluster)".into()
+            }
+            (RestartPolicy::Manual, _) => "waits for an operator to restart it".into(),
+        };
+        Restart {
+            policy,
+            cluster,
+            description,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerPlan {
     pub name: String,
@@ -92,6 +151,8 @@ pub struct ServerPlan {
     pub applications: Vec<AppPlan>,
     /// Paths of the changed settings that need this server restarted.
     pub pending_restart: Vec<String>,
+    /// Who restarts it and when; `None` when no restart is needed.
+    pub restart: Option<Restart>,
 }
 
 impl ServerPlan {
@@ -100,21 +161,60 @@ impl ServerPlan {
     }
 }
 
+/// The permissions a Managed Server's account needs to stay in contact with the Master: its
+/// register and heartbeat routes check `servers:register`, its Git fetch route `git:read`.
+pub const SERVER_PERMISSIONS: [&str; 2] = ["servers:register", "git:read"];
+
+/// An account servers may sign in with (it holds every [`SERVER_PERMISSIONS`]) that the change
+/// takes away or changes: servers using it would be refused by the Master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountWarning {
+    pub account: String,
+    /// What changed: `removed`, `password changed`, `no longer holds servers:register`.
+    pub reasons: Vec<String>,
+    /// The servers of the proposed revision: which of them sign in as this account is known only
+    /// to their launchers, so every one of them may be cut off.
+    pub servers: Vec<String>,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     pub from: String,
     pub to: String,
+    /// Which revision the plan starts from and why (`the pinned commit (refs/…)`, `the parent of
+    /// HEAD`); set by the caller that chose it, `None` when it did not say.
+    pub base: Option<String>,
     /// Servers with anything to do, in name order.
     pub servers: Vec<ServerPlan>,
     /// `[master]` changes.
     pub master: Vec<Change>,
     /// Domain-wide changes: `[domain]`, clusters, security.
     pub domain: Vec<Change>,
+    /// Accounts servers may use that this change removes or changes.
+    pub warnings: Vec<AccountWarning>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty() && self.master.is_empty() && self.domain.is_empty()
+    }
+
+    /// The header's first line(s): the two revisions, and where the first came from.
+    fn header(&self, markdown: bool) -> String {
+        let mut out = if markdown {
+            format!("### Steward plan `{}` → `{}`\n", self.from, self.to)
+        } else {
+            format!("Plan {} → {}\n", self.from, self.to)
+        };
+        if let Some(base) = &self.base {
+            let _ = writeln!(
+                out,
+                "{}Compared with {base}.",
+                if markdown { "\n" } else { "" }
+            );
+        }
+        out
     }
 
     /// Servers that need a restart, by name.
@@ -180,18 +280,28 @@ impl Plan {
         if self.master_restart() {
             parts.push("the Master needs a restart".into());
         }
+        for w in &self.warnings {
+            parts.push(format!(
+                "servers signing in as `{}` would lose contact with the Master ({})",
+                w.account,
+                w.reasons.join(", ")
+            ));
+        }
         format!("{}.", parts.join("; "))
     }
 
     /// The plan as an operator reads it in a terminal.
     pub fn render_human(&self) -> String {
-        let mut out = format!("Plan {} → {}\n", self.from, self.to);
+        let mut out = self.header(false);
+        for w in &self.warnings {
+            let _ = writeln!(out, "\nWarning: {}", w.message);
+        }
         for s in &self.servers {
-            let state = match s.state {
-                ServerState::Added => " (new server: start it)",
-                ServerState::Removed => " (removed: stop it)",
-                ServerState::Changed if s.needs_restart() => " (restart required)",
-                ServerState::Changed => "",
+            let state = match (s.state, &s.restart) {
+                (ServerState::Added, _) => " (new server: start it)".into(),
+                (ServerState::Removed, _) => " (removed: stop it)".into(),
+                (ServerState::Changed, Some(r)) => format!(" (restart required: {r})"),
+                (ServerState::Changed, None) => String::new(),
             };
             let _ = writeln!(out, "\nserver {}{state}", s.name);
             for c in &s.changes {
@@ -226,7 +336,12 @@ impl Plan {
         }
         let restarts = self.restarts();
         if !restarts.is_empty() {
-            let _ = writeln!(out, "\nRestart required: {}", restarts.join(", "));
+            let _ = writeln!(out, "\nRestart required:");
+            for s in &self.servers {
+                if let Some(r) = &s.restart {
+                    let _ = writeln!(out, "  {}: {r}", s.name);
+                }
+            }
         }
         let _ = writeln!(out, "\n{}", self.summary());
         out
@@ -234,16 +349,19 @@ impl Plan {
 
     /// The plan as a pull-request comment.
     pub fn render_markdown(&self) -> String {
-        let mut out = format!(
-            "### Steward plan `{}` → `{}`\n\n**{}**\n",
-            self.from,
-            self.to,
-            self.summary()
-        );
+        let mut out = self.header(true);
+        let _ = writeln!(out, "\n**{}**", self.summary());
+        for w in &self.warnings {
+            let _ = writeln!(out, "\n:warning: **Warning:** {}", w.message);
+        }
         let restarts = self.restarts();
         if !restarts.is_empty() {
-            let names: Vec<String> = restarts.iter().map(|s| format!("`{s}`")).collect();
-            let _ = writeln!(out, "\n:warning: Restart required: {}", names.join(", "));
+            let _ = writeln!(out, "\n:warning: Restart required:\n");
+            for s in &self.servers {
+                if let Some(r) = &s.restart {
+                    let _ = writeln!(out, "- `{}`: {r}", s.name);
+                }
+            }
         }
         let row = |out: &mut String, c: &Change| {
             let _ = writeln!(
@@ -255,11 +373,11 @@ impl Plan {
             );
         };
         for s in &self.servers {
-            let state = match s.state {
-                ServerState::Added => " — new server",
-                ServerState::Removed => " — removed",
-                ServerState::Changed if s.needs_restart() => " — restart required",
-                ServerState::Changed => "",
+            let state = match (s.state, &s.restart) {
+                (ServerState::Added, _) => " — new server".into(),
+                (ServerState::Removed, _) => " — removed".into(),
+                (ServerState::Changed, Some(r)) => format!(" — restart required: {r}"),
+                (ServerState::Changed, None) => String::new(),
             };
             let _ = writeln!(out, "\n#### Server `{}`{state}\n", s.name);
             let app_changes: Vec<&Change> =
@@ -303,7 +421,9 @@ impl Plan {
             "format_version": crate::diag::FORMAT_VERSION,
             "from": self.from,
             "to": self.to,
+            "base": self.base,
             "summary": self.summary(),
+            "warnings": self.warnings,
             "restart": self.restarts(),
             "master_restart": self.master_restart(),
             "servers": self.servers,
@@ -542,11 +662,12 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
             Vec::new()
         };
         let applications = app_actions.get(name.as_str()).cloned().unwrap_or_default();
-        let pending_restart = changes
+        let pending_restart: Vec<String> = changes
             .iter()
             .filter(|c| c.effect == Effect::Restart)
             .map(|c| c.path.clone())
             .collect();
+        let restart = (!pending_restart.is_empty()).then(|| Restart::new(&new.domain, name));
         if state != ServerState::Changed || !changes.is_empty() || !applications.is_empty() {
             servers.push(ServerPlan {
                 name: name.clone(),
@@ -554,6 +675,7 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
                 changes,
                 applications,
                 pending_restart,
+                restart,
             });
         }
     }
@@ -586,8 +708,61 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
     Plan {
         from: old.revision.clone(),
         to: new.revision.clone(),
+        base: None,
         servers,
         master,
         domain,
+        warnings: account_warnings(&old.domain, &new.domain),
     }
+}
+
+/// Accounts that hold every [`SERVER_PERMISSIONS`] in `old` (so servers may sign in with them)
+/// and that `new` removes, gives another password, or no longer grants one of them. Servers
+/// authenticate at every heartbeat, so such a change cuts them off within a heartbeat timeout.
+pub fn account_warnings(old: &Domain, new: &Domain) -> Vec<AccountWarning> {
+    let servers: Vec<String> = new.config.servers.keys().cloned().collect();
+    if servers.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (name, user) in &old.accounts.users {
+        if !SERVER_PERMISSIONS.iter().all(|p| old.permits(name, p)) {
+            continue;
+        }
+        let reasons: Vec<String> = match new.accounts.users.get(name) {
+            None => vec!["removed".into()],
+            Some(now) => {
+                let mut r = Vec::new();
+                if now.password != user.password {
+                    r.push("password changed".into());
+                }
+                let lost: Vec<&str> = SERVER_PERMISSIONS
+                    .iter()
+                    .copied()
+                    .filter(|p| !new.permits(name, p))
+                    .collect();
+                if !lost.is_empty() {
+                    r.push(format!("no longer holds {}", lost.join(", ")));
+                }
+                r
+            }
+        };
+        if reasons.is_empty() {
+            continue;
+        }
+        let message = format!(
+            "account `{name}` can sign servers in to the Master and this change affects it ({}): \
+             servers signing in as `{name}` would lose contact with the Master ({}). Give them \
+             new credentials first, or keep the account as it is.",
+            reasons.join(", "),
+            servers.join(", ")
+        );
+        out.push(AccountWarning {
+            account: name.clone(),
+            reasons,
+            servers: servers.clone(),
+            message,
+        });
+    }
+    out
 }

@@ -20,7 +20,7 @@ pub fn run(cmd: HookCommand) -> anyhow::Result<ExitCode> {
         HookCommand::Install { repo } => {
             let exe = std::env::current_exe().context("cannot find the steward executable")?;
             let hook = reconciler::hook::install(&repo, &exe)?;
-            println!("installed {}", hook.display());
+            super::out(&format!("installed {}\n", hook.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         HookCommand::PreReceive => pre_receive(),
@@ -39,18 +39,21 @@ fn pre_receive() -> anyhow::Result<ExitCode> {
         let v = schema::validate(&tree);
         let report = &v.report;
         if report.problems.is_empty() {
-            eprintln!("steward: {} {} is valid", u.name, report.revision);
+            super::err(&format!(
+                "steward: {} {} is valid\n",
+                u.name, report.revision
+            ));
             continue;
         }
         // Git shows the hook's stderr to the pusher, each line prefixed `remote:`.
-        eprint!("{}", report.render_short());
+        super::err(&report.render_short());
         if !report.is_valid() {
             ok = false;
-            eprint!("{}", report.render_human(false));
-            eprintln!(
-                "steward: push to {} refused: fix the problems above and push again",
+            super::err(&report.render_human(false));
+            super::err(&format!(
+                "steward: push to {} refused: fix the problems above and push again\n",
                 u.name
-            );
+            ));
         }
     }
     Ok(if ok {

@@ -71,24 +71,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match reconciler::init::init(&args.domain_home, from, &label, &exe) {
         Ok(done) => {
             if !done.warnings.is_empty() {
-                eprint!("{}", done.warnings);
+                super::err(&done.warnings);
             }
-            println!(
-                "created domain home {} for domain {}: {}/config/domain.git, main pinned at {}",
+            super::out(&format!(
+                "created domain home {} for domain {}: {}/config/domain.git, main pinned at {}\n",
                 done.home.display(),
                 done.domain,
                 done.home.display(),
                 done.commit.short()
-            );
+            ))?;
             server_credentials(&done.home, from)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(reconciler::init::InitError::Invalid { dir, report }) => {
-            eprint!("{}", report.render_human(super::color(&std::io::stderr())));
-            eprintln!(
-                "error: {} is not a valid domain; nothing was created",
+            super::err(&report.render_human(super::color(&std::io::stderr())));
+            super::err(&format!(
+                "error: {} is not a valid domain; nothing was created\n",
                 dir.display()
-            );
+            ));
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e.into()),

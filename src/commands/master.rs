@@ -259,7 +259,7 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     if !args.verbose {
         // The Master's start lines on the console, as the server launcher shows the boot log.
         for line in master_lines(&logs, &mark) {
-            println!("{line}");
+            super::out(&format!("{line}\n"))?;
         }
     }
     log.info(

@@ -9,13 +9,32 @@ pub mod server;
 pub mod up;
 pub mod validate;
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use reconciler::git::{Repo, WorkTree};
 use schema::tree::Tree;
+
+/// Writes `text` to standard output. A reader that went away (`steward validate | head -1`) is
+/// not an error: the rest is dropped quietly and the command's own exit code stands.
+pub fn out(text: &str) -> std::io::Result<()> {
+    write_all(&mut std::io::stdout().lock(), text)
+}
+
+/// Writes `text` to standard error; a closed standard error is ignored (there is nowhere left
+/// to say anything).
+pub fn err(text: &str) {
+    let _ = write_all(&mut std::io::stderr().lock(), text);
+}
+
+fn write_all(w: &mut impl Write, text: &str) -> std::io::Result<()> {
+    match w.write_all(text.as_bytes()).and_then(|()| w.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
 
 /// Colors only for a terminal, and never with `NO_COLOR`.
 pub fn color(stream: &impl IsTerminal) -> bool {
@@ -47,7 +66,7 @@ pub fn worktree(dir: &Path) -> Box<dyn Tree> {
 pub fn hash_password() -> anyhow::Result<ExitCode> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprintln!("Password (input is shown; pipe it in to hide it):");
+        err("Password (input is shown; pipe it in to hide it):\n");
     }
     let mut line = String::new();
     stdin.lock().read_line(&mut line)?;
@@ -57,6 +76,6 @@ pub fn hash_password() -> anyhow::Result<ExitCode> {
             "empty password: write the password on standard input, e.g. `printf %s 'pw' | steward hash-password`"
         );
     }
-    println!("{}", schema::security::hash_password(password)?);
+    out(&format!("{}\n", schema::security::hash_password(password)?))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -30,9 +30,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let validation = schema::validate(tree.as_ref());
     let report = &validation.report;
     match args.format {
-        Format::Human => print!("{}", report.render_human(super::color(&std::io::stdout()))),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
-        Format::Github => print!("{}", report.render_github()),
+        Format::Human => super::out(&report.render_human(super::color(&std::io::stdout())))?,
+        Format::Json => super::out(&(serde_json::to_string_pretty(&report.to_json())? + "\n"))?,
+        Format::Github => super::out(&report.render_github())?,
         Format::Markdown => {
             bail!("`--format markdown` is for `steward diff`; use human, json or github")
         }
