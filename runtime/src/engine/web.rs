@@ -12,6 +12,8 @@
 pub mod access;
 pub mod body;
 pub mod files;
+pub mod pool;
+pub mod proxy;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use schema::model::{AccessLog as AccessLogSettings, AppKind, Application, Listener, Server};
@@ -34,6 +36,7 @@ use crate::logfile::{Logger, Rotation};
 
 pub use body::Body;
 use files::StaticApp;
+use proxy::{Peer, ProcessApp};
 use supervisor::{ProcLive, ProcSpec, ProcState, Supervisor};
 
 /// Errors of the web engine.
@@ -125,13 +128,10 @@ enum Handler {
 }
 
 #[derive(Debug)]
-struct ProcessApp {
-    supervisor: Arc<Supervisor>,
-}
-
-#[derive(Debug)]
 struct Route {
     context: String,
+    /// `context` as an `X-Forwarded-Prefix` value, built once.
+    prefix: HeaderValue,
     app: String,
     handler: Handler,
 }
@@ -457,9 +457,8 @@ impl WebEngine {
                                 self.inner.ctx.rotation,
                                 self.inner.ctx.logger.clone(),
                             );
-                            let app = Arc::new(ProcessApp {
-                                supervisor: Arc::new(sup),
-                            });
+                            let app =
+                                Arc::new(ProcessApp::new(name, sup, self.inner.ctx.logger.clone()));
                             starting.push((name.clone(), app, previous, timeout));
                         }
                     }
@@ -539,8 +538,10 @@ impl WebEngine {
             } else {
                 continue;
             };
+            let context = normalize_context(&spec.app.context_path);
             routes.push(Route {
-                context: normalize_context(&spec.app.context_path).to_owned(),
+                context: context.to_owned(),
+                prefix: HeaderValue::try_from(context).unwrap_or(HeaderValue::from_static("/")),
                 app: name.clone(),
                 handler,
             });
@@ -699,9 +700,11 @@ async fn serve_connection(
 ) {
     let mut stop = inner.shutdown.subscribe();
     let svc_inner = Arc::clone(inner);
+    let peer = Arc::new(Peer::new(peer));
     let service = hyper::service::service_fn(move |req| {
         let inner = Arc::clone(&svc_inner);
-        async move { Ok::<_, Infallible>(handle(&inner, index, peer, req).await) }
+        let peer = Arc::clone(&peer);
+        async move { Ok::<_, Infallible>(handle(&inner, index, &peer, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -747,7 +750,7 @@ fn under(path: &str, context: &str) -> bool {
 async fn handle(
     inner: &Arc<Inner>,
     index: usize,
-    peer: SocketAddr,
+    peer: &Peer,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -785,10 +788,22 @@ async fn handle(
             match route {
                 None => (plain(StatusCode::NOT_FOUND), None),
                 Some(route) => {
+                    let timed_out = matches!(&route.handler, Handler::Process(_))
+                        .then(|| (req.method().clone(), req.uri().clone()));
                     let fut = dispatch(route, req, peer);
                     let resp = match tokio::time::timeout(limits.request_timeout, fut).await {
                         Ok(r) => r,
-                        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT),
+                        Err(_) => {
+                            if let (Handler::Process(p), Some((method, target))) =
+                                (&route.handler, timed_out)
+                            {
+                                p.report(&format!(
+                                    "{method} {target}: no response within request-timeout {}; answered 504",
+                                    fmt_duration(limits.request_timeout)
+                                ));
+                            }
+                            plain(StatusCode::GATEWAY_TIMEOUT)
+                        }
                     };
                     (
                         resp.map(|b| b.with_permit(Some(permit))),
@@ -805,7 +820,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let e = access::Entry {
-            remote: peer.ip(),
+            remote: peer.addr.ip(),
             method: &line.method,
             target: &line.target,
             version: line.version,
@@ -858,7 +873,7 @@ impl RequestLine {
     }
 }
 
-async fn dispatch(route: &Route, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn dispatch(route: &Route, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     match &route.handler {
         Handler::Static(app) => {
             let path = req.uri().path();
@@ -870,108 +885,7 @@ async fn dispatch(route: &Route, req: Request<Incoming>, peer: SocketAddr) -> Re
             app.serve(req.method(), req.headers(), rest, path, req.uri().query())
                 .await
         }
-        Handler::Process(p) => proxy(p, &route.context, req, peer).await,
-    }
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are not forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
-    }
-}
-
-/// Forwards the request, path unchanged (the application sees the full path, context path
-/// included), with `X-Forwarded-For/Proto/Host/Prefix`.
-async fn proxy(
-    app: &Arc<ProcessApp>,
-    context: &str,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let Some(port) = app.supervisor.port() else {
-        return unavailable();
-    };
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    let h = &mut parts.headers;
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        h.insert("x-forwarded-for", v);
-    }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = h.get(header::HOST).cloned() {
-        h.insert("x-forwarded-host", host);
-    }
-    if let Ok(v) = HeaderValue::from_str(context) {
-        h.insert("x-forwarded-prefix", v);
-    }
-    if !h.contains_key(header::HOST) {
-        h.insert(
-            header::HOST,
-            HeaderValue::from_str(&format!("127.0.0.1:{port}"))
-                .unwrap_or(HeaderValue::from_static("localhost")),
-        );
-    }
-    // Origin form: the upstream gets the path and query as the client sent them.
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.to_string());
-    parts.uri = match pq.parse() {
-        Ok(u) => u,
-        Err(_) => return plain(StatusCode::BAD_REQUEST),
-    };
-    parts.version = hyper::Version::HTTP_11;
-    let upstream = Request::from_parts(parts, body);
-    let stream =
-        match tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await {
-            Ok(s) => s,
-            // Exited between the health check and now: the supervisor is restarting it.
-            Err(_) => return unavailable(),
-        };
-    let _ = stream.set_nodelay(true);
-    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
-        return plain(StatusCode::BAD_GATEWAY);
-    };
-    tokio::spawn(conn);
-    match send.send_request(upstream).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::upstream(body))
-        }
-        Err(_) => plain(StatusCode::BAD_GATEWAY),
+        Handler::Process(p) => p.forward(&route.prefix, peer, req).await,
     }
 }
 
