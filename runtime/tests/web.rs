@@ -431,13 +431,24 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 
 /// Deploys the python app as process application `name` at `context`.
 fn process_app(h: &ServerHome, name: &str, context: &str, env: &[(&str, &str)]) -> AppSpec {
+    script_app(h, name, context, env, APP_PY)
+}
+
+/// Deploys `script` as `app.py` of process application `name` at `context`.
+fn script_app(
+    h: &ServerHome,
+    name: &str,
+    context: &str,
+    env: &[(&str, &str)],
+    script: &str,
+) -> AppSpec {
     let mut app = application(AppKind::Process, context);
     app.command = Some("app.py".to_owned());
     app.env = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let d = deploy_files(h, name, &app, &[("app.py", APP_PY.as_bytes())]);
+    let d = deploy_files(h, name, &app, &[("app.py", script.as_bytes())]);
     // In-memory trees carry no modes; a Git source would (see tests/deploy.rs).
     std::fs::set_permissions(
         d.image.join("app.py"),
@@ -987,19 +998,7 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 
 /// `KEEP_PY` deployed as process application `name` at `context`.
 fn keep_app(h: &ServerHome, name: &str, context: &str, env: &[(&str, &str)]) -> AppSpec {
-    let mut app = application(AppKind::Process, context);
-    app.command = Some("app.py".to_owned());
-    app.env = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let d = deploy_files(h, name, &app, &[("app.py", KEEP_PY.as_bytes())]);
-    std::fs::set_permissions(
-        d.image.join("app.py"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .expect("chmod");
-    AppSpec { app, deployment: d }
+    script_app(h, name, context, env, KEEP_PY)
 }
 
 /// The backend connection that served `r` (`KEEP_PY`'s `/conn`).
