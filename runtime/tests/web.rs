@@ -21,6 +21,7 @@ use schema::values::Dur;
 
 struct Reply {
     status: u16,
+    version: hyper::Version,
     headers: hyper::HeaderMap,
     body: Vec<u8>,
 }
@@ -73,6 +74,7 @@ impl Client {
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
+        let version = resp.version();
         let headers = resp.headers().clone();
         let body = resp
             .into_body()
@@ -83,6 +85,7 @@ impl Client {
             .to_vec();
         Ok(Reply {
             status,
+            version,
             headers,
             body,
         })
@@ -429,13 +432,24 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 
 /// Deploys the python app as process application `name` at `context`.
 fn process_app(h: &ServerHome, name: &str, context: &str, env: &[(&str, &str)]) -> AppSpec {
+    script_app(h, name, context, env, APP_PY)
+}
+
+/// Deploys `script` as `app.py` of process application `name` at `context`.
+fn script_app(
+    h: &ServerHome,
+    name: &str,
+    context: &str,
+    env: &[(&str, &str)],
+    script: &str,
+) -> AppSpec {
     let mut app = application(AppKind::Process, context);
     app.command = Some("app.py".to_owned());
     app.env = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let d = deploy_files(h, name, &app, &[("app.py", APP_PY.as_bytes())]);
+    let d = deploy_files(h, name, &app, &[("app.py", script.as_bytes())]);
     // In-memory trees carry no modes; a Git source would (see tests/deploy.rs).
     std::fs::set_permissions(
         d.image.join("app.py"),
@@ -655,7 +669,7 @@ async fn applies_twenty_live_changes_under_load_without_a_failed_request() {
             }
         }));
     }
-    let mut changes = 0;
+    let mut last = base.clone();
     for i in 0..20u32 {
         let mut cfg = base.clone();
         if let Some(l) = cfg.listeners.get_mut("http") {
@@ -673,8 +687,8 @@ async fn applies_twenty_live_changes_under_load_without_a_failed_request() {
         {
             d.app.context_path = "/manual".to_owned();
         }
-        engine.apply(cfg).await.expect("apply");
-        changes += 1;
+        engine.apply(cfg.clone()).await.expect("apply");
+        last = cfg;
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -683,7 +697,9 @@ async fn applies_twenty_live_changes_under_load_without_a_failed_request() {
     }
     let failures = failures.lock().expect("lock").clone();
     let total = done.load(Ordering::Relaxed);
-    assert_eq!(changes, 20);
+    // The engine holds the last change, not an earlier one.
+    assert_eq!(engine.config().await.as_ref(), Some(&last));
+    assert_eq!(last.listeners["http"].thread_pool.max, 2);
     assert!(total >= 200, "{total} requests");
     assert!(
         failures.is_empty(),
@@ -895,4 +911,280 @@ async fn serves_applications_deployed_from_a_git_commit() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(json(&r)["path"], "/api/orders");
     engine.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A keep-alive HTTP/1.1 backend that says which of its connections served each request.
+/// `/…/conn`: `{"conn": id, "served": n}` (n requests before this one on that connection);
+/// `/…/old`: an HTTP/1.0 answer delimited by closing the connection; `/…/stream?flag=F`: a
+/// chunked body whose second chunk waits for file F to exist; `POST /…/echo`: the request body
+/// (chunked or not) back; `/…/flaky`: answers only the first request of a connection and closes
+/// it on any later one, as an application closing an idle connection while a request arrives.
+/// `IDLE=s`: closes a connection idle for s seconds.
+const KEEP_PY: &str = r#"#!/usr/bin/env python3
+import itertools, json, os, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ids = itertools.count(1)
+lock = threading.Lock()
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = float(os.environ.get("IDLE", "0")) or None
+
+    def setup(self):
+        super().setup()
+        with lock:
+            self.conn = next(ids)
+        self.served = 0
+
+    def reply(self, body, ctype="application/json"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        served, self.served = self.served, self.served + 1
+        if self.path.endswith("/flaky") and served > 0:
+            self.close_connection = True
+            return
+        if self.path.endswith("/old"):
+            self.protocol_version = "HTTP/1.0"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"no length, ")
+            self.wfile.write(b"ended by close")
+            self.close_connection = True
+            return
+        if "/stream?flag=" in self.path:
+            flag = self.path.split("flag=", 1)[1]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"6\r\nfirst\n\r\n")
+            self.wfile.flush()
+            until = time.time() + 20
+            while not os.path.exists(flag) and time.time() < until:
+                time.sleep(0.01)
+            self.wfile.write(b"7\r\nsecond\n\r\n0\r\n\r\n")
+            return
+        self.reply(json.dumps({"conn": self.conn, "served": served}).encode())
+
+    def do_POST(self):
+        served, self.served = self.served, self.served + 1
+        if self.path.endswith("/flaky") and served > 0:
+            self.close_connection = True
+            return
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.reply(body, "text/plain")
+
+    def log_message(self, fmt, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// `KEEP_PY` deployed as process application `name` at `context`.
+fn keep_app(h: &ServerHome, name: &str, context: &str, env: &[(&str, &str)]) -> AppSpec {
+    script_app(h, name, context, env, KEEP_PY)
+}
+
+/// The backend connection that served `r` (`KEEP_PY`'s `/conn`).
+fn conn_of(r: &Reply) -> u64 {
+    assert_eq!(r.status, 200, "{}", r.text());
+    json(r)["conn"].as_u64().expect("conn")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_as_http_1_1_over_reused_upstream_connections() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = home(tmp.path());
+    let (engine, addr) = start(
+        config(
+            &[(
+                "http",
+                listener(8, Duration::from_secs(5), Duration::from_secs(10)),
+            )],
+            vec![("keep", keep_app(&h, "keep", "/keep", &[]))],
+        ),
+        &h,
+    )
+    .await;
+    let mut client = Client::connect(addr).await;
+    let mut conns = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let r = client.req("GET", "/keep/conn", &[]).await.expect("request");
+        assert_eq!(r.version, hyper::Version::HTTP_11);
+        assert_eq!(r.header("server"), "", "the application's Server header");
+        conns.insert(conn_of(&r));
+        // A new client connection is no reason for a new upstream one either.
+        conns.insert(conn_of(&get(addr, "/keep/conn", &[]).await));
+        assert_eq!(
+            conns.len(),
+            1,
+            "request {i}: upstream connections {conns:?}"
+        );
+    }
+
+    // An HTTP/1.0 application whose body ends when it closes: the client still gets HTTP/1.1
+    // (chunked), and its connection stays open for the next request.
+    for _ in 0..2 {
+        let r = client.req("GET", "/keep/old", &[]).await.expect("request");
+        assert_eq!((r.status, r.version), (200, hyper::Version::HTTP_11));
+        assert_eq!(r.text(), "no length, ended by close");
+        assert_eq!(r.header("transfer-encoding"), "chunked");
+    }
+    let r = client
+        .req("GET", "/keep/conn", &[])
+        .await
+        .expect("same client connection");
+    assert_eq!(r.status, 200);
+
+    // The literal status line and headers, as a client reads them.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(
+        b"POST /keep/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head");
+    assert!(!head.to_lowercase().contains("\r\nserver:"), "{head}");
+    assert_eq!(
+        body, "hello, world",
+        "a chunked request body, passed through"
+    );
+    engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_chunked_response_as_the_application_sends_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = home(tmp.path());
+    let (engine, addr) = start(
+        config(
+            &[(
+                "http",
+                listener(8, Duration::from_secs(5), Duration::from_secs(10)),
+            )],
+            vec![("keep", keep_app(&h, "keep", "/keep", &[]))],
+        ),
+        &h,
+    )
+    .await;
+    let flag = tmp.path().join("flag");
+    let mut client = Client::connect(addr).await;
+    let req = hyper::Request::get(format!("/keep/stream?flag={}", flag.display()))
+        .header("host", "x")
+        .body(Empty::new())
+        .expect("request");
+    let resp = client.send.send_request(req).await.expect("response");
+    assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+    assert!(resp.headers().get("content-length").is_none());
+    let mut body = resp.into_body();
+    // The first chunk arrives while the application still waits to send the second.
+    let first = body.frame().await.expect("frame").expect("ok");
+    assert_eq!(first.into_data().expect("data"), "first\n");
+    std::fs::write(&flag, b"").expect("flag");
+    let rest = body.collect().await.expect("rest").to_bytes();
+    assert_eq!(rest, "second\n");
+    // The connection the stream used is reused afterwards.
+    let a = conn_of(&client.req("GET", "/keep/conn", &[]).await.expect("req"));
+    let b = conn_of(&client.req("GET", "/keep/conn", &[]).await.expect("req"));
+    assert_eq!(a, b);
+    engine.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_application_closes_cost_the_client_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = home(tmp.path());
+    let logger = runtime::logfile::Logger::new(
+        Some(
+            runtime::logfile::LogFile::open(&h.logs(), "server", Default::default()).expect("log"),
+        ),
+        runtime::logfile::Echo::None,
+        "server1",
+    );
+    let cfg = config(
+        &[(
+            "http",
+            listener(8, Duration::from_secs(5), Duration::from_secs(10)),
+        )],
+        vec![
+            ("keep", keep_app(&h, "keep", "/keep", &[])),
+            ("idle", keep_app(&h, "idle", "/idle", &[("IDLE", "0.2")])),
+        ],
+    );
+    let ctx = EngineContext {
+        logger: Some(logger),
+        ..ctx(&h)
+    };
+    let (engine, report) = WebEngine::start(cfg, ctx).await.expect("start");
+    assert!(report.failed.is_empty(), "{report:?}");
+    let addr = *engine.local_addrs().values().next().expect("listener");
+    let mut client = Client::connect(addr).await;
+
+    // The application drops every request after the first on a connection: each GET after the
+    // first meets a pooled connection that fails, and is sent again on a new one.
+    let mut conns = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let r = client
+            .req("GET", "/keep/flaky", &[])
+            .await
+            .expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(json(&r)["served"], 0);
+        conns.insert(conn_of(&r));
+    }
+    assert_eq!(conns.len(), 5, "each on a connection of its own: {conns:?}");
+    // A POST is not sent twice: the client learns it failed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(
+        b"POST /keep/flaky HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await
+    .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    assert!(raw.starts_with("HTTP/1.1 502 "), "{raw}");
+
+    // Closed while idle (after 0.2 s): noticed, and a new connection is opened.
+    let mut conns = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let r = client.req("GET", "/idle/conn", &[]).await.expect("request");
+        conns.insert(conn_of(&r));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(conns.len(), 3, "{conns:?}");
+
+    engine.shutdown(Duration::from_secs(2)).await;
+    let log = runtime::logfile::tail(&h.logs(), "server", 1000).join("\n");
+    assert!(
+        log.contains("[WEB-0211] Application keep: GET /keep/flaky"),
+        "the retry at debug: {log}"
+    );
+    assert!(
+        log.contains("[WEB-0212] Application keep: POST /keep/flaky")
+            && log.contains("answered 502"),
+        "the 502 as a warning: {log}"
+    );
 }

@@ -8,32 +8,37 @@
 //! at once. Capacity (`thread-pool.max`) is a semaphore per listener resized in place. Listener
 //! addresses and ports are bound once: `apply` refuses to change them and names the settings, the
 //! caller reports them as pending restart. See `docs/web-engine.md`.
+//!
+//! This file is the engine's state and [`WebEngine::apply`], kept together because `apply` is one
+//! transaction over all of it (about 700 lines); requests are served in `serve`, process
+//! applications proxied in `proxy` over the connections of `pool`.
 
 pub mod access;
 pub mod body;
 pub mod files;
+pub mod pool;
+pub mod proxy;
+mod serve;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::header::HeaderValue;
 use schema::model::{AccessLog as AccessLogSettings, AppKind, Application, Listener, Server};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::deploy::Deployment;
 use crate::logfile::{Logger, Rotation};
 
 pub use body::Body;
 use files::StaticApp;
+use proxy::ProcessApp;
+use serve::{accept_loop, plain, unavailable};
 use supervisor::{ProcLive, ProcSpec, ProcState, Supervisor};
 
 /// Errors of the web engine.
@@ -125,13 +130,10 @@ enum Handler {
 }
 
 #[derive(Debug)]
-struct ProcessApp {
-    supervisor: Arc<Supervisor>,
-}
-
-#[derive(Debug)]
 struct Route {
     context: String,
+    /// `context` as an `X-Forwarded-Prefix` value, built once.
+    prefix: HeaderValue,
     app: String,
     handler: Handler,
 }
@@ -457,9 +459,8 @@ impl WebEngine {
                                 self.inner.ctx.rotation,
                                 self.inner.ctx.logger.clone(),
                             );
-                            let app = Arc::new(ProcessApp {
-                                supervisor: Arc::new(sup),
-                            });
+                            let app =
+                                Arc::new(ProcessApp::new(name, sup, self.inner.ctx.logger.clone()));
                             starting.push((name.clone(), app, previous, timeout));
                         }
                     }
@@ -539,8 +540,10 @@ impl WebEngine {
             } else {
                 continue;
             };
+            let context = normalize_context(&spec.app.context_path);
             routes.push(Route {
-                context: normalize_context(&spec.app.context_path).to_owned(),
+                context: context.to_owned(),
+                prefix: HeaderValue::try_from(context).unwrap_or(HeaderValue::from_static("/")),
                 app: name.clone(),
                 handler,
             });
@@ -664,317 +667,6 @@ fn read_snapshot(inner: &Inner) -> Arc<Snapshot> {
     }
 }
 
-async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net::TcpListener) {
-    let mut stop = inner.shutdown.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            a = tcp.accept() => a,
-            _ = stop.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            // Out of descriptors and the like: back off briefly rather than spin.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        inner.connections.fetch_add(1, Ordering::SeqCst);
-        let inner = Arc::clone(&inner);
-        tokio::spawn(async move {
-            serve_connection(&inner, index, stream, peer).await;
-            if inner.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
-                inner.idle.notify_waiters();
-            }
-        });
-    }
-}
-
-async fn serve_connection(
-    inner: &Arc<Inner>,
-    index: usize,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-) {
-    let mut stop = inner.shutdown.subscribe();
-    let svc_inner = Arc::clone(inner);
-    let service = hyper::service::service_fn(move |req| {
-        let inner = Arc::clone(&svc_inner);
-        async move { Ok::<_, Infallible>(handle(&inner, index, peer, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    if *stop.borrow() {
-        conn.as_mut().graceful_shutdown();
-    }
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
-    }
-    let _ = conn.await;
-}
-
-fn plain(code: StatusCode) -> Response<Body> {
-    let text = code.canonical_reason().unwrap_or("");
-    let mut r = Response::new(Body::full(format!("{} {text}\n", code.as_u16())));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn unavailable() -> Response<Body> {
-    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
-}
-
-/// Whether `path` is under `context` (segment-wise: `/shop` covers `/shop` and `/shop/x`, not
-/// `/shopping`).
-fn under(path: &str, context: &str) -> bool {
-    context == "/"
-        || (path.starts_with(context)
-            && matches!(path.as_bytes().get(context.len()), None | Some(b'/')))
-}
-
-async fn handle(
-    inner: &Arc<Inner>,
-    index: usize,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let started = Instant::now();
-    let snap = read_snapshot(inner);
-    let Some(limits) = snap.limits.get(index).cloned() else {
-        return unavailable();
-    };
-    let Some(listener) = inner.listeners.get(index) else {
-        return unavailable();
-    };
-    // Capacity: a free slot at once, else wait up to queue-timeout.
-    let permit: Option<OwnedSemaphorePermit> =
-        match Arc::clone(&listener.pool.sem).try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                match tokio::time::timeout(
-                    limits.queue_timeout,
-                    Arc::clone(&listener.pool.sem).acquire_owned(),
-                )
-                .await
-                {
-                    Ok(Ok(p)) => Some(p),
-                    _ => None,
-                }
-            }
-        };
-    let log = snap.access_log.enabled.then(|| RequestLine::of(&req));
-    let (resp, app) = match permit {
-        None => (unavailable(), None),
-        Some(permit) => {
-            let route = snap
-                .routes
-                .iter()
-                .find(|r| under(req.uri().path(), &r.context));
-            match route {
-                None => (plain(StatusCode::NOT_FOUND), None),
-                Some(route) => {
-                    let fut = dispatch(route, req, peer);
-                    let resp = match tokio::time::timeout(limits.request_timeout, fut).await {
-                        Ok(r) => r,
-                        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT),
-                    };
-                    (
-                        resp.map(|b| b.with_permit(Some(permit))),
-                        Some(route.app.as_str()),
-                    )
-                }
-            }
-        }
-    };
-    if let Some(line) = log {
-        let bytes = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let e = access::Entry {
-            remote: peer.ip(),
-            method: &line.method,
-            target: &line.target,
-            version: line.version,
-            status: resp.status().as_u16(),
-            bytes,
-            referer: line.referer.as_deref(),
-            user_agent: line.user_agent.as_deref(),
-            duration: started.elapsed(),
-            app,
-        };
-        inner.access.write(access::format(
-            snap.access_log.format,
-            &e,
-            SystemTime::now(),
-        ));
-    }
-    resp
-}
-
-/// What the access log needs from a request, taken before the request is consumed.
-struct RequestLine {
-    method: String,
-    target: String,
-    version: &'static str,
-    referer: Option<String>,
-    user_agent: Option<String>,
-}
-
-impl RequestLine {
-    fn of(req: &Request<Incoming>) -> RequestLine {
-        let h = |n| {
-            req.headers()
-                .get(n)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        RequestLine {
-            method: req.method().to_string(),
-            target: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.to_string()),
-            version: match req.version() {
-                hyper::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
-            referer: h(header::REFERER),
-            user_agent: h(header::USER_AGENT),
-        }
-    }
-}
-
-async fn dispatch(route: &Route, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    match &route.handler {
-        Handler::Static(app) => {
-            let path = req.uri().path();
-            let rest = if route.context == "/" {
-                path
-            } else {
-                &path[route.context.len().min(path.len())..]
-            };
-            app.serve(req.method(), req.headers(), rest, path, req.uri().query())
-                .await
-        }
-        Handler::Process(p) => proxy(p, &route.context, req, peer).await,
-    }
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are not forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
-    }
-}
-
-/// Forwards the request, path unchanged (the application sees the full path, context path
-/// included), with `X-Forwarded-For/Proto/Host/Prefix`.
-async fn proxy(
-    app: &Arc<ProcessApp>,
-    context: &str,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let Some(port) = app.supervisor.port() else {
-        return unavailable();
-    };
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    let h = &mut parts.headers;
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        h.insert("x-forwarded-for", v);
-    }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = h.get(header::HOST).cloned() {
-        h.insert("x-forwarded-host", host);
-    }
-    if let Ok(v) = HeaderValue::from_str(context) {
-        h.insert("x-forwarded-prefix", v);
-    }
-    if !h.contains_key(header::HOST) {
-        h.insert(
-            header::HOST,
-            HeaderValue::from_str(&format!("127.0.0.1:{port}"))
-                .unwrap_or(HeaderValue::from_static("localhost")),
-        );
-    }
-    // Origin form: the upstream gets the path and query as the client sent them.
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.to_string());
-    parts.uri = match pq.parse() {
-        Ok(u) => u,
-        Err(_) => return plain(StatusCode::BAD_REQUEST),
-    };
-    parts.version = hyper::Version::HTTP_11;
-    let upstream = Request::from_parts(parts, body);
-    let stream =
-        match tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await {
-            Ok(s) => s,
-            // Exited between the health check and now: the supervisor is restarting it.
-            Err(_) => return unavailable(),
-        };
-    let _ = stream.set_nodelay(true);
-    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
-        return plain(StatusCode::BAD_GATEWAY);
-    };
-    tokio::spawn(conn);
-    match send.send_request(upstream).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::upstream(body))
-        }
-        Err(_) => plain(StatusCode::BAD_GATEWAY),
-    }
-}
-
 impl ProcState {
     pub fn is_ready(&self) -> bool {
         matches!(self, ProcState::Ready(_))
@@ -984,6 +676,7 @@ impl ProcState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serve::under;
 
     #[test]
     fn context_paths_match_by_segment() {

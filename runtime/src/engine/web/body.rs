@@ -1,14 +1,17 @@
 //! The response body of every route: bytes in memory, a stream from a blocking file reader, or an
 //! upstream body. It also carries the request's capacity permit, so a slot of `thread-pool.max`
-//! stays taken until the last byte is sent, not just until the headers are.
+//! stays taken until the last byte is sent, not just until the headers are. An upstream body
+//! also carries the lease on its upstream connection, given back to the pool when the body ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
+
+use super::pool::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -23,7 +26,11 @@ enum Kind {
         rx: mpsc::Receiver<std::io::Result<Bytes>>,
         remaining: u64,
     },
-    Upstream(Incoming),
+    Upstream {
+        body: Incoming,
+        /// Given back once the body ended; dropped (connection closed) if it never does.
+        lease: Option<Lease>,
+    },
 }
 
 impl Body {
@@ -50,9 +57,16 @@ impl Body {
         }
     }
 
-    pub fn upstream(body: Incoming) -> Body {
+    /// An upstream response body; `lease` goes back to its pool when the body has been read to
+    /// the end (at once if it is already empty: hyper does not poll an empty body).
+    pub fn upstream(body: Incoming, mut lease: Option<Lease>) -> Body {
+        if body.is_end_stream()
+            && let Some(l) = lease.take()
+        {
+            l.release();
+        }
         Body {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream { body, lease },
             _permit: None,
         }
     }
@@ -90,7 +104,20 @@ impl hyper::body::Body for Body {
                     Poll::Pending => Poll::Pending,
                 }
             }
-            Kind::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(|e| e.into()),
+            Kind::Upstream { body, lease } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // hyper stops polling once `is_end_stream` is true (a known length reached), so
+                // the end is noticed on the last frame, not only on `None`.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if ended && let Some(l) = lease.take() {
+                    l.release();
+                }
+                polled.map_err(|e| e.into())
+            }
         }
     }
 
@@ -98,7 +125,7 @@ impl hyper::body::Body for Body {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Stream { remaining, .. } => *remaining == 0,
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -106,7 +133,7 @@ impl hyper::body::Body for Body {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream { remaining, .. } => SizeHint::with_exact(*remaining),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream { body, .. } => body.size_hint(),
         }
     }
 }

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Reverse-proxy throughput: Steward's web engine against nginx `proxy_pass` (with upstream
+# keep-alive), both in front of the same backend, same load generator, same run.
+#
+#   benches/proxy_throughput.sh                  # wrk -t2 -c50 -d10s, median of 3 runs each
+#   RUNS=5 DURATION=20s benches/proxy_throughput.sh
+#
+# The backend is nginx serving one small file (615 bytes), deployed as a `process` application
+# of the web engine (`runtime/examples/serve_proxy.rs` runs it as the supervisor runs any process
+# application: it gets `PORT`, it is health-checked, then proxied). The reference nginx proxies
+# to that same backend process (the port it was given), with `keepalive 64` upstream connections
+# per worker and the same `X-Forwarded-*` headers the engine adds. Access logs are off everywhere.
+# Both proxies get WORKERS worker threads/processes (default 2); the backend BACKEND_WORKERS
+# (default 1). Runs alternate (steward, nginx, steward, …) so a change in the machine's load hits
+# both; the medians are compared.
+#
+# Installs `nginx` and `wrk` with apt-get when missing. Builds the example with
+# `cargo build --release` (BUILD=hot: see benches/static_throughput.sh; BUILD_ARGS/PROFILE_DIR
+# override both).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-50}
+WORKERS=${WORKERS:-2}
+BACKEND_WORKERS=${BACKEND_WORKERS:-1}
+RUNS=${RUNS:-3}
+OURS_PORT=${OURS_PORT:-18191}
+NGINX_PORT=${NGINX_PORT:-18192}
+if [ "${BUILD:-release}" = hot ]; then
+    HOT_ARGS="--config profile.dev.debug=0"
+    for p in steward-runtime steward-schema tokio mio hyper hyper-util http httparse bytes \
+        http-body http-body-util httpdate; do
+        for kv in opt-level=3 debug-assertions=false overflow-checks=false; do
+            HOT_ARGS="$HOT_ARGS --config profile.dev.package.$p.$kv"
+        done
+    done
+    BUILD_ARGS=${BUILD_ARGS:-$HOT_ARGS}
+    PROFILE_DIR=${PROFILE_DIR:-debug}
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench}
+fi
+BUILD_ARGS=${BUILD_ARGS:---release}
+PROFILE_DIR=${PROFILE_DIR:-release}
+
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    [ -x "/usr/sbin/$1" ] && return 0
+    echo "installing $2 ..." >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+need wrk wrk
+need nginx nginx
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "building serve_proxy (${BUILD:-release}) ..." >&2
+(cd "$ROOT" && cargo build -q $BUILD_ARGS -p steward-runtime --example serve_proxy)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OURS="$TARGET/$PROFILE_DIR/examples/serve_proxy"
+[ -x "$OURS" ] || { echo "no binary at $OURS (set PROFILE_DIR)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/steward-bench-XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+chmod 755 "$WORK"
+mkdir -p "$WORK/site" "$WORK/app" "$WORK/backend/logs" "$WORK/nginx/logs"
+python3 - "$WORK/site/index.html" <<'PY'
+import sys
+body = "<!DOCTYPE html>\n<html><head><title>bench</title></head><body>\n"
+body += "<p>" + ("proxy throughput " * 40)[: 615 - len(body) - 24] + "</p>\n</body></html>\n"
+open(sys.argv[1], "w").write(body)
+PY
+chmod -R a+rX "$WORK/site"
+USER_LINE=$( [ "$(id -u)" -eq 0 ] && echo "user root;" || true )
+TEMPS="client_body_temp_path body; proxy_temp_path proxy; fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi; scgi_temp_path scgi;"
+
+# The process application: writes the backend's configuration for the PORT it is given, says
+# where it listens, and becomes that nginx (so stopping the application stops it).
+cat >"$WORK/app/run.sh" <<SH
+#!/bin/sh
+cat >"$WORK/backend/nginx.conf" <<CONF
+worker_processes $BACKEND_WORKERS;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/logs/error.log warn;
+daemon off;
+$USER_LINE
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    $TEMPS
+    types { text/html html; }
+    server {
+        listen 127.0.0.1:\$PORT;
+        root $WORK/site;
+        index index.html;
+    }
+}
+CONF
+echo "\$PORT" >"$WORK/backend.port"
+exec "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf"
+SH
+chmod 755 "$WORK/app/run.sh"
+
+"$OURS" "$WORK/app" run.sh "$OURS_PORT" --threads "$WORKERS" >"$WORK/ours.log" 2>&1 &
+PIDS+=($!)
+
+wait_port() {
+    for _ in $(seq 1 300); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$1/index.html" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing answers on port $1" >&2
+    cat "$WORK/ours.log" "$WORK/nginx.out" "$WORK"/*/logs/error.log 2>/dev/null >&2 || true
+    exit 1
+}
+wait_port "$OURS_PORT"
+BACKEND_PORT=$(cat "$WORK/backend.port")
+
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes $WORKERS;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+daemon off;
+$USER_LINE
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    $TEMPS
+    upstream app {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header X-Forwarded-Prefix /;
+        }
+    }
+}
+CONF
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.out" 2>&1 &
+PIDS+=($!)
+wait_port "$NGINX_PORT"
+cmp <(curl -fsS "http://127.0.0.1:$OURS_PORT/index.html") \
+    <(curl -fsS "http://127.0.0.1:$NGINX_PORT/index.html")
+echo "--- steward's response head" >&2
+curl -sS -o /dev/null -D - "http://127.0.0.1:$OURS_PORT/index.html" >&2
+
+run() { # name port n -> prints req/s, keeps wrk's output
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$2/index.html" \
+        >"$WORK/$1.$3.wrk" 2>&1
+    awk '/Requests\/sec/ {print $2}' "$WORK/$1.$3.wrk"
+}
+# Warm both (connections, caches) before measuring.
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$OURS_PORT/index.html" >/dev/null 2>&1
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/index.html" >/dev/null 2>&1
+OURS_ALL=()
+NGINX_ALL=()
+for i in $(seq 1 "$RUNS"); do
+    OURS_ALL+=("$(run steward "$OURS_PORT" "$i")")
+    NGINX_ALL+=("$(run nginx "$NGINX_PORT" "$i")")
+    echo "run $i: steward ${OURS_ALL[-1]} req/s, nginx ${NGINX_ALL[-1]} req/s" >&2
+done
+for n in steward nginx; do
+    echo "--- $n (last run)"
+    grep -E "Latency|Requests/sec|Socket errors|Non-2xx" "$WORK/$n.$RUNS.wrk" || true
+done
+echo
+python3 - "${OURS_ALL[*]}" "${NGINX_ALL[*]}" <<PY
+import statistics, sys
+ours = [float(x) for x in sys.argv[1].split()]
+theirs = [float(x) for x in sys.argv[2].split()]
+mo, mt = statistics.median(ours), statistics.median(theirs)
+fmt = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
+print(f"steward  {mo:12.0f} req/s  (runs: {fmt(ours)})")
+print(f"nginx    {mt:12.0f} req/s  (runs: {fmt(theirs)})")
+print(f"ratio    {mo / mt:12.2f} (steward / nginx, medians of $RUNS; wrk -t$THREADS -c$CONNECTIONS -d$DURATION, "
+      f"$WORKERS workers each, backend nginx with $BACKEND_WORKERS worker)")
+PY
