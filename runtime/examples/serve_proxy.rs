@@ -57,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         index: "index.html".into(),
         health_path: "/".into(),
         start_timeout: Dur::secs(30),
+        max_unpacked_size: schema::model::default_max_unpacked_size(),
     };
     let mut listener = Listener::on_port(port);
     listener.address = "127.0.0.1".parse()?;
