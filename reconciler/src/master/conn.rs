@@ -59,7 +59,7 @@ pub fn raise_fd_limit() -> usize {
                     lim.rlim_cur = lim.rlim_max;
                 }
             }
-            lim.rlim_cur as u64
+            lim.rlim_cur
         }
     };
     cap_for(soft)

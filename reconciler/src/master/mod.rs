@@ -5,12 +5,13 @@
 //! end of a push over HTTP, a ref change seen by the file watcher (a push by file path or ssh
 //! through the same installed hook), the safety poll, a mirror fetch, or the start of the Master
 //! (commits that arrived while it was down). It runs under one lock, which HTTP pushes also hold
-//! from their first byte to their pin, so pushes are serialized and two racing pushes never both
-//! pin.
+//! from the end of their upload to their pin ([`push`]), so pushes are serialized and two racing
+//! pushes never both pin.
 //!
 //! Layout: this file starts and stops the Master; [`state`] holds what it knows and decides;
-//! [`routes`] has one module per concern of the HTTP API; [`tasks`] the background work (ref
-//! watcher, mirror polling, heartbeat watch, signals).
+//! [`routes`] has one module per concern of the HTTP API, behind one gate that authenticates
+//! first ([`auth`] bounds the password checks); [`conn`] caps and times out connections;
+//! [`tasks`] the background work (ref watcher, mirror polling, heartbeat watch, signals).
 
 mod auth;
 mod cgi;

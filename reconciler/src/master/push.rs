@@ -156,6 +156,8 @@ struct Demux {
     banded: bool,
     /// The answer was not pkt-lines, or its report too long to hold: passed on as it came.
     raw: bool,
+    /// The final flush was held back (it goes out after the report).
+    flush: bool,
     line: String,
     problems: Vec<serde_json::Value>,
     more_problems: usize,
@@ -179,7 +181,9 @@ impl Demux {
             };
             if len < 4 {
                 // The final flush (sent last, after the report) or a delimiter.
-                if len != 0 {
+                if len == 0 {
+                    self.flush = true;
+                } else {
                     out.extend_from_slice(&self.buf[i..i + 4]);
                 }
                 i += 4;
@@ -212,9 +216,12 @@ impl Demux {
         out
     }
 
-    /// Passes on everything from here as it comes.
+    /// Passes on everything from here as it comes (a flush held back goes first).
     fn give_up(&mut self, mut out: Vec<u8>, from: usize) -> Vec<u8> {
         self.raw = true;
+        if std::mem::take(&mut self.flush) {
+            out.extend_from_slice(b"0000");
+        }
         out.append(&mut self.held);
         out.extend_from_slice(&self.buf[from..]);
         self.buf.clear();
@@ -343,6 +350,8 @@ async fn drive(d: Drive) {
     let commands = sniff::commands(&request);
     let banded = demux.banded || sniff::wants_side_band(&request);
     let mut tail = Vec::new();
+    // Whether the answer can still be changed: it is pkt-lines and nothing of the report was sent.
+    let rewritable = parse && !demux.raw;
     match stop {
         Some(Stop::Gone) => {
             log::warning(
@@ -366,10 +375,13 @@ async fn drive(d: Drive) {
                 "steward: stopped after {}s, the deadline of the pre-receive step",
                 deadline.as_secs_f64()
             );
-            if banded {
-                tail.extend(sniff::banded(2, format!("{reason}\n").as_bytes()));
+            if rewritable {
+                if banded {
+                    tail.extend(sniff::banded(2, format!("{reason}\n").as_bytes()));
+                }
+                tail.extend(sniff::refusal_report(&commands, banded, &reason));
+                demux.flush = true;
             }
-            tail.extend(sniff::refusal_report(&commands, banded, &reason));
             if let Some(g) = guard {
                 state.reconcile(Source::Push, Some(user), Some(g)).await;
             }
@@ -382,7 +394,7 @@ async fn drive(d: Drive) {
                     .await;
                 if let Err(e) = decided {
                     let reason = unpin(&state, &commands, &user, &e).await;
-                    if !demux.raw {
+                    if rewritable {
                         report = sniff::refuse_in_report(&report, banded, &state.branch, &reason);
                         if banded {
                             tail.extend(sniff::banded(2, format!("{reason}\n").as_bytes()));
@@ -403,7 +415,7 @@ async fn drive(d: Drive) {
             state.record_refusal(refusal, user).await;
         }
     }
-    if parse {
+    if demux.flush {
         tail.extend_from_slice(b"0000");
     }
     let _ = tx.send(Bytes::from(tail)).await;
@@ -491,7 +503,7 @@ mod tests {
         for chunk in answer.chunks(7) {
             sent.extend(d.push(chunk));
         }
-        assert!(d.banded && !d.raw);
+        assert!(d.banded && !d.raw && d.flush);
         assert_eq!(d.problems.len(), RECORD_PROBLEMS);
         assert_eq!(d.more_problems, 20);
         assert_eq!(
