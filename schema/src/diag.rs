@@ -1,16 +1,30 @@
 //! Problems found in a domain revision and how they are shown: as cargo does (annotate-snippets),
 //! as one line each (`file:line:col: error: …`, for Git hooks), as versioned JSON, or as GitHub
 //! workflow commands.
+//!
+//! Longer than most files because the four renderings share one bounded problem list and one
+//! redacted, windowed view of the source; splitting them would spread that across files.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use serde::Serialize;
 
+use crate::redact::{self, Redacted};
+
 /// The JSON output's version. Bump on any incompatible change to its shape.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// How many problems a report keeps and shows: the first ones in file order. The rest are only
+/// counted ([`Report::omitted`]), so a file of a million mistakes costs no more memory or output
+/// than one of two hundred. Fixing the first ones usually fixes many of the rest.
+pub const MAX_PROBLEMS: usize = 200;
+
+/// How many lines of a problem's span its snippet shows; a span over a whole table is cut.
+const SNIPPET_LINES: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,18 +108,148 @@ impl Problem {
     }
 }
 
+/// Problems kept (at most [`MAX_PROBLEMS`], the first in file order) and the count of the rest.
+#[derive(Debug, Default)]
+pub struct Problems {
+    list: Vec<Problem>,
+    omitted: Omitted,
+}
+
+/// Problems found but not kept, by severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Omitted {
+    pub errors: usize,
+    pub warnings: usize,
+}
+
+impl Omitted {
+    pub fn total(self) -> usize {
+        self.errors + self.warnings
+    }
+
+    fn count(&mut self, p: &Problem) {
+        match p.severity {
+            Severity::Error => self.errors += 1,
+            Severity::Warning => self.warnings += 1,
+        }
+    }
+}
+
+impl Problems {
+    /// Adds a problem; the caller may still complete it through the reference. Keeps memory
+    /// bounded by dropping all but the first [`MAX_PROBLEMS`] whenever twice as many are held.
+    pub fn push(&mut self, p: Problem) -> &mut Problem {
+        if self.list.len() >= 2 * MAX_PROBLEMS {
+            self.compact();
+        }
+        self.list.push(p);
+        self.list.last_mut().expect("just pushed")
+    }
+
+    /// Counts an error that comes after at least [`MAX_PROBLEMS`] others already pushed (so it
+    /// would not be kept), without the cost of building it.
+    pub fn omit_error(&mut self) {
+        self.omitted.errors += 1;
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.omitted.errors > 0 || self.list.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    /// How many were found so far, kept or not.
+    pub fn len(&self) -> usize {
+        self.list.len() + self.omitted.total()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn compact(&mut self) {
+        // Problems about a whole file (missing, unreadable, no users) are few and each one
+        // matters, so they are kept before any other.
+        self.list.sort_by_key(|p| p.span.is_some());
+        let whole = self.list.partition_point(|p| p.span.is_none());
+        sort_problems(&mut self.list[whole..]);
+        if self.list.len() > MAX_PROBLEMS.max(whole) {
+            for p in self.list.drain(MAX_PROBLEMS.max(whole)..) {
+                self.omitted.count(&p);
+            }
+        }
+    }
+
+    /// The kept problems in file order, and the count of the others.
+    pub fn finish(mut self) -> (Vec<Problem>, Omitted) {
+        self.compact();
+        sort_problems(&mut self.list);
+        (self.list, self.omitted)
+    }
+}
+
+/// File order, then position; problems about a whole file first. Stable, so problems found at
+/// one place keep the order they were found in.
+fn sort_problems(list: &mut [Problem]) {
+    list.sort_by(|a, b| {
+        (&a.file, a.span.as_ref().map(|s| s.start), a.severity).cmp(&(
+            &b.file,
+            b.span.as_ref().map(|s| s.start),
+            b.severity,
+        ))
+    });
+}
+
 /// A file's text with its line starts, for turning byte offsets into `line:col`.
 #[derive(Debug, Clone)]
 pub struct SourceText {
     pub text: String,
     line_starts: Vec<usize>,
+    /// What must not be shown (see [`redact`]); found on first use, as only a report with
+    /// problems shows source text.
+    secrets: OnceLock<Vec<Range<usize>>>,
 }
 
 impl SourceText {
     pub fn new(text: String) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        SourceText { text, line_starts }
+        SourceText {
+            text,
+            line_starts,
+            secrets: OnceLock::new(),
+        }
+    }
+
+    fn secrets(&self) -> &[Range<usize>] {
+        self.secrets
+            .get_or_init(|| redact::secret_ranges(&self.text))
+    }
+
+    /// 0-based index of the line holding `offset`.
+    fn line_index(&self, offset: usize) -> usize {
+        self.line_starts
+            .partition_point(|&s| s <= offset.min(self.text.len()))
+            .saturating_sub(1)
+    }
+
+    /// Byte range of the 0-based line `index`, with its newline.
+    fn line_range(&self, index: usize) -> Range<usize> {
+        let start = self
+            .line_starts
+            .get(index)
+            .copied()
+            .unwrap_or(self.text.len());
+        let end = self
+            .line_starts
+            .get(index + 1)
+            .copied()
+            .unwrap_or(self.text.len());
+        start..end
+    }
+
+    /// The text of lines `first..=last` (0-based) with secret values replaced.
+    fn shown(&self, first: usize, last: usize) -> Redacted {
+        let window = self.line_range(first).start..self.line_range(last).end;
+        Redacted::new(&self.text, window, self.secrets())
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -120,18 +264,79 @@ impl SourceText {
         (line + 1, col + 1)
     }
 
-    /// The text of the 1-based line, without its newline.
-    pub fn line(&self, line: usize) -> &str {
-        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
-        let end = self
-            .line_starts
-            .get(line)
-            .copied()
-            .unwrap_or(self.text.len());
-        self.text
-            .get(start..end)
-            .unwrap_or("")
-            .trim_end_matches(['\n', '\r'])
+    /// The text of the 1-based line, without its newline, secret values replaced.
+    pub fn line(&self, line: usize) -> String {
+        let i = line.saturating_sub(1);
+        let mut shown = self.shown(i, i).text;
+        let len = shown.trim_end_matches(['\n', '\r']).len();
+        shown.truncate(len);
+        shown
+    }
+
+    /// A snippet of the lines around `span` (and `related`, when it is near), for
+    /// annotate-snippets: only those lines, never the whole file, so rendering a problem costs
+    /// the same in a small file as in a large one.
+    fn snippet<'a>(
+        &self,
+        path: &'a str,
+        span: &Range<usize>,
+        label: Option<&'a str>,
+        related: Option<(&Range<usize>, &'a str)>,
+    ) -> Vec<Snippet<'a, annotate_snippets::Annotation<'a>>> {
+        let cut = |span: &Range<usize>| {
+            let span = clamp(span, &self.text);
+            let first = self.line_index(span.start);
+            let last = self
+                .line_index(span.end.saturating_sub(1).max(span.start))
+                .min(first + SNIPPET_LINES - 1);
+            (span, first, last)
+        };
+        let (span, first, last) = cut(span);
+        // (first line, last line, annotations as (span, primary, label)) of each snippet.
+        type Ann<'a> = (Range<usize>, bool, Option<&'a str>);
+        let mut groups: Vec<(usize, usize, Vec<Ann<'a>>)> =
+            vec![(first, last, vec![(span, true, label)])];
+        if let Some((r, rlabel)) = related {
+            let (r, rfirst, rlast) = cut(r);
+            // Near enough to show in one snippet: the lines between are few.
+            if rlast + SNIPPET_LINES >= first && rfirst <= last + SNIPPET_LINES {
+                let g = &mut groups[0];
+                g.0 = g.0.min(rfirst);
+                g.1 = g.1.max(rlast);
+                g.2.push((r, false, Some(rlabel)));
+            } else {
+                // The primary snippet stays first: its location is the one in the `-->` line.
+                groups.push((rfirst, rlast, vec![(r, false, Some(rlabel))]));
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(first, last, anns)| {
+                let shown = self.shown(first, last);
+                let window_end = shown.text.len();
+                let anns: Vec<_> = anns
+                    .into_iter()
+                    .map(|(span, primary, label)| {
+                        let start = shown.map(span.start, false);
+                        let end = shown.map(span.end, true).clamp(start, window_end);
+                        let kind = if primary {
+                            AnnotationKind::Primary
+                        } else {
+                            AnnotationKind::Context
+                        };
+                        let ann = kind.span(clamp(&(start..end), &shown.text));
+                        match label {
+                            Some(l) => ann.label(l),
+                            None => ann,
+                        }
+                    })
+                    .collect();
+                Snippet::source(shown.text)
+                    .line_start(first + 1)
+                    .path(path)
+                    .annotations(anns)
+            })
+            .collect()
     }
 }
 
@@ -141,7 +346,10 @@ pub struct Report {
     /// The revision, as a human reads it (`1a2b3c4`, `working tree`).
     pub revision: String,
     pub files: BTreeMap<String, SourceText>,
+    /// The first [`MAX_PROBLEMS`] problems, in file order.
     pub problems: Vec<Problem>,
+    /// Problems found beyond those.
+    pub omitted: Omitted,
 }
 
 /// A located problem, as the JSON output carries it.
@@ -155,20 +363,29 @@ struct JsonProblem<'a> {
     column: Option<usize>,
     end_line: Option<usize>,
     end_column: Option<usize>,
-    source_line: Option<&'a str>,
+    source_line: Option<String>,
     hint: Option<&'a str>,
 }
 
 impl Report {
+    /// Errors found, shown or not.
     pub fn errors(&self) -> usize {
-        self.problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .count()
+        self.omitted.errors
+            + self
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count()
     }
 
+    /// Warnings found, shown or not.
     pub fn warnings(&self) -> usize {
-        self.problems.len() - self.errors()
+        self.omitted.warnings
+            + self
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Warning)
+                .count()
     }
 
     pub fn is_valid(&self) -> bool {
@@ -177,13 +394,20 @@ impl Report {
 
     /// Problems in file order, then position.
     pub fn sort(&mut self) {
-        self.problems.sort_by(|a, b| {
-            (&a.file, a.span.as_ref().map(|s| s.start), a.severity).cmp(&(
-                &b.file,
-                b.span.as_ref().map(|s| s.start),
-                b.severity,
-            ))
-        });
+        sort_problems(&mut self.problems);
+    }
+
+    /// `… and 1,234 more problems (not shown)`, when some were left out.
+    pub fn omitted_line(&self) -> Option<String> {
+        let n = self.omitted.total();
+        (n > 0).then(|| {
+            format!(
+                "… and {} more problem{} (not shown; fix the first {} and run again)",
+                thousands(n),
+                if n == 1 { "" } else { "s" },
+                self.problems.len()
+            )
+        })
     }
 
     fn start(&self, p: &Problem) -> Option<(usize, usize)> {
@@ -199,7 +423,7 @@ impl Report {
         }
     }
 
-    /// Cargo-style rendering of every problem, then a summary line.
+    /// Cargo-style rendering of every problem kept, then a summary line.
     pub fn render_human(&self, color: bool) -> String {
         let renderer = if color {
             Renderer::styled()
@@ -217,22 +441,13 @@ impl Report {
             let src = self.files.get(&p.file);
             match (src, &p.span) {
                 (Some(src), Some(span)) => {
-                    let span = clamp(span, &src.text);
-                    let mut ann = AnnotationKind::Primary.span(span);
-                    if let Some(l) = &p.label {
-                        ann = ann.label(l.as_str());
-                    }
-                    let mut snippet = Snippet::source(src.text.as_str())
-                        .path(p.file.as_str())
-                        .annotation(ann);
-                    if let Some((rspan, rlabel)) = &p.related {
-                        snippet = snippet.annotation(
-                            AnnotationKind::Context
-                                .span(clamp(rspan, &src.text))
-                                .label(rlabel.as_str()),
-                        );
-                    }
-                    groups.push(title.element(snippet));
+                    let snippets = src.snippet(
+                        p.file.as_str(),
+                        span,
+                        p.label.as_deref(),
+                        p.related.as_ref().map(|(r, l)| (r, l.as_str())),
+                    );
+                    groups.push(title.elements(snippets));
                 }
                 _ => groups.push(title.element(annotate_snippets::Origin::path(p.file.as_str()))),
             }
@@ -240,6 +455,10 @@ impl Report {
                 groups.push(Group::with_title(Level::HELP.secondary_title(h.as_str())));
             }
             out.push_str(&renderer.render(&groups));
+            out.push_str("\n\n");
+        }
+        if let Some(more) = self.omitted_line() {
+            out.push_str(&more);
             out.push_str("\n\n");
         }
         out.push_str(&self.summary());
@@ -262,6 +481,10 @@ impl Report {
             if let Some(h) = &p.hint {
                 let _ = write!(out, " (help: {h})");
             }
+            out.push('\n');
+        }
+        if let Some(more) = self.omitted_line() {
+            out.push_str(&more);
             out.push('\n');
         }
         out
@@ -313,6 +536,7 @@ impl Report {
             "errors": self.errors(),
             "warnings": self.warnings(),
             "problems": problems,
+            "omitted": self.omitted.total(),
         })
     }
 
@@ -337,6 +561,9 @@ impl Report {
             }
             let _ = writeln!(out, "::{} {props}::{}", p.severity.as_str(), gh_data(&msg));
         }
+        if let Some(more) = self.omitted_line() {
+            let _ = writeln!(out, "::notice title=steward::{}", gh_data(&more));
+        }
         let _ = writeln!(out, "{}", self.summary());
         out
     }
@@ -352,6 +579,19 @@ fn clamp(span: &Range<usize>, text: &str) -> Range<usize> {
         end += 1;
     }
     start..end
+}
+
+/// `49800` as `49,800`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn gh_data(s: &str) -> String {

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::diag::{Problem, Report, SourceText};
+use crate::diag::{Problem, Problems, Report, SourceText};
 use crate::fasthash::FastMap;
 use crate::model::{AccountsFile, Domain, DomainFile, PoliciesFile};
 use crate::settings::{self, FileKind, Kind, Node, PERMISSIONS};
@@ -44,7 +44,7 @@ impl Spans {
                 map.reserve(text.len() / 24);
                 let (table, _) = DeTable::parse_recoverable(text);
                 let mut cx = Cx {
-                    problems: Vec::new(),
+                    problems: Problems::default(),
                     spans: Some(&mut map),
                 };
                 let mut walker = Walker {
@@ -109,7 +109,7 @@ pub fn validate(tree: &dyn Tree) -> Validation {
     };
     let mut spans = Spans::default();
     let mut cx = Cx {
-        problems: Vec::new(),
+        problems: Problems::default(),
         spans: None,
     };
     let config: Option<DomainFile> =
@@ -140,14 +140,13 @@ pub fn validate(tree: &dyn Tree) -> Validation {
         }
         _ => None,
     };
-    report.problems = problems;
-    report.sort();
+    (report.problems, report.omitted) = problems.finish();
     let loaded = loaded.filter(|_| report.is_valid());
     Validation { loaded, report }
 }
 
 struct Cx<'a> {
-    problems: Vec<Problem>,
+    problems: Problems,
     /// Where to record spans; `None` on the checking pass (see [`Spans`]).
     spans: Option<&'a mut SpanMap>,
 }
@@ -195,6 +194,22 @@ fn load_file<T: DeserializeOwned>(
             return None;
         }
     };
+    if bytes.len() > crate::syntax::MAX_FILE_SIZE {
+        cx.problems.push(
+            Problem::error(
+                "too-large",
+                path,
+                None,
+                format!(
+                    "`{path}` is {} bytes, more than the {} MiB a domain file may have",
+                    bytes.len(),
+                    crate::syntax::MAX_FILE_SIZE >> 20
+                ),
+            )
+            .hint("a domain of thousands of servers fits in a few MiB; check that this is the file you meant to commit"),
+        );
+        return None;
+    }
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -214,20 +229,8 @@ fn load_file<T: DeserializeOwned>(
         }
     };
     let before = cx.problems.len();
-    let (table, syntax) = DeTable::parse_recoverable(&text);
-    for err in &syntax {
-        let span = err.span().unwrap_or(0..0);
-        cx.problems.push(
-            Problem::error(
-                "syntax",
-                path,
-                Some(span),
-                format!("TOML syntax: {}", err.message().trim()),
-            )
-            .label("here"),
-        );
-    }
-    if syntax.is_empty() {
+    let parsed = crate::syntax::parse(&text, path, &mut cx.problems);
+    if let Some(table) = &parsed {
         let mut walker = Walker { file, cx: &mut *cx };
         let mut p = String::new();
         walker.table(settings::tree(file), table.get_ref(), table.span(), &mut p);
@@ -235,22 +238,23 @@ fn load_file<T: DeserializeOwned>(
             .sources
             .push((file, std::sync::Arc::from(text.as_str())));
     }
-    let typed = if cx.problems.len() == before {
-        match T::deserialize(toml::de::Deserializer::from(table)) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                // The walk accepted what serde refused: report it rather than panic.
-                cx.problems.push(Problem::error(
-                    "invalid",
-                    path,
-                    e.span(),
-                    e.message().trim().to_owned(),
-                ));
-                None
+    let typed = match parsed {
+        Some(table) if cx.problems.len() == before => {
+            match T::deserialize(toml::de::Deserializer::from(table)) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    // The walk accepted what serde refused: report it rather than panic.
+                    cx.problems.push(Problem::error(
+                        "invalid",
+                        path,
+                        e.span(),
+                        e.message().trim().to_owned(),
+                    ));
+                    None
+                }
             }
         }
-    } else {
-        None
+        _ => None,
     };
     report.files.insert(path.to_owned(), SourceText::new(text));
     typed
@@ -267,8 +271,7 @@ impl Walker<'_, '_> {
     fn err(&mut self, code: &'static str, span: Range<usize>, msg: String) -> &mut Problem {
         self.cx
             .problems
-            .push(Problem::error(code, self.file.path(), Some(span), msg));
-        self.cx.problems.last_mut().expect("just pushed")
+            .push(Problem::error(code, self.file.path(), Some(span), msg))
     }
 
     /// `header`: where the table is named (its key; the whole document for the root), for

@@ -450,13 +450,18 @@ pub struct Role {
 
 impl Server {
     /// Fills in what "engines always exist with defaults" means for the web engine: without any
-    /// listener, one named `http` on the base port + 1.
+    /// listener, one named `http` on the base port + 1, bound to the base address (a server
+    /// kept on loopback keeps its web engine there too).
     pub(crate) fn apply_engine_defaults(&mut self) {
         if self.web.listeners.is_empty() {
             let port = self.listen.port().saturating_add(1);
+            let listener = Listener {
+                address: self.listen.ip(),
+                ..Listener::on_port(port)
+            };
             self.web
                 .listeners
-                .insert(DEFAULT_LISTENER.to_owned(), Listener::on_port(port));
+                .insert(DEFAULT_LISTENER.to_owned(), listener);
         }
     }
 }

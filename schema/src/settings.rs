@@ -369,7 +369,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::IpAddr,
         Restart,
         "\"0.0.0.0\"",
-        "Address the listener binds. Without listeners, the web engine listens on `http` at the base port + 1.",
+        "Address the listener binds. Without listeners, the web engine listens on `http` at the base port + 1, on the server's base address (`listen`).",
     ),
     req(s(
         Domain,

@@ -7,7 +7,7 @@ use crate::fasthash::FastMap;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use crate::diag::Problem;
+use crate::diag::{Problem, Problems};
 use crate::load::Spans;
 use crate::model::{AppKind, Domain};
 use crate::settings::FileKind;
@@ -21,7 +21,7 @@ pub const ARCHIVES: &[&str] = &[".tar", ".tar.gz", ".tgz", ".zip"];
 struct Checker<'a> {
     domain: &'a Domain,
     spans: &'a Spans,
-    problems: &'a mut Vec<Problem>,
+    problems: &'a mut Problems,
 }
 
 impl Checker<'_> {
@@ -34,8 +34,7 @@ impl Checker<'_> {
     ) -> &mut Problem {
         let span = self.spans.value(file, path);
         self.problems
-            .push(Problem::error(code, file.path(), span, msg));
-        self.problems.last_mut().expect("just pushed")
+            .push(Problem::error(code, file.path(), span, msg))
     }
 
     fn warning(
@@ -47,8 +46,7 @@ impl Checker<'_> {
     ) -> &mut Problem {
         let span = self.spans.value(file, path);
         self.problems
-            .push(Problem::warning(code, file.path(), span, msg));
-        self.problems.last_mut().expect("just pushed")
+            .push(Problem::warning(code, file.path(), span, msg))
     }
 }
 
@@ -58,7 +56,7 @@ pub fn check(
     domain: &Domain,
     spans: &Spans,
     tree: &dyn Tree,
-    problems: &mut Vec<Problem>,
+    problems: &mut Problems,
 ) -> BTreeMap<String, String> {
     let mut c = Checker {
         domain,
