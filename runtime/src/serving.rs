@@ -461,8 +461,9 @@ impl Serving {
     }
 
     /// The results of a background retry: the applications that deployed are served (one engine
-    /// apply), the others wait for the next retry, later.
+    /// apply), the others wait for the next retry, later. Returns whether anything changed.
     fn take_retried(&mut self, handle: &tokio::runtime::Handle, deployed: Deployed) -> bool {
+        let before = self.failed.clone();
         let mut config = self.current.clone();
         let mut fixed = Vec::new();
         for (name, result) in deployed {
@@ -527,8 +528,12 @@ impl Serving {
         self.retry.attempt = self.retry.attempt.saturating_add(1);
         self.retry.next = Instant::now() + retry_delay(self.retry.attempt);
         self.note_unhealthy();
-        self.log.info("SERVER-0511", &self.summary());
-        true
+        // A retry that failed again for the same reasons changes nothing worth a line.
+        let changed = self.failed != before;
+        if changed {
+            self.log.info("SERVER-0511", &self.summary());
+        }
+        changed
     }
 
     /// A process application that is routed but not healthy (its start failed and the
