@@ -931,14 +931,25 @@ targets = ["s1"]
         out
     }
 
-    #[test]
-    fn a_refused_configuration_returns_to_the_previous_one() {
+    /// A domain home whose cache holds c1 (A1, B1) and c2 (A2, B2), the configuration with `a`
+    /// and `b` on `s1` (on any free port), a logger, and a runtime.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        c1: Oid,
+        c2: Oid,
+        home: ServerHome,
+        running: Loaded,
+        log: Logger,
+        rt: tokio::runtime::Runtime,
+    }
+
+    fn fixture(b2: &str) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         git(&work, &["init", "-q"]);
         let c1 = commit(&work, "A1", "B1");
-        let c2 = commit(&work, "A2", "B1");
+        let c2 = commit(&work, "A2", b2);
         let domain_home = tmp.path().join("home");
         std::fs::create_dir_all(domain_home.join(".cache")).unwrap();
         git(
@@ -970,6 +981,113 @@ targets = ["s1"]
             .enable_all()
             .build()
             .unwrap();
+        Fixture {
+            _tmp: tmp,
+            c1,
+            c2,
+            home,
+            running,
+            log,
+            rt,
+        }
+    }
+
+    /// Puts a file where the working directory of `app` belongs: its deployment fails (before
+    /// anything is written) until [`unblock`].
+    fn block(home: &ServerHome, app: &str) {
+        let dir = home.tmp().join(app);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(dir, "in the way").unwrap();
+    }
+
+    fn unblock(home: &ServerHome, app: &str) {
+        std::fs::remove_file(home.tmp().join(app)).unwrap();
+    }
+
+    #[test]
+    fn failed_deployments_are_retried_in_the_background_and_older_images_named() {
+        let Fixture {
+            c1,
+            c2,
+            home,
+            running,
+            log,
+            rt,
+            _tmp,
+        } = fixture("B2");
+        block(&home, "b");
+        let mut serving = rt
+            .block_on(Serving::start("s1", &home, &log, &running, c1))
+            .unwrap();
+        let addr = serving.engine().local_addrs()["http"];
+        assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["b"]);
+        assert!(serving.older_images().is_empty());
+        assert!(get(addr, "/b/").contains(" 404 "));
+
+        // Retried in the background (the first retry after 1 s), served once it deploys.
+        unblock(&home, "b");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !serving.poll_retry(rt.handle()) {
+            assert!(std::time::Instant::now() < deadline, "no retry");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(serving.failed().is_empty(), "{:?}", serving.failed());
+        assert!(get(addr, "/b/").ends_with("B1"));
+
+        // c2 redeploys both; `a` fails and keeps serving its image of c1, which is named.
+        block(&home, "a");
+        let mut target = running.clone();
+        target.content.insert("a".into(), "changed".into());
+        target.content.insert("b".into(), "changed".into());
+        serving.apply(rt.handle(), &running, &target, c2).unwrap();
+        assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            serving.older_images(),
+            BTreeMap::from([("a".to_owned(), c1)])
+        );
+        assert!(get(addr, "/a/").ends_with("A1"));
+        assert!(get(addr, "/b/").ends_with("B2"));
+        let summary = serving.summary();
+        assert!(
+            summary.contains(&format!(
+                "Serving 2 application(s) at commit {}: a (/a) with its older image from commit {}, b (/b); failed: a (its deployment failed; the older image serves)",
+                c2.short(),
+                c1.short()
+            )),
+            "{summary}"
+        );
+        assert!(
+            serving
+                .failure_summary()
+                .unwrap_or_default()
+                .contains(&format!(
+                    "(still serving its image from commit {})",
+                    c1.short()
+                ))
+        );
+
+        // A retry in progress is cancelled by the next pin, which is applied.
+        serving.retry.next = std::time::Instant::now();
+        assert!(!serving.poll_retry(rt.handle()));
+        assert!(serving.retry.job.is_some());
+        serving.apply(rt.handle(), &target, &target, c2).unwrap();
+        assert!(serving.retry.job.is_none());
+        assert_eq!(serving.retry.attempt, 0);
+        unblock(&home, "a");
+        rt.block_on(serving.shutdown(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_refused_configuration_returns_to_the_previous_one() {
+        let Fixture {
+            c1,
+            c2,
+            home,
+            running,
+            log,
+            rt,
+            _tmp,
+        } = fixture("B1");
         let mut serving = rt
             .block_on(Serving::start("s1", &home, &log, &running, c1))
             .unwrap();
