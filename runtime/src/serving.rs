@@ -1006,44 +1006,38 @@ targets = ["s1"]
 
     #[test]
     fn failed_deployments_are_retried_in_the_background_and_older_images_named() {
-        let Fixture {
-            c1,
-            c2,
-            home,
-            running,
-            log,
-            rt,
-            _tmp,
-        } = fixture("B2");
-        block(&home, "b");
-        let mut serving = rt
-            .block_on(Serving::start("s1", &home, &log, &running, c1))
-            .unwrap();
+        let f = fixture("B2");
+        block(&f.home, "b");
+        let mut serving =
+            f.rt.block_on(Serving::start("s1", &f.home, &f.log, &f.running, f.c1))
+                .unwrap();
         let addr = serving.engine().local_addrs()["http"];
         assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["b"]);
         assert!(serving.older_images().is_empty());
         assert!(get(addr, "/b/").contains(" 404 "));
 
         // Retried in the background (the first retry after 1 s), served once it deploys.
-        unblock(&home, "b");
+        unblock(&f.home, "b");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !serving.poll_retry(rt.handle()) {
+        while !serving.poll_retry(f.rt.handle()) {
             assert!(std::time::Instant::now() < deadline, "no retry");
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(serving.failed().is_empty(), "{:?}", serving.failed());
         assert!(get(addr, "/b/").ends_with("B1"));
 
-        // c2 redeploys both; `a` fails and keeps serving its image of c1, which is named.
-        block(&home, "a");
-        let mut target = running.clone();
+        // f.c2 redeploys both; `a` fails and keeps serving its image of f.c1, which is named.
+        block(&f.home, "a");
+        let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
         target.content.insert("b".into(), "changed".into());
-        serving.apply(rt.handle(), &running, &target, c2).unwrap();
+        serving
+            .apply(f.rt.handle(), &f.running, &target, f.c2)
+            .unwrap();
         assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(
             serving.older_images(),
-            BTreeMap::from([("a".to_owned(), c1)])
+            BTreeMap::from([("a".to_owned(), f.c1)])
         );
         assert!(get(addr, "/a/").ends_with("A1"));
         assert!(get(addr, "/b/").ends_with("B2"));
@@ -1051,8 +1045,8 @@ targets = ["s1"]
         assert!(
             summary.contains(&format!(
                 "Serving 2 application(s) at commit {}: a (/a) with its older image from commit {}, b (/b); failed: a (its deployment failed; the older image serves)",
-                c2.short(),
-                c1.short()
+                f.c2.short(),
+                f.c1.short()
             )),
             "{summary}"
         );
@@ -1062,63 +1056,59 @@ targets = ["s1"]
                 .unwrap_or_default()
                 .contains(&format!(
                     "(still serving its image from commit {})",
-                    c1.short()
+                    f.c1.short()
                 ))
         );
 
         // A retry in progress is cancelled by the next pin, which is applied.
         serving.retry.next = std::time::Instant::now();
-        assert!(!serving.poll_retry(rt.handle()));
+        assert!(!serving.poll_retry(f.rt.handle()));
         assert!(serving.retry.job.is_some());
-        serving.apply(rt.handle(), &target, &target, c2).unwrap();
+        serving
+            .apply(f.rt.handle(), &target, &target, f.c2)
+            .unwrap();
         assert!(serving.retry.job.is_none());
         assert_eq!(serving.retry.attempt, 0);
-        unblock(&home, "a");
-        rt.block_on(serving.shutdown(Duration::from_secs(1)));
+        unblock(&f.home, "a");
+        f.rt.block_on(serving.shutdown(Duration::from_secs(1)));
     }
 
     #[test]
     fn a_refused_configuration_returns_to_the_previous_one() {
-        let Fixture {
-            c1,
-            c2,
-            home,
-            running,
-            log,
-            rt,
-            _tmp,
-        } = fixture("B1");
-        let mut serving = rt
-            .block_on(Serving::start("s1", &home, &log, &running, c1))
-            .unwrap();
+        let f = fixture("B1");
+        let mut serving =
+            f.rt.block_on(Serving::start("s1", &f.home, &f.log, &f.running, f.c1))
+                .unwrap();
         let addr = serving.engine().local_addrs()["http"];
         assert!(get(addr, "/a/").ends_with("A1"));
 
         // The target redeploys `a` (new content) and gives `b` the context path of `a`: the
         // engine refuses it after `a`'s image was rewritten.
-        let mut target = running.clone();
+        let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
         if let Some(b) = target.domain.config.applications.get_mut("b") {
             b.context_path = "/a".into();
         }
-        let r = serving.apply(rt.handle(), &running, &target, c2);
+        let r = serving.apply(f.rt.handle(), &f.running, &target, f.c2);
         assert!(matches!(r, Err(ServingError::RolledBack { .. })), "{r:?}");
         // Exactly what served before: `a`'s previous image, `b` where it was.
-        let image = home.deployed().join("a/index.html");
+        let image = f.home.deployed().join("a/index.html");
         assert_eq!(std::fs::read_to_string(image).unwrap(), "A1");
         // ... after the new one had been written (the restore swapped it out).
-        let replaced = home.tmp().join(".previous-a/index.html");
+        let replaced = f.home.tmp().join(".previous-a/index.html");
         assert_eq!(std::fs::read_to_string(replaced).unwrap(), "A2");
         assert!(get(addr, "/a/").ends_with("A1"));
         assert!(get(addr, "/b/").ends_with("B1"));
         assert!(serving.failed().is_empty());
 
         // The same change without the conflict applies.
-        let mut target = running.clone();
+        let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
-        serving.apply(rt.handle(), &running, &target, c2).unwrap();
+        serving
+            .apply(f.rt.handle(), &f.running, &target, f.c2)
+            .unwrap();
         assert!(get(addr, "/a/").ends_with("A2"));
-        rt.block_on(serving.shutdown(Duration::from_secs(1)));
+        f.rt.block_on(serving.shutdown(Duration::from_secs(1)));
     }
 
     #[test]
