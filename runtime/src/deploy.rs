@@ -1011,24 +1011,12 @@ impl Deployer<'_> {
         dest: &Path,
         links: &mut Vec<PendingLink>,
     ) -> Result<(), DeployError> {
-        let cancel = self.ctx.cancel;
         match kind {
-            ArchiveKind::Tar => self.unpack_tar(
-                archive,
-                Cancellable {
-                    inner: bytes,
-                    cancel,
-                },
-                dest,
-                links,
-            ),
+            ArchiveKind::Tar => self.unpack_tar(archive, bytes, dest, links),
             ArchiveKind::TarGz => {
                 // The decoder checks the gzip trailer (CRC-32 and length) when it reaches the end
                 // of the stream: `unpack_tar` reads to that end.
-                let gz = flate2::read::MultiGzDecoder::new(Cancellable {
-                    inner: bytes,
-                    cancel,
-                });
+                let gz = flate2::read::MultiGzDecoder::new(bytes);
                 self.unpack_tar(archive, gz, dest, links)
             }
             ArchiveKind::Zip => self.unpack_zip(archive, bytes, dest, links),
@@ -1060,7 +1048,12 @@ impl Deployer<'_> {
         links: &mut Vec<PendingLink>,
     ) -> Result<(), DeployError> {
         use tar::EntryType as T;
-        let mut ar = tar::Archive::new(reader);
+        // Checked on the unpacked side: a small compressed input is read in one go, and the time
+        // goes into inflating it.
+        let mut ar = tar::Archive::new(Cancellable {
+            inner: reader,
+            cancel: self.ctx.cancel,
+        });
         let mut budget = self.limit;
         let entries = ar.entries().map_err(|e| self.archive_err(archive, e))?;
         for (count, entry) in entries.enumerate() {
@@ -1242,7 +1235,11 @@ impl Deployer<'_> {
             let exec = mode.is_some_and(|m| m & 0o111 != 0);
             // One byte more than declared: a stream longer than its size field is caught (and
             // bounded), and the reader reaches the entry's end, where it checks the CRC-32.
-            let written = write_file(&abs, &mut (&mut file).take(size + 1), exec)
+            let mut data = Cancellable {
+                inner: (&mut file).take(size + 1),
+                cancel: self.ctx.cancel,
+            };
+            let written = write_file(&abs, &mut data, exec)
                 .map_err(|e| self.entry_err(archive, &name, &abs, e))?;
             if written != size {
                 return Err(self.refused(
