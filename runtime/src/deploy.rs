@@ -595,8 +595,9 @@ pub fn staging_pid(name: &str) -> Option<i32> {
 
 /// Removes the staging directories in `.workspace/tmp/` left by processes that no longer run
 /// (a kill during a deployment); one whose pid is a live process running `exe` (another
-/// `steward` deploying now) is left alone. Returns the removed paths with their size in bytes.
-pub fn clean_stale_staging(home: &ServerHome, exe: &Path) -> Vec<(PathBuf, u64)> {
+/// `steward` deploying now) is left alone, and so is any live process's when `exe` is unknown.
+/// Returns the removed paths with their size in bytes.
+pub fn clean_stale_staging(home: &ServerHome, exe: Option<&Path>) -> Vec<(PathBuf, u64)> {
     let Ok(read) = std::fs::read_dir(home.tmp()) else {
         return Vec::new();
     };
@@ -618,8 +619,12 @@ pub fn clean_stale_staging(home: &ServerHome, exe: &Path) -> Vec<(PathBuf, u64)>
     removed
 }
 
-/// Whether `pid` is a live process running the executable `exe`.
-fn runs(pid: i32, exe: &Path) -> bool {
+/// Whether `pid` is a live process running the executable `exe` (any live process when `exe` is
+/// unknown: then nothing live is taken for stale).
+fn runs(pid: i32, exe: Option<&Path>) -> bool {
+    let Some(exe) = exe else {
+        return crate::process::alive(pid);
+    };
     crate::process::alive(pid)
         && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
             // A rebuilt binary shows as `<path> (deleted)`: still the same program.
