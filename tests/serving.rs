@@ -3,6 +3,8 @@
 //! restart changes reported as pending, failing deployments that fail alone and are fixed by a
 //! push or retried when the Master returns, the library override warning, and archives that try
 //! to escape their image.
+//!
+//! Long: each test starts a real Master and server, so related checks share one scenario.
 
 mod util;
 

@@ -23,6 +23,10 @@
 //!
 //! Everything here is blocking file-system work; the server runs it under `spawn_blocking`
 //! (a [`GitSource`] is not `Send` and must be created on that thread).
+//!
+//! One file, long: directory copies, the three archive formats, the checks and the swap share
+//! one `Deployer` and one error type, and splitting them would spread one invariant (nothing
+//! reaches the live image unchecked) over several files.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -12,6 +12,9 @@
 //! "Never run a mix": when the engine refuses a configuration, the images replaced for it are
 //! deployed again from the running commit and the previous [`WebConfig`] is applied again, so the
 //! server keeps serving exactly what it served before.
+//!
+//! Long because boot, resync, background retry and rollback all move the same `Serving` state;
+//! about a third of it is tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
