@@ -23,6 +23,10 @@
 //!
 //! Everything here is blocking file-system work; the server runs it under `spawn_blocking`
 //! (a [`GitSource`] is not `Send` and must be created on that thread).
+//!
+//! One file, long: directory copies, the three archive formats, the checks and the swap share
+//! one `Deployer` and one error type, and splitting them would spread one invariant (nothing
+//! reaches the live image unchecked) over several files.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -595,8 +599,9 @@ pub fn staging_pid(name: &str) -> Option<i32> {
 
 /// Removes the staging directories in `.workspace/tmp/` left by processes that no longer run
 /// (a kill during a deployment); one whose pid is a live process running `exe` (another
-/// `steward` deploying now) is left alone. Returns the removed paths with their size in bytes.
-pub fn clean_stale_staging(home: &ServerHome, exe: &Path) -> Vec<(PathBuf, u64)> {
+/// `steward` deploying now) is left alone, and so is any live process's when `exe` is unknown.
+/// Returns the removed paths with their size in bytes.
+pub fn clean_stale_staging(home: &ServerHome, exe: Option<&Path>) -> Vec<(PathBuf, u64)> {
     let Ok(read) = std::fs::read_dir(home.tmp()) else {
         return Vec::new();
     };
@@ -618,8 +623,12 @@ pub fn clean_stale_staging(home: &ServerHome, exe: &Path) -> Vec<(PathBuf, u64)>
     removed
 }
 
-/// Whether `pid` is a live process running the executable `exe`.
-fn runs(pid: i32, exe: &Path) -> bool {
+/// Whether `pid` is a live process running the executable `exe` (any live process when `exe` is
+/// unknown: then nothing live is taken for stale).
+fn runs(pid: i32, exe: Option<&Path>) -> bool {
+    let Some(exe) = exe else {
+        return crate::process::alive(pid);
+    };
     crate::process::alive(pid)
         && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
             // A rebuilt binary shows as `<path> (deleted)`: still the same program.
@@ -1011,24 +1020,12 @@ impl Deployer<'_> {
         dest: &Path,
         links: &mut Vec<PendingLink>,
     ) -> Result<(), DeployError> {
-        let cancel = self.ctx.cancel;
         match kind {
-            ArchiveKind::Tar => self.unpack_tar(
-                archive,
-                Cancellable {
-                    inner: bytes,
-                    cancel,
-                },
-                dest,
-                links,
-            ),
+            ArchiveKind::Tar => self.unpack_tar(archive, bytes, dest, links),
             ArchiveKind::TarGz => {
                 // The decoder checks the gzip trailer (CRC-32 and length) when it reaches the end
                 // of the stream: `unpack_tar` reads to that end.
-                let gz = flate2::read::MultiGzDecoder::new(Cancellable {
-                    inner: bytes,
-                    cancel,
-                });
+                let gz = flate2::read::MultiGzDecoder::new(bytes);
                 self.unpack_tar(archive, gz, dest, links)
             }
             ArchiveKind::Zip => self.unpack_zip(archive, bytes, dest, links),
@@ -1060,7 +1057,12 @@ impl Deployer<'_> {
         links: &mut Vec<PendingLink>,
     ) -> Result<(), DeployError> {
         use tar::EntryType as T;
-        let mut ar = tar::Archive::new(reader);
+        // Checked on the unpacked side: a small compressed input is read in one go, and the time
+        // goes into inflating it.
+        let mut ar = tar::Archive::new(Cancellable {
+            inner: reader,
+            cancel: self.ctx.cancel,
+        });
         let mut budget = self.limit;
         let entries = ar.entries().map_err(|e| self.archive_err(archive, e))?;
         for (count, entry) in entries.enumerate() {
@@ -1242,7 +1244,11 @@ impl Deployer<'_> {
             let exec = mode.is_some_and(|m| m & 0o111 != 0);
             // One byte more than declared: a stream longer than its size field is caught (and
             // bounded), and the reader reaches the entry's end, where it checks the CRC-32.
-            let written = write_file(&abs, &mut (&mut file).take(size + 1), exec)
+            let mut data = Cancellable {
+                inner: (&mut file).take(size + 1),
+                cancel: self.ctx.cancel,
+            };
+            let written = write_file(&abs, &mut data, exec)
                 .map_err(|e| self.entry_err(archive, &name, &abs, e))?;
             if written != size {
                 return Err(self.refused(

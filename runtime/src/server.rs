@@ -271,8 +271,8 @@ fn boot(
 /// Removes what deployments of processes killed mid-way left in `.workspace/tmp/` (their staging
 /// directories), before this process deploys anything.
 fn clean_staging(home: &ServerHome, log: &Logger) {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let removed = crate::deploy::clean_stale_staging(home, &exe);
+    let exe = std::env::current_exe().ok();
+    let removed = crate::deploy::clean_stale_staging(home, exe.as_deref());
     if removed.is_empty() {
         return;
     }

@@ -12,6 +12,9 @@
 //! "Never run a mix": when the engine refuses a configuration, the images replaced for it are
 //! deployed again from the running commit and the previous [`WebConfig`] is applied again, so the
 //! server keeps serving exactly what it served before.
+//!
+//! Long because boot, resync, background retry and rollback all move the same `Serving` state;
+//! about a third of it is tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -461,8 +464,9 @@ impl Serving {
     }
 
     /// The results of a background retry: the applications that deployed are served (one engine
-    /// apply), the others wait for the next retry, later.
+    /// apply), the others wait for the next retry, later. Returns whether anything changed.
     fn take_retried(&mut self, handle: &tokio::runtime::Handle, deployed: Deployed) -> bool {
+        let before = self.failed.clone();
         let mut config = self.current.clone();
         let mut fixed = Vec::new();
         for (name, result) in deployed {
@@ -527,8 +531,12 @@ impl Serving {
         self.retry.attempt = self.retry.attempt.saturating_add(1);
         self.retry.next = Instant::now() + retry_delay(self.retry.attempt);
         self.note_unhealthy();
-        self.log.info("SERVER-0511", &self.summary());
-        true
+        // A retry that failed again for the same reasons changes nothing worth a line.
+        let changed = self.failed != before;
+        if changed {
+            self.log.info("SERVER-0511", &self.summary());
+        }
+        changed
     }
 
     /// A process application that is routed but not healthy (its start failed and the
@@ -926,14 +934,25 @@ targets = ["s1"]
         out
     }
 
-    #[test]
-    fn a_refused_configuration_returns_to_the_previous_one() {
+    /// A domain home whose cache holds c1 (A1, B1) and c2 (A2, B2), the configuration with `a`
+    /// and `b` on `s1` (on any free port), a logger, and a runtime.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        c1: Oid,
+        c2: Oid,
+        home: ServerHome,
+        running: Loaded,
+        log: Logger,
+        rt: tokio::runtime::Runtime,
+    }
+
+    fn fixture(b2: &str) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         git(&work, &["init", "-q"]);
         let c1 = commit(&work, "A1", "B1");
-        let c2 = commit(&work, "A2", "B1");
+        let c2 = commit(&work, "A2", b2);
         let domain_home = tmp.path().join("home");
         std::fs::create_dir_all(domain_home.join(".cache")).unwrap();
         git(
@@ -965,37 +984,134 @@ targets = ["s1"]
             .enable_all()
             .build()
             .unwrap();
-        let mut serving = rt
-            .block_on(Serving::start("s1", &home, &log, &running, c1))
+        Fixture {
+            _tmp: tmp,
+            c1,
+            c2,
+            home,
+            running,
+            log,
+            rt,
+        }
+    }
+
+    /// Puts a file where the working directory of `app` belongs: its deployment fails (before
+    /// anything is written) until [`unblock`].
+    fn block(home: &ServerHome, app: &str) {
+        let dir = home.tmp().join(app);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(dir, "in the way").unwrap();
+    }
+
+    fn unblock(home: &ServerHome, app: &str) {
+        std::fs::remove_file(home.tmp().join(app)).unwrap();
+    }
+
+    #[test]
+    fn failed_deployments_are_retried_in_the_background_and_older_images_named() {
+        let f = fixture("B2");
+        block(&f.home, "b");
+        let mut serving =
+            f.rt.block_on(Serving::start("s1", &f.home, &f.log, &f.running, f.c1))
+                .unwrap();
+        let addr = serving.engine().local_addrs()["http"];
+        assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["b"]);
+        assert!(serving.older_images().is_empty());
+        assert!(get(addr, "/b/").contains(" 404 "));
+
+        // Retried in the background (the first retry after 1 s), served once it deploys.
+        unblock(&f.home, "b");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !serving.poll_retry(f.rt.handle()) {
+            assert!(std::time::Instant::now() < deadline, "no retry");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(serving.failed().is_empty(), "{:?}", serving.failed());
+        assert!(get(addr, "/b/").ends_with("B1"));
+
+        // f.c2 redeploys both; `a` fails and keeps serving its image of f.c1, which is named.
+        block(&f.home, "a");
+        let mut target = f.running.clone();
+        target.content.insert("a".into(), "changed".into());
+        target.content.insert("b".into(), "changed".into());
+        serving
+            .apply(f.rt.handle(), &f.running, &target, f.c2)
             .unwrap();
+        assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            serving.older_images(),
+            BTreeMap::from([("a".to_owned(), f.c1)])
+        );
+        assert!(get(addr, "/a/").ends_with("A1"));
+        assert!(get(addr, "/b/").ends_with("B2"));
+        let summary = serving.summary();
+        assert!(
+            summary.contains(&format!(
+                "Serving 2 application(s) at commit {}: a (/a) with its older image from commit {}, b (/b); failed: a (its deployment failed; the older image serves)",
+                f.c2.short(),
+                f.c1.short()
+            )),
+            "{summary}"
+        );
+        assert!(
+            serving
+                .failure_summary()
+                .unwrap_or_default()
+                .contains(&format!(
+                    "(still serving its image from commit {})",
+                    f.c1.short()
+                ))
+        );
+
+        // A retry in progress is cancelled by the next pin, which is applied.
+        serving.retry.next = std::time::Instant::now();
+        assert!(!serving.poll_retry(f.rt.handle()));
+        assert!(serving.retry.job.is_some());
+        serving
+            .apply(f.rt.handle(), &target, &target, f.c2)
+            .unwrap();
+        assert!(serving.retry.job.is_none());
+        assert_eq!(serving.retry.attempt, 0);
+        unblock(&f.home, "a");
+        f.rt.block_on(serving.shutdown(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_refused_configuration_returns_to_the_previous_one() {
+        let f = fixture("B1");
+        let mut serving =
+            f.rt.block_on(Serving::start("s1", &f.home, &f.log, &f.running, f.c1))
+                .unwrap();
         let addr = serving.engine().local_addrs()["http"];
         assert!(get(addr, "/a/").ends_with("A1"));
 
         // The target redeploys `a` (new content) and gives `b` the context path of `a`: the
         // engine refuses it after `a`'s image was rewritten.
-        let mut target = running.clone();
+        let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
         if let Some(b) = target.domain.config.applications.get_mut("b") {
             b.context_path = "/a".into();
         }
-        let r = serving.apply(rt.handle(), &running, &target, c2);
+        let r = serving.apply(f.rt.handle(), &f.running, &target, f.c2);
         assert!(matches!(r, Err(ServingError::RolledBack { .. })), "{r:?}");
         // Exactly what served before: `a`'s previous image, `b` where it was.
-        let image = home.deployed().join("a/index.html");
+        let image = f.home.deployed().join("a/index.html");
         assert_eq!(std::fs::read_to_string(image).unwrap(), "A1");
         // ... after the new one had been written (the restore swapped it out).
-        let replaced = home.tmp().join(".previous-a/index.html");
+        let replaced = f.home.tmp().join(".previous-a/index.html");
         assert_eq!(std::fs::read_to_string(replaced).unwrap(), "A2");
         assert!(get(addr, "/a/").ends_with("A1"));
         assert!(get(addr, "/b/").ends_with("B1"));
         assert!(serving.failed().is_empty());
 
         // The same change without the conflict applies.
-        let mut target = running.clone();
+        let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
-        serving.apply(rt.handle(), &running, &target, c2).unwrap();
+        serving
+            .apply(f.rt.handle(), &f.running, &target, f.c2)
+            .unwrap();
         assert!(get(addr, "/a/").ends_with("A2"));
-        rt.block_on(serving.shutdown(Duration::from_secs(1)));
+        f.rt.block_on(serving.shutdown(Duration::from_secs(1)));
     }
 
     #[test]

@@ -599,3 +599,59 @@ fn a_cancelled_deployment_leaves_the_old_image_and_no_staging() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_deployment_cancelled_midway_is_not_swapped_in() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let h = home(tmp.path());
+    // 64 MiB of zeros compress to ~64 KiB: the compressed input is read at once and the time
+    // goes into inflating, when the cancel comes. (How soon it stops is measured by
+    // benches/failing_app_pin.py, not asserted here.)
+    let zeros = vec![0u8; 64 << 20];
+    let tgz = tar_gz(&[("big.bin", &zeros, 0o644)]);
+    drop(zeros);
+    let src = commit(&repo, &[("big.tar.gz", &tgz, false)]);
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let staging = h.tmp();
+    let result = std::thread::scope(|s| {
+        // Cancels as soon as the entry is being written.
+        s.spawn(|| {
+            while !cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                let writing = std::fs::read_dir(&staging)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.path().join("big.bin").exists());
+                if writing {
+                    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        let ctx = deploy::DeployContext {
+            cancel: Some(&cancel),
+            log: None,
+        };
+        let r = deploy::deploy_with(
+            &h,
+            &src,
+            "big",
+            &app(AppKind::Static, "big.tar.gz", &[]),
+            ctx,
+        );
+        // Whatever happened, the watcher stops.
+        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    });
+    let e = result.expect_err("cancelled");
+    assert!(matches!(e, DeployError::Cancelled { .. }), "{e}");
+    assert!(!h.deployed().join("big").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(h.tmp())
+        .expect("tmp")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
