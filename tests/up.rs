@@ -349,3 +349,22 @@ fn up_refuses_an_invalid_domain() {
         "nothing is created for an invalid domain"
     );
 }
+
+#[test]
+fn up_from_any_directory_runs_the_built_in_example_and_checks_its_ports_first() {
+    // Hold the example's Master port (or find it held already): `up`, run from a directory with
+    // no examples/ in it, must read the built-in example (it knows that port from it), name the
+    // port, and start and create nothing.
+    let _held = std::net::TcpListener::bind("127.0.0.1:9736");
+    let cwd = TempDir::new("up-anywhere");
+    let r = util::steward(cwd.path(), &["up", "--home", "h"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("port 9736 (the Master's listen) is in use"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("no such directory"), "{}", r.stderr);
+    assert!(!cwd.path().join("h").exists());
+}
