@@ -396,6 +396,11 @@ pub fn run(opts: &UpOptions) -> Result<(), UpError> {
 /// The credentials file the launchers read: kept if there is one (refused if others can read
 /// it), else written for the example's documented server account. Returns what the banner shows.
 fn server_credentials(domain: &Domain, home: &Path, log: &Log) -> Result<Credentials, UpError> {
+    // The launchers inherit this environment, and it wins over the file.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let (Some(user), Some(_)) = (env("STEWARD_USER"), env("STEWARD_PASSWORD")) {
+        return Ok(Credentials::Env(user));
+    }
     if let Some((user, _)) = credentials::read(home)? {
         return Ok(Credentials::File(user));
     }
@@ -414,6 +419,8 @@ fn server_credentials(domain: &Domain, home: &Path, log: &Log) -> Result<Credent
 }
 
 enum Credentials {
+    /// The user of `STEWARD_USER`.
+    Env(String),
     /// The user of the credentials file.
     File(String),
     /// No file; where one would go.
@@ -583,6 +590,9 @@ fn banner(domain: &Domain, home: &Path, master: SocketAddr, servers: Credentials
         ));
     }
     match servers {
+        Credentials::Env(user) => lines.push(format!(
+            "servers       log in as {user} (from STEWARD_USER / STEWARD_PASSWORD)"
+        )),
         Credentials::File(user) => lines.push(format!(
             "servers       log in as {user} (from {})",
             credentials::path(home).display()
@@ -712,6 +722,68 @@ fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Maste
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schema::settings::FileKind;
+    use schema::tree::MemTree;
+
+    fn example() -> Loaded {
+        let tree = MemTree::new("t")
+            .with(
+                FileKind::Domain.path(),
+                include_str!("../../examples/domain1/domain.toml"),
+            )
+            .with(
+                FileKind::Accounts.path(),
+                include_str!("../../examples/domain1/security/accounts.toml"),
+            )
+            .with(
+                FileKind::Policies.path(),
+                include_str!("../../examples/domain1/security/policies.toml"),
+            )
+            .with("apps/shop/index.html", "x")
+            .with("apps/api/bin/api", "x")
+            .with("libs/common/README.txt", "x");
+        schema::validate(&tree).loaded.expect("valid")
+    }
+
+    #[test]
+    fn every_listen_address_is_checked_with_its_owner() {
+        let got: Vec<String> = listen_addresses(&example().domain)
+            .into_iter()
+            // Ports only: the default listener's address is the engine's business.
+            .map(|(a, w)| format!("{} {w}", a.port()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "9736 the Master's listen",
+                "9741 server1's base port",
+                "8088 server1's web listener http",
+                "9751 server2's base port",
+                "8089 server2's web listener http",
+                "9761 server3's base port",
+                // server3 has no listener: the default one, base port + 1.
+                "9762 server3's web listener http",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_example_server_account_is_offered_only_with_its_documented_password() {
+        let mut loaded = example();
+        assert_eq!(
+            example_server_credentials(&loaded.domain),
+            Some(("steward-server".into(), "server".into()))
+        );
+        let admin = loaded.domain.accounts.users["admin"].password.clone();
+        loaded
+            .domain
+            .accounts
+            .users
+            .get_mut("steward-server")
+            .expect("the account")
+            .password = admin;
+        assert_eq!(example_server_credentials(&loaded.domain), None);
+    }
 
     #[test]
     fn pid_changes_are_named() {
