@@ -10,7 +10,6 @@
 //! at the end. Every child runs in a process group of its own: the terminal's Ctrl-C reaches only
 //! `up`, which then stops the servers and, after them, the Master.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,10 +21,13 @@ use reconciler::pin::PinStore;
 use schema::Loaded;
 use schema::model::Domain;
 
+mod follow;
+
+use follow::{Log, Tracked};
+
 use crate::background::{self, Boot};
 use crate::launcher::credentials;
 use crate::layout::ServerHome;
-use crate::logfile::{self, Mark};
 use crate::process::{self, Running};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,147 +90,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// The example domain's account for servers, and its documented password (security/accounts.toml).
 pub const EXAMPLE_SERVER_USER: &str = "steward-server";
 pub const EXAMPLE_SERVER_PASSWORD: &str = "server";
-
-/// Serializes the children's lines into one log.
-#[derive(Clone)]
-struct Log {
-    out: Arc<Mutex<std::io::Stdout>>,
-    width: usize,
-}
-
-impl Log {
-    fn line(&self, who: &str, text: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "{who:>w$} | {text}", w = self.width);
-        let _ = out.flush();
-    }
-
-    /// Copies `stream` line by line; the receiver disconnects when the stream has ended.
-    fn follow(&self, who: &str, stream: impl Read + Send + 'static) -> mpsc::Receiver<()> {
-        let (log, who) = (self.clone(), who.to_owned());
-        let (done, ended) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _done = done;
-            for line in BufReader::new(stream).lines() {
-                match line {
-                    Ok(l) => log.line(&who, &l),
-                    Err(_) => break,
-                }
-            }
-        });
-        ended
-    }
-}
-
-/// A server as `up` follows it: by its home (pid file, logs), not by a process handle.
-struct Tracked {
-    home: ServerHome,
-    launcher_log: Mark,
-    server_log: Mark,
-    /// Whether the last launcher-log line shown was the launcher's own (for continuation lines).
-    own: bool,
-    pid: Option<i32>,
-    /// `up` is stopping everything: a stop is expected, not news.
-    stopping: bool,
-}
-
-impl Tracked {
-    fn new(home: ServerHome) -> Tracked {
-        let logs = home.logs();
-        Tracked {
-            launcher_log: logfile::mark(&logs, "launcher"),
-            server_log: logfile::mark(&logs, "server"),
-            own: false,
-            pid: None,
-            stopping: false,
-            home,
-        }
-    }
-
-    /// Prints what the server and its launchers logged since the last call, and pid changes.
-    fn poll(&mut self, log: &Log) {
-        let logs = self.home.logs();
-        let (text, mark) = logfile::read_since(&logs, "launcher", &self.launcher_log);
-        self.launcher_log = mark;
-        for line in text.lines() {
-            self.own = launcher_own(line, self.own);
-            if self.own {
-                log.line(&self.home.name, line);
-            }
-        }
-        let (text, mark) = logfile::read_since(&logs, "server", &self.server_log);
-        self.server_log = mark;
-        for line in text.lines() {
-            log.line(&self.home.name, line);
-        }
-        let now = match process::running(&self.home) {
-            Running::Yes { pid, .. } => Some(pid),
-            Running::No | Running::Stale { .. } => None,
-        };
-        match change(self.pid, now) {
-            Some(Change::Stopped(pid)) if self.stopping => {
-                log.line("up", &format!("{} stopped [pid : {pid}]", self.home.name));
-            }
-            Some(c) => log.line("up", &c.describe(&self.home.name)),
-            None => {}
-        }
-        self.pid = now;
-    }
-
-    /// True while a launcher holds the server's start lock (it is starting the server).
-    fn starting(&self) -> bool {
-        let path = self.home.workspace().join("start.lock");
-        match std::fs::File::open(&path) {
-            Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
-            Err(_) => false,
-        }
-    }
-}
-
-/// Whether a launcher-log line is the launcher's own (shown) or a copy of the server's boot log
-/// (not shown: the server log is followed directly). Lines indented by four spaces continue the
-/// line before; lines that are not log lines at all are what the server process printed outside
-/// its logger (a crash), and are shown.
-fn launcher_own(line: &str, previous_own: bool) -> bool {
-    if line.starts_with("    ") {
-        previous_own
-    } else if line.starts_with('[') {
-        line.contains("] [launcher] [")
-    } else {
-        true
-    }
-}
-
-/// What a server's pid file says happened between two looks.
-#[derive(Debug, PartialEq, Eq)]
-enum Change {
-    Started(i32),
-    Restarted { from: i32, to: i32 },
-    Stopped(i32),
-}
-
-impl Change {
-    fn describe(&self, name: &str) -> String {
-        match self {
-            Change::Started(pid) => format!("{name} is running [pid : {pid}]"),
-            Change::Restarted { from, to } => {
-                format!("{name} was restarted [pid : {from} -> {to}]")
-            }
-            Change::Stopped(pid) => format!(
-                "{name} stopped [pid : {pid}]; still following it (a restart, or `steward start-server`, brings it back)"
-            ),
-        }
-    }
-}
-
-fn change(before: Option<i32>, now: Option<i32>) -> Option<Change> {
-    match (before, now) {
-        (None, Some(p)) => Some(Change::Started(p)),
-        (Some(a), Some(b)) if a != b => Some(Change::Restarted { from: a, to: b }),
-        (Some(a), None) => Some(Change::Stopped(a)),
-        _ => None,
-    }
-}
 
 /// Every address the domain's processes will listen on, with what listens there.
 fn listen_addresses(domain: &Domain) -> Vec<(SocketAddr, String)> {
@@ -783,28 +644,5 @@ mod tests {
             .expect("the account")
             .password = admin;
         assert_eq!(example_server_credentials(&loaded.domain), None);
-    }
-
-    #[test]
-    fn pid_changes_are_named() {
-        assert_eq!(change(None, Some(5)), Some(Change::Started(5)));
-        assert_eq!(
-            change(Some(5), Some(6)),
-            Some(Change::Restarted { from: 5, to: 6 })
-        );
-        assert_eq!(change(Some(6), None), Some(Change::Stopped(6)));
-        assert_eq!(change(Some(6), Some(6)), None);
-        assert_eq!(change(None, None), None);
-    }
-
-    #[test]
-    fn only_the_launchers_own_lines_are_shown() {
-        let own = "[2026.11.24 05:30:01][2] [launcher] [Launcher-0040] RUNNING";
-        let copy = "[2026.11.24 05:30:01][2] [main] [SERVER-0001] booting";
-        assert!(launcher_own(own, false));
-        assert!(launcher_own("    continued", true));
-        assert!(!launcher_own(copy, true));
-        assert!(!launcher_own("    continued", false));
-        assert!(launcher_own("thread 'main' panicked at …", false));
     }
 }
