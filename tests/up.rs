@@ -368,3 +368,34 @@ fn up_from_any_directory_runs_the_built_in_example_and_checks_its_ports_first() 
     assert!(!r.stderr.contains("no such directory"), "{}", r.stderr);
     assert!(!cwd.path().join("h").exists());
 }
+
+#[test]
+fn up_refuses_a_credentials_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::example("up-exposed");
+    util::example_on_free_ports(&repo);
+    let tmp = TempDir::new("up-exposed-home");
+    let home = tmp.path().join("h");
+    let h = home.to_str().unwrap();
+    let init = repo.steward(&["init", h, "--from", "."]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let file = home.join("config/server-credentials");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = repo.steward(&["up", "--home", h]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("readable by others (mode 644)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("chmod 600 {}", file.display())),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stdout.contains("Master-0001"),
+        "nothing started: {}",
+        r.stdout
+    );
+}

@@ -257,12 +257,14 @@ pub fn run(opts: &UpOptions) -> Result<(), UpError> {
 /// The credentials file the launchers read: kept if there is one (refused if others can read
 /// it), else written for the example's documented server account. Returns what the banner shows.
 fn server_credentials(domain: &Domain, home: &Path, log: &Log) -> Result<Credentials, UpError> {
+    // Read (and refused if others can read it) even when the environment wins over it.
+    let file = credentials::read(home)?;
     // The launchers inherit this environment, and it wins over the file.
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let (Some(user), Some(_)) = (env("STEWARD_USER"), env("STEWARD_PASSWORD")) {
         return Ok(Credentials::Env(user));
     }
-    if let Some((user, _)) = credentials::read(home)? {
+    if let Some((user, _)) = file {
         return Ok(Credentials::File(user));
     }
     if let Some((u, p)) = example_server_credentials(domain) {
@@ -352,21 +354,25 @@ fn start_servers(
     let master_url = master_addr.to_string();
     let mut launchers = Vec::new();
     for s in servers.iter() {
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .args(["start-server", "--server", &s.home.name])
             .args(["--master-url", &master_url])
             .arg("--domain-home")
             .arg(home)
             .stdin(Stdio::null())
-            // Its lines are in the launcher log, which is followed.
+            // Its log lines are in the launcher log, which is followed; what it says before
+            // it has a log (a bad credentials file) comes on standard error.
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
             .map_err(|error| UpError::Spawn {
                 what: format!("start-server --server {}", s.home.name),
                 error,
             })?;
+        if let Some(e) = child.stderr.take() {
+            log.follow(&s.home.name, e);
+        }
         launchers.push((s.home.name.clone(), child, None));
     }
     loop {
@@ -539,11 +545,16 @@ fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Maste
                 .arg(home)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .process_group(0)
                 .spawn()
             {
-                Ok(c) => stops.push(c),
+                Ok(mut c) => {
+                    if let Some(e) = c.stderr.take() {
+                        log.follow(name, e);
+                    }
+                    stops.push(c);
+                }
                 Err(e) => log.line("up", &format!("cannot run stop-server for {name}: {e}")),
             }
         }
