@@ -399,3 +399,37 @@ fn up_refuses_a_credentials_file_others_can_read() {
         r.stdout
     );
 }
+
+#[test]
+fn up_names_a_server_left_running_in_the_home_it_reuses() {
+    let repo = Repo::example("up-leftover");
+    util::example_on_free_ports(&repo);
+    let tmp = TempDir::new("up-leftover-home");
+    let home = tmp.path().join("h");
+    let h = home.to_str().unwrap();
+    assert_eq!(repo.steward(&["init", h, "--from", "."]).code, 0);
+    // server1 runs from the home's own repository (no Master): as if an earlier `up` was killed.
+    let git_url = home.join("config/domain.git");
+    let started = repo.steward(&[
+        "start-server",
+        "--domain-home",
+        h,
+        "--server",
+        "server1",
+        "--git-url",
+        git_url.to_str().unwrap(),
+    ]);
+    let _stop = util::Servers(&home, &["server1"]);
+    assert_eq!(started.code, 0, "{}", started.stdout);
+    let pid = util::pid_of(&home, "server1");
+    let r = repo.steward(&["up", "--home", h]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "server1 of this domain home still runs [pid : {pid}]: `steward stop-server --domain-home {h} --server server1`"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(util::pid_of(&home, "server1"), pid, "left alone");
+}

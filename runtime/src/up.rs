@@ -172,7 +172,18 @@ pub fn run(opts: &UpOptions) -> Result<(), UpError> {
     let domain = &loaded.domain;
     let name = domain.config.domain.name.clone();
     // Before anything is created or started: a second `up` must not half-start.
-    let busy = busy(domain);
+    let mut busy = busy(domain);
+    if let Some(h) = opts.home.as_ref().filter(|_| existing) {
+        // Left over from an earlier `up` that did not stop them (killed, say): say how to stop.
+        for server in domain.config.servers.keys() {
+            if let Running::Yes { pid, .. } = process::running(&ServerHome::new(h, server)?) {
+                busy.push(format!(
+                    "{server} of this domain home still runs [pid : {pid}]: `steward stop-server --domain-home {} --server {server}`",
+                    h.display()
+                ));
+            }
+        }
+    }
     if !busy.is_empty() {
         return Err(UpError::Busy(busy));
     }
@@ -519,6 +530,34 @@ fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Maste
     for s in servers.iter_mut() {
         s.stopping = true;
     }
+    stop_servers(exe, home, servers, log);
+    let _ = process::signal(master.child.id() as i32, libc::SIGTERM);
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    loop {
+        match master.child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                log.line("up", "the Master did not stop in time: killing it");
+                let _ = master.child.kill();
+                let _ = master.child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    // A restart that was between its stop-server and its start-server when the servers were
+    // stopped has started its launcher by now (which boots the server INDEPENDENT without the
+    // Master): one more look, so nothing is left running.
+    stop_servers(exe, home, servers, log);
+    // The Master's last lines are still in its pipes: print them before saying so.
+    for ended in master.output.drain(..) {
+        let _ = ended.recv_timeout(Duration::from_secs(2));
+    }
+    log.line("up", "stopped");
+}
+
+/// Stops every server that runs, waiting first for launchers that are starting one.
+fn stop_servers(exe: &Path, home: &Path, servers: &mut [Tracked], log: &Log) {
     // Each round stops what runs; a launcher that was mid-start is then done and its server is
     // caught by the next round. Restarts are one launcher at a time, so three rounds suffice.
     for _ in 0..3 {
@@ -570,25 +609,6 @@ fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Maste
     for s in servers.iter_mut() {
         s.poll(log);
     }
-    let _ = process::signal(master.child.id() as i32, libc::SIGTERM);
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    loop {
-        match master.child.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                log.line("up", "the Master did not stop in time: killing it");
-                let _ = master.child.kill();
-                let _ = master.child.wait();
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-    // The Master's last lines are still in its pipes: print them before saying so.
-    for ended in master.output.drain(..) {
-        let _ = ended.recv_timeout(Duration::from_secs(2));
-    }
-    log.line("up", "stopped");
 }
 
 #[cfg(test)]
