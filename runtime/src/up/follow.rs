@@ -99,7 +99,9 @@ impl Tracked {
         self.pid = now;
     }
 
-    /// True while a launcher holds the server's start lock (it is starting the server).
+    /// True while a launcher holds the server's start lock (it is starting the server). Only
+    /// asked while `up` stops everything: the probe holds the lock for an instant, and a launcher
+    /// starting in that instant gives up (Launcher-0062), which is then what `up` wants anyway.
     pub(super) fn starting(&self) -> bool {
         let path = self.home.workspace().join("start.lock");
         match std::fs::File::open(&path) {
