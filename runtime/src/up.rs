@@ -362,6 +362,10 @@ fn start_servers(
     log: &Log,
 ) -> Result<(), UpError> {
     use std::os::unix::process::CommandExt;
+    if crate::signals::stop_requested() {
+        // Ctrl-C while the Master was starting: start no server.
+        return Err(UpError::Interrupted);
+    }
     let master_url = master_addr.to_string();
     let mut launchers = Vec::new();
     for s in servers.iter() {
