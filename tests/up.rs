@@ -160,9 +160,11 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     assert!(!other.exists(), "nothing is created by a refused up");
     assert!(second.stdout.is_empty(), "{}", second.stdout);
 
-    // server3 (restart-policy auto) restarts itself for a restart-class change; `up` follows
-    // the new process and keeps streaming its log.
+    // server3 (restart-policy auto) restarts itself for a restart-class change, server1
+    // (rolling) when the Master orders it; `up` follows the new processes and keeps streaming
+    // their logs.
     let old = util::pid_of(&home, "server3");
+    let old1 = util::pid_of(&home, "server1");
     let clone = tmp.path().join("clone");
     let url = format!("http://admin:admin@127.0.0.1:{}/git/domain.git", ports[0]);
     assert_eq!(
@@ -174,22 +176,38 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
         "[servers.server3.component.timer-service]",
         "[servers.server3.process]\nenv = { RESTARTED = \"yes\" }\n\n[servers.server3.component.timer-service]",
     );
+    let toml = toml.replace(
+        "env = { STEWARD_EXAMPLE = \"server1\" }",
+        "env = { STEWARD_EXAMPLE = \"server1, restarted\" }",
+    );
     std::fs::write(clone.join("domain.toml"), toml).unwrap();
     assert_eq!(
-        util::git(&clone, &["commit", "-qam", "server3: new env"]).code,
+        util::git(&clone, &["commit", "-qam", "server1, server3: new env"]).code,
         0
     );
     let push = util::git(&clone, &["push", "-q", "origin", "main"]);
     assert_eq!(push.code, 0, "{}", push.stderr);
-    let running_again = |old: String| {
+    let running_again = |server: &'static str, old: String| {
         move |l: &str| {
-            l.contains(" up | server3 ")
+            l.contains(&format!(" up | {server} "))
                 && (l.contains("is running [pid : ") || l.contains("was restarted"))
                 && !l.contains(&format!(": {old}]"))
                 && !l.contains(&format!("-> {old}]"))
         }
     };
-    let auto = out.until(banner, "restart of server3", running_again(old.clone()));
+    let rolling = out.until(banner, "restart of server1", running_again("server1", old1));
+    assert!(
+        out.lines[banner..rolling]
+            .iter()
+            .any(|l| l.contains("[Master-0022] Ordering server1 to restart")),
+        "{}",
+        out.lines[banner..rolling].join("\n")
+    );
+    let auto = out.until(
+        banner,
+        "restart of server3",
+        running_again("server3", old.clone()),
+    );
     let new = util::pid_of(&home, "server3");
     assert_ne!(new, old);
     assert!(out.lines[auto].contains(&new), "{}", out.lines[auto]);
@@ -200,10 +218,12 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     // And by hand: stop-server, start-server.
     util::stop_server(&home, "server1");
     util::start_server(&home, "server1", ports[0]);
-    let hand = out.until(auto, "server1 back", |l| {
-        l.contains(" up | server1 is running [pid : ")
+    let by_hand = util::pid_of(&home, "server1");
+    let hand = out.until(auto.max(rolling), "server1 back", |l| {
+        l.contains(" up | server1 ")
+            && (l.contains(&format!("is running [pid : {by_hand}]"))
+                || l.contains(&format!("-> {by_hand}]")))
     });
-    assert!(out.lines[hand].contains(&util::pid_of(&home, "server1")));
 
     // Ctrl-C as a terminal sends it: to the whole process group. Only `up` acts on it: every
     // server stops (whatever its pid now), then the Master.
@@ -348,4 +368,88 @@ fn up_refuses_an_invalid_domain() {
         !home.path().join("h").exists(),
         "nothing is created for an invalid domain"
     );
+}
+
+#[test]
+fn up_from_any_directory_runs_the_built_in_example_and_checks_its_ports_first() {
+    // Hold the example's Master port (or find it held already): `up`, run from a directory with
+    // no examples/ in it, must read the built-in example (it knows that port from it), name the
+    // port, and start and create nothing.
+    let _held = std::net::TcpListener::bind("127.0.0.1:9736");
+    let cwd = TempDir::new("up-anywhere");
+    let r = util::steward(cwd.path(), &["up", "--home", "h"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("port 9736 (the Master's listen) is in use"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("no such directory"), "{}", r.stderr);
+    assert!(!cwd.path().join("h").exists());
+}
+
+#[test]
+fn up_refuses_a_credentials_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::example("up-exposed");
+    util::example_on_free_ports(&repo);
+    let tmp = TempDir::new("up-exposed-home");
+    let home = tmp.path().join("h");
+    let h = home.to_str().unwrap();
+    let init = repo.steward(&["init", h, "--from", "."]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let file = home.join("config/server-credentials");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = repo.steward(&["up", "--home", h]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("readable by others (mode 644)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("chmod 600 {}", file.display())),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stdout.contains("Master-0001"),
+        "nothing started: {}",
+        r.stdout
+    );
+}
+
+#[test]
+fn up_names_a_server_left_running_in_the_home_it_reuses() {
+    let repo = Repo::example("up-leftover");
+    util::example_on_free_ports(&repo);
+    let tmp = TempDir::new("up-leftover-home");
+    let home = tmp.path().join("h");
+    let h = home.to_str().unwrap();
+    assert_eq!(repo.steward(&["init", h, "--from", "."]).code, 0);
+    // server1 runs from the home's own repository (no Master): as if an earlier `up` was killed.
+    let git_url = home.join("config/domain.git");
+    let started = repo.steward(&[
+        "start-server",
+        "--domain-home",
+        h,
+        "--server",
+        "server1",
+        "--git-url",
+        git_url.to_str().unwrap(),
+    ]);
+    let _stop = util::Servers(&home, &["server1"]);
+    assert_eq!(started.code, 0, "{}", started.stdout);
+    let pid = util::pid_of(&home, "server1");
+    let r = repo.steward(&["up", "--home", h]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "server1 of this domain home still runs [pid : {pid}]: `steward stop-server --domain-home {h} --server server1`"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(util::pid_of(&home, "server1"), pid, "left alone");
 }

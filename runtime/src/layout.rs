@@ -109,7 +109,8 @@ impl ServerHome {
         let start = format!(
             "#!/bin/sh\n\
              # Starts server {n} of {h}. Written by `steward start-server` on every start;\n\
-             # credentials come from STEWARD_USER / STEWARD_PASSWORD or -u/-p.\n\
+             # credentials: -u/-p, STEWARD_USER / STEWARD_PASSWORD, else\n\
+             # DOMAIN_HOME/config/server-credentials (mode 0600); never written here.\n\
              exec {exe} start-server --domain-home {home} --server {name}{extra} \"$@\"\n",
             n = self.name,
             h = self.domain_home.display(),

@@ -10,7 +10,6 @@
 //! at the end. Every child runs in a process group of its own: the terminal's Ctrl-C reaches only
 //! `up`, which then stops the servers and, after them, the Master.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,10 +21,13 @@ use reconciler::pin::PinStore;
 use schema::Loaded;
 use schema::model::Domain;
 
+mod follow;
+
+use follow::{Log, Tracked};
+
 use crate::background::{self, Boot};
 use crate::launcher::credentials;
 use crate::layout::ServerHome;
-use crate::logfile::{self, Mark};
 use crate::process::{self, Running};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,147 +90,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// The example domain's account for servers, and its documented password (security/accounts.toml).
 pub const EXAMPLE_SERVER_USER: &str = "steward-server";
 pub const EXAMPLE_SERVER_PASSWORD: &str = "server";
-
-/// Serializes the children's lines into one log.
-#[derive(Clone)]
-struct Log {
-    out: Arc<Mutex<std::io::Stdout>>,
-    width: usize,
-}
-
-impl Log {
-    fn line(&self, who: &str, text: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "{who:>w$} | {text}", w = self.width);
-        let _ = out.flush();
-    }
-
-    /// Copies `stream` line by line; the receiver disconnects when the stream has ended.
-    fn follow(&self, who: &str, stream: impl Read + Send + 'static) -> mpsc::Receiver<()> {
-        let (log, who) = (self.clone(), who.to_owned());
-        let (done, ended) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _done = done;
-            for line in BufReader::new(stream).lines() {
-                match line {
-                    Ok(l) => log.line(&who, &l),
-                    Err(_) => break,
-                }
-            }
-        });
-        ended
-    }
-}
-
-/// A server as `up` follows it: by its home (pid file, logs), not by a process handle.
-struct Tracked {
-    home: ServerHome,
-    launcher_log: Mark,
-    server_log: Mark,
-    /// Whether the last launcher-log line shown was the launcher's own (for continuation lines).
-    own: bool,
-    pid: Option<i32>,
-    /// `up` is stopping everything: a stop is expected, not news.
-    stopping: bool,
-}
-
-impl Tracked {
-    fn new(home: ServerHome) -> Tracked {
-        let logs = home.logs();
-        Tracked {
-            launcher_log: logfile::mark(&logs, "launcher"),
-            server_log: logfile::mark(&logs, "server"),
-            own: false,
-            pid: None,
-            stopping: false,
-            home,
-        }
-    }
-
-    /// Prints what the server and its launchers logged since the last call, and pid changes.
-    fn poll(&mut self, log: &Log) {
-        let logs = self.home.logs();
-        let (text, mark) = logfile::read_since(&logs, "launcher", &self.launcher_log);
-        self.launcher_log = mark;
-        for line in text.lines() {
-            self.own = launcher_own(line, self.own);
-            if self.own {
-                log.line(&self.home.name, line);
-            }
-        }
-        let (text, mark) = logfile::read_since(&logs, "server", &self.server_log);
-        self.server_log = mark;
-        for line in text.lines() {
-            log.line(&self.home.name, line);
-        }
-        let now = match process::running(&self.home) {
-            Running::Yes { pid, .. } => Some(pid),
-            Running::No | Running::Stale { .. } => None,
-        };
-        match change(self.pid, now) {
-            Some(Change::Stopped(pid)) if self.stopping => {
-                log.line("up", &format!("{} stopped [pid : {pid}]", self.home.name));
-            }
-            Some(c) => log.line("up", &c.describe(&self.home.name)),
-            None => {}
-        }
-        self.pid = now;
-    }
-
-    /// True while a launcher holds the server's start lock (it is starting the server).
-    fn starting(&self) -> bool {
-        let path = self.home.workspace().join("start.lock");
-        match std::fs::File::open(&path) {
-            Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
-            Err(_) => false,
-        }
-    }
-}
-
-/// Whether a launcher-log line is the launcher's own (shown) or a copy of the server's boot log
-/// (not shown: the server log is followed directly). Lines indented by four spaces continue the
-/// line before; lines that are not log lines at all are what the server process printed outside
-/// its logger (a crash), and are shown.
-fn launcher_own(line: &str, previous_own: bool) -> bool {
-    if line.starts_with("    ") {
-        previous_own
-    } else if line.starts_with('[') {
-        line.contains("] [launcher] [")
-    } else {
-        true
-    }
-}
-
-/// What a server's pid file says happened between two looks.
-#[derive(Debug, PartialEq, Eq)]
-enum Change {
-    Started(i32),
-    Restarted { from: i32, to: i32 },
-    Stopped(i32),
-}
-
-impl Change {
-    fn describe(&self, name: &str) -> String {
-        match self {
-            Change::Started(pid) => format!("{name} is running [pid : {pid}]"),
-            Change::Restarted { from, to } => {
-                format!("{name} was restarted [pid : {from} -> {to}]")
-            }
-            Change::Stopped(pid) => format!(
-                "{name} stopped [pid : {pid}]; still following it (a restart, or `steward start-server`, brings it back)"
-            ),
-        }
-    }
-}
-
-fn change(before: Option<i32>, now: Option<i32>) -> Option<Change> {
-    match (before, now) {
-        (None, Some(p)) => Some(Change::Started(p)),
-        (Some(a), Some(b)) if a != b => Some(Change::Restarted { from: a, to: b }),
-        (Some(a), None) => Some(Change::Stopped(a)),
-        _ => None,
-    }
-}
 
 /// Every address the domain's processes will listen on, with what listens there.
 fn listen_addresses(domain: &Domain) -> Vec<(SocketAddr, String)> {
@@ -311,7 +172,18 @@ pub fn run(opts: &UpOptions) -> Result<(), UpError> {
     let domain = &loaded.domain;
     let name = domain.config.domain.name.clone();
     // Before anything is created or started: a second `up` must not half-start.
-    let busy = busy(domain);
+    let mut busy = busy(domain);
+    if let Some(h) = opts.home.as_ref().filter(|_| existing) {
+        // Left over from an earlier `up` that did not stop them (killed, say): say how to stop.
+        for server in domain.config.servers.keys() {
+            if let Running::Yes { pid, .. } = process::running(&ServerHome::new(h, server)?) {
+                busy.push(format!(
+                    "{server} of this domain home still runs [pid : {pid}]: `steward stop-server --domain-home {} --server {server}`",
+                    h.display()
+                ));
+            }
+        }
+    }
     if !busy.is_empty() {
         return Err(UpError::Busy(busy));
     }
@@ -396,7 +268,14 @@ pub fn run(opts: &UpOptions) -> Result<(), UpError> {
 /// The credentials file the launchers read: kept if there is one (refused if others can read
 /// it), else written for the example's documented server account. Returns what the banner shows.
 fn server_credentials(domain: &Domain, home: &Path, log: &Log) -> Result<Credentials, UpError> {
-    if let Some((user, _)) = credentials::read(home)? {
+    // Read (and refused if others can read it) even when the environment wins over it.
+    let file = credentials::read(home)?;
+    // The launchers inherit this environment, and it wins over the file.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let (Some(user), Some(_)) = (env("STEWARD_USER"), env("STEWARD_PASSWORD")) {
+        return Ok(Credentials::Env(user));
+    }
+    if let Some((user, _)) = file {
         return Ok(Credentials::File(user));
     }
     if let Some((u, p)) = example_server_credentials(domain) {
@@ -414,6 +293,8 @@ fn server_credentials(domain: &Domain, home: &Path, log: &Log) -> Result<Credent
 }
 
 enum Credentials {
+    /// The user of `STEWARD_USER`.
+    Env(String),
     /// The user of the credentials file.
     File(String),
     /// No file; where one would go.
@@ -481,24 +362,32 @@ fn start_servers(
     log: &Log,
 ) -> Result<(), UpError> {
     use std::os::unix::process::CommandExt;
+    if crate::signals::stop_requested() {
+        // Ctrl-C while the Master was starting: start no server.
+        return Err(UpError::Interrupted);
+    }
     let master_url = master_addr.to_string();
     let mut launchers = Vec::new();
     for s in servers.iter() {
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .args(["start-server", "--server", &s.home.name])
             .args(["--master-url", &master_url])
             .arg("--domain-home")
             .arg(home)
             .stdin(Stdio::null())
-            // Its lines are in the launcher log, which is followed.
+            // Its log lines are in the launcher log, which is followed; what it says before
+            // it has a log (a bad credentials file) comes on standard error.
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
             .map_err(|error| UpError::Spawn {
                 what: format!("start-server --server {}", s.home.name),
                 error,
             })?;
+        if let Some(e) = child.stderr.take() {
+            log.follow(&s.home.name, e);
+        }
         launchers.push((s.home.name.clone(), child, None));
     }
     loop {
@@ -583,6 +472,9 @@ fn banner(domain: &Domain, home: &Path, master: SocketAddr, servers: Credentials
         ));
     }
     match servers {
+        Credentials::Env(user) => lines.push(format!(
+            "servers       log in as {user} (from STEWARD_USER / STEWARD_PASSWORD)"
+        )),
         Credentials::File(user) => lines.push(format!(
             "servers       log in as {user} (from {})",
             credentials::path(home).display()
@@ -642,6 +534,34 @@ fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Maste
     for s in servers.iter_mut() {
         s.stopping = true;
     }
+    stop_servers(exe, home, servers, log);
+    let _ = process::signal(master.child.id() as i32, libc::SIGTERM);
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    loop {
+        match master.child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                log.line("up", "the Master did not stop in time: killing it");
+                let _ = master.child.kill();
+                let _ = master.child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    // A restart that was between its stop-server and its start-server when the servers were
+    // stopped has started its launcher by now (which boots the server INDEPENDENT without the
+    // Master): one more look, so nothing is left running.
+    stop_servers(exe, home, servers, log);
+    // The Master's last lines are still in its pipes: print them before saying so.
+    for ended in master.output.drain(..) {
+        let _ = ended.recv_timeout(Duration::from_secs(2));
+    }
+    log.line("up", "stopped");
+}
+
+/// Stops every server that runs, waiting first for launchers that are starting one.
+fn stop_servers(exe: &Path, home: &Path, servers: &mut [Tracked], log: &Log) {
     // Each round stops what runs; a launcher that was mid-start is then done and its server is
     // caught by the next round. Restarts are one launcher at a time, so three rounds suffice.
     for _ in 0..3 {
@@ -668,11 +588,16 @@ fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Maste
                 .arg(home)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .process_group(0)
                 .spawn()
             {
-                Ok(c) => stops.push(c),
+                Ok(mut c) => {
+                    if let Some(e) = c.stderr.take() {
+                        log.follow(name, e);
+                    }
+                    stops.push(c);
+                }
                 Err(e) => log.line("up", &format!("cannot run stop-server for {name}: {e}")),
             }
         }
@@ -688,51 +613,71 @@ fn stop_all(exe: &Path, home: &Path, servers: &mut [Tracked], master: &mut Maste
     for s in servers.iter_mut() {
         s.poll(log);
     }
-    let _ = process::signal(master.child.id() as i32, libc::SIGTERM);
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    loop {
-        match master.child.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                log.line("up", "the Master did not stop in time: killing it");
-                let _ = master.child.kill();
-                let _ = master.child.wait();
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-    // The Master's last lines are still in its pipes: print them before saying so.
-    for ended in master.output.drain(..) {
-        let _ = ended.recv_timeout(Duration::from_secs(2));
-    }
-    log.line("up", "stopped");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schema::settings::FileKind;
+    use schema::tree::MemTree;
 
-    #[test]
-    fn pid_changes_are_named() {
-        assert_eq!(change(None, Some(5)), Some(Change::Started(5)));
-        assert_eq!(
-            change(Some(5), Some(6)),
-            Some(Change::Restarted { from: 5, to: 6 })
-        );
-        assert_eq!(change(Some(6), None), Some(Change::Stopped(6)));
-        assert_eq!(change(Some(6), Some(6)), None);
-        assert_eq!(change(None, None), None);
+    fn example() -> Loaded {
+        let tree = MemTree::new("t")
+            .with(
+                FileKind::Domain.path(),
+                include_str!("../../examples/domain1/domain.toml"),
+            )
+            .with(
+                FileKind::Accounts.path(),
+                include_str!("../../examples/domain1/security/accounts.toml"),
+            )
+            .with(
+                FileKind::Policies.path(),
+                include_str!("../../examples/domain1/security/policies.toml"),
+            )
+            .with("apps/shop/index.html", "x")
+            .with("apps/api/bin/api", "x")
+            .with("libs/common/README.txt", "x");
+        schema::validate(&tree).loaded.expect("valid")
     }
 
     #[test]
-    fn only_the_launchers_own_lines_are_shown() {
-        let own = "[2026.11.24 05:30:01][2] [launcher] [Launcher-0040] RUNNING";
-        let copy = "[2026.11.24 05:30:01][2] [main] [SERVER-0001] booting";
-        assert!(launcher_own(own, false));
-        assert!(launcher_own("    continued", true));
-        assert!(!launcher_own(copy, true));
-        assert!(!launcher_own("    continued", false));
-        assert!(launcher_own("thread 'main' panicked at …", false));
+    fn every_listen_address_is_checked_with_its_owner() {
+        let got: Vec<String> = listen_addresses(&example().domain)
+            .into_iter()
+            // Ports only: the default listener's address is the engine's business.
+            .map(|(a, w)| format!("{} {w}", a.port()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "9736 the Master's listen",
+                "9741 server1's base port",
+                "8088 server1's web listener http",
+                "9751 server2's base port",
+                "8089 server2's web listener http",
+                "9761 server3's base port",
+                // server3 has no listener: the default one, base port + 1.
+                "9762 server3's web listener http",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_example_server_account_is_offered_only_with_its_documented_password() {
+        let mut loaded = example();
+        assert_eq!(
+            example_server_credentials(&loaded.domain),
+            Some(("steward-server".into(), "server".into()))
+        );
+        let admin = loaded.domain.accounts.users["admin"].password.clone();
+        loaded
+            .domain
+            .accounts
+            .users
+            .get_mut("steward-server")
+            .expect("the account")
+            .password = admin;
+        assert_eq!(example_server_credentials(&loaded.domain), None);
     }
 }
