@@ -848,21 +848,21 @@ fn servers_register_heartbeat_and_become_unreachable() {
     let list: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers").body).expect("json");
     assert_eq!(list[0]["name"], "server1");
-    assert_eq!(list[0]["state"], "unknown");
+    assert_eq!(list[0]["state"], "UNKNOWN");
 
     // Servers authenticate; readers may not register; unknown servers and bad bodies are refused.
     let r = post(
         master.port,
         "/v1/servers/server1/register",
         ("reader", "reader"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 403);
     let r = post(
         master.port,
         "/v1/servers/nosuch/register",
         ("admin", "admin"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 404);
     let r = post(
@@ -878,7 +878,7 @@ fn servers_register_heartbeat_and_become_unreachable() {
         master.port,
         "/v1/servers/server1/register",
         ("admin", "admin"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let answer: serde_json::Value = serde_json::from_str(&r.body).expect("json");
@@ -887,12 +887,12 @@ fn servers_register_heartbeat_and_become_unreachable() {
     let (name, data) = events.next(Duration::from_secs(5));
     assert_eq!(
         (name.as_str(), data["state"].as_str()),
-        ("server", Some("running"))
+        ("server", Some("RUNNING"))
     );
 
     let one: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
-    assert_eq!(one["state"], "running");
+    assert_eq!(one["state"], "RUNNING");
     assert_eq!(one["mode"], "DEPENDENT");
     assert_eq!(one["applied_commit"], pinned.as_str());
     assert_eq!(one["pending_restart"][0], "servers.server1.listen");
@@ -904,23 +904,23 @@ fn servers_register_heartbeat_and_become_unreachable() {
             master.port,
             "/v1/servers/server1/heartbeat",
             ("admin", "admin"),
-            &status("running"),
+            &status("RUNNING"),
         );
         assert_eq!(r.status, 200);
         std::thread::sleep(Duration::from_millis(200));
     }
     let one: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
-    assert_eq!(one["state"], "running");
+    assert_eq!(one["state"], "RUNNING");
     let (name, data) = events.next(Duration::from_secs(5));
     assert_eq!(
         (name.as_str(), data["state"].as_str()),
-        ("server", Some("unreachable"))
+        ("server", Some("UNREACHABLE"))
     );
     assert_eq!(data["reachable"], false);
     let one: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
-    assert_eq!(one["state"], "unreachable");
+    assert_eq!(one["state"], "UNREACHABLE");
     assert_eq!(
         one["applied_commit"],
         pinned.as_str(),
@@ -932,13 +932,13 @@ fn servers_register_heartbeat_and_become_unreachable() {
         master.port,
         "/v1/servers/server1/heartbeat",
         ("admin", "admin"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 200);
     let (name, data) = events.next(Duration::from_secs(5));
     assert_eq!(
         (name.as_str(), data["state"].as_str()),
-        ("server", Some("running"))
+        ("server", Some("RUNNING"))
     );
 }
 

@@ -20,6 +20,7 @@ mod mirror;
 mod rolling;
 mod routes;
 mod servers;
+pub use servers::ServerState;
 mod sniff;
 mod state;
 mod tasks;
