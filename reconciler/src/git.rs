@@ -1,4 +1,5 @@
-//! Reading the domain repository: commits, their trees, and working directories.
+//! Reading the domain repository: commits, their trees, and working directories. (One file for
+//! every way Steward reads Git, so gix's API is learnt in one place; hence its length.)
 //!
 //! Everything Steward validates or diffs is a [`Tree`]: a commit's tree ([`CommitTree`]) or a plain
 //! directory ([`WorkTree`], for `steward validate --worktree`). Both report Git object ids as entry
