@@ -1153,6 +1153,20 @@ fn mirror_mode_polls_and_survives_an_unreachable_upstream() {
     let v = wait_domain(&master, "fresh again", |v| v["upstream"]["stale"] == false);
     assert!(v["upstream"]["stale_since"].is_null());
     assert_eq!(v["pinned"]["commit"], second.as_str());
+
+    // A rollback in mirror mode pins the older commit itself; the upstream owns the branch, and
+    // its head counts as decided: the polls do not re-pin it.
+    let r = post(
+        master.port,
+        "/v1/domain/pin",
+        ("admin", "admin"),
+        &format!("{{\"commit\": \"{first}\"}}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(master.pinned(), first);
+    assert_eq!(git_ok(&bare, &["rev-parse", "main"]), second);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(master.pinned(), first);
 }
 
 #[test]
