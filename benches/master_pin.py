@@ -157,7 +157,7 @@ def main():
             s.close()
         # 200 servers reporting (heartbeats register unknown names too), then the memory.
         for i in range(200):
-            body = json.dumps({"name": f"bench{i}", "state": "running", "mode": "DEPENDENT",
+            body = json.dumps({"name": f"bench{i}", "state": "RUNNING", "mode": "DEPENDENT",
                                "applied_commit": c, "pending_restart": [],
                                "failed_applications": [], "last_error": None}).encode()
             s = socket.create_connection(("127.0.0.1", port))

@@ -464,3 +464,57 @@ fn rollback_fetch_edit_push() {
             .contains("\"bad\"")
     );
 }
+
+/// A clone that fetched the pin: plans of commits and of the working tree start from it.
+#[test]
+fn the_pinned_commit_is_the_base_when_known() {
+    let repo = Repo::example("diff-pinned-base");
+    let pinned = repo.git(&["rev-parse", "HEAD"]).stdout.trim().to_owned();
+    repo.edit("domain.toml", "level = \"info\"", "level = \"debug\"");
+    repo.commit("one");
+    repo.edit("domain.toml", "port = 8089", "port = 8090");
+    repo.commit("two");
+    repo.git(&[
+        "remote",
+        "add",
+        "origin",
+        "https://example.invalid/domain.git",
+    ]);
+    repo.git(&["update-ref", "refs/remotes/origin/steward/pinned", &pinned]);
+    let r = repo.steward(&["diff"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let base = format!(
+        "Compared with the pinned commit `{}` (refs/remotes/origin/steward/pinned).",
+        &pinned[..7]
+    );
+    // Both commits since the pin, not only the last one.
+    assert!(
+        r.stdout.contains(&base)
+            && r.stdout.contains("\"info\" → \"debug\"")
+            && r.stdout.contains("8089 → 8090"),
+        "{}",
+        r.stdout
+    );
+    repo.edit("domain.toml", "port = 8088", "port = 8087");
+    let r = repo.steward(&["diff", "--worktree"]);
+    assert!(
+        r.stdout.contains(&base)
+            && r.stdout.contains("8088 → 8087")
+            && r.stdout.contains("8089 → 8090"),
+        "{}",
+        r.stdout
+    );
+    // The Master's own repository names it refs/steward/pinned, which comes first.
+    repo.git(&["update-ref", "refs/steward/pinned", "HEAD"]);
+    let r = repo.steward(&["diff", "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        v["base"]
+            .as_str()
+            .unwrap()
+            .ends_with("(refs/steward/pinned)"),
+        "{}",
+        v["base"]
+    );
+}

@@ -450,21 +450,21 @@ fn servers_register_heartbeat_and_become_unreachable() {
     let list: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers").body).expect("json");
     assert_eq!(list[0]["name"], "server1");
-    assert_eq!(list[0]["state"], "unknown");
+    assert_eq!(list[0]["state"], "UNKNOWN");
 
     // Servers authenticate; readers may not register; unknown servers and bad bodies are refused.
     let r = post(
         master.port,
         "/v1/servers/server1/register",
         ("reader", "reader"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 403);
     let r = post(
         master.port,
         "/v1/servers/nosuch/register",
         ("admin", "admin"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 404);
     let r = post(
@@ -480,7 +480,7 @@ fn servers_register_heartbeat_and_become_unreachable() {
         master.port,
         "/v1/servers/server1/register",
         ("admin", "admin"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let answer: serde_json::Value = serde_json::from_str(&r.body).expect("json");
@@ -489,12 +489,12 @@ fn servers_register_heartbeat_and_become_unreachable() {
     let (name, data) = events.next(Duration::from_secs(5));
     assert_eq!(
         (name.as_str(), data["state"].as_str()),
-        ("server", Some("running"))
+        ("server", Some("RUNNING"))
     );
 
     let one: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
-    assert_eq!(one["state"], "running");
+    assert_eq!(one["state"], "RUNNING");
     assert_eq!(one["mode"], "DEPENDENT");
     assert_eq!(one["applied_commit"], pinned.as_str());
     assert_eq!(one["pending_restart"][0], "servers.server1.listen");
@@ -506,23 +506,23 @@ fn servers_register_heartbeat_and_become_unreachable() {
             master.port,
             "/v1/servers/server1/heartbeat",
             ("admin", "admin"),
-            &status("running"),
+            &status("RUNNING"),
         );
         assert_eq!(r.status, 200);
         std::thread::sleep(Duration::from_millis(200));
     }
     let one: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
-    assert_eq!(one["state"], "running");
+    assert_eq!(one["state"], "RUNNING");
     let (name, data) = events.next(Duration::from_secs(5));
     assert_eq!(
         (name.as_str(), data["state"].as_str()),
-        ("server", Some("unreachable"))
+        ("server", Some("UNREACHABLE"))
     );
     assert_eq!(data["reachable"], false);
     let one: serde_json::Value =
         serde_json::from_str(&master.get("/v1/servers/server1").body).expect("json");
-    assert_eq!(one["state"], "unreachable");
+    assert_eq!(one["state"], "UNREACHABLE");
     assert_eq!(
         one["applied_commit"],
         pinned.as_str(),
@@ -534,13 +534,13 @@ fn servers_register_heartbeat_and_become_unreachable() {
         master.port,
         "/v1/servers/server1/heartbeat",
         ("admin", "admin"),
-        &status("running"),
+        &status("RUNNING"),
     );
     assert_eq!(r.status, 200);
     let (name, data) = events.next(Duration::from_secs(5));
     assert_eq!(
         (name.as_str(), data["state"].as_str()),
-        ("server", Some("running"))
+        ("server", Some("RUNNING"))
     );
 }
 
@@ -755,6 +755,20 @@ fn mirror_mode_polls_and_survives_an_unreachable_upstream() {
     let v = wait_domain(&master, "fresh again", |v| v["upstream"]["stale"] == false);
     assert!(v["upstream"]["stale_since"].is_null());
     assert_eq!(v["pinned"]["commit"], second.as_str());
+
+    // A rollback in mirror mode pins the older commit itself; the upstream owns the branch, and
+    // its head counts as decided: the polls do not re-pin it.
+    let r = post(
+        master.port,
+        "/v1/domain/pin",
+        ("admin", "admin"),
+        &format!("{{\"commit\": \"{first}\"}}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(master.pinned(), first);
+    assert_eq!(git_ok(&bare, &["rev-parse", "main"]), second);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(master.pinned(), first);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Reading the domain repository: commits, their trees, and working directories.
+//! Reading the domain repository: commits, their trees, and working directories. (One file for
+//! every way Steward reads Git, so gix's API is learnt in one place; hence its length.)
 //!
 //! Everything Steward validates or diffs is a [`Tree`]: a commit's tree ([`CommitTree`]) or a plain
 //! directory ([`WorkTree`], for `steward validate --worktree`). Both report Git object ids as entry
@@ -583,10 +584,23 @@ impl Repo {
             message: commit.message.clone().into(),
             extra_headers: Vec::new(),
         };
-        self.repo
+        let id = self
+            .repo
             .write_object(&object)
-            .map(|id| Oid(id.detach()))
-            .map_err(|e| GitError::WriteCommit { cause: cause(&e) })
+            .map_err(|e| GitError::WriteCommit { cause: cause(&e) })?
+            .detach();
+        // On disk before a ref names it: a crash must not leave a ref to a missing object.
+        let hex = id.to_string();
+        let dir = self.repo.git_dir().join("objects").join(&hex[..2]);
+        let sync = |path: &Path| std::fs::File::open(path).and_then(|f| f.sync_all());
+        match sync(&dir.join(&hex[2..])).and_then(|()| sync(&dir)) {
+            Ok(()) => Ok(Oid(id)),
+            // Not written because already stored (in a pack): durable already.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Oid(id)),
+            Err(e) => Err(GitError::WriteCommit {
+                cause: format!("{}: cannot sync: {e}", dir.join(&hex[2..]).display()),
+            }),
+        }
     }
 
     /// The first-parent history from `from` back to `until` (excluded), newest first, at most

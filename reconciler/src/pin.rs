@@ -533,6 +533,46 @@ mod tests {
     }
 
     #[test]
+    fn branch_and_pin_move_together_or_not_at_all() {
+        let dir = tmp("branch");
+        let (store, a, b) = repo_with_commits(&dir);
+        let branch = "refs/heads/main";
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(store.git_dir())
+                .args(args)
+                .output()
+                .expect("git");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        git(&["update-ref", branch, &a.to_hex()]);
+        store.set(a, None).expect("pin a");
+        // The branch moved meanwhile (a push): neither ref moves.
+        git(&["update-ref", branch, &b.to_hex()]);
+        assert!(matches!(
+            store.set_with_branch(b, Some(a), branch, a),
+            Err(PinError::BranchMoved { .. })
+        ));
+        assert_eq!(store.pinned().expect("read"), Some(a));
+        assert_eq!(git(&["rev-parse", branch]), b.to_hex());
+        // The pin moved meanwhile: neither moves either.
+        assert!(matches!(
+            store.set_with_branch(b, None, branch, b),
+            Err(PinError::Conflict { .. })
+        ));
+        assert_eq!(git(&["rev-parse", branch]), b.to_hex());
+        // Both as read: both move.
+        git(&["update-ref", branch, &a.to_hex()]);
+        store
+            .set_with_branch(b, Some(a), branch, a)
+            .expect("branch and pin");
+        assert_eq!(store.pinned().expect("read"), Some(b));
+        assert_eq!(git(&["rev-parse", branch]), b.to_hex());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn every_pinned_commit_survives_gc() {
         let dir = tmp("keep");
         let (store, a, b) = repo_with_commits(&dir);

@@ -91,7 +91,7 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub name: String,
-    pub state: &'static str,
+    pub state: reconciler::master::ServerState,
     pub mode: Mode,
     pub applied_commit: String,
     pub pending_restart: Vec<String>,
@@ -219,7 +219,7 @@ fn boot(
     let engine = serving.engine().clone();
     let status: Shared = Arc::new(RwLock::new(Status {
         name: opts.name.clone(),
-        state: "STARTING",
+        state: reconciler::master::ServerState::Starting,
         mode: opts.mode,
         applied_commit: commit.to_hex(),
         pending_restart: Vec::new(),
@@ -349,7 +349,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         return Err(e.into());
     }
     if let Ok(mut s) = a.status.write() {
-        s.state = "RUNNING";
+        s.state = reconciler::master::ServerState::Running;
     }
     match a.mode {
         Mode::Independent => a.log.info(
@@ -399,7 +399,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         _ = int.recv() => "SIGINT",
     };
     if let Ok(mut s) = a.status.write() {
-        s.state = "STOPPING";
+        s.state = reconciler::master::ServerState::Stopping;
     }
     let _ = crate::notify::notify("STOPPING=1");
     let stop_timeout =

@@ -1,6 +1,10 @@
 //! The planner: a pure function from two revisions to what each server must do. `steward diff`
 //! prints it; the Managed Server applies its own part of it (live now, redeploy one application,
 //! report restart-pending). Pending restarts are always derived from a plan, never stored.
+//!
+//! Longer than most files: the plan's types, its decisions (changes, restarts and who performs
+//! them, server-account warnings) and its three renderers stay together, so a new field cannot
+//! reach one format and miss the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -249,10 +253,21 @@ impl Plan {
             return "No changes.".into();
         }
         let restarts = self.restarts();
+        // Servers an account change may cut off are affected too, settings unchanged or not.
+        let affected: BTreeSet<&str> = self
+            .servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(
+                self.warnings
+                    .iter()
+                    .flat_map(|w| w.servers.iter().map(String::as_str)),
+            )
+            .collect();
         let mut parts = vec![format!(
             "{} server{} affected",
-            self.servers.len(),
-            if self.servers.len() == 1 { "" } else { "s" }
+            affected.len(),
+            if affected.len() == 1 { "" } else { "s" }
         )];
         parts.push(match restarts.len() {
             0 => "no restart needed".into(),

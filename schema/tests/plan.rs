@@ -239,7 +239,9 @@ fn changing_an_account_servers_may_use_warns() {
     );
     assert!(
         p.summary()
-            .contains("servers signing in as `admin` would lose contact"),
+            .starts_with("3 servers affected; no restart needed; ")
+            && p.summary()
+                .contains("servers signing in as `admin` would lose contact"),
         "{}",
         p.summary()
     );

@@ -23,6 +23,7 @@ mod push;
 mod rolling;
 mod routes;
 mod servers;
+pub use servers::ServerState;
 mod sniff;
 mod state;
 mod tasks;

@@ -52,7 +52,7 @@ pub fn group_of(domain: &Domain, server: &str) -> String {
 /// Whether `view` is back: reporting, RUNNING on the pinned commit, nothing pending.
 fn settled(view: &View, pinned: &str) -> bool {
     view.reachable
-        && view.state.eq_ignore_ascii_case("running")
+        && view.state == super::servers::ServerState::Running
         && view.pending_restart.is_empty()
         && view.applied_commit.as_deref() == Some(pinned)
 }
@@ -172,7 +172,7 @@ mod tests {
     fn view(name: &str, pending: bool, state: &str, applied: &str) -> View {
         View {
             name: name.into(),
-            state: state.into(),
+            state: state.parse().expect("a state"),
             mode: None,
             applied_commit: Some(applied.into()),
             pending_restart: if pending {

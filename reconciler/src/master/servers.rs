@@ -2,7 +2,7 @@
 //!
 //! Servers push their status (the same document they serve at their own `GET /v1/status`) on
 //! registration and at every heartbeat; the Master never polls them. A server whose last heartbeat
-//! is older than `[master] heartbeat-timeout` is shown as `unreachable`. The registry lives in
+//! is older than `[master] heartbeat-timeout` is shown as `UNREACHABLE`. The registry lives in
 //! memory: after a Master restart, servers reappear at their next heartbeat (a few seconds), which
 //! is simpler and never stale, unlike a persisted copy.
 
@@ -12,14 +12,73 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// A server's state, one spelling everywhere (JEUS's upper-case words): what a Managed Server
+/// reports at its `GET /v1/status` and to the Master (`STARTING`, `RUNNING`, `STOPPING`), and what
+/// the Master concludes on its own (`UNREACHABLE`: heartbeats stopped; `UNKNOWN`: never heard
+/// from since the Master started). Lower-case spellings are read too, never written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerState {
+    #[serde(rename = "STARTING", alias = "starting")]
+    Starting,
+    #[serde(rename = "RUNNING", alias = "running")]
+    Running,
+    #[serde(rename = "STOPPING", alias = "stopping")]
+    Stopping,
+    #[serde(rename = "UNREACHABLE", alias = "unreachable")]
+    Unreachable,
+    #[serde(rename = "UNKNOWN", alias = "unknown")]
+    Unknown,
+}
+
+impl ServerState {
+    pub const ALL: [ServerState; 5] = [
+        ServerState::Starting,
+        ServerState::Running,
+        ServerState::Stopping,
+        ServerState::Unreachable,
+        ServerState::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Starting => "STARTING",
+            ServerState::Running => "RUNNING",
+            ServerState::Stopping => "STOPPING",
+            ServerState::Unreachable => "UNREACHABLE",
+            ServerState::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that is not a server state.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a server state (STARTING, RUNNING, STOPPING, UNREACHABLE, UNKNOWN)")]
+pub struct NotAState(String);
+
+impl std::str::FromStr for ServerState {
+    type Err = NotAState;
+    fn from_str(s: &str) -> Result<Self, NotAState> {
+        ServerState::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| NotAState(s.to_owned()))
+    }
+}
+
 /// What a server reports (its element of `GET /v1/servers`, as served by its own `/v1/status`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Report {
     /// Informational; the name in the URL is the one that counts.
     #[serde(default)]
     pub name: Option<String>,
-    /// The server's own state word (`starting`, `running`, `stopping`, …).
-    pub state: String,
+    /// The server's own state (`STARTING`, `RUNNING`, `STOPPING`).
+    pub state: ServerState,
     /// `DEPENDENT` or `INDEPENDENT`.
     pub mode: Mode,
     /// The commit the server runs.
@@ -55,8 +114,8 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct View {
     pub name: String,
-    /// The reported state; `unreachable` when heartbeats stopped; `unknown` when never heard from.
-    pub state: String,
+    /// The reported state; `UNREACHABLE` when heartbeats stopped; `UNKNOWN` when never heard from.
+    pub state: ServerState,
     pub mode: Option<Mode>,
     pub applied_commit: Option<String>,
     pub pending_restart: Vec<String>,
@@ -149,14 +208,14 @@ impl Registry {
 
 fn same(a: &Report, b: &Report) -> bool {
     (
-        &a.state,
+        a.state,
         a.mode,
         &a.applied_commit,
         &a.pending_restart,
         &a.failed_applications,
         &a.last_error,
     ) == (
-        &b.state,
+        b.state,
         b.mode,
         &b.applied_commit,
         &b.pending_restart,
@@ -169,7 +228,7 @@ fn view(name: &str, entry: Option<&Entry>, configured: bool, timeout: Duration) 
     let Some(e) = entry else {
         return View {
             name: name.to_owned(),
-            state: "unknown".to_owned(),
+            state: ServerState::Unknown,
             mode: None,
             applied_commit: None,
             pending_restart: Vec::new(),
@@ -184,9 +243,9 @@ fn view(name: &str, entry: Option<&Entry>, configured: bool, timeout: Duration) 
     View {
         name: name.to_owned(),
         state: if reachable {
-            e.report.state.clone()
+            e.report.state
         } else {
-            "unreachable".to_owned()
+            ServerState::Unreachable
         },
         mode: Some(e.report.mode),
         applied_commit: e.report.applied_commit.clone(),
@@ -219,7 +278,7 @@ mod tests {
         let v = r
             .report("server1", report("running"), true)
             .expect("first report is news");
-        assert_eq!((v.state.as_str(), v.reachable), ("running", true));
+        assert_eq!((v.state, v.reachable), (ServerState::Running, true));
         assert!(
             r.report("server1", report("running"), true).is_none(),
             "a plain heartbeat"
@@ -228,24 +287,24 @@ mod tests {
 
         let list = r.list(names.iter(), Duration::from_secs(10));
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].state, "stopping");
+        assert_eq!(list[0].state, ServerState::Stopping);
         assert_eq!(list[0].mode, Some(Mode::Dependent));
         assert_eq!(
-            (list[1].state.as_str(), list[1].reachable),
-            ("unknown", false)
+            (list[1].state, list[1].reachable),
+            (ServerState::Unknown, false)
         );
 
         std::thread::sleep(Duration::from_millis(20));
         let lost = r.newly_lost(Duration::from_millis(10), |_| true);
         assert_eq!(lost.len(), 1);
-        assert_eq!(lost[0].state, "unreachable");
+        assert_eq!(lost[0].state, ServerState::Unreachable);
         assert!(
             r.newly_lost(Duration::from_millis(10), |_| true).is_empty(),
             "announced once"
         );
         assert_eq!(
             r.list(names.iter(), Duration::from_millis(10))[0].state,
-            "unreachable"
+            ServerState::Unreachable
         );
         let back = r
             .report("server1", report("stopping"), true)
@@ -257,6 +316,30 @@ mod tests {
         let list = r.list(names.iter(), Duration::from_secs(10));
         assert_eq!(list.len(), 3);
         assert!(!list[2].configured);
+    }
+
+    #[test]
+    fn states_have_one_spelling() {
+        for st in ServerState::ALL {
+            let json = serde_json::to_value(st).expect("json");
+            assert_eq!(json, st.as_str());
+            assert_eq!(st.as_str(), st.as_str().to_uppercase());
+            // Read in either case, written upper case.
+            let lower = serde_json::json!(st.as_str().to_lowercase());
+            assert_eq!(
+                serde_json::from_value::<ServerState>(lower).expect("lower"),
+                st
+            );
+            assert_eq!(
+                st.as_str()
+                    .to_lowercase()
+                    .parse::<ServerState>()
+                    .expect("parse"),
+                st
+            );
+        }
+        let bad = serde_json::json!({"state": "SLEEPING", "mode": "DEPENDENT"});
+        assert!(serde_json::from_value::<Report>(bad).is_err());
     }
 
     #[test]
