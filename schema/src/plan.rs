@@ -166,10 +166,13 @@ impl ServerPlan {
 }
 
 /// The permissions a Managed Server's account needs to stay in contact with the Master: its
-/// register and heartbeat routes check `servers:register`, its Git fetch route `git:read`.
-pub const SERVER_PERMISSIONS: [&str; 2] = ["servers:register", "git:read"];
+/// register and heartbeat routes check `servers:register` (the one that marks an account servers
+/// may sign in with), its launcher's `GET /v1/domain` `domain:read`, the Git fetch `git:read`,
+/// its event stream `events:read`.
+pub const SERVER_PERMISSIONS: [&str; 4] =
+    ["servers:register", "domain:read", "git:read", "events:read"];
 
-/// An account servers may sign in with (it holds every [`SERVER_PERMISSIONS`]) that the change
+/// An account servers may sign in with (it holds `servers:register`) that the change
 /// takes away or changes: servers using it would be refused by the Master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccountWarning {
@@ -731,8 +734,9 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
     }
 }
 
-/// Accounts that hold every [`SERVER_PERMISSIONS`] in `old` (so servers may sign in with them)
-/// and that `new` removes, gives another password, or no longer grants one of them. Servers
+/// Accounts that hold `servers:register` in `old` (so servers may sign in with them)
+/// and that `new` removes, gives another password, or no longer grants one of
+/// [`SERVER_PERMISSIONS`] it held. Servers
 /// authenticate at every heartbeat, so such a change cuts them off within a heartbeat timeout.
 pub fn account_warnings(old: &Domain, new: &Domain) -> Vec<AccountWarning> {
     let servers: Vec<String> = new.config.servers.keys().cloned().collect();
@@ -741,7 +745,7 @@ pub fn account_warnings(old: &Domain, new: &Domain) -> Vec<AccountWarning> {
     }
     let mut out = Vec::new();
     for (name, user) in &old.accounts.users {
-        if !SERVER_PERMISSIONS.iter().all(|p| old.permits(name, p)) {
+        if !old.permits(name, SERVER_PERMISSIONS[0]) {
             continue;
         }
         let reasons: Vec<String> = match new.accounts.users.get(name) {
@@ -754,7 +758,7 @@ pub fn account_warnings(old: &Domain, new: &Domain) -> Vec<AccountWarning> {
                 let lost: Vec<&str> = SERVER_PERMISSIONS
                     .iter()
                     .copied()
-                    .filter(|p| !new.permits(name, p))
+                    .filter(|p| old.permits(name, p) && !new.permits(name, p))
                     .collect();
                 if !lost.is_empty() {
                     r.push(format!("no longer holds {}", lost.join(", ")));

@@ -258,7 +258,7 @@ fn changing_an_account_servers_may_use_warns() {
     );
     assert_eq!(
         p.warnings[0].reasons,
-        ["no longer holds servers:register, git:read"]
+        ["no longer holds servers:register, domain:read, git:read, events:read"]
     );
     // A role loses one of the permissions.
     let p = check(
