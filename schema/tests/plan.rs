@@ -269,7 +269,10 @@ fn changing_an_account_servers_may_use_warns() {
             1,
         ),
     );
-    assert_eq!(p.warnings[0].reasons, ["no longer holds servers:register"]);
+    assert_eq!(
+        p.warnings[0].reasons,
+        ["no longer holds servers:register, events:read"]
+    );
     // The account is removed.
     let start = accounts.find("[users.admin]").unwrap();
     let end = accounts.find("[groups.administrators]").unwrap();
