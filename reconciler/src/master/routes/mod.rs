@@ -65,7 +65,10 @@ async fn gate(
             .err()
     };
     let response = match response {
-        Some(refused) => refused,
+        Some(refused) => {
+            servers::refused_report(&state, req.method(), req.uri().path(), refused.status());
+            refused
+        }
         None => {
             req.extensions_mut().insert(ConnectInfo(peer.addr));
             req.extensions_mut().insert(peer.conn.clone());

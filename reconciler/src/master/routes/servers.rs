@@ -63,6 +63,41 @@ pub(super) async fn heartbeat(
     report(st, name, headers, body, false).await
 }
 
+/// A report by `name` that the Master refused (its credentials, or their permission): shown as the
+/// registered server's `last_error`, since the server itself cannot tell the Master.
+fn refused(state: &State, name: &str, status: StatusCode) {
+    state.servers.refused(
+        name,
+        format!(
+            "the Master refused this server's report at {} ({}): check the credentials its launcher was given",
+            crate::pin::now_rfc3339(),
+            status.as_u16()
+        ),
+    );
+}
+
+/// Called by the authentication gate when a request failed authentication (401): if it was a
+/// server's register or heartbeat, the registered server shows why.
+pub(super) fn refused_report(
+    state: &State,
+    method: &axum::http::Method,
+    path: &str,
+    status: StatusCode,
+) {
+    if status != StatusCode::UNAUTHORIZED || method != axum::http::Method::POST {
+        return;
+    }
+    let Some(rest) = path.strip_prefix("/v1/servers/") else {
+        return;
+    };
+    let name = rest
+        .strip_suffix("/heartbeat")
+        .or_else(|| rest.strip_suffix("/register"));
+    if let Some(name) = name.filter(|n| !n.contains('/')) {
+        refused(state, name, status);
+    }
+}
+
 /// Registration and heartbeat take the same document and answer the same: what the server needs
 /// to stay in step (the pin, and how often to report). A heartbeat from a server the Master does
 /// not know (the Master restarted) simply registers it again.
@@ -74,14 +109,7 @@ pub(super) async fn report(
     registering: bool,
 ) -> Response {
     if let Err(r) = state.require(&headers, "servers:register").await {
-        state.servers.refused(
-            &name,
-            format!(
-                "the Master refused this server's report at {} ({}): check the credentials its launcher was given",
-                crate::pin::now_rfc3339(),
-                r.status().as_u16()
-            ),
-        );
+        refused(&state, &name, r.status());
         return r;
     }
     let report: servers::Report = match serde_json::from_slice(&body) {
