@@ -418,6 +418,21 @@ fn a_flood_of_problems_is_bounded() {
     );
     let r = repo.steward(&["validate", "--format", "github"]);
     assert_eq!(r.stdout.lines().count(), schema::diag::MAX_PROBLEMS + 2);
+    // A reader that stops after the first line (`| head -1`): no panic, the exit code stays.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["validate", "--format", "json"])
+        .current_dir(repo.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // A file over the size limit is refused without being parsed.
     let big = "#".repeat(schema::syntax::MAX_FILE_SIZE + 1);
     repo.write("domain.toml", &big);

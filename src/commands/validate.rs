@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,13 +30,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let validation = schema::validate(tree.as_ref());
     let report = &validation.report;
-    match args.format {
-        Format::Human => print!("{}", report.render_human(super::color(&std::io::stdout()))),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
-        Format::Github => print!("{}", report.render_github()),
+    let out = match args.format {
+        Format::Human => report.render_human(super::color(&std::io::stdout())),
+        Format::Json => serde_json::to_string_pretty(&report.to_json())? + "\n",
+        Format::Github => report.render_github(),
         Format::Markdown => {
             bail!("`--format markdown` is for `steward diff`; use human, json or github")
         }
+    };
+    // A reader that stops early (`| head -1`) is not an error of the validation.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     let valid = report.is_valid();
     // A large domain takes measurable time to free, and the process is about to exit.
