@@ -50,6 +50,9 @@ impl Spans {
                 let mut walker = Walker {
                     file: *file,
                     cx: &mut cx,
+                    depth: 0,
+                    entity: (String::new(), None),
+                    holes: Vec::new(),
                 };
                 let mut p = String::new();
                 walker.table(settings::tree(*file), table.get_ref(), table.span(), &mut p);
@@ -83,6 +86,8 @@ impl Spans {
     }
 }
 
+pub(crate) use crate::validate::Holes;
+
 /// A revision that passed validation.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -112,34 +117,51 @@ pub fn validate(tree: &dyn Tree) -> Validation {
         problems: Problems::default(),
         spans: None,
     };
-    let config: Option<DomainFile> =
-        load_file(tree, FileKind::Domain, &mut report, &mut cx, &mut spans);
-    let accounts: Option<AccountsFile> =
-        load_file(tree, FileKind::Accounts, &mut report, &mut cx, &mut spans);
-    let policies: Option<PoliciesFile> =
-        load_file(tree, FileKind::Policies, &mut report, &mut cx, &mut spans);
+    let mut holes = Holes::default();
+    let config: Option<DomainFile> = load_file(
+        tree,
+        FileKind::Domain,
+        &mut report,
+        &mut cx,
+        &mut spans,
+        &mut holes,
+    );
+    let accounts: Option<AccountsFile> = load_file(
+        tree,
+        FileKind::Accounts,
+        &mut report,
+        &mut cx,
+        &mut spans,
+        &mut holes,
+    );
+    let policies: Option<PoliciesFile> = load_file(
+        tree,
+        FileKind::Policies,
+        &mut report,
+        &mut cx,
+        &mut spans,
+        &mut holes,
+    );
     let mut problems = cx.problems;
-
-    let loaded = match (config, accounts, policies) {
-        (Some(mut config), Some(accounts), Some(policies)) => {
-            for server in config.servers.values_mut() {
-                server.apply_engine_defaults();
-            }
-            let domain = Domain {
-                config,
-                accounts,
-                policies,
-            };
-            let content = crate::validate::check(&domain, &spans, tree, &mut problems);
-            Some(Loaded {
-                domain,
-                spans,
-                content,
-                revision: tree.label(),
-            })
-        }
-        _ => None,
+    let complete = holes.is_empty();
+    // The semantic checks run on whatever parsed and matched the schema; what did not is a
+    // hole they know of, so they never report a consequence of a problem already reported.
+    let mut config = config.unwrap_or_default();
+    for server in config.servers.values_mut() {
+        server.apply_engine_defaults();
+    }
+    let domain = Domain {
+        config,
+        accounts: accounts.unwrap_or_default(),
+        policies: policies.unwrap_or_default(),
     };
+    let content = crate::validate::check(&domain, &spans, &holes, tree, &mut problems);
+    let loaded = complete.then(|| Loaded {
+        domain,
+        spans,
+        content,
+        revision: tree.label(),
+    });
     (report.problems, report.omitted) = problems.finish();
     let loaded = loaded.filter(|_| report.is_valid());
     Validation { loaded, report }
@@ -165,8 +187,11 @@ fn load_file<T: DeserializeOwned>(
     report: &mut Report,
     cx: &mut Cx<'_>,
     spans: &mut Spans,
+    holes: &mut Holes,
 ) -> Option<T> {
     let path = file.path();
+    // Until it parses, the whole file is unknown.
+    holes.file(file);
     let bytes = match tree.read(path) {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -228,33 +253,74 @@ fn load_file<T: DeserializeOwned>(
             return None;
         }
     };
-    let before = cx.problems.len();
     let parsed = crate::syntax::parse(&text, path, &mut cx.problems);
-    if let Some(table) = &parsed {
-        let mut walker = Walker { file, cx: &mut *cx };
-        let mut p = String::new();
-        walker.table(settings::tree(file), table.get_ref(), table.span(), &mut p);
-        spans
-            .sources
-            .push((file, std::sync::Arc::from(text.as_str())));
-    }
     let typed = match parsed {
-        Some(table) if cx.problems.len() == before => {
-            match T::deserialize(toml::de::Deserializer::from(table)) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    // The walk accepted what serde refused: report it rather than panic.
-                    cx.problems.push(Problem::error(
-                        "invalid",
-                        path,
-                        e.span(),
-                        e.message().trim().to_owned(),
-                    ));
-                    None
+        Some(mut table) => {
+            let mut walker = Walker {
+                file,
+                cx: &mut *cx,
+                depth: 0,
+                entity: (String::new(), None),
+                holes: Vec::new(),
+            };
+            let mut p = String::new();
+            walker.table(settings::tree(file), table.get_ref(), table.span(), &mut p);
+            let found = std::mem::take(&mut walker.holes);
+            spans
+                .sources
+                .push((file, std::sync::Arc::from(text.as_str())));
+            if found.iter().any(|(section, _)| section.is_empty()) {
+                None
+            } else {
+                holes.parsed(file);
+                // What had a problem is left out, so that the rest deserializes.
+                for (section, name) in &found {
+                    let t = table.get_mut();
+                    match name {
+                        None => {
+                            t.remove(section.as_str());
+                        }
+                        Some(n) => {
+                            if let Some(DeValue::Table(items)) =
+                                t.get_mut(section.as_str()).map(|v| v.get_mut())
+                            {
+                                items.remove(n.as_str());
+                            }
+                        }
+                    }
+                    holes.entity(file, section, name.as_deref());
+                }
+                if file == FileKind::Domain && !table.get_ref().contains_key("domain") {
+                    // Required by the model, unused by the checks.
+                    let mut section = DeTable::new();
+                    section.insert(
+                        Spanned::new(0..0, "name".into()),
+                        Spanned::new(0..0, DeValue::String("-".into())),
+                    );
+                    table.get_mut().insert(
+                        Spanned::new(0..0, "domain".into()),
+                        Spanned::new(0..0, DeValue::Table(section)),
+                    );
+                }
+                match T::deserialize(toml::de::Deserializer::from(table)) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        holes.file(file);
+                        // The walk accepted what serde refused: report it rather than panic.
+                        if found.is_empty() {
+                            cx.problems.push(Problem::error(
+                                "invalid",
+                                path,
+                                e.span(),
+                                e.message().trim().to_owned(),
+                            ));
+                        }
+                        None
+                    }
                 }
             }
         }
-        _ => None,
+        None => None,
     };
     report.files.insert(path.to_owned(), SourceText::new(text));
     typed
@@ -263,12 +329,21 @@ fn load_file<T: DeserializeOwned>(
 struct Walker<'a, 'b> {
     file: FileKind,
     cx: &'a mut Cx<'b>,
+    /// Depth of the table being walked (0: the document).
+    depth: usize,
+    /// What a problem found now makes unknown: a top-level section, or one named item of a
+    /// section of named items (`servers.s1`); an empty section for the whole file.
+    entity: (String, Option<String>),
+    holes: Vec<(String, Option<String>)>,
 }
 
 type Val<'i> = Spanned<DeValue<'i>>;
 
 impl Walker<'_, '_> {
     fn err(&mut self, code: &'static str, span: Range<usize>, msg: String) -> &mut Problem {
+        if !self.holes.contains(&self.entity) {
+            self.holes.push(self.entity.clone());
+        }
         self.cx
             .problems
             .push(Problem::error(code, self.file.path(), Some(span), msg))
@@ -279,8 +354,15 @@ impl Walker<'_, '_> {
     fn table(&mut self, node: &Node, table: &DeTable<'_>, header: Range<usize>, path: &mut String) {
         // Keys an unknown key was taken for (`prot` → `port`): not reported missing as well.
         let mut suggested: Vec<&'static str> = Vec::new();
+        let depth = self.depth;
+        self.depth += 1;
         for (key, value) in table.iter() {
             let name: &str = key.get_ref();
+            match depth {
+                0 => self.entity = (name.to_owned(), None),
+                1 if node.any.is_some() => self.entity.1 = Some(name.to_owned()),
+                _ => {}
+            }
             let len = path.len();
             if !path.is_empty() {
                 path.push('.');
@@ -296,16 +378,30 @@ impl Walker<'_, '_> {
                         self.entry(child, key.span(), value, path);
                     }
                     None => {
-                        suggested.extend(self.unknown_key(node, name, key.span(), &path[..len]))
+                        let meant = self.unknown_key(node, name, key.span(), &path[..len]);
+                        if let Some(m) = meant
+                            && depth == 0
+                        {
+                            // `[severs.s1]`: what `servers` holds is unknown, not empty.
+                            self.holes.push((m.to_owned(), None));
+                        }
+                        suggested.extend(meant)
                     }
                 },
             }
             path.truncate(len);
         }
+        self.depth = depth;
+        if depth == 1 {
+            self.entity.1 = None;
+        }
         for (name, child) in &node.children {
             let required = child.setting.is_some_and(|s| s.required)
                 || (path.is_empty() && *name == "domain" && self.file == FileKind::Domain);
             if required && !table.contains_key(*name) && !suggested.contains(name) {
+                if depth == 0 {
+                    self.entity = ((*name).to_owned(), None);
+                }
                 let msg = if path.is_empty() {
                     format!("missing table `[{name}]`")
                 } else {

@@ -1,5 +1,7 @@
 //! Semantic checks on a typed revision: references, conflicts, and what the files must contain
-//! together. Runs only when every file parsed and matched the schema.
+//! together. They run on everything that parsed and matched the schema; what did not is a
+//! [`Holes`] entry, and no check reports what a hole could explain (an application targeting a
+//! server whose table has an error is not "targeting an unknown server").
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,12 +16,79 @@ use crate::settings::FileKind;
 use crate::tree::{EntryKind, Tree};
 
 const D: FileKind = FileKind::Domain;
+const A: FileKind = FileKind::Accounts;
 
 /// Archive suffixes an application source may have.
 pub const ARCHIVES: &[&str] = &[".tar", ".tar.gz", ".tgz", ".zip"];
 
+/// What the typed model lacks because it had problems: whole files, top-level sections, and
+/// named items of sections (`servers.s1`).
+#[derive(Debug, Default)]
+pub struct Holes {
+    files: Vec<FileKind>,
+    entities: Vec<(FileKind, String, Option<String>)>,
+}
+
+impl Holes {
+    pub(crate) fn file(&mut self, f: FileKind) {
+        if !self.files.contains(&f) {
+            self.files.push(f);
+        }
+    }
+
+    /// The file parsed: only its [`Holes::entity`] entries are unknown.
+    pub(crate) fn parsed(&mut self, f: FileKind) {
+        self.files.retain(|x| *x != f);
+    }
+
+    pub(crate) fn entity(&mut self, f: FileKind, section: &str, name: Option<&str>) {
+        self.entities
+            .push((f, section.to_owned(), name.map(str::to_owned)));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.entities.is_empty()
+    }
+
+    /// Nothing of the section is known.
+    fn section(&self, f: FileKind, section: &str) -> bool {
+        self.files.contains(&f)
+            || self
+                .entities
+                .iter()
+                .any(|(x, s, n)| *x == f && s == section && n.is_none())
+    }
+
+    /// The named item of the section may exist though the model lacks it.
+    fn named(&self, f: FileKind, section: &str, name: &str) -> bool {
+        self.section(f, section)
+            || self
+                .entities
+                .iter()
+                .any(|(x, s, n)| *x == f && s == section && n.as_deref() == Some(name))
+    }
+
+    /// Names of the section's items the model lacks, for "did you mean" hints.
+    fn names<'a>(&'a self, f: FileKind, section: &'a str) -> impl Iterator<Item = &'a String> {
+        self.entities
+            .iter()
+            .filter(move |(x, s, _)| *x == f && s == section)
+            .filter_map(|(_, _, n)| n.as_ref())
+    }
+
+    /// Some item of the section may be missing from the model.
+    fn partial(&self, f: FileKind, section: &str) -> bool {
+        self.files.contains(&f)
+            || self
+                .entities
+                .iter()
+                .any(|(x, s, _)| *x == f && s == section)
+    }
+}
+
 struct Checker<'a> {
     domain: &'a Domain,
+    holes: &'a Holes,
     spans: &'a Spans,
     problems: &'a mut Problems,
 }
@@ -55,11 +124,13 @@ impl Checker<'_> {
 pub fn check(
     domain: &Domain,
     spans: &Spans,
+    holes: &Holes,
     tree: &dyn Tree,
     problems: &mut Problems,
 ) -> BTreeMap<String, String> {
     let mut c = Checker {
         domain,
+        holes,
         spans,
         problems,
     };
@@ -130,6 +201,9 @@ fn clusters(c: &mut Checker<'_>) {
         for (i, member) in cluster.servers.iter().enumerate() {
             let path = format!("clusters.{cname}.servers[{i}]");
             if !cfg.servers.contains_key(member) {
+                if c.holes.named(D, "servers", member) {
+                    continue;
+                }
                 let hint = suggest(member, cfg.servers.keys());
                 c.error(
                     "unknown-server",
@@ -174,13 +248,17 @@ fn ports(c: &mut Checker<'_>) {
         what: String,
     }
     let cfg = &c.domain.config;
-    let mut binds = vec![Bind {
-        node: node_key(&cfg.master.node),
-        ip: cfg.master.listen.ip(),
-        port: cfg.master.listen.port(),
-        path: "master.listen".into(),
-        what: "the Master's base port".into(),
-    }];
+    let mut binds = Vec::new();
+    // A `[master]` with a problem is not the default: its ports are unknown.
+    if !c.holes.section(D, "master") {
+        binds.push(Bind {
+            node: node_key(&cfg.master.node),
+            ip: cfg.master.listen.ip(),
+            port: cfg.master.listen.port(),
+            path: "master.listen".into(),
+            what: "the Master's base port".into(),
+        });
+    }
     for (sname, s) in &cfg.servers {
         let node = node_key(&s.node);
         binds.push(Bind {
@@ -247,8 +325,17 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
             .hint = Some("add `targets = [\"<server or cluster>\"]`".into());
         }
         for (i, t) in app.targets.iter().enumerate() {
-            if !cfg.servers.contains_key(t) && !cfg.clusters.contains_key(t) {
-                let hint = suggest(t, cfg.servers.keys().chain(cfg.clusters.keys()));
+            if !cfg.servers.contains_key(t)
+                && !cfg.clusters.contains_key(t)
+                && !c.holes.named(D, "servers", t)
+                && !c.holes.named(D, "clusters", t)
+            {
+                let known = cfg.servers.keys().chain(cfg.clusters.keys());
+                let holed = c
+                    .holes
+                    .names(D, "servers")
+                    .chain(c.holes.names(D, "clusters"));
+                let hint = suggest(t, known.chain(holed));
                 c.error(
                     "unknown-target",
                     D,
@@ -405,7 +492,7 @@ fn security(c: &mut Checker<'_>) {
     let pol = &c.domain.policies;
     for (uname, user) in &acc.users {
         for (i, g) in user.groups.iter().enumerate() {
-            if !acc.groups.contains_key(g) {
+            if !acc.groups.contains_key(g) && !c.holes.named(A, "groups", g) {
                 c.error(
                     "unknown-group",
                     FileKind::Accounts,
@@ -419,7 +506,7 @@ fn security(c: &mut Checker<'_>) {
             }
         }
     }
-    if acc.users.is_empty() {
+    if acc.users.is_empty() && !c.holes.partial(A, "users") {
         c.problems.push(
             Problem::error(
                 "no-users",
@@ -432,7 +519,7 @@ fn security(c: &mut Checker<'_>) {
     }
     for (rname, role) in &pol.roles {
         for (i, g) in role.groups.iter().enumerate() {
-            if !acc.groups.contains_key(g) {
+            if !acc.groups.contains_key(g) && !c.holes.named(A, "groups", g) {
                 c.error(
                     "unknown-group",
                     FileKind::Policies,
@@ -443,7 +530,7 @@ fn security(c: &mut Checker<'_>) {
             }
         }
         for (i, u) in role.users.iter().enumerate() {
-            if !acc.users.contains_key(u) {
+            if !acc.users.contains_key(u) && !c.holes.named(A, "users", u) {
                 c.error(
                     "unknown-user",
                     FileKind::Policies,
@@ -458,7 +545,10 @@ fn security(c: &mut Checker<'_>) {
         .users
         .keys()
         .any(|u| c.domain.permits(u, "git:push") && c.domain.permits(u, "domain:read"));
-    if !acc.users.is_empty() && !any_admin {
+    let partial = c.holes.partial(A, "users")
+        || c.holes.partial(A, "groups")
+        || c.holes.partial(FileKind::Policies, "roles");
+    if !acc.users.is_empty() && !any_admin && !partial {
         c.problems.push(
             Problem::warning(
                 "no-administrator",

@@ -29,14 +29,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let validation = schema::validate(tree.as_ref());
     let report = &validation.report;
-    match args.format {
-        Format::Human => super::out(&report.render_human(super::color(&std::io::stdout())))?,
-        Format::Json => super::out(&(serde_json::to_string_pretty(&report.to_json())? + "\n"))?,
-        Format::Github => super::out(&report.render_github())?,
+    let out = match args.format {
+        Format::Human => report.render_human(super::color(&std::io::stdout())),
+        Format::Json => serde_json::to_string_pretty(&report.to_json())? + "\n",
+        Format::Github => report.render_github(),
         Format::Markdown => {
             bail!("`--format markdown` is for `steward diff`; use human, json or github")
         }
-    }
+    };
+    // A reader that stops early (`| head -1`) is not an error of the validation.
+    super::out(&out)?;
     let valid = report.is_valid();
     // A large domain takes measurable time to free, and the process is about to exit.
     std::mem::forget(validation);
