@@ -1,7 +1,8 @@
 //! Runs one `process` application behind the web engine at `/`, for
 //! `benches/proxy_throughput.sh`: `serve_proxy DIR COMMAND PORT [--threads N] [--env K=V]...`.
 //! `COMMAND` is run from the deploy image `DIR` as the supervisor runs any process application
-//! (with `PORT` set); the engine listens on `127.0.0.1:PORT`. Runs until killed.
+//! (with `PORT` set); the engine listens on `127.0.0.1:PORT`. Runs until SIGTERM or SIGINT, then
+//! stops the application.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,12 +82,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rotation: Default::default(),
             logger: None,
         };
-        let (_engine, report) = WebEngine::start(config, ctx).await?;
+        let (engine, report) = WebEngine::start(config, ctx).await?;
         if !report.failed.is_empty() {
+            engine.shutdown(std::time::Duration::from_secs(1)).await;
             return Err(format!("{:?}", report.failed).into());
         }
         println!("proxying 127.0.0.1:{port} to {command}");
-        std::future::pending::<()>().await;
+        // Stopped with SIGTERM or SIGINT: stop the application too, not leave it running.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        engine.shutdown(std::time::Duration::from_secs(1)).await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })
 }
