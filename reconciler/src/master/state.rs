@@ -359,13 +359,9 @@ impl State {
             return Ok(Rollback::Unchanged(commit));
         }
         let tree = repo.tree(commit).map_err(git)?;
-        let v = schema::validate(&tree);
-        let Some(loaded) = v.loaded else {
-            let problems = v.report.to_json()["problems"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            return Ok(Rollback::Invalid(problems));
+        let loaded = match rollback_target(&tree) {
+            Ok(loaded) => loaded,
+            Err(invalid) => return Ok(invalid),
         };
         let head = repo.resolve(&self.branch).map_err(git)?;
         let mut record = describe(&repo, commit, Outcome::Pinned, Source::Rollback);
@@ -493,6 +489,21 @@ pub(super) struct Refusal {
     pub(super) refused: Vec<(String, String)>,
     pub(super) problems: Vec<serde_json::Value>,
     pub(super) more_problems: usize,
+}
+
+/// A rollback target's configuration, or why it cannot be pinned (hosted and mirror mode alike).
+pub(super) fn rollback_target(
+    tree: &dyn schema::tree::Tree,
+) -> std::result::Result<schema::Loaded, Rollback> {
+    let v = schema::validate(tree);
+    v.loaded.ok_or_else(|| {
+        Rollback::Invalid(
+            v.report.to_json()["problems"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        )
+    })
 }
 
 pub(super) enum Rollback {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::{error, internal};
 use crate::git::{NewCommit, Oid, Repo};
 use crate::master::MasterError;
-use crate::master::state::{Current, Rollback, State, describe};
+use crate::master::state::{Current, Rollback, State, describe, rollback_target};
 use crate::pin::{Outcome, Source};
 
 pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
@@ -180,13 +180,9 @@ fn revert(state: &State, rev: &str, user: String) -> Result<Rollback, MasterErro
     if pinned == Some(head) && repo.tree_id(head).map_err(git)? == tree {
         return Ok(Rollback::Unchanged(head));
     }
-    let v = schema::validate(&repo.tree(target).map_err(git)?);
-    let Some(loaded) = v.loaded else {
-        let problems = v.report.to_json()["problems"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        return Ok(Rollback::Invalid(problems));
+    let loaded = match rollback_target(&repo.tree(target).map_err(git)?) {
+        Ok(loaded) => loaded,
+        Err(invalid) => return Ok(invalid),
     };
     let message = message(&repo, target, head, &user).map_err(git)?;
     let commit = repo
