@@ -41,10 +41,14 @@ def peak_rss_mib(exe, repo):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--debug", action="store_true", help="time the debug build (no release build)")
     a = p.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "steward"], cwd=ROOT, check=True)
+    profile = "debug" if a.debug else "release"
+    cmd = ["cargo", "build", "-q", "--bin", "steward"] + ([] if a.debug else ["--release"])
+    subprocess.run(cmd, cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    exe = os.path.join(target, "release/steward")
+    exe = os.path.join(target, profile, "steward")
+    print(f"{profile} build")
     cases = [
         ("10k '= = =' lines", "= = =\n" * 10_000, "18 s"),
         ("50k '= = =' lines", "= = =\n" * 50_000, "> 60 s"),
