@@ -2,7 +2,8 @@
 //! new pin, with a large archive in the domain. Median of several runs.
 //!
 //!     cargo bench -p steward-reconciler --bench cache_open            # release, 100 MiB
-//!     STEWARD_BENCH_MIB=20 cargo bench --profile dev -p steward-reconciler --bench cache_open
+//!     STEWARD_BENCH_MIB=20 STEWARD_BENCH_RUNS=3 cargo bench --profile dev -p steward-reconciler \
+//!         --bench cache_open                                         # debug build, 20 MiB, 3 runs
 //!
 //! "full read" is an open with the record of checked objects removed: what every open cost
 //! before that record existed (every object of every ref read and hashed). "warm" is an open
@@ -14,8 +15,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reconciler::cache::{Cache, Remote};
-
-const RUNS: usize = 5;
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
@@ -63,6 +62,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    let runs: usize = std::env::var("STEWARD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = tmp.path().join("origin");
     std::fs::create_dir_all(src.join("apps/shop")).expect("mkdir");
@@ -91,15 +94,15 @@ fn main() {
         assert!(repaired.is_none());
         start.elapsed()
     };
-    let full: Vec<_> = (0..RUNS)
+    let full: Vec<_> = (0..runs)
         .map(|_| {
             std::fs::remove_file(&record).expect("the record exists after an open");
             open()
         })
         .collect();
-    let warm: Vec<_> = (0..RUNS).map(|_| open()).collect();
+    let warm: Vec<_> = (0..runs).map(|_| open()).collect();
     let mut new_pin = Vec::new();
-    for n in 0..RUNS {
+    for n in 0..runs {
         std::fs::write(src.join("domain.toml"), format!("level = {}\n", n + 2)).expect("write");
         git(&src, &["commit", "-qam", "change"]);
         let (cache, _) = Cache::open(&home).expect("open");
@@ -108,7 +111,7 @@ fn main() {
         cache.verify(f.commit).expect("verify");
         new_pin.push(start.elapsed());
     }
-    println!("cache_open: a {mib} MiB archive in the domain, median of {RUNS}");
+    println!("cache_open: a {mib} MiB archive in the domain, median of {runs}");
     println!(
         "  open, full read (no record; every open before): {}",
         ms(median(full))
