@@ -12,12 +12,18 @@
 //! - A corrupt cache (unreadable repository, broken ref, missing or damaged object) is detected by
 //!   reading every tip fully, moved aside (never deleted: an operator may want to look) and
 //!   replaced by an empty repository that the next fetch fills again. It is never booted from.
+//!   Objects already read with their hash checked are not read again while the files holding
+//!   them are unchanged ([`verified`]), so an open costs what is new.
 
+mod verified;
+
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gix::bstr::ByteSlice;
@@ -25,6 +31,7 @@ use gix::refs::transaction::PreviousValue;
 use serde::{Deserialize, Serialize};
 
 use crate::git::{CommitTree, Oid, Repo};
+use verified::Verified;
 
 /// The ref that names the last commit of the cache that passed validation.
 pub const LAST_VALID: &str = "refs/steward/last-valid";
@@ -146,6 +153,9 @@ impl std::fmt::Display for Transfer {
 pub struct Cache {
     git_dir: PathBuf,
     repo: gix::Repository,
+    /// The objects already checked; saved only under the exclusive lock.
+    verified: Mutex<Verified>,
+    exclusive: bool,
     // Released on drop (flock is tied to the open file description).
     _lock: File,
 }
@@ -228,34 +238,31 @@ impl Cache {
         let opened = if git_dir.exists() {
             share_local_master(domain_home, &git_dir)?;
             open_repo(&git_dir).and_then(|repo| {
-                check(&repo, &git_dir)?;
-                Ok(repo)
+                let mut verified = Verified::load(&git_dir);
+                check(&repo, &git_dir, &mut verified)?;
+                Ok((repo, verified))
             })
         } else {
             // A new cache on the Master's machine shares its objects from the start.
             init_repo(&git_dir).and_then(|_| {
                 share_local_master(domain_home, &git_dir)?;
-                open_repo(&git_dir)
+                Ok((open_repo(&git_dir)?, Verified::default()))
             })
         };
+        let cache = |repo, verified| Cache {
+            git_dir: git_dir.clone(),
+            repo,
+            verified: Mutex::new(verified),
+            exclusive: true,
+            _lock: lock,
+        };
         match opened {
-            Ok(repo) => Ok((
-                Cache {
-                    git_dir,
-                    repo,
-                    _lock: lock,
-                },
-                None,
-            )),
+            Ok((repo, verified)) => Ok((cache(repo, verified), None)),
             Err(CacheError::Corrupt { problem, .. }) => {
                 let moved_to = move_aside(&git_dir)?;
                 let repo = init_repo(&git_dir)?;
                 Ok((
-                    Cache {
-                        git_dir,
-                        repo,
-                        _lock: lock,
-                    },
+                    cache(repo, Verified::default()),
                     Some(Repaired { problem, moved_to }),
                 ))
             }
@@ -273,6 +280,8 @@ impl Cache {
         let git_dir = git_dir(domain_home);
         let repo = open_repo(&git_dir)?;
         Ok(Cache {
+            verified: Mutex::new(Verified::load(&git_dir)),
+            exclusive: false,
             git_dir,
             repo,
             _lock: lock,
@@ -301,15 +310,32 @@ impl Cache {
         self.verify(commit).is_ok()
     }
 
-    /// Reads `commit`, its tree and every object below it, checking each object's hash. A
-    /// missing or damaged object is [`CacheError::Corrupt`].
+    /// Reads `commit`, its tree and every object below it, checking each object's hash, except
+    /// those already checked in files unchanged since. A missing or damaged object is
+    /// [`CacheError::Corrupt`].
     pub fn verify(&self, commit: Oid) -> Result<()> {
-        verify_commit(&self.repo, commit.as_gix().to_owned()).map_err(|problem| {
-            CacheError::Corrupt {
-                path: self.git_dir.clone(),
-                problem,
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        verified.refresh(&self.git_dir, self.repo.object_hash());
+        let mut checked = HashSet::new();
+        verify_commit(
+            &self.repo,
+            commit.as_gix().to_owned(),
+            verified.ids(),
+            &mut checked,
+        )
+        .map_err(|problem| CacheError::Corrupt {
+            path: self.git_dir.clone(),
+            problem,
+        })?;
+        if !checked.is_empty() {
+            verified.extend(checked);
+            // Under the shared lock another reader may be writing it; the launcher saves it.
+            if self.exclusive {
+                // A record not saved costs a full read next time, nothing else.
+                let _ = verified.save(&self.git_dir);
             }
-        })
+        }
+        Ok(())
     }
 
     /// The commit a local ref names, if the ref exists.
@@ -662,12 +688,15 @@ fn move_aside(git_dir: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// Reads every ref under `refs/` and verifies each tip fully.
-fn check(repo: &gix::Repository, git_dir: &Path) -> Result<()> {
+/// Reads every ref under `refs/` and verifies each tip fully (objects `verified` holds only for
+/// their presence), then records what it checked.
+fn check(repo: &gix::Repository, git_dir: &Path, verified: &mut Verified) -> Result<()> {
     let corrupt = |problem: String| CacheError::Corrupt {
         path: git_dir.to_owned(),
         problem,
     };
+    verified.refresh(git_dir, repo.object_hash());
+    let mut checked = HashSet::new();
     let platform = repo
         .references()
         .map_err(|e| corrupt(format!("cannot list refs: {}", chain(&e))))?;
@@ -681,20 +710,47 @@ fn check(repo: &gix::Repository, git_dir: &Path) -> Result<()> {
             .peel_to_id()
             .map_err(|e| corrupt(format!("{name} does not resolve: {}", chain(&e))))?
             .detach();
-        verify_commit(repo, id).map_err(|p| corrupt(format!("{name}: {p}")))?;
+        verify_commit(repo, id, verified.ids(), &mut checked)
+            .map_err(|p| corrupt(format!("{name}: {p}")))?;
+    }
+    if !checked.is_empty() {
+        verified.extend(checked);
+        // A record not saved costs a full read next time, nothing else.
+        let _ = verified.save(git_dir);
     }
     Ok(())
 }
 
-/// Reads `id` (a commit), its tree and everything below, checking each object's hash.
-fn verify_commit(repo: &gix::Repository, id: gix::ObjectId) -> std::result::Result<(), String> {
+/// Reads `id` (a commit), its tree and everything below, checking each object's hash. What
+/// `known` holds was checked before: a known commit is only looked up, a known tree is skipped
+/// with everything below it (it was recorded only once all of that was checked), a known blob is
+/// skipped. `checked` receives what was checked now.
+fn verify_commit(
+    repo: &gix::Repository,
+    id: gix::ObjectId,
+    known: &HashSet<gix::ObjectId>,
+    checked: &mut HashSet<gix::ObjectId>,
+) -> std::result::Result<(), String> {
+    let done =
+        |id: &gix::ObjectId, checked: &HashSet<_>| known.contains(id) || checked.contains(id);
+    if done(&id, checked) {
+        return match repo.has_object(id) {
+            true => Ok(()),
+            false => Err(format!("commit {id} is missing")),
+        };
+    }
     let data = read_checked(repo, id, gix::objs::Kind::Commit)?;
+    let mut found = vec![id];
     let commit = gix::objs::CommitRef::from_bytes(&data, repo.object_hash())
         .map_err(|e| format!("commit {id} cannot be decoded: {e}"))?;
     let tree = commit.tree();
     let mut stack = vec![tree];
     while let Some(tree_id) = stack.pop() {
+        if done(&tree_id, checked) {
+            continue;
+        }
         let data = read_checked(repo, tree_id, gix::objs::Kind::Tree)?;
+        found.push(tree_id);
         let tree = gix::objs::TreeRef::from_bytes(&data, repo.object_hash())
             .map_err(|e| format!("tree {tree_id} cannot be decoded: {e}"))?;
         for entry in tree.entries {
@@ -702,12 +758,16 @@ fn verify_commit(repo: &gix::Repository, id: gix::ObjectId) -> std::result::Resu
             match entry.mode.kind() {
                 gix::objs::tree::EntryKind::Tree => stack.push(oid),
                 gix::objs::tree::EntryKind::Commit => {}
+                _ if done(&oid, checked) => {}
                 _ => {
                     read_checked(repo, oid, gix::objs::Kind::Blob)?;
+                    found.push(oid);
                 }
             }
         }
     }
+    // Only a commit read whole counts: a tree is skipped later on the strength of what is below.
+    checked.extend(found);
     Ok(())
 }
 
@@ -839,8 +899,14 @@ mod tests {
         {
             let (cache, _) = Cache::open(&home).expect("open");
             let f = cache.fetch_git(&remote(&src), "main").expect("fetch");
+            cache.verify(f.commit).expect("intact");
             cache.record_valid(f.commit, "a test").expect("record");
         }
+        // The objects checked are recorded, and an open with the record finds nothing wrong.
+        let record = git_dir(&home).join("steward-verified");
+        assert!(record.exists());
+        let (_, repaired) = Cache::open(&home).expect("open");
+        assert!(repaired.is_none());
         let pack_dir = git_dir(&home).join("objects/pack");
         let pack = std::fs::read_dir(&pack_dir)
             .expect("packs")
