@@ -238,6 +238,8 @@ impl Demux {
                 } else {
                     self.more_problems += 1;
                 }
+            } else if let Some(n) = sniff::omitted(&self.line[..end]) {
+                self.more_problems += n;
             }
             self.line.drain(..=end);
         }

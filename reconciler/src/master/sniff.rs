@@ -142,6 +142,18 @@ pub fn problem(line: &str) -> Option<serde_json::Value> {
     }))
 }
 
+/// The count in the hook's last line when the validator left problems out (`… and 1,234 more
+/// problems (not shown; …)`, `schema::diag::Report::omitted_line`): they count as problems of the
+/// rejection too. `None` for lines in other shapes.
+pub fn omitted(line: &str) -> Option<usize> {
+    let rest = line.trim().strip_prefix("… and ")?;
+    let (count, tail) = rest.split_once(' ')?;
+    if !tail.starts_with("more problem") {
+        return None;
+    }
+    count.replace(',', "").parse().ok()
+}
+
 /// One pkt-line holding `payload`.
 pub fn pkt(payload: &[u8]) -> Vec<u8> {
     let mut v = format!("{:04x}", payload.len() + 4).into_bytes();
@@ -239,6 +251,20 @@ pub fn wants_side_band(request: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_validators_omitted_count_is_read() {
+        assert_eq!(
+            omitted("… and 199,800 more problems (not shown; fix the first 200 and run again)"),
+            Some(199_800)
+        );
+        assert_eq!(omitted("  … and 1 more problem (not shown)"), Some(1));
+        assert_eq!(omitted("… and so on"), None);
+        assert_eq!(
+            omitted("domain.toml:1:1: error[x]: … and 3 more problems"),
+            None
+        );
+    }
 
     const A: &str = "1111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222";

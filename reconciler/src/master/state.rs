@@ -336,11 +336,11 @@ impl State {
             }
             None => {
                 record.outcome = Outcome::Rejected;
-                let problems = v.report.to_json()["problems"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                record.set_problems(problems, 0);
+                let json = v.report.to_json();
+                let problems = json["problems"].as_array().cloned().unwrap_or_default();
+                // Problems the validator itself left out of its report count too.
+                let omitted = json["omitted"].as_u64().unwrap_or(0) as usize;
+                record.set_problems(problems, omitted);
                 self.store.append(&record)?;
                 Ok(Some((head, record, None)))
             }
