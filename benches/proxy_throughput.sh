@@ -16,7 +16,8 @@
 #
 # Installs `nginx` and `wrk` with apt-get when missing. Builds the example with
 # `cargo build --release` (BUILD=hot: see benches/static_throughput.sh; BUILD_ARGS/PROFILE_DIR
-# override both).
+# override both). SERVE_PROXY=path runs that binary instead of building one (e.g. a copy of a
+# previous build, to compare two versions in the same conditions).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,10 +57,14 @@ need wrk wrk
 need nginx nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-echo "building serve_proxy (${BUILD:-release}) ..." >&2
-(cd "$ROOT" && cargo build -q $BUILD_ARGS -p steward-runtime --example serve_proxy)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-OURS="$TARGET/$PROFILE_DIR/examples/serve_proxy"
+if [ -n "${SERVE_PROXY:-}" ]; then
+    OURS=$SERVE_PROXY
+else
+    echo "building serve_proxy (${BUILD:-release}) ..." >&2
+    (cd "$ROOT" && cargo build -q $BUILD_ARGS -p steward-runtime --example serve_proxy)
+    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+    OURS="$TARGET/$PROFILE_DIR/examples/serve_proxy"
+fi
 [ -x "$OURS" ] || { echo "no binary at $OURS (set PROFILE_DIR)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/steward-bench-XXXXXX)
