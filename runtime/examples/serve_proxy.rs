@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use runtime::deploy::Deployment;
-use runtime::engine::web::{AppSpec, EngineContext, WebConfig, WebEngine};
-use schema::model::{AccessLog, AccessLogFormat, AppKind, Application, Listener, ThreadPool};
-use schema::values::Dur;
+use runtime::engine::web::WebEngine;
+use schema::model::AppKind;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+mod bench;
+
+fn main() -> bench::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(dir), Some(command), Some(port)) = (args.first(), args.get(1), args.get(2)) else {
         eprintln!("usage: serve_proxy DIR COMMAND PORT [--threads N] [--env K=V]...");
@@ -33,55 +33,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => return Err(format!("unexpected argument {a}").into()),
         }
     }
-    let logs = std::env::temp_dir().join(format!("steward-bench-logs-{}", std::process::id()));
-    let deployment = Deployment {
-        app: "bench".into(),
-        image: dir.clone(),
-        generated: logs.join("generated"),
-        work_dir: logs.join("work"),
-        library_path: vec![],
-        warnings: vec![],
-        fingerprint: "bench".into(),
-        reused: true,
-    };
-    std::fs::create_dir_all(&deployment.work_dir)?;
-    let app = Application {
-        kind: AppKind::Process,
-        source: "bench".into(),
-        context_path: "/".into(),
-        targets: vec![],
-        description: String::new(),
+    let (config, ctx) = bench::engine(
+        &dir,
+        port,
+        AppKind::Process,
+        Some(command.clone()),
         env,
-        command: Some(command.clone()),
-        args: vec![],
-        libraries: vec![],
-        index: "index.html".into(),
-        health_path: "/".into(),
-        start_timeout: Dur::secs(30),
-        max_unpacked_size: schema::model::default_max_unpacked_size(),
-    };
-    let mut listener = Listener::on_port(port);
-    listener.address = "127.0.0.1".parse()?;
-    listener.thread_pool = ThreadPool { min: 2, max: 1024 };
-    let config = WebConfig {
-        server: "bench".into(),
-        listeners: BTreeMap::from([("http".to_owned(), listener)]),
-        access_log: AccessLog {
-            enabled: false,
-            format: AccessLogFormat::Common,
-        },
-        apps: BTreeMap::from([("bench".to_owned(), AppSpec { app, deployment })]),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
+        false,
+    )?;
+    let rt = bench::runtime(threads)?;
     rt.block_on(async move {
-        let ctx = EngineContext {
-            logs_dir: logs,
-            rotation: Default::default(),
-            logger: None,
-        };
         let (engine, report) = WebEngine::start(config, ctx).await?;
         if !report.failed.is_empty() {
             engine.shutdown(std::time::Duration::from_secs(1)).await;
