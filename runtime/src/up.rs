@@ -309,6 +309,35 @@ struct Master {
     _notify: crate::notify::Listener,
 }
 
+/// `steward COMMAND --server NAME --domain-home HOME EXTRA…` outside the terminal's process
+/// group (Ctrl-C is for `up`, which stops servers in order). Its log lines are in the launcher
+/// log, which is followed; what it says before it has a log (a bad credentials file) comes on
+/// standard error, followed here under the server's name.
+fn launcher(
+    exe: &Path,
+    home: &Path,
+    command: &str,
+    name: &str,
+    extra: &[&str],
+    log: &Log,
+) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(exe)
+        .args([command, "--server", name])
+        .args(extra)
+        .arg("--domain-home")
+        .arg(home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    if let Some(e) = child.stderr.take() {
+        log.follow(name, e);
+    }
+    Ok(child)
+}
+
 /// The Master in its own session (the terminal's Ctrl-C is for `up`), ready when it says so.
 fn start_master(exe: &Path, home: &Path, log: &Log) -> Result<Master, UpError> {
     let listener = crate::notify::Listener::bind(&home.join("config"))?;
@@ -361,7 +390,6 @@ fn start_servers(
     master: &mut Master,
     log: &Log,
 ) -> Result<(), UpError> {
-    use std::os::unix::process::CommandExt;
     if crate::signals::stop_requested() {
         // Ctrl-C while the Master was starting: start no server.
         return Err(UpError::Interrupted);
@@ -369,26 +397,20 @@ fn start_servers(
     let master_url = master_addr.to_string();
     let mut launchers = Vec::new();
     for s in servers.iter() {
-        let mut child = Command::new(exe)
-            .args(["start-server", "--server", &s.home.name])
-            .args(["--master-url", &master_url])
-            .arg("--domain-home")
-            .arg(home)
-            .stdin(Stdio::null())
-            // Its log lines are in the launcher log, which is followed; what it says before
-            // it has a log (a bad credentials file) comes on standard error.
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|error| UpError::Spawn {
-                what: format!("start-server --server {}", s.home.name),
-                error,
-            })?;
-        if let Some(e) = child.stderr.take() {
-            log.follow(&s.home.name, e);
-        }
-        launchers.push((s.home.name.clone(), child, None));
+        let name = &s.home.name;
+        let child = launcher(
+            exe,
+            home,
+            "start-server",
+            name,
+            &["--master-url", &master_url],
+            log,
+        )
+        .map_err(|error| UpError::Spawn {
+            what: format!("start-server --server {name}"),
+            error,
+        })?;
+        launchers.push((name.clone(), child, None));
     }
     loop {
         for s in servers.iter_mut() {
@@ -582,22 +604,8 @@ fn stop_servers(exe: &Path, home: &Path, servers: &mut [Tracked], log: &Log) {
         }
         let mut stops: Vec<Child> = Vec::new();
         for name in &running {
-            use std::os::unix::process::CommandExt;
-            match Command::new(exe)
-                .args(["stop-server", "--server", name, "--domain-home"])
-                .arg(home)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .spawn()
-            {
-                Ok(mut c) => {
-                    if let Some(e) = c.stderr.take() {
-                        log.follow(name, e);
-                    }
-                    stops.push(c);
-                }
+            match launcher(exe, home, "stop-server", name, &[], log) {
+                Ok(c) => stops.push(c),
                 Err(e) => log.line("up", &format!("cannot run stop-server for {name}: {e}")),
             }
         }
