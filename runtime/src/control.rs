@@ -22,7 +22,7 @@ use schema::plan::{Change, plan};
 use schema::settings::Effect;
 
 use crate::launcher::http;
-use crate::logfile::{Level, Logger};
+use crate::logfile::Logger;
 use crate::server::{Mode, Status};
 
 /// What moving to a pinned configuration means for this server.
@@ -167,10 +167,6 @@ impl Control {
     }
 
     /// An apply step, logged at the `debug` level.
-    fn debug(&self, id: &str, message: &str) {
-        self.log.log(Level::Fine, id, message);
-    }
-
     /// Fetches, validates and applies the pinned commit. `Err` leaves the server as it was.
     fn resync(&mut self, pinned: &str) -> Result<(), String> {
         let commit = Oid::from_hex(pinned).map_err(|e| e.to_string())?;
@@ -179,7 +175,7 @@ impl Control {
         self.serving.cancel_retry();
         let (cache, _) = Cache::open(&self.domain_home).map_err(|e| e.to_string())?;
         let cached = cache.has_complete(commit);
-        self.debug(
+        self.log.debug(
             "SERVER-0330",
             &format!(
                 "Resync to commit {}: {}.",
@@ -214,7 +210,7 @@ impl Control {
             .map_err(|e| e.to_string())?;
         drop(cache);
         let d = decide(&self.boot, &self.running, &target, &self.name);
-        self.debug(
+        self.log.debug(
             "SERVER-0331",
             &format!(
                 "Commit {} is valid here; decided: {} live change(s) [{}], {} setting(s) differ from the boot configuration [{}], restart-policy {:?}.",
@@ -480,7 +476,7 @@ impl Control {
             .apply(&self.handle, &self.running, target, commit)
             .map_err(|e| e.to_string())?;
         (self.apply_live)(target);
-        self.debug(
+        self.log.debug(
             "SERVER-0332",
             &format!(
                 "Applied the settings outside the web engine (log level, rotation, stop-timeout) of commit {}.",

@@ -411,14 +411,17 @@ pub fn deploy_with(
         );
         let started = std::time::Instant::now();
         d.materialize(app, &staging.path)?;
-        d.debug(
-            "SERVER-0522",
-            &format!(
-                "content written ({} file(s)) in {} ms",
-                relative_files(&staging.path).len(),
-                started.elapsed().as_millis()
-            ),
-        );
+        // Counting walks the whole image: only when the line is written.
+        if d.ctx.log.is_some_and(|l| l.enables(Level::Fine)) {
+            d.debug(
+                "SERVER-0522",
+                &format!(
+                    "content written ({} file(s)) in {} ms",
+                    relative_files(&staging.path).len(),
+                    started.elapsed().as_millis()
+                ),
+            );
+        }
         d.check_cancel()?;
         swap_in(home, name, &staging.path, &image).map_err(|(p, w, e)| d.io(&p, w, e))?;
         d.debug(
@@ -770,11 +773,7 @@ impl Deployer<'_> {
     /// A deployment step, logged at the `debug` level.
     fn debug(&self, id: &str, step: &str) {
         if let Some(log) = self.ctx.log {
-            log.log(
-                Level::Fine,
-                id,
-                &format!("Application {}: {step}.", self.app),
-            );
+            log.debug(id, &format!("Application {}: {step}.", self.app));
         }
     }
 

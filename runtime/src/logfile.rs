@@ -322,8 +322,16 @@ impl Logger {
     }
 
     pub fn log(&self, level: Level, id: &str, message: &str) {
-        let line = self.format(level, id, message);
-        self.raw(level, &line);
+        // Lines above the level are dropped before they cost a timestamp and a format.
+        if self.enables(level) {
+            let line = self.format(level, id, message);
+            self.raw(level, &line);
+        }
+    }
+
+    /// Whether lines of `level` are written now (the level is live).
+    pub fn enables(&self, level: Level) -> bool {
+        self.inner.lock().is_ok_and(|g| level <= g.max_level)
     }
 
     /// Writes an already formatted line (e.g. a server line copied into the launcher log).
@@ -347,6 +355,10 @@ impl Logger {
                 let _ = writeln!(std::io::stderr().lock(), "{line}");
             }
         }
+    }
+
+    pub fn debug(&self, id: &str, message: &str) {
+        self.log(Level::Fine, id, message);
     }
 
     pub fn info(&self, id: &str, message: &str) {

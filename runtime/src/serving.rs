@@ -30,7 +30,7 @@ use schema::plan::{AppAction, plan};
 use crate::deploy::{self, DeployContext, DeployError, Deployment, GitSource};
 use crate::engine::web::{AppSpec, EngineContext, WebConfig, WebEngine, WebError};
 use crate::layout::ServerHome;
-use crate::logfile::{Level, Logger, Rotation};
+use crate::logfile::{Logger, Rotation};
 
 /// Errors of serving applications. A single application's failure is not one of them: it is
 /// reported in [`Serving::failed`].
@@ -86,10 +86,6 @@ pub fn retry_delay(attempt: u32) -> Duration {
 }
 
 /// Logs a step at the `debug` level.
-fn debug(log: &Logger, id: &str, message: &str) {
-    log.log(Level::Fine, id, message);
-}
-
 /// Deploys `apps` from `commit` of the machine's cache, each on its own: one failing does not
 /// stop the others; `cancel` stops what remains (those are left out of the result). Blocking
 /// (file-system work, and [`GitSource`] is not `Send`): run it on a thread that may block.
@@ -103,8 +99,7 @@ pub fn deploy_apps(
     if apps.is_empty() {
         return BTreeMap::new();
     }
-    debug(
-        log,
+    log.debug(
         "SERVER-0530",
         &format!(
             "Deploying {} application(s) from commit {}: {}.",
@@ -399,8 +394,7 @@ impl Serving {
         if let Some(job) = self.retry.job.take() {
             job.cancel.store(true, Ordering::SeqCst);
             let _ = job.thread.join();
-            debug(
-                &self.log,
+            self.log.debug(
                 "SERVER-0532",
                 "Cancelled the background retry of failed applications: a newer pin supersedes it.",
             );
@@ -490,8 +484,7 @@ impl Serving {
             }
         }
         if !fixed.is_empty() {
-            debug(
-                &self.log,
+            self.log.debug(
                 "SERVER-0531",
                 &format!(
                     "Applying the web configuration with the retried application(s): {}.",
@@ -661,8 +654,7 @@ impl Serving {
             deployed: rewritten.clone(),
             ..Applied::default()
         };
-        debug(
-            &self.log,
+        self.log.debug(
             "SERVER-0531",
             &format!(
                 "Applying the web configuration of commit {}: {} application(s), {} listener(s).",

@@ -26,7 +26,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use super::pool::{ConnectError, Lease, ReqBody, Sender, Upstream};
 use super::supervisor::Supervisor;
 use super::{Body, plain, unavailable};
-use crate::logfile::{Level, Logger};
+use crate::logfile::Logger;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -221,17 +221,13 @@ impl ProcessApp {
         if warn {
             l.warn("WEB-0212", &msg);
         } else {
-            l.log(Level::Fine, "WEB-0210", &msg);
+            l.debug("WEB-0210", &msg);
         }
     }
 
     fn debug(&self, id: &str, what: &str) {
         if let Some(l) = &self.logger {
-            l.log(
-                Level::Fine,
-                id,
-                &format!("Application {}: {what}", self.name),
-            );
+            l.debug(id, &format!("Application {}: {what}", self.name));
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::deploy::Deployment;
-use crate::logfile::{Level, LogFile, Logger, Rotation};
+use crate::logfile::{LogFile, Logger, Rotation};
 
 /// Time a stopped process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -211,11 +211,7 @@ impl Run {
     /// A step logged at the `debug` level (`logging.level = "debug"`).
     fn debug(&self, id: &str, msg: &str) {
         if let Some(l) = &self.logger {
-            l.log(
-                Level::Fine,
-                id,
-                &format!("Application {}: {msg}", self.spec.app),
-            );
+            l.debug(id, &format!("Application {}: {msg}", self.spec.app));
         }
     }
 
