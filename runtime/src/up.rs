@@ -122,7 +122,8 @@ fn busy(domain: &Domain) -> Vec<String> {
 }
 
 /// The pinned configuration of an existing domain home.
-fn load_home(home: &Path) -> Result<Loaded, UpError> {
+/// The pinned configuration of a domain home.
+pub(crate) fn load_home(home: &Path) -> Result<Loaded, UpError> {
     let err = |cause: String| UpError::Home {
         home: home.to_owned(),
         cause,

@@ -152,19 +152,6 @@ impl Problems {
         self.omitted.errors += 1;
     }
 
-    pub fn has_errors(&self) -> bool {
-        self.omitted.errors > 0 || self.list.iter().any(|p| p.severity == Severity::Error)
-    }
-
-    /// How many were found so far, kept or not.
-    pub fn len(&self) -> usize {
-        self.list.len() + self.omitted.total()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn compact(&mut self) {
         // Problems about a whole file (missing, unreadable, no users) are few and each one
         // matters, so they are kept before any other.
@@ -255,7 +242,7 @@ impl SourceText {
     /// 1-based line and column (in characters) of a byte offset.
     pub fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
-        let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
+        let line = self.line_index(offset);
         let start = self.line_starts[line];
         let col = self
             .text
@@ -390,11 +377,6 @@ impl Report {
 
     pub fn is_valid(&self) -> bool {
         self.errors() == 0
-    }
-
-    /// Problems in file order, then position.
-    pub fn sort(&mut self) {
-        sort_problems(&mut self.problems);
     }
 
     /// `… and 1,234 more problems (not shown)`, when some were left out.

@@ -467,6 +467,16 @@ impl Server {
 }
 
 impl Domain {
+    /// The cluster a server restarts in turn with (the first naming it), for the Master's rolling
+    /// restarts and the plan that announces them.
+    pub fn cluster_of(&self, server: &str) -> Option<&str> {
+        self.config
+            .clusters
+            .iter()
+            .find(|(_, c)| c.servers.iter().any(|s| s == server))
+            .map(|(name, _)| name.as_str())
+    }
+
     /// Servers an application is deployed to, through clusters, in name order.
     pub fn app_servers<'a>(&'a self, app: &'a Application) -> Vec<&'a str> {
         let mut out: Vec<&str> = Vec::new();

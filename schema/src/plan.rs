@@ -120,14 +120,7 @@ impl Restart {
             .map_or(RestartPolicy::Manual, |s| s.restart_policy);
         // The same group the Master's rolling restarts use: the first cluster naming the server.
         let cluster = (policy == RestartPolicy::Rolling)
-            .then(|| {
-                domain
-                    .config
-                    .clusters
-                    .iter()
-                    .find(|(_, c)| c.servers.iter().any(|s| s == server))
-                    .map(|(name, _)| name.clone())
-            })
+            .then(|| domain.cluster_of(server).map(str::to_owned))
             .flatten();
         let description = match (policy, &cluster) {
             (RestartPolicy::Auto, _) => "restarts on apply".into(),

@@ -38,15 +38,10 @@ pub enum Step {
 
 /// The group a server restarts in turn with: its cluster, else itself alone.
 pub fn group_of(domain: &Domain, server: &str) -> String {
-    domain
-        .config
-        .clusters
-        .iter()
-        .find(|(_, c)| c.servers.iter().any(|s| s == server))
-        .map_or_else(
-            || format!("server:{server}"),
-            |(name, _)| format!("cluster:{name}"),
-        )
+    domain.cluster_of(server).map_or_else(
+        || format!("server:{server}"),
+        |name| format!("cluster:{name}"),
+    )
 }
 
 /// Whether `view` is back: reporting, RUNNING on the pinned commit, nothing pending.

@@ -336,10 +336,7 @@ impl State {
             }
             None => {
                 record.outcome = Outcome::Rejected;
-                let json = v.report.to_json();
-                let problems = json["problems"].as_array().cloned().unwrap_or_default();
-                // Problems the validator itself left out of its report count too.
-                let omitted = json["omitted"].as_u64().unwrap_or(0) as usize;
+                let (problems, omitted) = report_problems(&v.report);
                 record.set_problems(problems, omitted);
                 self.store.append(&record)?;
                 Ok(Some((head, record, None)))
@@ -496,14 +493,16 @@ pub(super) fn rollback_target(
     tree: &dyn schema::tree::Tree,
 ) -> std::result::Result<schema::Loaded, Rollback> {
     let v = schema::validate(tree);
-    v.loaded.ok_or_else(|| {
-        Rollback::Invalid(
-            v.report.to_json()["problems"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default(),
-        )
-    })
+    v.loaded
+        .ok_or_else(|| Rollback::Invalid(report_problems(&v.report).0))
+}
+
+/// A report's problems as `steward validate --format json` gives them, and how many more the
+/// validator itself left out.
+fn report_problems(report: &schema::diag::Report) -> (Vec<serde_json::Value>, usize) {
+    let json = report.to_json();
+    let problems = json["problems"].as_array().cloned().unwrap_or_default();
+    (problems, json["omitted"].as_u64().unwrap_or(0) as usize)
 }
 
 pub(super) enum Rollback {

@@ -394,13 +394,7 @@ fn known_servers(domain_home: &std::path::Path) -> std::collections::BTreeSet<St
             .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-    let store = reconciler::pin::PinStore::for_home(domain_home);
-    if store.git_dir().is_dir()
-        && let Ok(Some(pinned)) = store.pinned()
-        && let Ok(repo) = reconciler::git::Repo::open(store.git_dir())
-        && let Ok(tree) = repo.tree(pinned)
-        && let Some(loaded) = schema::validate(&tree).loaded
-    {
+    if let Ok(loaded) = crate::up::load_home(domain_home) {
         known.extend(loaded.domain.config.servers.into_keys());
     }
     known
