@@ -453,15 +453,22 @@ impl State {
         }
     }
 
-    /// The authenticated user, or the response to send instead: as [`State::authenticate`] (the
-    /// router's check already cached the credentials, so this costs no Argon2), and 403 when the
-    /// user lacks `permission`. Neither says which part was wrong.
+    /// The authenticated user, or the response to send instead: the user the router's gate
+    /// authenticated (else, on a route the gate leaves open, as [`State::authenticate`]), and 403
+    /// when the user lacks `permission`. Neither says which part was wrong.
     pub(super) async fn require(
         self: &Arc<Self>,
         headers: &HeaderMap,
         permission: &str,
     ) -> Result<String, Response> {
-        let user = self.authenticate(headers, None).await?;
+        let gated = super::routes::AUTHENTICATED
+            .try_with(Clone::clone)
+            .ok()
+            .flatten();
+        let user = match gated {
+            Some(user) => user,
+            None => self.authenticate(headers, None).await?,
+        };
         if !self.current().domain.permits(&user, permission) {
             return Err(StatusCode::FORBIDDEN.into_response());
         }

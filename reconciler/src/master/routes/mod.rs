@@ -56,26 +56,33 @@ async fn gate(
         || (path == "/v1/hooks/git"
             && state.mirror.is_some()
             && super::mirror::signed(req.headers()));
-    let response = if open {
-        None
+    let user = if open {
+        Ok(None)
     } else {
         state
             .authenticate(req.headers(), Some(peer.addr.ip()))
             .await
-            .err()
+            .map(Some)
     };
-    let response = match response {
-        Some(refused) => {
+    let response = match user {
+        Err(refused) => {
             servers::refused_report(&state, req.method(), req.uri().path(), refused.status());
             refused
         }
-        None => {
+        Ok(user) => {
             req.extensions_mut().insert(ConnectInfo(peer.addr));
             req.extensions_mut().insert(peer.conn.clone());
-            next.run(req).await
+            // The routes' permission checks use this user instead of verifying the credentials
+            // again ([`State::require`]).
+            AUTHENTICATED.scope(user, next.run(req)).await
         }
     };
     response.map(|body| Body::new(Held { body, _busy: busy }))
+}
+
+tokio::task_local! {
+    /// The user the gate authenticated for the request being handled (`None` on open routes).
+    pub(super) static AUTHENTICATED: Option<String>;
 }
 
 /// A response body that keeps its connection marked busy until it is sent or dropped.
