@@ -1,10 +1,13 @@
-//! Steward's Git side: reading commits and working trees, and the Git server hook.
+//! Steward's Git side and its decisions: reading commits and working trees, pins, the cache, the
+//! Git server hook, and the pure deciders the Master and the servers act on; the wire API they share.
 
 pub mod cache;
+pub mod decide;
 pub mod git;
 pub mod hook;
 pub mod init;
-pub mod master;
 pub mod pin;
+pub mod rolling;
 pub mod time;
 pub mod tls;
+pub mod wire;

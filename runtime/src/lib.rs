@@ -10,6 +10,7 @@ pub mod engine;
 pub mod launcher;
 pub mod layout;
 pub mod logfile;
+pub mod master;
 pub mod notify;
 pub mod process;
 pub mod server;

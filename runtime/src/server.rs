@@ -46,29 +46,7 @@ pub enum ServerError {
     Serving(#[from] crate::serving::ServingError),
 }
 
-/// How the server was booted: with the Master's configuration, or without it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Mode {
-    Dependent,
-    Independent,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Dependent => "DEPENDENT",
-            Mode::Independent => "INDEPENDENT",
-        }
-    }
-    /// The spelling of the `--mode` option.
-    pub fn arg(self) -> &'static str {
-        match self {
-            Mode::Dependent => "dependent",
-            Mode::Independent => "independent",
-        }
-    }
-}
+pub use reconciler::wire::Mode;
 
 /// What `steward server` was told.
 #[derive(Debug, Clone)]
@@ -91,7 +69,7 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub name: String,
-    pub state: reconciler::master::ServerState,
+    pub state: crate::master::ServerState,
     pub mode: Mode,
     pub applied_commit: String,
     pub pending_restart: Vec<String>,
@@ -219,7 +197,7 @@ fn boot(
     let engine = serving.engine().clone();
     let status: Shared = Arc::new(RwLock::new(Status {
         name: opts.name.clone(),
-        state: reconciler::master::ServerState::Starting,
+        state: crate::master::ServerState::Starting,
         mode: opts.mode,
         applied_commit: commit.to_hex(),
         pending_restart: Vec::new(),
@@ -349,7 +327,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         return Err(e.into());
     }
     if let Ok(mut s) = a.status.write() {
-        s.state = reconciler::master::ServerState::Running;
+        s.state = crate::master::ServerState::Running;
     }
     match a.mode {
         Mode::Independent => a.log.info(
@@ -399,7 +377,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         _ = int.recv() => "SIGINT",
     };
     if let Ok(mut s) = a.status.write() {
-        s.state = reconciler::master::ServerState::Stopping;
+        s.state = crate::master::ServerState::Stopping;
     }
     let _ = crate::notify::notify("STOPPING=1");
     let stop_timeout =

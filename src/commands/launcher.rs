@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use runtime::launcher::{self, Outcome, StartOptions, source::Sources};
+use runtime::launcher::{self, StartOptions, source::Sources};
+
+use super::code;
 
 fn duration(text: &str) -> Result<Duration, String> {
     schema::values::parse_duration(text)
@@ -99,13 +101,6 @@ pub struct StartArgs {
 pub struct StopArgs {
     #[command(flatten)]
     pub target: Target,
-}
-
-fn code(o: Outcome) -> ExitCode {
-    match o {
-        Outcome::Ok => ExitCode::SUCCESS,
-        Outcome::Failed => ExitCode::from(1),
-    }
 }
 
 pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {

@@ -17,6 +17,14 @@ use anyhow::{Context, bail};
 use reconciler::git::{Repo, WorkTree};
 use schema::tree::Tree;
 
+/// The exit code of a launcher's start or stop.
+pub fn code(o: runtime::launcher::Outcome) -> ExitCode {
+    match o {
+        runtime::launcher::Outcome::Ok => ExitCode::SUCCESS,
+        runtime::launcher::Outcome::Failed => ExitCode::from(1),
+    }
+}
+
 /// Writes `text` to standard output. A reader that went away (`steward validate | head -1`) is
 /// not an error: the rest is dropped quietly and the command's own exit code stands.
 pub fn out(text: &str) -> std::io::Result<()> {

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 
 use super::conn::Peer;
-use super::log;
 use super::state::State;
+use super::{auth, log};
 
 pub(super) fn router(state: Arc<State>) -> Router {
     Router::new()
@@ -59,8 +59,7 @@ async fn gate(
     let user = if open {
         Ok(None)
     } else {
-        state
-            .authenticate(req.headers(), Some(peer.addr.ip()))
+        authenticate(&state, req.headers(), Some(peer.addr.ip()))
             .await
             .map(Some)
     };
@@ -118,10 +117,74 @@ pub(super) async fn healthz() -> &'static str {
 
 /// Unknown routes need credentials too, so probing does not map the API.
 pub(super) async fn not_found(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    match state.require(&headers, "domain:read").await {
+    match require(&state, &headers, "domain:read").await {
         Ok(_) => StatusCode::NOT_FOUND.into_response(),
         Err(r) => r,
     }
+}
+
+/// The authenticated user, or the response to send instead: 401 without valid credentials,
+/// 503 or 429 (with `Retry-After`) while verifications are bounded (see [`auth`]). `from`: the
+/// client's address, whose failures count. The router checks this before any route is
+/// chosen or any body read; routes then call [`require`].
+pub(super) async fn authenticate(
+    state: &State,
+    headers: &HeaderMap,
+    from: Option<std::net::IpAddr>,
+) -> Result<String, Response> {
+    let Some((user, password)) = auth::parse_basic(headers) else {
+        return Err(unauthorized());
+    };
+    let current = state.current();
+    let hash = current
+        .domain
+        .accounts
+        .users
+        .get(&user)
+        .map(|u| &u.password);
+    match state
+        .auth
+        .check(from, &user, &password, hash.map(String::as_str))
+        .await
+    {
+        auth::Verdict::Valid => Ok(user),
+        auth::Verdict::Invalid => Err(unauthorized()),
+        auth::Verdict::Busy => Err(retry_after(
+            StatusCode::SERVICE_UNAVAILABLE,
+            std::time::Duration::from_secs(1),
+        )),
+        auth::Verdict::Throttled(wait) => Err(retry_after(StatusCode::TOO_MANY_REQUESTS, wait)),
+    }
+}
+
+/// The authenticated user, or the response to send instead: the user the router's gate
+/// authenticated (else, on a route the gate leaves open, as [`authenticate`]), and 403
+/// when the user lacks `permission`. Neither says which part was wrong.
+pub(super) async fn require(
+    state: &Arc<State>,
+    headers: &HeaderMap,
+    permission: &str,
+) -> Result<String, Response> {
+    let gated = AUTHENTICATED.try_with(Clone::clone).ok().flatten();
+    let user = match gated {
+        Some(user) => user,
+        None => authenticate(state, headers, None).await?,
+    };
+    if !state.current().domain.permits(&user, permission) {
+        return Err(StatusCode::FORBIDDEN.into_response());
+    }
+    Ok(user)
+}
+
+/// `status` with `Retry-After` in whole seconds (at least 1).
+fn retry_after(status: StatusCode, wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = status.into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(secs.max(1)),
+    );
+    r
 }
 
 pub(super) fn unauthorized() -> Response {

@@ -11,10 +11,12 @@ use std::time::Duration;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use tokio::sync::broadcast;
 
+use super::require;
+
 use crate::master::state::State;
 
 pub(super) async fn events(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    if let Err(r) = state.require(&headers, "events:read").await {
+    if let Err(r) = require(&state, &headers, "events:read").await {
         return r;
     }
     let rx = state.events.subscribe();

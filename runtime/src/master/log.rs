@@ -113,7 +113,7 @@ fn stamp() -> String {
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
         // Fall back to UTC, from the RFC 3339 form.
-        let t = crate::pin::now_rfc3339();
+        let t = reconciler::pin::now_rfc3339();
         return t.trim_end_matches('Z').replace('-', ".").replace('T', " ");
     }
     format!(

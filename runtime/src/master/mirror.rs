@@ -5,7 +5,7 @@
 //! An unreachable upstream never unpins: the fetch fails, the pin stays, and the status says since
 //! when the mirror is stale.
 
-use crate::cache::{chain, redact};
+use reconciler::cache::{chain, redact};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
@@ -15,7 +15,7 @@ use gix::bstr::ByteSlice;
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
 
-use crate::git::Oid;
+use reconciler::git::Oid;
 
 /// How long a connection to an HTTP upstream may take before the fetch counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,7 +88,7 @@ impl Mirror {
     /// Records a successful fetch; returns whether the mirror was stale until now.
     pub fn succeeded(&self, head: Oid) -> bool {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let now = crate::pin::now_rfc3339();
+        let now = reconciler::pin::now_rfc3339();
         let was_stale = s.stale;
         s.head = Some(head.to_hex());
         s.last_attempt = Some(now.clone());
@@ -102,7 +102,7 @@ impl Mirror {
     /// Records a failed fetch; returns whether the mirror just became stale.
     pub fn failed(&self, error: &str) -> bool {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let now = crate::pin::now_rfc3339();
+        let now = reconciler::pin::now_rfc3339();
         let became = !s.stale;
         s.last_attempt = Some(now.clone());
         s.stale = true;
@@ -161,10 +161,10 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
     });
     if is_http {
         use gix::protocol::transport::client::blocking_io::http;
-        crate::tls::install_provider();
+        reconciler::tls::install_provider();
         // Trust anchors beyond the system's (a private CA, a self-signed upstream), named as
         // git names them, so one `GIT_SSL_CAINFO` serves git and the Master.
-        let extra = crate::tls::reqwest_extra_roots()?;
+        let extra = reconciler::tls::reqwest_extra_roots()?;
         let backend = http::reqwest::Options {
             configure_client: Some(Box::new(move |b| {
                 Ok(b.connect_timeout(CONNECT_TIMEOUT)

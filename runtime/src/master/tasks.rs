@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::state::{Event, State};
 use super::{MasterError, Result, log};
-use crate::pin::Source;
+use reconciler::pin::Source;
 
 /// Safety net under the file watcher: a missed inotify event (queue overflow, a network file
 /// system) delays a pin by at most this long.

@@ -6,10 +6,11 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::require;
 use super::{error, unauthorized};
 use crate::master::mirror;
 use crate::master::state::State;
-use crate::pin::Source;
+use reconciler::pin::Source;
 
 /// Mirror mode: a push notification from GitHub or GitLab (or anything that POSTs). Verified by
 /// the shared secret (GitHub's HMAC signature, GitLab's token) when the call carries one, else by
@@ -21,7 +22,7 @@ pub(super) async fn webhook(
     body: axum::body::Bytes,
 ) -> Response {
     let Some(mirror) = &state.mirror else {
-        if let Err(r) = state.require(&headers, "git:push").await {
+        if let Err(r) = require(&state, &headers, "git:push").await {
             return r;
         }
         return error(
@@ -38,7 +39,7 @@ pub(super) async fn webhook(
         Some(true) => {}
         Some(false) => return unauthorized(),
         None => {
-            if let Err(r) = state.require(&headers, "git:push").await {
+            if let Err(r) = require(&state, &headers, "git:push").await {
                 return r;
             }
         }

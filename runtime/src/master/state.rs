@@ -5,22 +5,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::sync::{Mutex, OwnedMutexGuard, broadcast};
 
-use super::routes::unauthorized;
 use super::{MasterError, Result, auth, log, mirror, servers, sniff};
-use crate::git::{Oid, Repo};
-use crate::pin::{Outcome, PinStore, Record, Source};
-
-/// What the domain runs now.
-pub(super) struct Current {
-    pub(super) commit: Oid,
-    pub(super) at: String,
-    pub(super) domain: schema::model::Domain,
-}
+use reconciler::decide;
+pub(super) use reconciler::decide::{Pinned as Current, Rollback, describe, load_pinned};
+use reconciler::git::Oid;
+use reconciler::pin::{Outcome, PinStore, Record, Source};
 
 /// One message of `/v1/events`, encoded once however many subscribers there are.
 #[derive(Debug, Clone)]
@@ -62,59 +54,9 @@ pub(super) struct State {
     pub(super) pre_receive_timeout: std::time::Duration,
     pub(super) servers: servers::Registry,
     /// Rolling restarts: which server of each cluster was ordered to restart.
-    pub(super) rolling: super::rolling::Rolling,
+    pub(super) rolling: reconciler::rolling::Rolling,
     /// Mirror mode; `None` when the Master hosts the repository.
     pub(super) mirror: Option<mirror::Mirror>,
-}
-
-/// Loads the pinned commit's domain; errors name the problem.
-pub(super) fn load_pinned(store: &PinStore) -> Result<Current> {
-    let commit = store
-        .pinned()?
-        .ok_or_else(|| MasterError::NothingPinned(store.git_dir().to_owned()))?;
-    let repo = Repo::open(store.git_dir()).map_err(|e| MasterError::Git(e.to_string()))?;
-    let tree = repo
-        .tree(commit)
-        .map_err(|e| MasterError::Git(e.to_string()))?;
-    let v = schema::validate(&tree);
-    let Some(loaded) = v.loaded else {
-        return Err(MasterError::PinnedInvalid {
-            commit: commit.to_hex(),
-            problems: v.report.render_short(),
-        });
-    };
-    let at = store
-        .history()?
-        .into_iter()
-        .rev()
-        .find(|r| r.outcome == Outcome::Pinned && r.commit == commit.to_hex())
-        .map(|r| r.at)
-        .unwrap_or_default();
-    Ok(Current {
-        commit,
-        at,
-        domain: loaded.domain,
-    })
-}
-
-/// A record describing `commit` (author and summary from the commit itself).
-pub(super) fn describe(repo: &Repo, commit: Oid, outcome: Outcome, source: Source) -> Record {
-    let info = repo.commit_info(commit).ok();
-    Record {
-        outcome,
-        commit: commit.to_hex(),
-        previous: None,
-        at: crate::pin::now_rfc3339(),
-        source,
-        author: info
-            .as_ref()
-            .map(|i| format!("{} <{}>", i.author_name, i.author_email)),
-        pusher: None,
-        summary: info.map(|i| i.summary).unwrap_or_default(),
-        problems: Vec::new(),
-        more_problems: 0,
-        branch_head: None,
-    }
 }
 
 impl State {
@@ -304,74 +246,19 @@ impl State {
         source: Source,
         pusher: Option<String>,
     ) -> Result<Option<(Oid, Record, Option<Current>)>> {
-        let repo = Repo::open(self.store.git_dir()).map_err(|e| MasterError::Git(e.to_string()))?;
-        let Some(head) = repo
-            .resolve(&self.branch)
-            .map_err(|e| MasterError::Git(e.to_string()))?
-        else {
-            return Ok(None); // the branch was deleted: keep the pin
-        };
-        let pinned = self.store.pinned()?;
-        if Some(head) == pinned || Some(head) == last {
-            return Ok(None);
-        }
-        let tree = repo
-            .tree(head)
-            .map_err(|e| MasterError::Git(e.to_string()))?;
-        // Validate again even though the hook did: a ref can be moved without a push, and an
-        // invalid commit is never pinned.
-        let v = schema::validate(&tree);
-        let mut record = describe(&repo, head, Outcome::Pinned, source);
-        record.pusher = pusher;
-        record.previous = pinned.map(|p| p.to_hex());
-        match v.loaded {
-            Some(loaded) => {
-                self.store.pin(head, pinned, &record)?;
-                let current = Current {
-                    commit: head,
-                    at: record.at.clone(),
-                    domain: loaded.domain,
-                };
-                Ok(Some((head, record, Some(current))))
-            }
-            None => {
-                record.outcome = Outcome::Rejected;
-                let (problems, omitted) = report_problems(&v.report);
-                record.set_problems(problems, omitted);
-                self.store.append(&record)?;
-                Ok(Some((head, record, None)))
-            }
-        }
+        let decision = decide::decide_head(&self.store, &self.branch, last, source, pusher)?;
+        Ok(decision.map(|d| (d.head, d.record, d.pinned)))
     }
 
-    /// The blocking part of `POST /v1/domain/pin`.
+    /// The blocking part of `POST /v1/domain/pin`: hosted mode writes a commit that restores
+    /// `rev` on the branch, mirror mode pins `rev` itself.
     pub(super) fn rollback(&self, rev: &str, user: String) -> Result<Rollback> {
-        let git = |e: crate::git::GitError| MasterError::Git(e.to_string());
-        let repo = Repo::open(self.store.git_dir()).map_err(git)?;
-        let Ok(Some(commit)) = repo.resolve(rev) else {
-            return Ok(Rollback::NotFound);
+        let roll = if self.mirror.is_none() {
+            decide::revert
+        } else {
+            decide::rollback
         };
-        let pinned = self.store.pinned()?;
-        if pinned == Some(commit) {
-            return Ok(Rollback::Unchanged(commit));
-        }
-        let tree = repo.tree(commit).map_err(git)?;
-        let loaded = match rollback_target(&tree) {
-            Ok(loaded) => loaded,
-            Err(invalid) => return Ok(invalid),
-        };
-        let head = repo.resolve(&self.branch).map_err(git)?;
-        let mut record = describe(&repo, commit, Outcome::Pinned, Source::Rollback);
-        record.pusher = Some(user);
-        record.previous = pinned.map(|p| p.to_hex());
-        record.branch_head = Some(head.map(|h| h.to_hex()).unwrap_or_default());
-        self.store.pin(commit, pinned, &record)?;
-        let current = Current {
-            commit,
-            at: record.at.clone(),
-            domain: loaded.domain,
-        };
-        Ok(Rollback::Done(Box::new((head, record, current))))
+        Ok(roll(&self.store, &self.branch, rev, user)?)
     }
 
     /// Records a push the pre-receive hook refused for the followed branch: the commit never
@@ -393,7 +280,7 @@ impl State {
             outcome: Outcome::Rejected,
             commit: cmd.new,
             previous: Some(self.current().commit.to_hex()),
-            at: crate::pin::now_rfc3339(),
+            at: reconciler::pin::now_rfc3339(),
             source: Source::Push,
             author: None,
             pusher: Some(pusher),
@@ -418,73 +305,6 @@ impl State {
         }
         self.publish(record, None);
     }
-
-    /// The authenticated user, or the response to send instead: 401 without valid credentials,
-    /// 503 or 429 (with `Retry-After`) while verifications are bounded (see [`auth`]). `from`: the
-    /// client's address, whose failures count. The router checks this before any route is
-    /// chosen or any body read; routes then call [`State::require`].
-    pub(super) async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        from: Option<std::net::IpAddr>,
-    ) -> Result<String, Response> {
-        let Some((user, password)) = auth::parse_basic(headers) else {
-            return Err(unauthorized());
-        };
-        let current = self.current();
-        let hash = current
-            .domain
-            .accounts
-            .users
-            .get(&user)
-            .map(|u| &u.password);
-        match self
-            .auth
-            .check(from, &user, &password, hash.map(String::as_str))
-            .await
-        {
-            auth::Verdict::Valid => Ok(user),
-            auth::Verdict::Invalid => Err(unauthorized()),
-            auth::Verdict::Busy => Err(retry_after(
-                StatusCode::SERVICE_UNAVAILABLE,
-                std::time::Duration::from_secs(1),
-            )),
-            auth::Verdict::Throttled(wait) => Err(retry_after(StatusCode::TOO_MANY_REQUESTS, wait)),
-        }
-    }
-
-    /// The authenticated user, or the response to send instead: the user the router's gate
-    /// authenticated (else, on a route the gate leaves open, as [`State::authenticate`]), and 403
-    /// when the user lacks `permission`. Neither says which part was wrong.
-    pub(super) async fn require(
-        self: &Arc<Self>,
-        headers: &HeaderMap,
-        permission: &str,
-    ) -> Result<String, Response> {
-        let gated = super::routes::AUTHENTICATED
-            .try_with(Clone::clone)
-            .ok()
-            .flatten();
-        let user = match gated {
-            Some(user) => user,
-            None => self.authenticate(headers, None).await?,
-        };
-        if !self.current().domain.permits(&user, permission) {
-            return Err(StatusCode::FORBIDDEN.into_response());
-        }
-        Ok(user)
-    }
-}
-
-/// `status` with `Retry-After` in whole seconds (at least 1).
-fn retry_after(status: StatusCode, wait: std::time::Duration) -> Response {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut r = status.into_response();
-    r.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from(secs.max(1)),
-    );
-    r
 }
 
 /// What a push the hook refused said (see [`State::record_refusal`]).
@@ -493,29 +313,4 @@ pub(super) struct Refusal {
     pub(super) refused: Vec<(String, String)>,
     pub(super) problems: Vec<serde_json::Value>,
     pub(super) more_problems: usize,
-}
-
-/// A rollback target's configuration, or why it cannot be pinned (hosted and mirror mode alike).
-pub(super) fn rollback_target(
-    tree: &dyn schema::tree::Tree,
-) -> std::result::Result<schema::Loaded, Rollback> {
-    let v = schema::validate(tree);
-    v.loaded
-        .ok_or_else(|| Rollback::Invalid(report_problems(&v.report).0))
-}
-
-/// A report's problems as `steward validate --format json` gives them, and how many more the
-/// validator itself left out.
-fn report_problems(report: &schema::diag::Report) -> (Vec<serde_json::Value>, usize) {
-    let json = report.to_json();
-    let problems = json["problems"].as_array().cloned().unwrap_or_default();
-    (problems, json["omitted"].as_u64().unwrap_or(0) as usize)
-}
-
-pub(super) enum Rollback {
-    /// The branch head at the time (now decided), the record, the new current pin.
-    Done(Box<(Option<Oid>, Record, Current)>),
-    Unchanged(Oid),
-    NotFound,
-    Invalid(Vec<serde_json::Value>),
 }

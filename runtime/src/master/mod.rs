@@ -8,7 +8,12 @@
 //! from the end of their upload to their pin ([`push`]), so pushes are serialized and two racing
 //! pushes never both pin.
 //!
-//! Layout: this file starts and stops the Master; [`state`] holds what it knows and decides;
+//! The decisions themselves are pure of HTTP and live below, in `reconciler`: whether a head is
+//! pinned or rejected and how a rollback is made (`reconciler::decide`), whom to order to restart
+//! (`reconciler::rolling`), and the documents exchanged with servers (`reconciler::wire`).
+//!
+//! Layout: this file runs the Master ([`launch`]: `master`, `start-master`, `stop-master`);
+//! [`state`] holds what it knows and calls the decisions under the lock;
 //! [`routes`] has one module per concern of the HTTP API, behind one gate that authenticates
 //! first ([`auth`] bounds the password checks); [`conn`] caps and times out connections;
 //! [`tasks`] the background work (ref watcher, mirror polling, heartbeat watch, signals).
@@ -17,10 +22,11 @@ mod auth;
 mod cgi;
 mod conn;
 mod https;
+pub mod launch;
 pub mod log;
 mod mirror;
 mod push;
-mod rolling;
+
 mod routes;
 mod servers;
 pub use servers::ServerState;
@@ -35,8 +41,8 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, broadcast, mpsc};
 
-use crate::git::Repo;
-use crate::pin::{Outcome, PinStore, Source};
+use reconciler::git::Repo;
+use reconciler::pin::{Outcome, PinStore, Source};
 use state::{State, describe, load_pinned};
 use tasks::{follow, poll_upstream, shutdown_signal, watch, watch_heartbeats};
 
@@ -47,23 +53,17 @@ const EVENT_BUFFER: usize = 1024;
 pub enum MasterError {
     #[error("{0}: not a domain home (no config/domain.git); create one with `steward init {0}`")]
     NotADomainHome(PathBuf),
-    #[error(
-        "{0}: nothing is pinned; the domain home is damaged (re-create it with `steward init`)"
-    )]
-    NothingPinned(PathBuf),
-    #[error(
-        "the pinned commit {commit} does not validate with this version of steward:\n{problems}"
-    )]
-    PinnedInvalid { commit: String, problems: String },
+    #[error(transparent)]
+    Decide(#[from] reconciler::decide::DecideError),
     #[error("{0}")]
     Git(String),
     #[error(transparent)]
-    Pin(#[from] crate::pin::PinError),
+    Pin(#[from] reconciler::pin::PinError),
     #[error("[master.tls] of the pinned commit {commit}: {error}")]
     Tls {
         commit: String,
         // Boxed: rustls errors are large, and every `Result` of the Master carries this type.
-        error: Box<crate::tls::TlsError>,
+        error: Box<reconciler::tls::TlsError>,
     },
     #[error("cannot listen on {addr}: {error}")]
     Listen {
@@ -174,7 +174,7 @@ impl Options {
         Options {
             home,
             listen: None,
-            branch: crate::init::BRANCH.to_owned(),
+            branch: reconciler::init::BRANCH.to_owned(),
             upstream: None,
             poll_interval: None,
             webhook_secret: None,
@@ -249,7 +249,7 @@ async fn serve(opts: Options) -> Result<()> {
         Some(t) => {
             let (cert, key) = (home.join(&t.certificate), home.join(&t.key));
             let config =
-                tokio::task::spawn_blocking(move || crate::tls::server_config(&cert, &key))
+                tokio::task::spawn_blocking(move || reconciler::tls::server_config(&cert, &key))
                     .await
                     .map_err(|e| MasterError::Runtime(std::io::Error::other(e)))?;
             Some(config.map_err(|error| MasterError::Tls {
@@ -274,7 +274,7 @@ async fn serve(opts: Options) -> Result<()> {
         connections: registry.clone(),
         pre_receive_timeout: opts.pre_receive_timeout,
         servers: servers::Registry::default(),
-        rolling: rolling::Rolling::default(),
+        rolling: reconciler::rolling::Rolling::default(),
         mirror: upstream.map(mirror::Mirror::new),
     });
 
@@ -291,7 +291,7 @@ async fn serve(opts: Options) -> Result<()> {
             &format!(
                 "Mirroring branch {} of {} every {:?}; webhooks at POST /v1/hooks/git",
                 m.upstream.branch,
-                crate::cache::redact(&m.upstream.url),
+                reconciler::cache::redact(&m.upstream.url),
                 m.upstream.poll_interval
             ),
         );

@@ -7,16 +7,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error;
+use super::require;
 use axum::extract::Path as UrlPath;
 
 use crate::master::state::{Event, State};
-use crate::master::{log, rolling, servers};
+use crate::master::{log, servers};
+use reconciler::rolling;
 
 pub(super) async fn list_servers(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = state.require(&headers, "servers:read").await {
+    if let Err(r) = require(&state, &headers, "servers:read").await {
         return r;
     }
     let c = state.current();
@@ -29,7 +31,7 @@ pub(super) async fn one_server(
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = state.require(&headers, "servers:read").await {
+    if let Err(r) = require(&state, &headers, "servers:read").await {
         return r;
     }
     let c = state.current();
@@ -70,7 +72,7 @@ fn refused(state: &State, name: &str, status: StatusCode) {
         name,
         format!(
             "the Master refused this server's report at {} ({}): check the credentials its launcher was given",
-            crate::pin::now_rfc3339(),
+            reconciler::pin::now_rfc3339(),
             status.as_u16()
         ),
     );
@@ -108,7 +110,7 @@ pub(super) async fn report(
     body: axum::body::Bytes,
     registering: bool,
 ) -> Response {
-    if let Err(r) = state.require(&headers, "servers:register").await {
+    if let Err(r) = require(&state, &headers, "servers:register").await {
         refused(&state, &name, r.status());
         return r;
     }

@@ -6,14 +6,15 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::require;
 use super::{error, internal};
-use crate::git::{NewCommit, Oid, Repo};
 use crate::master::MasterError;
-use crate::master::state::{Current, Rollback, State, describe, rollback_target};
-use crate::pin::{Outcome, Source};
+use crate::master::state::{Rollback, State};
+use reconciler::decide::DecideError;
+use reconciler::pin::PinError;
 
 pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    if let Err(r) = state.require(&headers, "domain:read").await {
+    if let Err(r) = require(&state, &headers, "domain:read").await {
         return r;
     }
     let c = state.current();
@@ -37,7 +38,7 @@ pub(super) async fn history(
     headers: HeaderMap,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    if let Err(r) = state.require(&headers, "domain:read").await {
+    if let Err(r) = require(&state, &headers, "domain:read").await {
         return r;
     }
     let limit = query
@@ -84,7 +85,7 @@ pub(super) async fn pin(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let user = match state.require(&headers, "domain:pin").await {
+    let user = match require(&state, &headers, "domain:pin").await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -99,15 +100,7 @@ pub(super) async fn pin(
     };
     let mut decided = state.decided.clone().lock_owned().await;
     let st = state.clone();
-    let hosted = state.mirror.is_none();
-    let outcome = tokio::task::spawn_blocking(move || {
-        if hosted {
-            revert(&st, &req.commit, user)
-        } else {
-            st.rollback(&req.commit, user)
-        }
-    })
-    .await;
+    let outcome = tokio::task::spawn_blocking(move || st.rollback(&req.commit, user)).await;
     let (head, record, current) = match outcome {
         Ok(Ok(Rollback::Done(done))) => *done,
         Ok(Ok(Rollback::Unchanged(commit))) => {
@@ -134,10 +127,10 @@ pub(super) async fn pin(
             )
                 .into_response();
         }
-        Ok(Err(MasterError::Pin(crate::pin::PinError::Conflict { .. }))) => {
+        Ok(Err(MasterError::Decide(DecideError::Pin(PinError::Conflict { .. })))) => {
             return error(StatusCode::CONFLICT, "the pin moved meanwhile; try again");
         }
-        Ok(Err(MasterError::Pin(crate::pin::PinError::BranchMoved { .. }))) => {
+        Ok(Err(MasterError::Decide(DecideError::Pin(PinError::BranchMoved { .. })))) => {
             return error(
                 StatusCode::CONFLICT,
                 "a push moved the branch meanwhile; nothing was rolled back, try again",
@@ -155,98 +148,4 @@ pub(super) async fn pin(
     });
     state.publish(record, Some(current));
     axum::Json(body).into_response()
-}
-
-/// The committer of rollback commits.
-const COMMITTER: (&str, &str) = ("Steward Master", "steward@localhost");
-/// How many rolled-back commits a rollback's message lists one by one.
-const LISTED: usize = 50;
-
-/// Hosted mode's rollback: a commit on the branch whose tree is `rev`'s, authored by the
-/// operator, naming the rolled-back range in its message; the branch and the pin move to it in
-/// one ref transaction, each compared with what was read (a push in between fails it cleanly).
-fn revert(state: &State, rev: &str, user: String) -> Result<Rollback, MasterError> {
-    let git = |e: crate::git::GitError| MasterError::Git(e.to_string());
-    let repo = Repo::open(state.store.git_dir()).map_err(git)?;
-    let Ok(Some(target)) = repo.resolve(rev) else {
-        return Ok(Rollback::NotFound);
-    };
-    let Some(head) = repo.resolve(&state.branch).map_err(git)? else {
-        // No branch to write on (it was deleted): pin the commit itself.
-        return state.rollback(rev, user);
-    };
-    let pinned = state.store.pinned()?;
-    let tree = repo.tree_id(target).map_err(git)?;
-    if pinned == Some(head) && repo.tree_id(head).map_err(git)? == tree {
-        return Ok(Rollback::Unchanged(head));
-    }
-    let loaded = match rollback_target(&repo.tree(target).map_err(git)?) {
-        Ok(loaded) => loaded,
-        Err(invalid) => return Ok(invalid),
-    };
-    let message = message(&repo, target, head, &user).map_err(git)?;
-    let commit = repo
-        .write_commit(&NewCommit {
-            tree,
-            parents: vec![head],
-            // The operator's account has no e-mail address; git accepts an empty one.
-            author: (&user, ""),
-            committer: COMMITTER,
-            message,
-        })
-        .map_err(git)?;
-    let mut record = describe(&repo, commit, Outcome::Pinned, Source::Rollback);
-    record.pusher = Some(user);
-    record.previous = pinned.map(|p| p.to_hex());
-    record.branch_head = Some(commit.to_hex());
-    state
-        .store
-        .set_with_branch(commit, pinned, &state.branch, head)?;
-    state.store.append(&record)?;
-    let current = Current {
-        commit,
-        at: record.at.clone(),
-        domain: loaded.domain,
-    };
-    Ok(Rollback::Done(Box::new((Some(commit), record, current))))
-}
-
-/// The rollback commit's message: what it restores, who did it, and the commits it undoes.
-fn message(
-    repo: &Repo,
-    target: Oid,
-    head: Oid,
-    user: &str,
-) -> Result<String, crate::git::GitError> {
-    let info = repo.commit_info(target)?;
-    let (undone, reached) = repo.first_parents(head, target, LISTED)?;
-    let mut out = format!(
-        "Roll back to {}: {}\n\n{user} rolled the domain back through the Master \
-         (POST /v1/domain/pin). This commit restores the configuration of\n{}.\n",
-        target.short(),
-        info.summary,
-        target.to_hex()
-    );
-    if reached {
-        out.push_str(&format!(
-            "\nRolled back: {}..{}\n\n",
-            target.short(),
-            head.short()
-        ));
-    } else {
-        out.push_str(&format!(
-            "\nReplaced: the branch head {} (not a descendant of {} within {LISTED} commits), \
-             most recent first:\n\n",
-            head.short(),
-            target.short()
-        ));
-    }
-    for c in &undone {
-        let i = repo.commit_info(*c)?;
-        out.push_str(&format!("  {} {}\n", i.short_id, i.summary));
-    }
-    if !reached && undone.len() == LISTED {
-        out.push_str("  …\n");
-    }
-    Ok(out)
 }

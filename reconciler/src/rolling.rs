@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use schema::model::{Domain, RestartPolicy};
 
-use super::servers::View;
+use crate::wire::{ServerState, View};
 
 /// How long an ordered restart may take before the Master stops waiting for it (orders again if
 /// the server still needs it, or moves on to the next one).
@@ -47,7 +47,7 @@ pub fn group_of(domain: &Domain, server: &str) -> String {
 /// Whether `view` is back: reporting, RUNNING on the pinned commit, nothing pending.
 fn settled(view: &View, pinned: &str) -> bool {
     view.reachable
-        && view.state == super::servers::ServerState::Running
+        && view.state == ServerState::Running
         && view.pending_restart.is_empty()
         && view.applied_commit.as_deref() == Some(pinned)
 }

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::error;
+use super::require;
 use crate::master::conn::Conn;
 use crate::master::state::State;
 use crate::master::{cgi, push};
@@ -66,7 +67,7 @@ pub(super) async fn git(
     let query = request.uri().query().unwrap_or("").to_owned();
     let push = rest == "git-receive-pack" || asks_to_push(&query);
     let permission = if push { "git:push" } else { "git:read" };
-    let user = match state.require(request.headers(), permission).await {
+    let user = match require(&state, request.headers(), permission).await {
         Ok(u) => u,
         Err(r) => return r,
     };

@@ -30,8 +30,8 @@ use super::cgi::{self, CgiRequest};
 use super::conn::Conn;
 use super::state::{Refusal, State};
 use super::{log, sniff};
-use crate::git::Oid;
-use crate::pin::{RECORD_PROBLEMS, Source};
+use reconciler::git::Oid;
+use reconciler::pin::{RECORD_PROBLEMS, Source};
 
 /// Default deadline of the pre-receive step (from the end of the upload to git's answer).
 pub const PRE_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
