@@ -290,17 +290,8 @@ impl Control {
         if let Some((u, p)) = &self.credentials {
             cmd.env("STEWARD_USER", u).env("STEWARD_PASSWORD", p);
         }
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Its own session: the stop it asks for must not take it down too.
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Its own session: the stop it asks for must not take it down too.
+        crate::process::detach(&mut cmd);
         if let Err(e) = cmd.spawn() {
             self.log.severe(
                 "SERVER-0321",
