@@ -34,10 +34,12 @@ pub enum Boot {
 pub fn spawn_detached(cmd: &mut Command, listener: &Listener) -> Result<Child, BackgroundError> {
     cmd.env("NOTIFY_SOCKET", listener.name())
         .stdin(Stdio::null());
-    crate::process::detach(cmd).spawn().map_err(|error| BackgroundError::Spawn {
-        exe: PathBuf::from(cmd.get_program()),
-        error,
-    })
+    crate::process::detach(cmd)
+        .spawn()
+        .map_err(|error| BackgroundError::Spawn {
+            exe: PathBuf::from(cmd.get_program()),
+            error,
+        })
 }
 
 /// Waits up to `timeout` for `READY=1` on `listener` from `child`, noticing at once (within 20 ms)

@@ -6,7 +6,6 @@
 //! socket of its own, print the boot log, and exit — or stay attached with `--verbose`.
 
 pub mod credentials;
-pub mod http;
 pub mod source;
 
 use std::path::PathBuf;
