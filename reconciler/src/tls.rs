@@ -1,5 +1,6 @@
 //! TLS, both sides, with one rustls and one crypto provider (`ring`): the Master's HTTPS
-//! certificate and key (`[master.tls]`), and the extra trust anchors of fetches over https.
+//! certificate and key (`[master.tls]`), and the extra trust anchors of requests and fetches over
+//! https (reqwest's platform verifier does the rest).
 //!
 //! The provider is installed process-wide by [`install_provider`] because reqwest (built with
 //! `rustls-no-provider`, under gix's HTTP transport) takes the process default when it builds any
@@ -30,8 +31,6 @@ pub enum TlsError {
         path: PathBuf,
         expected: &'static str,
     },
-    #[error("cannot set up TLS as a client: {error}")]
-    Client { error: String },
     #[error("{certificate} and {key} cannot be used together: {error}")]
     Unusable {
         certificate: PathBuf,
@@ -114,32 +113,8 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// What Steward trusts when it is the client (launchers and servers talking to an HTTPS Master):
-/// the platform's trust store plus the certificates of `GIT_SSL_CAINFO`, as git does.
-pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    install_provider();
-    let extra = match ca_file_from_env() {
-        Some(path) => certificates(&path)?,
-        None => Vec::new(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let unusable = |error: rustls::Error| TlsError::Client {
-        error: error.to_string(),
-    };
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-            .map_err(unusable)?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(unusable)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// The certificates of `GIT_SSL_CAINFO` for reqwest (gix's HTTP transport), to merge into the
-/// system's trust anchors.
+/// The certificates of `GIT_SSL_CAINFO` for reqwest (gix's HTTP transport and Steward's own
+/// requests), to merge into the platform's trust store as git does.
 pub fn reqwest_extra_roots() -> Result<Vec<reqwest::Certificate>, String> {
     let Some(path) = ca_file_from_env() else {
         return Ok(Vec::new());

@@ -3,7 +3,6 @@
 //! our own, wait for `READY=1` (or its exit, or a deadline), and, for `--verbose`, stay attached
 //! until it stops, passing SIGINT/SIGTERM on as a graceful stop.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -35,19 +34,12 @@ pub enum Boot {
 pub fn spawn_detached(cmd: &mut Command, listener: &Listener) -> Result<Child, BackgroundError> {
     cmd.env("NOTIFY_SOCKET", listener.name())
         .stdin(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|error| BackgroundError::Spawn {
-        exe: PathBuf::from(cmd.get_program()),
-        error,
-    })
+    crate::process::detach(cmd)
+        .spawn()
+        .map_err(|error| BackgroundError::Spawn {
+            exe: PathBuf::from(cmd.get_program()),
+            error,
+        })
 }
 
 /// Waits up to `timeout` for `READY=1` on `listener` from `child`, noticing at once (within 20 ms)

@@ -7,7 +7,6 @@
 //! [`decide`] is the pure part: from the configuration the process booted with, the one it
 //! applies now and the pinned one, what to do. Everything else here is effects at the edge.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -21,7 +20,7 @@ use schema::model::RestartPolicy;
 use schema::plan::{Change, plan};
 use schema::settings::Effect;
 
-use crate::launcher::http;
+use crate::client::{Client, Next};
 use crate::logfile::Logger;
 use crate::server::{Mode, Status};
 
@@ -129,15 +128,13 @@ impl Control {
     fn report(&self, registered: bool) -> Result<Answer, String> {
         let kind = if registered { "heartbeat" } else { "register" };
         let body = serde_json::to_vec(&self.snapshot()).map_err(|e| e.to_string())?;
-        let resp = http::request(
+        let resp = Client::new(
             &self.master,
-            "POST",
-            &format!("/v1/servers/{}/{kind}", self.name),
             self.credentials(),
-            Some(&body),
             CONNECT_TIMEOUT,
             RESPONSE_TIMEOUT,
         )
+        .and_then(|c| c.post_json(&format!("/v1/servers/{}/{kind}", self.name), body))
         .map_err(|e| e.to_string())?;
         match resp.status {
             200 => {
@@ -290,17 +287,8 @@ impl Control {
         if let Some((u, p)) = &self.credentials {
             cmd.env("STEWARD_USER", u).env("STEWARD_PASSWORD", p);
         }
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Its own session: the stop it asks for must not take it down too.
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Its own session: the stop it asks for must not take it down too.
+        crate::process::detach(&mut cmd);
         if let Err(e) = cmd.spawn() {
             self.log.severe(
                 "SERVER-0321",
@@ -499,54 +487,23 @@ fn watch_pins(
     wake: &mpsc::Sender<String>,
     stop: &AtomicBool,
 ) {
+    let creds = creds.map(|(u, p)| (u.as_str(), p.as_str()));
     while !stop.load(Ordering::SeqCst) {
-        if let Ok(mut s) = http::open(master, CONNECT_TIMEOUT) {
-            // HTTP/1.0: the event stream comes unchunked, one line at a time.
-            let auth = creds
-                .map(|(u, p)| format!("Authorization: {}\r\n", http::basic(u, p)))
-                .unwrap_or_default();
-            let host = http::split(master).1;
-            let req = format!(
-                "GET /v1/events HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n{auth}\r\n"
-            );
-            // A read timeout lets the loop notice `stop`; keep-alive comments arrive meanwhile.
-            if s.set_timeout(Some(Duration::from_secs(1))).is_ok()
-                && s.write_all(req.as_bytes()).is_ok()
-            {
-                let mut reader = BufReader::new(s);
-                let mut line = String::new();
-                // Fields of the event being read; an empty line ends it.
-                let (mut kind, mut id) = (String::new(), String::new());
-                loop {
-                    line.clear();
-                    match reader.read_line(&mut line) {
-                        Ok(0) => break,
-                        Ok(_) => {
-                            let l = line.trim_end();
-                            if let Some(v) = l.strip_prefix("event:") {
-                                kind = v.trim().to_owned();
-                            } else if let Some(v) = l.strip_prefix("id:") {
-                                id = v.trim().to_owned();
-                            } else if l.is_empty() {
-                                if kind == "pinned" && wake.send(std::mem::take(&mut id)).is_err() {
-                                    return;
-                                }
-                                kind.clear();
-                                id.clear();
-                            }
+        // A one-second read timeout lets the loop notice `stop`; keep-alive comments arrive
+        // meanwhile.
+        let events = Client::new(master, creds, CONNECT_TIMEOUT, Duration::from_secs(1))
+            .and_then(|c| c.events("/v1/events"));
+        if let Ok(mut events) = events {
+            while let Ok(next) = events.next_event() {
+                match next {
+                    Next::Event(e) if e.kind == "pinned" => {
+                        if wake.send(e.id).is_err() {
+                            return;
                         }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            if stop.load(Ordering::SeqCst) {
-                                return;
-                            }
-                        }
-                        Err(_) => break,
                     }
+                    Next::Event(_) | Next::Idle if stop.load(Ordering::SeqCst) => return,
+                    Next::Event(_) | Next::Idle => {}
+                    Next::End => break,
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! sd_notify protocol, and pid handling.
 
 pub mod background;
+pub mod client;
 pub mod clock;
 pub mod control;
 pub mod deploy;

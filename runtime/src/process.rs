@@ -19,6 +19,22 @@ pub enum ProcessError {
     Signal { pid: i32, error: std::io::Error },
 }
 
+/// Makes the process `cmd` spawns the leader of a new session: it has no controlling terminal,
+/// so it outlives the shell that started it and a Ctrl-C (or a stop) aimed at its parent's group
+/// does not reach it.
+pub fn detach(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// What the pid file says about the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Running {

@@ -423,13 +423,13 @@ pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
         loaded.domain.config.servers.get(&home.name).cloned()
     };
     let at_boot = server_of(boot)?;
-    let applied = crate::launcher::http::get(
+    let applied = crate::client::Client::new(
         &at_boot.listen.to_string(),
-        "/v1/status",
         None,
         Duration::from_millis(500),
         Duration::from_secs(2),
     )
+    .and_then(|c| c.get("/v1/status"))
     .ok()
     .filter(|r| r.status == 200)
     .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())

@@ -4,6 +4,7 @@
 //! tests use [`MemTree`]. Paths are always `/`-separated and relative to the repository root.
 
 use std::collections::BTreeMap;
+use std::hash::Hasher;
 
 /// What a path names in a revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,7 @@ impl Tree for MemTree {
             }));
         }
         let prefix = format!("{}/", path.trim_end_matches('/'));
-        let mut h = Fnv::default();
+        let mut h = crate::fasthash::Fnv::default();
         let mut any = false;
         for (p, c) in self.files.range(prefix.clone()..) {
             if !p.starts_with(&prefix) {
@@ -85,7 +86,7 @@ impl Tree for MemTree {
         }
         Ok(any.then(|| Entry {
             kind: EntryKind::Dir,
-            id: format!("{:016x}", h.0),
+            id: format!("{:016x}", h.finish()),
         }))
     }
 
@@ -94,24 +95,7 @@ impl Tree for MemTree {
     }
 }
 
+/// A fingerprint for in-memory test trees only (Git trees use object ids).
 fn fingerprint(bytes: &[u8]) -> String {
-    let mut h = Fnv::default();
-    h.write(bytes);
-    format!("{:016x}", h.0)
-}
-
-/// FNV-1a: a fingerprint for in-memory test trees only (Git trees use object ids).
-struct Fnv(u64);
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf29ce484222325)
-    }
-}
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x100000001b3);
-        }
-    }
+    format!("{:016x}", crate::fasthash::fnv1a(bytes))
 }

@@ -275,7 +275,9 @@ fn longest_backtick_run(s: &str) -> usize {
 fn mask_secrets(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(s, &format!("(secret {:08x})", fnv(s)));
+        // The low 32 bits are plenty to tell a few secrets apart.
+        let tag = schema::fasthash::fnv1a(s.as_bytes()) as u32;
+        out = out.replace(s, &format!("(secret {tag:08x})"));
     }
     out
 }
@@ -292,10 +294,4 @@ fn secrets(loaded: Option<&schema::Loaded>) -> Vec<&str> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn fnv(s: &str) -> u32 {
-    s.bytes().fold(0x811c9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x01000193)
-    })
 }

@@ -49,18 +49,15 @@ impl Target {
     }
 }
 
-/// `$STEWARD_HOME`, else `$XDG_DATA_HOME/steward`, else `~/.local/share/steward` (the data
-/// directory the `directories` crate would name on Linux, without the dependency).
+/// `$STEWARD_HOME`, else `steward` in the user's data directory as the `directories` crate names
+/// it (`$XDG_DATA_HOME/steward`, else `~/.local/share/steward` on Linux).
 pub fn steward_home() -> anyhow::Result<PathBuf> {
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(h) = non_empty("STEWARD_HOME") {
+    if let Some(h) = std::env::var_os("STEWARD_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(h));
     }
-    if let Some(x) = non_empty("XDG_DATA_HOME") {
-        return Ok(PathBuf::from(x).join("steward"));
-    }
-    let home = non_empty("HOME").context("neither STEWARD_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".local/share/steward"))
+    let dirs = directories::BaseDirs::new()
+        .context("STEWARD_HOME is not set and this user has no home directory")?;
+    Ok(dirs.data_dir().join("steward"))
 }
 
 #[derive(clap::Args, Debug)]

@@ -6,10 +6,8 @@
 //! socket of its own, print the boot log, and exit — or stay attached with `--verbose`.
 
 pub mod credentials;
-pub mod http;
 pub mod source;
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -237,17 +235,9 @@ pub fn start(opts: &StartOptions) -> Result<Outcome, LaunchError> {
     } else {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // A new session: no controlling terminal, so the server outlives this shell and a
-            // Ctrl-C meant for the launcher does not reach it.
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // A new session: the server outlives this shell and a Ctrl-C meant for the launcher does
+    // not reach it.
+    process::detach(&mut cmd);
     let mut child = cmd.spawn().map_err(|error| LaunchError::Spawn {
         exe: opts.exe.clone(),
         error,

@@ -8,7 +8,7 @@ use reconciler::cache::{Cache, Remote};
 use reconciler::git::Oid;
 use schema::Loaded;
 
-use super::http;
+use crate::client::{self, Client};
 use crate::clock::Local;
 use crate::logfile::Logger;
 use crate::server::Mode;
@@ -98,13 +98,13 @@ impl From<&str> for Failure {
 
 /// `HOST:PORT` of a `--master-url` (scheme and trailing slash dropped), for messages.
 pub fn master_host_port(url: &str) -> &str {
-    http::split(url).1
+    client::split(url).1
 }
 
 /// The base URL of a `--master-url`: `https://HOST:PORT` stays TLS; `HOST:PORT` and
 /// `http://HOST:PORT` are plain HTTP.
 pub fn master_base(url: &str) -> String {
-    match http::split(url) {
+    match client::split(url) {
         (true, host_port) => format!("https://{host_port}"),
         (false, host_port) => format!("http://{host_port}"),
     }
@@ -279,14 +279,9 @@ fn from_master(
     let start = Instant::now();
     let base = master_base(url);
     let creds = s.user.as_deref().zip(s.password.as_deref());
-    let resp = http::get(
-        &base,
-        "/v1/domain",
-        creds,
-        s.connect_timeout,
-        s.response_timeout,
-    )
-    .map_err(|e| e.to_string())?;
+    let resp = Client::new(&base, creds, s.connect_timeout, s.response_timeout)
+        .and_then(|c| c.get("/v1/domain"))
+        .map_err(|e| e.to_string())?;
     match resp.status {
         200 => {}
         401 | 403 => {
