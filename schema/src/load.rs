@@ -374,7 +374,7 @@ impl Walker<'_, '_> {
                 None => match node.any.as_deref() {
                     Some(child) => {
                         if let Err(m) = values::check_ident(name) {
-                            self.err("invalid-name", key.span(), m);
+                            self.err("invalid-name", key.span(), m.into());
                         }
                         self.entry(child, key.span(), value, path);
                     }
@@ -474,14 +474,15 @@ impl Walker<'_, '_> {
             let label = format!("expected {}", kind.describe());
             w.err("wrong-type", wrong_span.clone(), msg).label = Some(label);
         };
-        let check_str = |w: &mut Self, check: fn(&str) -> Result<(), String>| match v.as_str() {
-            Some(s) => {
-                if let Err(m) = check(s) {
-                    w.err("invalid-value", span.clone(), m);
+        let check_str =
+            |w: &mut Self, check: fn(&str) -> Result<(), values::ValueError>| match v.as_str() {
+                Some(s) => {
+                    if let Err(m) = check(s) {
+                        w.err("invalid-value", span.clone(), m.into());
+                    }
                 }
-            }
-            None => wrong(w),
-        };
+                None => wrong(w),
+            };
         match kind {
             Kind::Str => check_str(self, |_| Ok(())),
             Kind::FsPath => check_str(self, |s| {
@@ -498,16 +499,20 @@ impl Walker<'_, '_> {
             Kind::ContextPath => check_str(self, values::check_context_path),
             Kind::PasswordHash => check_str(self, values::check_password_hash),
             Kind::Duration => check_str(self, |s| values::parse_duration(s).map(drop)),
-            Kind::SocketAddr => check_str(self, |s| match s.parse::<std::net::SocketAddr>() {
-                Ok(a) if a.port() == 0 => Err(format!("`{s}` needs a port from 1 to 65535")),
+            Kind::SocketAddr => check_str(self, |s| {
+                match s.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.port() == 0 => Err(format!("`{s}` needs a port from 1 to 65535").into()),
                 Ok(_) => Ok(()),
                 Err(_) => Err(format!(
                     "`{s}` is not an `ip:port` address; write e.g. `127.0.0.1:9741` or `0.0.0.0:9736`"
-                )),
+                )
+                .into()),
+            }
             }),
             Kind::IpAddr => check_str(self, |s| {
                 s.parse::<std::net::IpAddr>().map(drop).map_err(|_| {
                     format!("`{s}` is not an IP address; write e.g. `0.0.0.0` or `127.0.0.1`")
+                        .into()
                 })
             }),
             Kind::Enum(options) => match v.as_str() {
@@ -533,7 +538,7 @@ impl Walker<'_, '_> {
                 DeValue::Integer(_) => self.int(v, span, path, 0, i64::MAX, wrong),
                 DeValue::String(s) => {
                     if let Err(m) = values::parse_byte_size(s) {
-                        self.err("invalid-value", span, m);
+                        self.err("invalid-value", span, m.into());
                     }
                 }
                 _ => wrong(self),
@@ -549,7 +554,7 @@ impl Walker<'_, '_> {
                         if path.ends_with("env")
                             && let Err(m) = values::check_env_name(k.get_ref())
                         {
-                            self.err("invalid-name", k.span(), m);
+                            self.err("invalid-name", k.span(), m.into());
                         }
                         if item.get_ref().as_str().is_none() {
                             let msg = format!(
@@ -615,12 +620,12 @@ impl Walker<'_, '_> {
                         Some(m) => format!("did you mean `{m}`?"),
                         None => format!("use one of: {}", quote_list(PERMISSIONS)),
                     };
-                    Err(format!("unknown permission `{s}`; {hint}"))
+                    Err(format!("unknown permission `{s}`; {hint}").into())
                 }
                 _ => Ok(()),
             };
             if let Err(m) = check {
-                self.err("invalid-value", item.span(), m);
+                self.err("invalid-value", item.span(), m.into());
             }
             if kind != Kind::StrList {
                 if let Some((_, first)) = seen.iter().find(|(x, _)| x == s) {

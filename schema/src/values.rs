@@ -4,6 +4,30 @@
 use std::fmt;
 use std::time::Duration;
 
+/// Why a text is not a value of its kind. The message says what is wrong and how to write it; the
+/// loader adds where (`file:line:col`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(String);
+
+impl From<String> for ValueError {
+    fn from(message: String) -> Self {
+        ValueError(message)
+    }
+}
+
+impl From<&str> for ValueError {
+    fn from(message: &str) -> Self {
+        ValueError(message.to_owned())
+    }
+}
+
+impl From<ValueError> for String {
+    fn from(e: ValueError) -> String {
+        e.0
+    }
+}
+
 /// A duration written as `500ms`, `30s`, `5m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dur(pub Duration);
@@ -14,12 +38,14 @@ impl Dur {
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| {
-        format!("`{text}` is not a duration; write a number and a unit: `500ms`, `30s`, `5m`, `1h`")
+        ValueError(format!(
+            "`{text}` is not a duration; write a number and a unit: `500ms`, `30s`, `5m`, `1h`"
+        ))
     })?;
     let ms = match unit {
         "ms" => Some(n),
@@ -27,12 +53,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         _ => {
-            return Err(format!(
+            return Err(ValueError(format!(
                 "`{text}` has no known unit; use `ms`, `s`, `m` or `h` (e.g. `30s`)"
-            ));
+            )));
         }
     }
-    .ok_or_else(|| format!("`{text}` is too long a duration"))?;
+    .ok_or_else(|| ValueError(format!("`{text}` is too long a duration")))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -81,20 +107,26 @@ const UNITS: &[(&str, u64)] = &[
     ("", 1),
 ];
 
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+pub fn parse_byte_size(text: &str) -> Result<u64, ValueError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write e.g. `64KiB`, `10MiB`, `1GiB`"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        ValueError(format!(
+            "`{text}` is not a size; write e.g. `64KiB`, `10MiB`, `1GiB`"
+        ))
+    })?;
     let mult = UNITS
         .iter()
         .find(|(u, _)| *u == unit.trim())
         .map(|(_, m)| *m)
-        .ok_or_else(|| format!("`{text}` has no known unit; use `B`, `KiB`, `MiB` or `GiB`"))?;
+        .ok_or_else(|| {
+            ValueError(format!(
+                "`{text}` has no known unit; use `B`, `KiB`, `MiB` or `GiB`"
+            ))
+        })?;
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{text}` is too large"))
+        .ok_or_else(|| ValueError(format!("`{text}` is too large")))
 }
 
 impl fmt::Display for ByteSize {
@@ -132,22 +164,22 @@ impl<'de> serde::Deserialize<'de> for ByteSize {
 }
 
 /// A name: a letter, then letters, digits, `-` or `_`; at most 63 characters.
-pub fn check_ident(name: &str) -> Result<(), String> {
+pub fn check_ident(name: &str) -> Result<(), ValueError> {
     let mut chars = name.chars();
     let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
     let ok_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if name.len() > 63 {
-        Err(format!("`{name}` is longer than 63 characters"))
+        Err(ValueError(format!("`{name}` is longer than 63 characters")))
     } else if ok_first && ok_rest {
         Ok(())
     } else {
-        Err(format!(
+        Err(ValueError(format!(
             "`{name}` is not a valid name: start with a letter, then use letters, digits, `-` or `_`"
-        ))
+        )))
     }
 }
 
-pub fn check_env_name(name: &str) -> Result<(), String> {
+pub fn check_env_name(name: &str) -> Result<(), ValueError> {
     let mut chars = name.chars();
     let ok = chars
         .next()
@@ -156,34 +188,34 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(ValueError(format!(
             "`{name}` is not an environment variable name: use letters, digits and `_`, not starting with a digit"
-        ))
+        )))
     }
 }
 
 /// A relative, `/`-separated path inside the repository that cannot leave it.
-pub fn check_repo_path(path: &str) -> Result<(), String> {
+pub fn check_repo_path(path: &str) -> Result<(), ValueError> {
     if path.is_empty() {
-        return Err("the path is empty".into());
+        return Err(ValueError("the path is empty".into()));
     }
     if path.starts_with('/') || path.contains('\\') || path.contains(':') {
-        return Err(format!(
+        return Err(ValueError(format!(
             "`{path}` must be a relative path inside the repository, with `/` separators"
-        ));
+        )));
     }
     if path
         .split('/')
         .any(|seg| seg == ".." || seg == "." || seg.is_empty())
     {
-        return Err(format!(
+        return Err(ValueError(format!(
             "`{path}` must not contain `.`, `..` or empty segments"
-        ));
+        )));
     }
     Ok(())
 }
 
-pub fn check_context_path(path: &str) -> Result<(), String> {
+pub fn check_context_path(path: &str) -> Result<(), ValueError> {
     if path == "/" {
         return Ok(());
     }
@@ -197,13 +229,13 @@ pub fn check_context_path(path: &str) -> Result<(), String> {
     };
     match path.strip_prefix('/') {
         Some(rest) if !rest.ends_with('/') && rest.split('/').all(valid_seg) => Ok(()),
-        _ => Err(format!(
+        _ => Err(ValueError(format!(
             "`{path}` is not a context path: write `/` or `/name[/name…]` with letters, digits, `-`, `.`, `_`, `~`, and no trailing `/`"
-        )),
+        ))),
     }
 }
 
-pub fn check_host(host: &str) -> Result<(), String> {
+pub fn check_host(host: &str) -> Result<(), ValueError> {
     let valid_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -216,26 +248,30 @@ pub fn check_host(host: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!("`{host}` is not a host name or IP address"))
+        Err(ValueError(format!(
+            "`{host}` is not a host name or IP address"
+        )))
     }
 }
 
 /// Whether a password field holds a well-formed Argon2 PHC hash.
-pub fn check_password_hash(value: &str) -> Result<(), String> {
+pub fn check_password_hash(value: &str) -> Result<(), ValueError> {
     const HINT: &str = "store a hash: run `steward hash-password` and paste its output";
     if !value.starts_with('$') {
-        return Err(format!("plain-text passwords are refused; {HINT}"));
+        return Err(ValueError(format!(
+            "plain-text passwords are refused; {HINT}"
+        )));
     }
     let hash = argon2::password_hash::phc::PasswordHash::new(value)
-        .map_err(|e| format!("malformed password hash ({e}); {HINT}"))?;
+        .map_err(|e| ValueError(format!("malformed password hash ({e}); {HINT}")))?;
     match hash.algorithm.as_str() {
         "argon2id" | "argon2i" | "argon2d" if hash.hash.is_some() && hash.salt.is_some() => Ok(()),
-        "argon2id" | "argon2i" | "argon2d" => Err(format!(
+        "argon2id" | "argon2i" | "argon2d" => Err(ValueError(format!(
             "the password hash has no salt or no hash part; {HINT}"
-        )),
-        other => Err(format!(
+        ))),
+        other => Err(ValueError(format!(
             "unsupported password hash algorithm `{other}`: only Argon2 is accepted; {HINT}"
-        )),
+        ))),
     }
 }
 
@@ -334,6 +370,7 @@ mod tests {
         assert!(
             check_password_hash("admin")
                 .unwrap_err()
+                .to_string()
                 .contains("plain-text")
         );
         assert!(check_password_hash("$argon2id$v=19$garbage").is_err());

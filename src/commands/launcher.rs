@@ -11,10 +11,6 @@ use runtime::launcher::{self, StartOptions, source::Sources};
 
 use super::code;
 
-fn duration(text: &str) -> Result<Duration, String> {
-    schema::values::parse_duration(text)
-}
-
 /// Which domain home: a directory, or a domain name under `$STEWARD_HOME/domains/`.
 #[derive(clap::Args, Debug)]
 pub struct Target {
@@ -81,13 +77,13 @@ pub struct StartArgs {
     #[arg(short = 'p', long)]
     pub password: Option<String>,
     /// How long to wait for a host that does not answer (a refused connection fails at once).
-    #[arg(long, default_value = "3s", value_parser = duration)]
+    #[arg(long, default_value = "3s", value_parser = schema::values::parse_duration)]
     pub connect_timeout: Duration,
     /// How long a connected Master may take to answer (checking a password is deliberately slow).
-    #[arg(long, default_value = "15s", value_parser = duration)]
+    #[arg(long, default_value = "15s", value_parser = schema::values::parse_duration)]
     pub response_timeout: Duration,
     /// How long the server may take to report READY.
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, default_value = "60s", value_parser = schema::values::parse_duration)]
     pub boot_timeout: Duration,
     /// Stay attached, printing the server's log until it stops; Ctrl-C stops it gracefully.
     #[arg(long)]

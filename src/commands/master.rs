@@ -64,14 +64,13 @@ fn options(args: Args) -> anyhow::Result<Options> {
     };
     opts.upstream = args.upstream;
     if let Some(p) = &args.poll_interval {
-        let d = schema::values::parse_duration(p).map_err(anyhow::Error::msg)?;
+        let d = schema::values::parse_duration(p)?;
         if d.is_zero() {
             bail!("--poll-interval must be longer than 0");
         }
         opts.poll_interval = Some(d);
     }
-    let d =
-        schema::values::parse_duration(&args.pre_receive_timeout).map_err(anyhow::Error::msg)?;
+    let d = schema::values::parse_duration(&args.pre_receive_timeout)?;
     if d.is_zero() {
         bail!("--pre-receive-timeout must be longer than 0");
     }
@@ -108,8 +107,7 @@ pub struct StopArgs {
 
 /// `steward start-master`.
 pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
-    let boot_timeout =
-        schema::values::parse_duration(&args.boot_timeout).map_err(anyhow::Error::msg)?;
+    let boot_timeout = schema::values::parse_duration(&args.boot_timeout)?;
     let m = args.master;
     let mut master_args = vec![
         "--branch".to_owned(),
@@ -141,6 +139,6 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
 
 /// `steward stop-master`.
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
-    let timeout = schema::values::parse_duration(&args.timeout).map_err(anyhow::Error::msg)?;
+    let timeout = schema::values::parse_duration(&args.timeout)?;
     Ok(code(launch::stop(&args.domain_home, timeout)?))
 }
