@@ -48,6 +48,8 @@ pub enum PinError {
     BranchMoved { branch: String, expected: String },
     #[error("cannot move {PINNED_REF} to {commit}: {cause}")]
     Write { commit: String, cause: String },
+    #[error("cannot move {branch} back: {cause}")]
+    Unmove { branch: String, cause: String },
     #[error("{path}: {what}: {error}")]
     History {
         path: PathBuf,
@@ -307,6 +309,57 @@ impl PinStore {
                 commit: new.to_hex(),
                 cause: e.to_string(),
             });
+        }
+        Ok(())
+    }
+
+    /// Moves `branch` back from `from` to `to` (`None`: deletes it), only if it is still at
+    /// `from`: for a push git accepted but the Master could not pin. A branch that moved meanwhile
+    /// is left alone ([`PinError::BranchMoved`]).
+    pub fn unmove_branch(&self, branch: &str, from: Oid, to: Option<Oid>) -> Result<()> {
+        let repo = self.repo()?;
+        let unmove = |cause: String| PinError::Unmove {
+            branch: branch.to_owned(),
+            cause,
+        };
+        let expected = PreviousValue::MustExistAndMatch(Target::Object(from.as_gix().to_owned()));
+        let log = LogChange {
+            mode: RefLog::AndReference,
+            force_create_reflog: false,
+            message: "steward: push not pinned".into(),
+        };
+        let change = match to {
+            Some(to) => Change::Update {
+                log,
+                expected,
+                new: Target::Object(to.as_gix().to_owned()),
+            },
+            None => Change::Delete {
+                expected,
+                log: RefLog::AndReference,
+            },
+        };
+        let name = branch
+            .try_into()
+            .map_err(|e: gix::validate::reference::name::Error| unmove(e.to_string()))?;
+        let edit = RefEdit {
+            change,
+            name,
+            deref: false,
+        };
+        if let Err(e) = repo.edit_references([edit]) {
+            let now = repo
+                .try_find_reference(branch)
+                .ok()
+                .flatten()
+                .and_then(|r| r.target().try_id().map(|id| id.to_owned()));
+            if now.as_deref() != Some(from.as_gix()) {
+                return Err(PinError::BranchMoved {
+                    branch: branch.to_owned(),
+                    expected: from.to_hex(),
+                });
+            }
+            return Err(unmove(e.to_string()));
         }
         Ok(())
     }
@@ -683,6 +736,40 @@ mod tests {
         let e = store.pin(b, Some(a), &record(&b.to_hex(), Outcome::Pinned));
         assert!(matches!(e, Err(PinError::History { .. })), "{e:?}");
         assert_eq!(store.pinned().expect("read"), Some(a));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_branch_is_moved_back_only_from_where_it_was() {
+        let dir = tmp("unmove");
+        let (store, a, b) = repo_with_commits(&dir);
+        let branch = "refs/heads/main";
+        let head = |store: &PinStore| {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(store.git_dir())
+                .args(["rev-parse", "--verify", "-q", branch])
+                .output()
+                .expect("git runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let set = |to: Oid| {
+            std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(store.git_dir())
+                .args(["update-ref", branch, &to.to_hex()])
+                .status()
+                .expect("git runs")
+        };
+        assert!(set(b).success());
+        // Not at `a`: a push moved it meanwhile; left alone.
+        let e = store.unmove_branch(branch, a, None);
+        assert!(matches!(e, Err(PinError::BranchMoved { .. })), "{e:?}");
+        assert_eq!(head(&store), b.to_hex());
+        store.unmove_branch(branch, b, Some(a)).expect("back to a");
+        assert_eq!(head(&store), a.to_hex());
+        store.unmove_branch(branch, a, None).expect("deleted");
+        assert_eq!(head(&store), "");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

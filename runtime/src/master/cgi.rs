@@ -34,10 +34,25 @@ pub struct CgiRequest<'a> {
     pub remote: Option<SocketAddr>,
 }
 
+/// Why the Git backend could not serve a request (answered 502 and logged).
+#[derive(Debug, thiserror::Error)]
+pub enum CgiError {
+    #[error("cannot run `git http-backend`: {0}")]
+    Spawn(std::io::Error),
+    #[error("git http-backend: pipes missing")]
+    Pipes,
+    #[error("git http-backend: header block too large")]
+    HeaderTooLarge,
+    #[error("git http-backend: {0}")]
+    Read(std::io::Error),
+    #[error("git http-backend ended without a response")]
+    NoResponse,
+}
+
 /// Starts `git http-backend` for `req`, in a process group of its own so that it can be stopped
 /// with everything it started (`receive-pack`, the pre-receive hook and its children): see
 /// [`kill_group`].
-pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, String> {
+pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
     let mut cmd = Command::new("git");
     cmd.arg("http-backend");
     // A clean environment: an inherited GIT_DIR or similar would make the backend serve the wrong
@@ -91,8 +106,7 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, String> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    cmd.spawn()
-        .map_err(|e| format!("cannot run `git http-backend`: {e}"))
+    cmd.spawn().map_err(CgiError::Spawn)
 }
 
 /// Stops the backend `child` and every process of its group (see [`spawn`]).
@@ -104,16 +118,16 @@ pub fn kill_group(child: &Child) {
 }
 
 /// The backend's pipes.
-pub fn pipes(child: &mut Child) -> Result<(ChildStdin, ChildStdout, ChildStderr), String> {
+pub fn pipes(child: &mut Child) -> Result<(ChildStdin, ChildStdout, ChildStderr), CgiError> {
     match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
         (Some(i), Some(o), Some(e)) => Ok((i, o, e)),
-        _ => Err("git http-backend: pipes missing".into()),
+        _ => Err(CgiError::Pipes),
     }
 }
 
 /// Serves a read (clone, fetch, ref advertisement) through the backend: `body` is streamed to its
 /// input, its output streamed back. Returns the response and the child, which the caller waits for.
-pub async fn run(req: CgiRequest<'_>, body: Body) -> Result<(Response, Child), String> {
+pub async fn run(req: CgiRequest<'_>, body: Body) -> Result<(Response, Child), CgiError> {
     let mut child = spawn(&req)?;
     let (mut stdin, mut stdout, stderr) = pipes(&mut child)?;
     // The body goes in from its own task: the backend may start answering before it has read
@@ -149,7 +163,7 @@ pub async fn log_stderr(mut stderr: impl AsyncRead + Unpin) {
 /// Reads the CGI header block; returns the status, headers and any body bytes read past it.
 pub async fn read_headers(
     out: &mut (impl AsyncRead + Unpin),
-) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), CgiError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let (end, sep) = loop {
@@ -160,14 +174,11 @@ pub async fn read_headers(
             break (i, 2);
         }
         if buf.len() > MAX_HEADER {
-            return Err("git http-backend: header block too large".into());
+            return Err(CgiError::HeaderTooLarge);
         }
-        let n = out
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("git http-backend: {e}"))?;
+        let n = out.read(&mut chunk).await.map_err(CgiError::Read)?;
         if n == 0 {
-            return Err("git http-backend ended without a response".into());
+            return Err(CgiError::NoResponse);
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -223,8 +234,8 @@ fn stream_out<R: AsyncRead + Unpin + Send + 'static>(
 }
 
 /// A 502 for a backend that could not be started or answered nonsense.
-pub fn bad_gateway(message: &str) -> Response {
-    super::log::severe("Master-0030", message);
+pub fn bad_gateway(error: &CgiError) -> Response {
+    super::log::severe("Master-0030", &error.to_string());
     (StatusCode::BAD_GATEWAY, "the Git backend failed\n").into_response()
 }
 

@@ -55,8 +55,6 @@ pub enum MasterError {
     NotADomainHome(PathBuf),
     #[error(transparent)]
     Decide(#[from] reconciler::decide::DecideError),
-    #[error("{0}")]
-    Git(String),
     #[error(transparent)]
     Pin(#[from] reconciler::pin::PinError),
     #[error("[master.tls] of the pinned commit {commit}: {error}")]

@@ -517,7 +517,10 @@ mod tests {
         held.extend(b"0000");
         assert_eq!(
             sniff::answer(&held).refused,
-            vec![("refs/heads/main".into(), "pre-receive hook declined".into())]
+            vec![sniff::Refused {
+                name: "refs/heads/main".into(),
+                reason: sniff::Reason::HookDeclined
+            }]
         );
     }
 

@@ -70,8 +70,35 @@ pub fn commands(request: &[u8]) -> Vec<Command> {
 /// (side band 2, what the pusher sees as `remote:` lines).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Answer {
-    pub refused: Vec<(String, String)>,
+    pub refused: Vec<Refused>,
     pub messages: String,
+}
+
+/// A ref git refused (`ng <ref> <reason>` in its report-status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub name: String,
+    pub reason: Reason,
+}
+
+/// Why git refused a ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The pre-receive hook (Steward's validation) said no: git's fixed report-status reason
+    /// `pre-receive hook declined`.
+    HookDeclined,
+    /// Anything else, as git said it (not fast-forward, a ref lock, …).
+    Other(String),
+}
+
+impl Reason {
+    fn parse(reason: &str) -> Reason {
+        if reason == "pre-receive hook declined" {
+            Reason::HookDeclined
+        } else {
+            Reason::Other(reason.to_owned())
+        }
+    }
 }
 
 pub fn answer(response: &[u8]) -> Answer {
@@ -106,7 +133,10 @@ pub fn answer(response: &[u8]) -> Answer {
         let text = String::from_utf8_lossy(&line);
         if let Some(rest) = text.trim_end().strip_prefix("ng ") {
             let (name, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-            out.refused.push((name.to_owned(), reason.to_owned()));
+            out.refused.push(Refused {
+                name: name.to_owned(),
+                reason: Reason::parse(reason),
+            });
         }
     }
     out
@@ -193,27 +223,35 @@ pub fn refuse_in_report(report: &[u8], banded_answer: bool, branch: &str, reason
         out.extend_from_slice(b"0000");
         out
     };
-    if !banded_answer {
-        return match pkt_lines(report, false) {
-            Some((lines, _)) => {
-                let mut out = rewrite(lines);
-                out.truncate(out.len() - 4); // the caller sends the final flush
-                out
-            }
-            None => report.to_vec(),
+    // A banded answer carries the report inside band-1 packets.
+    let inner: Vec<u8>;
+    let lines = if banded_answer {
+        let Some((packets, _)) = pkt_lines(report, false) else {
+            return report.to_vec();
         };
-    }
-    let Some((packets, _)) = pkt_lines(report, false) else {
-        return report.to_vec();
+        inner = packets
+            .iter()
+            .filter(|p| p.first() == Some(&1))
+            .flat_map(|p| p[1..].to_vec())
+            .collect();
+        pkt_lines(&inner, true)
+    } else {
+        pkt_lines(report, false)
     };
-    let inner: Vec<u8> = packets
-        .iter()
-        .filter(|p| p.first() == Some(&1))
-        .flat_map(|p| p[1..].to_vec())
-        .collect();
-    match pkt_lines(&inner, true) {
-        Some((lines, _)) => banded(1, &rewrite(lines)),
+    match lines {
+        Some((lines, _)) => finish_report(rewrite(lines), banded_answer),
         None => report.to_vec(),
+    }
+}
+
+/// A report-status ending in its flush, as sent: in band 1 for a banded answer, else without the
+/// flush (the caller sends the final one).
+fn finish_report(mut report: Vec<u8>, banded_answer: bool) -> Vec<u8> {
+    if banded_answer {
+        banded(1, &report)
+    } else {
+        report.truncate(report.len() - 4);
+        report
     }
 }
 
@@ -226,12 +264,7 @@ pub fn refusal_report(commands: &[Command], banded_answer: bool, reason: &str) -
         inner.extend(pkt(format!("ng {} {reason}\n", c.name).as_bytes()));
     }
     inner.extend_from_slice(b"0000");
-    if banded_answer {
-        banded(1, &inner)
-    } else {
-        inner.truncate(inner.len() - 4);
-        inner
-    }
+    finish_report(inner, banded_answer)
 }
 
 /// Whether the client asked for side bands (in the capabilities after its first command).
@@ -308,7 +341,10 @@ mod tests {
         let a = answer(&resp);
         assert_eq!(
             a.refused,
-            vec![("refs/heads/main".into(), "pre-receive hook declined".into())]
+            vec![Refused {
+                name: "refs/heads/main".into(),
+                reason: Reason::HookDeclined
+            }]
         );
         let p: Vec<_> = a.messages.lines().filter_map(problem).collect();
         assert_eq!(p.len(), 1);
@@ -340,7 +376,10 @@ mod tests {
         let a = answer(&resp);
         assert_eq!(
             a.refused,
-            vec![("refs/heads/main".into(), "cannot pin".into())]
+            vec![Refused {
+                name: "refs/heads/main".into(),
+                reason: Reason::Other("cannot pin".into())
+            }]
         );
         // Unbanded: the packets themselves.
         let plain = &inner[..inner.len() - 4];
@@ -348,7 +387,10 @@ mod tests {
         out.extend(b"0000");
         assert_eq!(
             answer(&out).refused,
-            vec![("refs/heads/main".into(), "x y".into())]
+            vec![Refused {
+                name: "refs/heads/main".into(),
+                reason: Reason::Other("x y".into())
+            }]
         );
     }
 

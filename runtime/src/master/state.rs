@@ -126,31 +126,7 @@ impl State {
     /// Moves `branch` back from `from` to `to` (`None`: deletes it), only if it is still at `from`:
     /// for a push git accepted but the Master could not pin.
     pub(super) fn unmove_branch(&self, from: Oid, to: Option<Oid>) -> Result<()> {
-        let mut cmd = std::process::Command::new("git");
-        cmd.arg("--git-dir").arg(self.store.git_dir());
-        match to {
-            Some(to) => cmd.args([
-                "update-ref",
-                "-m",
-                "steward: push not pinned",
-                &self.branch,
-                &to.to_hex(),
-                &from.to_hex(),
-            ]),
-            None => cmd.args(["update-ref", "-d", &self.branch, &from.to_hex()]),
-        };
-        let out = cmd
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| MasterError::Git(format!("cannot run git update-ref: {e}")))?;
-        if !out.status.success() {
-            return Err(MasterError::Git(format!(
-                "git update-ref {}: {}",
-                self.branch,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        Ok(self.store.unmove_branch(&self.branch, from, to)?)
     }
 
     /// Mirror mode: fetches the upstream branch and decides on its head, under the decision lock
@@ -269,7 +245,7 @@ impl State {
         let declined = refusal
             .refused
             .iter()
-            .any(|(name, reason)| *name == self.branch && reason.contains("hook declined"));
+            .any(|r| r.name == self.branch && r.reason == sniff::Reason::HookDeclined);
         let Some(cmd) = refusal.commands.into_iter().find(|c| c.name == self.branch) else {
             return;
         };
@@ -310,7 +286,7 @@ impl State {
 /// What a push the hook refused said (see [`State::record_refusal`]).
 pub(super) struct Refusal {
     pub(super) commands: Vec<sniff::Command>,
-    pub(super) refused: Vec<(String, String)>,
+    pub(super) refused: Vec<sniff::Refused>,
     pub(super) problems: Vec<serde_json::Value>,
     pub(super) more_problems: usize,
 }
