@@ -488,7 +488,7 @@ impl WebEngine {
                     }
                 }
                 Err(why) => {
-                    report.failed.push((name.clone(), why));
+                    report.failed.push((name.clone(), why.to_string()));
                     match previous {
                         Some(p) => {
                             to_stop.push(app);

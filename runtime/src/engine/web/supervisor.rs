@@ -33,15 +33,40 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_RESET: Duration = Duration::from_secs(30);
 const PROBE_EVERY: Duration = Duration::from_millis(25);
 
+/// Why a process did not become healthy.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    #[error("stopped")]
+    Stopped,
+    #[error("supervisor ended")]
+    Ended,
+    #[error("did not become healthy within {}", crate::engine::web::fmt_duration(*.0))]
+    NotHealthy(Duration),
+    #[error("no free port: {0}")]
+    NoPort(Arc<std::io::Error>),
+    #[error("command {0:?} must be a path inside the deploy image (no `..`, not absolute)")]
+    OutsideImage(String),
+    #[error("cannot run {command:?} (in {}): {error}", image.display())]
+    Spawn {
+        command: String,
+        image: PathBuf,
+        error: Arc<std::io::Error>,
+    },
+    #[error("exited during start: {0}")]
+    Exited(std::process::ExitStatus),
+    #[error("{path} did not answer within {}", crate::engine::web::fmt_duration(*within))]
+    NoAnswer { path: String, within: Duration },
+}
+
 /// Where a supervised process is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ProcState {
     /// Starting (or restarting) and not yet healthy.
     Starting,
     /// Healthy, listening on 127.0.0.1 at this port.
     Ready(u16),
     /// The last start failed; it will be tried again after a backoff.
-    Failed(String),
+    Failed(StartError),
     /// Stopped for good.
     Stopped,
 }
@@ -152,20 +177,17 @@ impl Supervisor {
 
     /// Waits until the process is healthy (`Ok(port)`) or its first start failed or `timeout`
     /// passed (`Err(why)`).
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<u16, String> {
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<u16, StartError> {
         let mut rx = self.state.clone();
         let wait = rx.wait_for(|s| !matches!(s, ProcState::Starting));
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => match &*s {
                 ProcState::Ready(p) => Ok(*p),
                 ProcState::Failed(why) => Err(why.clone()),
-                _ => Err("stopped".into()),
+                _ => Err(StartError::Stopped),
             },
-            Ok(Err(_)) => Err("supervisor ended".into()),
-            Err(_) => Err(format!(
-                "did not become healthy within {}",
-                crate::engine::web::fmt_duration(timeout)
-            )),
+            Ok(Err(_)) => Err(StartError::Ended),
+            Err(_) => Err(StartError::NotHealthy(timeout)),
         }
     }
 
@@ -297,8 +319,8 @@ impl Run {
         &mut self,
         live: &ProcLive,
         app_log: Option<Arc<Mutex<LogFile>>>,
-    ) -> Result<Duration, String> {
-        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+    ) -> Result<Duration, StartError> {
+        let port = free_port().map_err(|e| StartError::NoPort(Arc::new(e)))?;
         self.debug(
             "WEB-0206",
             &format!(
@@ -310,12 +332,10 @@ impl Run {
                 crate::engine::web::fmt_duration(live.start_timeout)
             ),
         );
-        let mut child = self.command(port)?.spawn().map_err(|e| {
-            format!(
-                "cannot run {:?} (in {}): {e}",
-                self.spec.command,
-                self.spec.deployment.image.display()
-            )
+        let mut child = self.command(port)?.spawn().map_err(|e| StartError::Spawn {
+            command: self.spec.command.clone(),
+            image: self.spec.deployment.image.clone(),
+            error: Arc::new(e),
         })?;
         let pid = child.id();
         if let Ok(mut p) = self.pid.lock() {
@@ -341,10 +361,10 @@ impl Run {
         let mut probes = 0u32;
         let healthy = loop {
             if self.stopping() {
-                break Err("stopped".to_owned());
+                break Err(StartError::Stopped);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                break Err(format!("exited during start: {status}"));
+                break Err(StartError::Exited(status));
             }
             if probe(port, &live.health_path).await {
                 self.debug(
@@ -370,11 +390,10 @@ impl Run {
             }
             probes += 1;
             if Instant::now() >= deadline {
-                break Err(format!(
-                    "{} did not answer within {}",
-                    live.health_path,
-                    crate::engine::web::fmt_duration(live.start_timeout)
-                ));
+                break Err(StartError::NoAnswer {
+                    path: live.health_path.clone(),
+                    within: live.start_timeout,
+                });
             }
             tokio::select! {
                 _ = tokio::time::sleep(PROBE_EVERY) => {}
@@ -409,7 +428,7 @@ impl Run {
         Ok(since.elapsed())
     }
 
-    fn command(&self, port: u16) -> Result<tokio::process::Command, String> {
+    fn command(&self, port: u16) -> Result<tokio::process::Command, StartError> {
         let d = &self.spec.deployment;
         let program = resolve_command(&self.spec.command, &d.image)?;
         let mut cmd = tokio::process::Command::new(program);
@@ -440,15 +459,13 @@ impl Run {
 /// The program for `command`: a path with a `/` is relative to the image and must stay inside
 /// it; a bare name is the image's file of that name if there is one, else looked up in `PATH`
 /// (so `python3` works).
-fn resolve_command(command: &str, image: &std::path::Path) -> Result<PathBuf, String> {
+fn resolve_command(command: &str, image: &std::path::Path) -> Result<PathBuf, StartError> {
     use std::path::Component;
     let p = std::path::Path::new(command);
     if p.components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!(
-            "command {command:?} must be a path inside the deploy image (no `..`, not absolute)"
-        ));
+        return Err(StartError::OutsideImage(command.to_owned()));
     }
     let inside = image.join(p);
     if command.contains('/') || inside.is_file() {
