@@ -1,3 +1,5 @@
+// Test and build code: a failed step panics with its message, which is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Embeds the example domain (`examples/domain1`) in the `steward` binary, so `steward up` and
 //! `steward init` work wherever the binary is installed (`cargo install --path .`), not only from
 //! the top of the source tree. Each file becomes an `include_bytes!` entry of

@@ -1,3 +1,5 @@
+// Test and build code: a failed step panics with its message, which is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Benchmark: opening the launcher's cache (`Cache::open`, which checks every ref) and using a
 //! new pin, with a large archive in the domain. Median of several runs.
 //!

@@ -142,8 +142,9 @@ impl Problems {
         if self.list.len() >= 2 * MAX_PROBLEMS {
             self.compact();
         }
+        let at = self.list.len();
         self.list.push(p);
-        self.list.last_mut().expect("just pushed")
+        &mut self.list[at]
     }
 
     /// Counts an error that comes after at least [`MAX_PROBLEMS`] others already pushed (so it

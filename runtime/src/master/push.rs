@@ -315,7 +315,12 @@ async fn drive(d: Drive) {
                 Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
                 _ => break,
             },
-            g = async { lock.as_mut().expect("guarded by the condition").await }, if lock.is_some() => {
+            g = async {
+                match lock.as_mut() {
+                    Some(l) => l.await,
+                    None => std::future::pending().await,
+                }
+            }, if lock.is_some() => {
                 lock = None;
                 if let Ok(g) = g {
                     guard = Some(g);
