@@ -11,14 +11,14 @@ use super::{WebConfig, WebError};
 
 /// A listener's capacity: a semaphore whose size follows `thread-pool.max`.
 #[derive(Debug)]
-pub(super) struct Pool {
+pub(super) struct Capacity {
     pub(super) sem: Arc<Semaphore>,
     pub(super) capacity: Mutex<usize>,
 }
 
-impl Pool {
-    pub(super) fn new(n: usize) -> Pool {
-        Pool {
+impl Capacity {
+    pub(super) fn new(n: usize) -> Capacity {
+        Capacity {
             sem: Arc::new(Semaphore::new(n)),
             capacity: Mutex::new(n),
         }
@@ -53,7 +53,7 @@ pub(super) struct ListenerRt {
     pub(super) name: String,
     pub(super) configured: Listener,
     pub(super) local: SocketAddr,
-    pub(super) pool: Pool,
+    pub(super) pool: Capacity,
 }
 
 /// Binds every listener of `config`: the listeners, and their sockets in the same order. One
@@ -81,7 +81,7 @@ pub(super) async fn bind(
             name: name.clone(),
             configured: l.clone(),
             local,
-            pool: Pool::new(l.thread_pool.max.max(1) as usize),
+            pool: Capacity::new(l.thread_pool.max.max(1) as usize),
         });
         bound.push(tcp);
     }
@@ -120,7 +120,7 @@ mod tests {
 
     #[tokio::test]
     async fn pools_resize_in_place() {
-        let pool = Pool::new(4);
+        let pool = Capacity::new(4);
         let held = Arc::clone(&pool.sem)
             .acquire_many_owned(3)
             .await
