@@ -14,6 +14,9 @@
 //!   replaced by an empty repository that the next fetch fills again. It is never booted from.
 //!   Objects already read with their hash checked are not read again while the files holding
 //!   them are unchanged ([`verified`]), so an open costs what is new.
+//!
+//! The parts: `store` opens, locks and repairs the cache, `check` reads commits fully, `refs` keeps
+//! the refs and the last-valid record, `fetch` fills the cache through [`crate::git::fetch`].
 
 mod check;
 mod fetch;
