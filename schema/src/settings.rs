@@ -2,6 +2,9 @@
 //! one-line description. It is the one place that says what a key means; the loader checks keys
 //! and types against it, the planner takes effects from it, and `docs/settings.md` is generated
 //! from it (`steward schema --markdown`).
+//!
+//! Long because the table is data, one entry per setting, kept in one place so that a new setting
+//! is added once.
 
 use std::collections::BTreeMap;
 use std::fmt;

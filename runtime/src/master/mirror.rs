@@ -5,13 +5,11 @@
 //! An unreachable upstream never unpins: the fetch fails, the pin stays, and the status says since
 //! when the mirror is stale.
 
-use reconciler::cache::{chain, redact};
+use reconciler::cache::redact;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use gix::bstr::ByteSlice;
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
 
@@ -116,100 +114,13 @@ impl Mirror {
 /// (forced: the upstream is the truth, rewritten history included) and returns its new value.
 /// Blocking. Errors are one line for the status and the log.
 pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
-    let shown = redact(url);
-    let err = |e: gix::Error| format!("fetching {shown}: {}", chain(&e));
-    let opts = gix::open::Options::isolated().open_path_as_is(true);
-    let repo = gix::open_opts(git_dir, opts).map_err(|e| chain(&e))?;
-    let mut parsed = gix::url::parse(url.as_bytes().as_bstr())
-        .map_err(|e| format!("{shown} is not a Git URL: {}", chain(&e)))?;
-    if parsed.scheme == gix::url::Scheme::File {
-        let exists = gix::path::from_bstr(parsed.path.as_bstr()).is_ok_and(|p| p.exists());
-        if !exists {
-            return Err(format!("fetching {shown}: no such repository"));
-        }
-    }
-    let is_http = matches!(
-        parsed.scheme,
-        gix::url::Scheme::Http | gix::url::Scheme::Https
-    );
-    // Credentials in an http(s) URL go out as a Basic header: gix would otherwise ask a credential
-    // helper (never run unattended). A configured header also makes gix refuse redirects, so the
-    // password never travels to another host.
-    let mut extra_headers = Vec::new();
-    if is_http && let (Some(user), Some(password)) = (parsed.user(), parsed.password()) {
-        use base64ct::Encoding;
-        let token = base64ct::Base64::encode_string(format!("{user}:{password}").as_bytes());
-        extra_headers.push(format!("Authorization: Basic {token}"));
-        parsed.set_user(None);
-        parsed.set_password(None);
-    }
-    let local = format!("refs/heads/{branch}");
-    let spec = format!("+{local}:{local}");
-    let remote = repo
-        .remote_at(parsed)
-        .map_err(err)?
-        .with_fetch_tags(gix::remote::fetch::Tags::None)
-        .with_refspecs([spec.as_bytes().as_bstr()], gix::remote::Direction::Fetch)
-        .map_err(err)?;
-    let connection = remote.connect(gix::remote::Direction::Fetch).map_err(err)?;
-    // Unattended: never prompt, never run credential helpers.
-    let mut connection = connection.with_credentials(|action| match action {
-        gix::credentials::helper::Action::Get(_) => Err(gix::Error::from_error(
-            gix::error::validation("the upstream asks for credentials".to_owned()),
-        )),
-        _ => Ok(None),
-    });
-    if is_http {
-        use gix::protocol::transport::client::blocking_io::http;
-        reconciler::tls::install_provider();
-        // Trust anchors beyond the system's (a private CA, a self-signed upstream), named as
-        // git names them, so one `GIT_SSL_CAINFO` serves git and the Master.
-        let extra = reconciler::tls::reqwest_extra_roots()?;
-        let backend = http::reqwest::Options {
-            configure_client: Some(Box::new(move |b| {
-                Ok(b.connect_timeout(CONNECT_TIMEOUT)
-                    .tls_certs_merge(extra.clone()))
-            })),
-            configure_request: None,
-        };
-        connection.set_transport_options(Box::new(http::Options {
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            extra_headers,
-            backend: Some(std::sync::Arc::new(std::sync::Mutex::new(backend))),
-            ..Default::default()
-        }));
-    }
-    let prepare = connection
-        .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(err)?;
-    let found = prepare
-        .ref_map()
-        .mappings
-        .iter()
-        .any(|m| matches!(&m.remote, gix::remote::fetch::refmap::Source::Ref(_)));
-    if !found {
-        return Err(format!("{shown} has no branch {branch}"));
-    }
-    let interrupt = AtomicBool::new(false);
-    let outcome = prepare
-        .receive(gix::progress::Discard, &interrupt)
-        .map_err(err)?;
-    if let gix::remote::fetch::Status::Change {
-        mut write_pack_bundle,
-        ..
-    } = outcome.status
-        && let Some(keep) = write_pack_bundle.keep_path.take()
-    {
-        // The pack is reachable from the updated ref; the .keep file would only block gc.
-        let _ = std::fs::remove_file(keep);
-    }
-    let repo = gix::open_opts(git_dir, gix::open::Options::isolated()).map_err(|e| chain(&e))?;
-    let head = repo
-        .try_find_reference(local.as_str())
-        .map_err(|e| chain(&e))?
-        .and_then(|r| r.target().try_id().map(|id| Oid::from(id.to_owned())))
-        .ok_or_else(|| format!("{local} is missing after the fetch"))?;
-    Ok(head)
+    let remote = reconciler::cache::Remote {
+        url: url.to_owned(),
+        user: None,
+        password: None,
+        connect_timeout: CONNECT_TIMEOUT,
+    };
+    reconciler::git::fetch::fetch_branch(git_dir, &remote, branch).map_err(|e| e.to_string())
 }
 
 /// Whether a webhook call carries the shared secret: GitHub's `X-Hub-Signature-256`

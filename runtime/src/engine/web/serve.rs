@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::proxy::Peer;
+use super::route::under;
 use super::{Body, Handler, Inner, Route, access, fmt_duration, read_snapshot};
 
 pub(super) async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net::TcpListener) {
@@ -88,14 +89,6 @@ pub(super) fn unavailable() -> Response<Body> {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
-}
-
-/// Whether `path` is under `context` (segment-wise: `/shop` covers `/shop` and `/shop/x`, not
-/// `/shopping`).
-pub(super) fn under(path: &str, context: &str) -> bool {
-    context == "/"
-        || (path.starts_with(context)
-            && matches!(path.as_bytes().get(context.len()), None | Some(b'/')))
 }
 
 async fn handle(
