@@ -2,12 +2,9 @@
 //! the file it names. Inputs: the example domain mutated many ways (deterministic xorshift, so a
 //! failure reproduces), plus arbitrary bytes.
 
-use schema::settings::FileKind;
 use schema::tree::MemTree;
 
-const DOMAIN: &str = include_str!("../../examples/domain1/domain.toml");
-const ACCOUNTS: &str = include_str!("../../examples/domain1/security/accounts.toml");
-const POLICIES: &str = include_str!("../../examples/domain1/security/policies.toml");
+use crate::example::{ACCOUNTS, DOMAIN, POLICIES};
 
 /// Fragments that steer mutations toward interesting TOML.
 const TOKENS: &[&str] = &[
@@ -114,13 +111,7 @@ fn check(tree: &MemTree) {
 }
 
 fn tree(domain: Vec<u8>, accounts: Vec<u8>, policies: Vec<u8>) -> MemTree {
-    MemTree::new("fuzz")
-        .with(FileKind::Domain.path(), domain)
-        .with(FileKind::Accounts.path(), accounts)
-        .with(FileKind::Policies.path(), policies)
-        .with("apps/shop/index.html", "x")
-        .with("apps/api/bin/api", "x")
-        .with("libs/common/README.txt", "x")
+    crate::example::tree("fuzz", domain, accounts, policies, "x")
 }
 
 #[test]

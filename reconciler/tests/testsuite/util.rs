@@ -1,7 +1,5 @@
 //! Driving the real `git` binary, isolated from the user's and the system's configuration.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -2,12 +2,9 @@
 
 use schema::model::RestartPolicy;
 use schema::plan::{AppAction, ServerState, plan};
-use schema::settings::{Effect, FileKind};
-use schema::tree::MemTree;
+use schema::settings::Effect;
 
-const DOMAIN: &str = include_str!("../../examples/domain1/domain.toml");
-const ACCOUNTS: &str = include_str!("../../examples/domain1/security/accounts.toml");
-const POLICIES: &str = include_str!("../../examples/domain1/security/policies.toml");
+use crate::example::{ACCOUNTS, DOMAIN, POLICIES};
 
 fn load(name: &str, domain: &str, shop_page: &str) -> schema::Loaded {
     load_with(name, domain, shop_page, ACCOUNTS, POLICIES)
@@ -20,13 +17,7 @@ fn load_with(
     accounts: &str,
     policies: &str,
 ) -> schema::Loaded {
-    let tree = MemTree::new(name)
-        .with(FileKind::Domain.path(), domain)
-        .with(FileKind::Accounts.path(), accounts)
-        .with(FileKind::Policies.path(), policies)
-        .with("apps/shop/index.html", shop_page)
-        .with("apps/api/bin/api", "x")
-        .with("libs/common/README.txt", "x");
+    let tree = crate::example::tree(name, domain, accounts, policies, shop_page);
     let v = schema::validate(&tree);
     v.loaded
         .unwrap_or_else(|| panic!("{}", v.report.render_human(false)))

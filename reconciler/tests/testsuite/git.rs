@@ -1,10 +1,8 @@
 //! `Repo`, `CommitTree` and `WorkTree` against repositories made by the real `git` binary.
 
-mod common;
-
 use std::path::Path;
 
-use common::{git, write};
+use crate::util::{git, write};
 use reconciler::git::{GitEnv, GitError, Oid, Repo, WorkTree};
 use schema::tree::{EntryKind, Tree};
 
@@ -247,9 +245,9 @@ fn tricky_content(dir: &Path) {
     write(&dir.join("a-b"), "dash\n");
     write(&dir.join("a.txt"), "dot\n");
     write(&dir.join("bin/run.sh"), "#!/bin/sh\necho hi\n");
-    common::chmod(&dir.join("bin/run.sh"), 0o755);
+    crate::util::chmod(&dir.join("bin/run.sh"), 0o755);
     write(&dir.join("bin/data"), "not executable for the owner\n");
-    common::chmod(&dir.join("bin/data"), 0o654);
+    crate::util::chmod(&dir.join("bin/data"), 0o654);
     std::os::unix::fs::symlink("../domain.toml", dir.join("a/link")).expect("symlink");
     std::os::unix::fs::symlink("a/b", dir.join("dirlink")).expect("symlink");
     std::fs::create_dir_all(dir.join("empty")).expect("mkdir");

@@ -1,12 +1,10 @@
 //! The Git server hook: installation into real bare repositories, and reading pushed commits from
 //! inside a real `pre-receive` hook run by `git push`.
 
-mod common;
-
 use std::io::Read;
 use std::path::Path;
 
-use common::{git, git_output, write};
+use crate::util::{git, git_output, write};
 use reconciler::git::Repo;
 use reconciler::hook::{self, HookError};
 use schema::tree::Tree;
@@ -90,14 +88,14 @@ fn pushed_commits_are_readable_inside_pre_receive() {
         format!("'{}'", s.replace('\'', r"'\''"))
     };
     let script = format!(
-        "#!/bin/sh\n{CHILD_OUT}={} exec {} --exact hook_child --nocapture --test-threads=1 >{} 2>&1\n",
+        "#!/bin/sh\n{CHILD_OUT}={} exec {} --exact hook::hook_child --nocapture --test-threads=1 >{} 2>&1\n",
         q(&report),
         q(&exe),
         q(&log),
     );
     let hook_path = server.join("hooks/pre-receive");
     std::fs::write(&hook_path, script).expect("write hook");
-    common::chmod(&hook_path, 0o755);
+    crate::util::chmod(&hook_path, 0o755);
 
     // Small pushes arrive as loose objects; with the server's `receive.unpackLimit` at 1 they
     // stay a pack in the quarantine. Both must be readable.
@@ -149,7 +147,7 @@ fn install_writes_an_executable_hook_that_git_runs() {
         &fake,
         "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$@\" > \"$d/args\"\ncat > \"$d/stdin\"\necho 'rejected by fake steward' >&2\nexit 1\n",
     );
-    common::chmod(&fake, 0o755);
+    crate::util::chmod(&fake, 0o755);
 
     let hook_path = hook::install(&server, &fake).expect("install");
     assert_eq!(hook_path, server.join("hooks/pre-receive"));

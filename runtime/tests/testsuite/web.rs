@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ use runtime::layout::ServerHome;
 use schema::model::{AccessLog, AccessLogFormat, AppKind, Application, Listener, ThreadPool};
 use schema::tree::MemTree;
 use schema::values::Dur;
+
+use crate::util::{application, git, home};
 
 struct Reply {
     status: u16,
@@ -109,30 +111,6 @@ fn listener(max: u32, queue: Duration, request: Duration) -> Listener {
         queue_timeout: Dur(queue),
         request_timeout: Dur(request),
     }
-}
-
-fn application(kind: AppKind, context: &str) -> Application {
-    Application {
-        kind,
-        source: "src".to_owned(),
-        context_path: context.to_owned(),
-        targets: vec![],
-        description: String::new(),
-        env: BTreeMap::new(),
-        command: None,
-        args: vec![],
-        libraries: vec![],
-        index: "index.html".to_owned(),
-        health_path: "/".to_owned(),
-        start_timeout: Dur::secs(10),
-        max_unpacked_size: schema::model::default_max_unpacked_size(),
-    }
-}
-
-fn home(dir: &Path) -> ServerHome {
-    let h = ServerHome::new(&dir.join("domain"), "server1").expect("home");
-    h.create().expect("layout");
-    h
 }
 
 /// Deploys `files` as application `name` (from an in-memory tree).
@@ -408,6 +386,8 @@ class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         if self.path.endswith("/slow"):
+            if "STARTED" in os.environ:
+                open(os.environ["STARTED"], "w").close()
             time.sleep(float(os.environ.get("SLOW", "1")))
         body = json.dumps({
             "path": self.path,
@@ -435,6 +415,27 @@ fn process_app(h: &ServerHome, name: &str, context: &str, env: &[(&str, &str)]) 
     script_app(h, name, context, env, APP_PY)
 }
 
+/// The python app as process application `slow` whose `/slow/slow` takes `seconds`; also the
+/// file it creates when such a request reaches it (made under `dir`).
+fn slow_app(h: &ServerHome, dir: &Path, seconds: &str) -> (AppSpec, PathBuf) {
+    let started = dir.join("started");
+    let env = [
+        ("SLOW", seconds),
+        ("STARTED", started.to_str().expect("utf-8")),
+    ];
+    (process_app(h, "slow", "/slow", &env), started)
+}
+
+/// Sends `GET /slow/slow` and returns once the application has it (`started` exists).
+async fn slow_request(addr: SocketAddr, started: &Path) -> tokio::task::JoinHandle<Reply> {
+    let request = tokio::spawn(async move { get(addr, "/slow/slow", &[]).await });
+    eventually("the slow request at the application", || {
+        started.exists().then_some(())
+    })
+    .await;
+    request
+}
+
 /// Deploys `script` as `app.py` of process application `name` at `context`.
 fn script_app(
     h: &ServerHome,
@@ -457,6 +458,18 @@ fn script_app(
     )
     .expect("chmod");
     AppSpec { app, deployment: d }
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most 10 s; fails naming `what`.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn json(r: &Reply) -> serde_json::Value {
@@ -534,16 +547,12 @@ async fn proxies_a_process_app_isolated_and_restarts_it() {
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
-    let until = Instant::now() + Duration::from_secs(10);
-    let new_pid = loop {
-        if let Some(p) = engine.app_pid("api").filter(|p| *p != pid)
-            && engine.app_ready("api")
-        {
-            break p;
-        }
-        assert!(Instant::now() < until, "not restarted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new_pid = eventually("the application restarted and ready", || {
+        engine
+            .app_pid("api")
+            .filter(|p| *p != pid && engine.app_ready("api"))
+    })
+    .await;
     let r = get(addr, "/api/again", &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(json(&r)["pid"].as_u64(), Some(u64::from(new_pid)));
@@ -571,7 +580,7 @@ async fn proxies_a_process_app_isolated_and_restarts_it() {
 async fn excess_requests_wait_then_get_503_and_slow_ones_504() {
     let tmp = tempfile::tempdir().expect("tmp");
     let h = home(tmp.path());
-    let spec = process_app(&h, "slow", "/slow", &[("SLOW", "1.5")]);
+    let (spec, started) = slow_app(&h, tmp.path(), "1.5");
     let (engine, addr) = start(
         config(
             &[(
@@ -583,8 +592,8 @@ async fn excess_requests_wait_then_get_503_and_slow_ones_504() {
         &h,
     )
     .await;
-    let first = tokio::spawn(async move { get(addr, "/slow/slow", &[]).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The one worker is taken once the application has the first request.
+    let first = slow_request(addr, &started).await;
     let t = Instant::now();
     let second = get(addr, "/slow/fast", &[]).await;
     let waited = t.elapsed();
@@ -687,9 +696,14 @@ async fn applies_twenty_live_changes_under_load_without_a_failed_request() {
         {
             d.app.context_path = "/manual".to_owned();
         }
+        let before = done.load(Ordering::Relaxed);
         engine.apply(cfg.clone()).await.expect("apply");
         last = cfg;
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        // Each change meets traffic: the next one waits until every worker could have sent one.
+        eventually("requests served after a change", || {
+            (done.load(Ordering::Relaxed) >= before + 4).then_some(())
+        })
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
     for l in load {
@@ -699,8 +713,6 @@ async fn applies_twenty_live_changes_under_load_without_a_failed_request() {
     let total = done.load(Ordering::Relaxed);
     // The engine holds the last change, not an earlier one.
     assert_eq!(engine.config().await.as_ref(), Some(&last));
-    assert_eq!(last.listeners["http"].thread_pool.max, 2);
-    assert!(total >= 200, "{total} requests");
     assert!(
         failures.is_empty(),
         "{} of {total} failed: {:?}",
@@ -738,7 +750,7 @@ async fn applies_twenty_live_changes_under_load_without_a_failed_request() {
 async fn graceful_shutdown_finishes_requests_in_flight() {
     let tmp = tempfile::tempdir().expect("tmp");
     let h = home(tmp.path());
-    let spec = process_app(&h, "slow", "/slow", &[("SLOW", "0.8")]);
+    let (spec, started) = slow_app(&h, tmp.path(), "0.8");
     let (engine, addr) = start(
         config(
             &[(
@@ -750,8 +762,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         &h,
     )
     .await;
-    let inflight = tokio::spawn(async move { get(addr, "/slow/slow", &[]).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let inflight = slow_request(addr, &started).await;
     engine.shutdown(Duration::from_secs(5)).await;
     assert_eq!(inflight.await.expect("join").status, 200);
     assert!(
@@ -820,28 +831,12 @@ async fn live_changes_keep_the_process_and_a_redeploy_replaces_only_it() {
     let r = get(addr, "/v2/y", &[]).await;
     assert_eq!(json(&r)["pid"].as_u64(), Some(u64::from(new_pid)));
     assert_eq!(get(addr, "/site/", &[]).await.text(), "site");
-    let until = Instant::now() + Duration::from_secs(10);
-    // SAFETY: probing whether the old pid still exists.
-    while unsafe { libc::kill(pid as i32, 0) } == 0 {
-        assert!(Instant::now() < until, "old process still running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the old process gone", || {
+        // SAFETY: probing whether the old pid still exists.
+        (unsafe { libc::kill(pid as i32, 0) } != 0).then_some(())
+    })
+    .await;
     engine.shutdown(Duration::from_secs(2)).await;
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
 }
 
 /// The whole path the server takes: a commit made with `git`, deployed on a blocking thread
@@ -1172,6 +1167,7 @@ async fn connections_the_application_closes_cost_the_client_nothing() {
     for _ in 0..3 {
         let r = client.req("GET", "/idle/conn", &[]).await.expect("request");
         conns.insert(conn_of(&r));
+        // Waiting out the application's idle close (IDLE=0.2) is what is tested here.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(conns.len(), 3, "{conns:?}");

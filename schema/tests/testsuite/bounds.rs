@@ -5,18 +5,10 @@ use schema::diag::MAX_PROBLEMS;
 use schema::settings::FileKind;
 use schema::tree::MemTree;
 
-const DOMAIN: &str = include_str!("../../examples/domain1/domain.toml");
-const ACCOUNTS: &str = include_str!("../../examples/domain1/security/accounts.toml");
-const POLICIES: &str = include_str!("../../examples/domain1/security/policies.toml");
+use crate::example::{ACCOUNTS, DOMAIN, POLICIES};
 
 fn tree(domain: &str, accounts: &str) -> MemTree {
-    MemTree::new("t")
-        .with(FileKind::Domain.path(), domain)
-        .with(FileKind::Accounts.path(), accounts)
-        .with(FileKind::Policies.path(), POLICIES)
-        .with("apps/shop/index.html", "x")
-        .with("apps/api/bin/api", "x")
-        .with("libs/common/README.txt", "x")
+    crate::example::tree("t", domain, accounts, POLICIES, "x")
 }
 
 fn codes(v: &schema::Validation) -> Vec<&'static str> {

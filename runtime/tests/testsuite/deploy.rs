@@ -4,28 +4,12 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use reconciler::git::Repo;
 use runtime::deploy::{self, DeployError, GitSource};
-use runtime::layout::ServerHome;
 use schema::model::{AppKind, Application};
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use crate::util::{application, git, home};
 
 /// Commits `files` (path, content, executable) into a fresh repository at `dir`.
 fn commit(dir: &Path, files: &[(&str, &[u8], bool)]) -> GitSource {
@@ -48,26 +32,10 @@ fn commit(dir: &Path, files: &[(&str, &[u8], bool)]) -> GitSource {
 
 fn app(kind: AppKind, source: &str, libraries: &[&str]) -> Application {
     Application {
-        kind,
         source: source.to_owned(),
-        context_path: "/app".to_owned(),
-        targets: vec![],
-        description: String::new(),
-        env: Default::default(),
-        command: None,
-        args: vec![],
         libraries: libraries.iter().map(|s| s.to_string()).collect(),
-        index: "index.html".to_owned(),
-        health_path: "/".to_owned(),
-        start_timeout: schema::values::Dur::secs(5),
-        max_unpacked_size: schema::model::default_max_unpacked_size(),
+        ..application(kind, "/app")
     }
-}
-
-fn home(dir: &Path) -> ServerHome {
-    let h = ServerHome::new(&dir.join("domain"), "server1").expect("home");
-    h.create().expect("layout");
-    h
 }
 
 fn tar_gz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
@@ -627,6 +595,7 @@ fn a_deployment_cancelled_midway_is_not_swapped_in() {
                 if writing {
                     cancel.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
+                // Polls for the entry in staging: the deployment reports no progress to wait on.
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         });
