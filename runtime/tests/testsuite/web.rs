@@ -451,7 +451,7 @@ fn script_app(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let d = deploy_files(h, name, &app, &[("app.py", script.as_bytes())]);
-    // In-memory trees carry no modes; a Git source would (see tests/deploy.rs).
+    // In-memory trees carry no modes; a Git source would (see deploy.rs).
     std::fs::set_permissions(
         d.image.join("app.py"),
         std::fs::Permissions::from_mode(0o755),

@@ -1,9 +1,8 @@
 //! What the end-to-end tests of the Master share: a small domain with users `admin` and
 //! `reader`, `steward init`, a running `steward master`, and a minimal HTTP client over
 //! `TcpStream` (Basic auth, raw requests, SSE).
-#![allow(dead_code)]
 
-use crate::util::TempDir;
+use super::TempDir;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,9 +1,7 @@
 //! `steward validate` on real repositories: every kind of problem, every output format.
 
-mod util;
-
+use crate::util::Repo;
 use insta::assert_snapshot;
-use util::Repo;
 
 #[test]
 fn the_example_domain_is_valid() {
@@ -230,7 +228,7 @@ fn a_base_port_conflicts_with_a_listener() {
 }
 
 /// Messages and codes of a JSON report.
-fn json_problems(r: &util::Run) -> Vec<(String, String)> {
+fn json_problems(r: &crate::util::Run) -> Vec<(String, String)> {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     v["problems"]
         .as_array()
@@ -373,18 +371,18 @@ fn secrets_are_never_shown() {
         }
     }
     // The pusher's terminal: the pre-receive hook of a bare repository.
-    let server = util::TempDir::new("secrets-bare");
+    let server = crate::util::TempDir::new("secrets-bare");
     let bare = server.path().join("domain.git");
     let bare = bare.to_str().unwrap();
     assert_eq!(
-        util::git(server.path(), &["init", "-q", "--bare", bare]).code,
+        crate::util::git(server.path(), &["init", "-q", "--bare", bare]).code,
         0
     );
     assert_eq!(
-        util::steward(server.path(), &["hook", "install", "--repo", bare]).code,
+        crate::util::steward(server.path(), &["hook", "install", "--repo", bare]).code,
         0
     );
-    let push = util::git(repo.path(), &["push", bare, "HEAD:refs/heads/main"]);
+    let push = crate::util::git(repo.path(), &["push", bare, "HEAD:refs/heads/main"]);
     assert_ne!(push.code, 0, "{}", push.stderr);
     assert!(push.stderr.contains("pasword"), "{}", push.stderr);
     for secret in [secret_of_hash.as_str(), "hunter2-plain", "s3cr3t-value"] {

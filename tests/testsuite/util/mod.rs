@@ -1,6 +1,5 @@
 //! Helpers for end-to-end tests: temporary domain repositories driven with the real `git`
 //! binary, and the built `steward` run as a user would run it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -517,3 +516,4 @@ pub fn pid_of(home: &std::path::Path, server: &str) -> String {
     .trim()
     .to_owned()
 }
+pub mod master;

@@ -1,15 +1,13 @@
 //! `steward up`: the quick start runs the Master and every server of a domain directory, prints
 //! where everything is, and stops it all on SIGINT.
 
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use util::{Repo, TempDir};
+use crate::util::{Repo, TempDir};
 
 fn get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -79,7 +77,7 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     use std::os::unix::process::CommandExt;
     // The example domain, moved to free ports.
     let repo = Repo::example("up-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let tmp = TempDir::new("up-home");
     let home = tmp.path().join("domain1");
     let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
@@ -135,7 +133,8 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     // The applications are really served: the shop on server1's listener, the process API on
     // server3's default listener (base port + 1).
     let shop = get(ports[4], "/shop/").unwrap_or_default();
-    let index = std::fs::read_to_string(util::example_dir().join("apps/shop/index.html")).unwrap();
+    let index =
+        std::fs::read_to_string(crate::util::example_dir().join("apps/shop/index.html")).unwrap();
     assert!(shop.contains(" 200 "), "{shop}");
     assert!(shop.ends_with(&index), "{shop}");
     let api = get(ports[3] + 1, "/api/orders").unwrap_or_default();
@@ -147,7 +146,7 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
 
     // A second `up` of the same domain: it names the busy port, starts and creates nothing.
     let other = tmp.path().join("second");
-    let second = util::steward(repo.path(), &["up", ".", "--home", other.to_str().unwrap()]);
+    let second = crate::util::steward(repo.path(), &["up", ".", "--home", other.to_str().unwrap()]);
     assert_eq!(second.code, 1, "{}{}", second.stdout, second.stderr);
     assert!(
         second.stderr.contains(&format!(
@@ -163,12 +162,12 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     // server3 (restart-policy auto) restarts itself for a restart-class change, server1
     // (rolling) when the Master orders it; `up` follows the new processes and keeps streaming
     // their logs.
-    let old = util::pid_of(&home, "server3");
-    let old1 = util::pid_of(&home, "server1");
+    let old = crate::util::pid_of(&home, "server3");
+    let old1 = crate::util::pid_of(&home, "server1");
     let clone = tmp.path().join("clone");
     let url = format!("http://admin:admin@127.0.0.1:{}/git/domain.git", ports[0]);
     assert_eq!(
-        util::git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
+        crate::util::git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
         0
     );
     let toml = std::fs::read_to_string(clone.join("domain.toml")).unwrap();
@@ -182,10 +181,10 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     );
     std::fs::write(clone.join("domain.toml"), toml).unwrap();
     assert_eq!(
-        util::git(&clone, &["commit", "-qam", "server1, server3: new env"]).code,
+        crate::util::git(&clone, &["commit", "-qam", "server1, server3: new env"]).code,
         0
     );
-    let push = util::git(&clone, &["push", "-q", "origin", "main"]);
+    let push = crate::util::git(&clone, &["push", "-q", "origin", "main"]);
     assert_eq!(push.code, 0, "{}", push.stderr);
     let running_again = |server: &'static str, old: String| {
         move |l: &str| {
@@ -208,7 +207,7 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
         "restart of server3",
         running_again("server3", old.clone()),
     );
-    let new = util::pid_of(&home, "server3");
+    let new = crate::util::pid_of(&home, "server3");
     assert_ne!(new, old);
     assert!(out.lines[auto].contains(&new), "{}", out.lines[auto]);
     out.until(auto, "server3's log after its restart", |l| {
@@ -216,9 +215,9 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     });
 
     // And by hand: stop-server, start-server.
-    util::stop_server(&home, "server1");
-    util::start_server(&home, "server1", ports[0]);
-    let by_hand = util::pid_of(&home, "server1");
+    crate::util::stop_server(&home, "server1");
+    crate::util::start_server(&home, "server1", ports[0]);
+    let by_hand = crate::util::pid_of(&home, "server1");
     let hand = out.until(auto.max(rolling), "server1 back", |l| {
         l.contains(" up | server1 ")
             && (l.contains(&format!("is running [pid : {by_hand}]"))
@@ -268,18 +267,18 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
         );
     }
     // Nothing of this domain home runs: no server, no launcher, no process application.
-    let left = util::processes_with(home.to_str().unwrap());
+    let left = crate::util::processes_with(home.to_str().unwrap());
     assert!(left.is_empty(), "still running: {left:?}");
 }
 
 #[test]
 fn up_stops_everything_when_a_server_cannot_start() {
     let repo = Repo::example("up-fail");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let tmp = TempDir::new("up-fail-home");
     let home = tmp.path().join("domain1");
     // The launchers inherit a wrong password: the Master refuses them.
-    let r: util::Run = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let r: crate::util::Run = Command::new(env!("CARGO_BIN_EXE_steward"))
         .arg("up")
         .arg(repo.path())
         .arg("--home")
@@ -306,14 +305,14 @@ fn up_stops_everything_when_a_server_cannot_start() {
             "port {port} still open"
         );
     }
-    assert!(util::processes_with(home.to_str().unwrap()).is_empty());
+    assert!(crate::util::processes_with(home.to_str().unwrap()).is_empty());
 }
 
 #[test]
 fn init_works_from_any_directory_with_the_built_in_example() {
     let cwd = TempDir::new("init-anywhere");
     let home = cwd.path().join("home");
-    let r = util::steward(cwd.path(), &["init", "home"]);
+    let r = crate::util::steward(cwd.path(), &["init", "home"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(
         r.stdout
@@ -321,7 +320,7 @@ fn init_works_from_any_directory_with_the_built_in_example() {
     );
     // The first commit holds exactly the example domain of the source tree.
     let git_dir = home.join("config/domain.git");
-    let files = util::git(&git_dir, &["ls-tree", "-r", "--name-only", "main"]).stdout;
+    let files = crate::util::git(&git_dir, &["ls-tree", "-r", "--name-only", "main"]).stdout;
     let mut expected = Vec::new();
     fn walk(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -333,20 +332,20 @@ fn init_works_from_any_directory_with_the_built_in_example() {
             }
         }
     }
-    walk(&util::example_dir(), "", &mut expected);
+    walk(&crate::util::example_dir(), "", &mut expected);
     expected.sort();
     let mut got: Vec<String> = files.lines().map(str::to_owned).collect();
     got.sort();
     assert_eq!(got, expected);
     for f in &expected {
-        let blob = util::git(&git_dir, &["show", &format!("main:{f}")]).stdout;
-        let disk = std::fs::read_to_string(util::example_dir().join(f)).unwrap();
+        let blob = crate::util::git(&git_dir, &["show", &format!("main:{f}")]).stdout;
+        let disk = std::fs::read_to_string(crate::util::example_dir().join(f)).unwrap();
         assert_eq!(blob, disk, "{f}");
     }
     // The process application stays executable.
-    let mode = util::git(&git_dir, &["ls-tree", "main", "apps/api/bin/api"]).stdout;
+    let mode = crate::util::git(&git_dir, &["ls-tree", "main", "apps/api/bin/api"]).stdout;
     assert!(mode.starts_with("100755"), "{mode}");
-    let log = util::git(&git_dir, &["log", "-1", "--format=%B", "main"]).stdout;
+    let log = crate::util::git(&git_dir, &["log", "-1", "--format=%B", "main"]).stdout;
     assert!(
         log.contains("the example domain built into steward"),
         "{log}"
@@ -358,7 +357,7 @@ fn up_refuses_an_invalid_domain() {
     let repo = Repo::example("up-invalid");
     repo.edit("domain.toml", "port = 8088", "prot = 8088");
     let home = TempDir::new("up-invalid-home");
-    let r = util::steward(
+    let r = crate::util::steward(
         repo.path(),
         &["up", ".", "--home", home.path().join("h").to_str().unwrap()],
     );
@@ -377,7 +376,7 @@ fn up_from_any_directory_runs_the_built_in_example_and_checks_its_ports_first() 
     // port, and start and create nothing.
     let _held = std::net::TcpListener::bind("127.0.0.1:9736");
     let cwd = TempDir::new("up-anywhere");
-    let r = util::steward(cwd.path(), &["up", "--home", "h"]);
+    let r = crate::util::steward(cwd.path(), &["up", "--home", "h"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
         r.stderr
@@ -393,7 +392,7 @@ fn up_from_any_directory_runs_the_built_in_example_and_checks_its_ports_first() 
 fn up_refuses_a_credentials_file_others_can_read() {
     use std::os::unix::fs::PermissionsExt;
     let repo = Repo::example("up-exposed");
-    util::example_on_free_ports(&repo);
+    crate::util::example_on_free_ports(&repo);
     let tmp = TempDir::new("up-exposed-home");
     let home = tmp.path().join("h");
     let h = home.to_str().unwrap();
@@ -423,7 +422,7 @@ fn up_refuses_a_credentials_file_others_can_read() {
 #[test]
 fn up_names_a_server_left_running_in_the_home_it_reuses() {
     let repo = Repo::example("up-leftover");
-    util::example_on_free_ports(&repo);
+    crate::util::example_on_free_ports(&repo);
     let tmp = TempDir::new("up-leftover-home");
     let home = tmp.path().join("h");
     let h = home.to_str().unwrap();
@@ -439,9 +438,9 @@ fn up_names_a_server_left_running_in_the_home_it_reuses() {
         "--git-url",
         git_url.to_str().unwrap(),
     ]);
-    let _stop = util::Servers(&home, &["server1"]);
+    let _stop = crate::util::Servers(&home, &["server1"]);
     assert_eq!(started.code, 0, "{}", started.stdout);
-    let pid = util::pid_of(&home, "server1");
+    let pid = crate::util::pid_of(&home, "server1");
     let r = repo.steward(&["up", "--home", h]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
@@ -451,5 +450,5 @@ fn up_names_a_server_left_running_in_the_home_it_reuses() {
         "{}",
         r.stderr
     );
-    assert_eq!(util::pid_of(&home, "server1"), pid, "left alone");
+    assert_eq!(crate::util::pid_of(&home, "server1"), pid, "left alone");
 }

@@ -1,12 +1,9 @@
 //! End to end: `steward init` and `steward master` as real processes, driven by the real `git`
 //! binary and a minimal HTTP client over `TcpStream`.
 
-mod master_support;
-mod util;
+use crate::util::master::*;
 
-use master_support::*;
-
-use util::TempDir;
+use crate::util::TempDir;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -883,7 +880,7 @@ fn init_tls_home(tmp: &TempDir, name: &str, certs: &(PathBuf, PathBuf, PathBuf))
 #[test]
 fn https_master_serves_git_and_a_mirror_follows_it_over_https() {
     let tmp = TempDir::new("https");
-    let certs = util::make_certificates(&tmp.path().join("pki"));
+    let certs = crate::util::make_certificates(&tmp.path().join("pki"));
     let ca = certs.0.clone();
     let home = init_tls_home(&tmp, "home", &certs);
     let ready = |port: u16| curl(&ca, &format!("https://127.0.0.1:{port}/healthz")).0 == 200;
@@ -1021,7 +1018,7 @@ fn https_master_serves_git_and_a_mirror_follows_it_over_https() {
 #[test]
 fn bad_tls_files_stop_the_start_naming_the_file() {
     let tmp = TempDir::new("tls-bad");
-    let certs = util::make_certificates(&tmp.path().join("pki"));
+    let certs = crate::util::make_certificates(&tmp.path().join("pki"));
     let home = init_tls_home(&tmp, "home", &certs);
     let start = || {
         let out = steward(&[

@@ -3,11 +3,8 @@
 //! cannot be written, rejections with many problems. Real `steward master`, real `git`, real
 //! sockets on 127.0.0.1; every flood is bounded in count and stops by itself.
 
-mod master_support;
-mod util;
-
-use master_support::*;
-use util::TempDir;
+use crate::util::TempDir;
+use crate::util::master::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -196,7 +193,7 @@ fn idle_connections_beyond_the_cap_starve_nothing_and_slow_clients_are_closed() 
         port,
         log: log.clone(),
     };
-    util::eventually(20, || {
+    crate::util::eventually(20, || {
         request(port, "GET", "/healthz", None)
             .ok()
             .filter(|r| r.status == 200)
@@ -343,15 +340,17 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
         .spawn()
         .expect("git push");
     let started = tmp.path().join("hook-started");
-    util::eventually(30, || started.exists().then_some(())).expect("the hook runs");
+    crate::util::eventually(30, || started.exists().then_some(())).expect("the hook runs");
     let killed = Command::new("kill")
         .args(["-s", "KILL", "--", &format!("-{}", push.id())])
         .status()
         .expect("kill");
     assert!(killed.success());
     let _ = push.wait();
-    util::eventually(20, || {
-        util::processes_with(&script).is_empty().then_some(())
+    crate::util::eventually(20, || {
+        crate::util::processes_with(&script)
+            .is_empty()
+            .then_some(())
     })
     .expect("the hanging hook was stopped");
     assert_eq!(bare_main(&home), main0);
@@ -384,8 +383,10 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("deadline of the pre-receive step"), "{err}");
-    util::eventually(20, || {
-        util::processes_with(&script).is_empty().then_some(())
+    crate::util::eventually(20, || {
+        crate::util::processes_with(&script)
+            .is_empty()
+            .then_some(())
     })
     .expect("the hanging hook was stopped");
     assert_eq!(bare_main(&home), pushed);
@@ -459,5 +460,5 @@ fn reads_do_not_wake_the_ref_watcher_and_pushes_do() {
     let out = git(&wc, &["push", "-q", "origin", "main"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(master.pinned(), pushed);
-    util::eventually(10, || (wakeups() > before).then_some(())).expect("a push wakes it");
+    crate::util::eventually(10, || (wakeups() > before).then_some(())).expect("a push wakes it");
 }

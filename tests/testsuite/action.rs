@@ -5,13 +5,11 @@
 //!
 //! Reading YAML takes python3 with PyYAML (the workspace has no YAML crate).
 
-mod util;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use util::{Repo, TempDir};
+use crate::util::{Repo, TempDir};
 
 /// action.yml as JSON.
 fn action() -> serde_json::Value {

@@ -1,10 +1,8 @@
 //! Generated references stay in step with the code.
 
-mod util;
-
 #[test]
 fn settings_reference_is_current() {
-    let r = util::steward(
+    let r = crate::util::steward(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
         &["schema", "--markdown"],
     );

@@ -2,9 +2,7 @@
 //! processes — a real Master, bare repositories driven by the real `git`, and real servers whose
 //! `GET /v1/status` is read over TCP. Every process started here is killed by a drop guard.
 
-mod util;
-
-use util::TempDir;
+use crate::util::TempDir;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

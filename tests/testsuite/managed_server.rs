@@ -2,12 +2,10 @@
 //! reported as pending (derived, so reverting clears them), `restart-policy = "auto"` restarts
 //! through the launcher, and losing the Master makes a server INDEPENDENT until it returns.
 
-mod util;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use util::{
+use crate::util::{
     Repo, Servers, TempDir, eventually, git, http_get, master, server_log, start_server, status,
 };
 
@@ -42,11 +40,11 @@ fn servers_follow_the_master() {
         "restart-policy = \"rolling\"",
         "restart-policy = \"manual\"",
     );
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1, s3) = (ports[0], ports[1], ports[3]);
     let tmp = TempDir::new("ms-home");
     let home = tmp.path().join("domain1");
-    let r = util::steward(
+    let r = crate::util::steward(
         repo.path(),
         &["init", home.to_str().unwrap(), "--from", "."],
     );
@@ -180,11 +178,11 @@ fn stamps(log: &str, id: &str) -> Vec<String> {
 #[test]
 fn rolling_restarts_one_server_of_a_cluster_at_a_time() {
     let repo = Repo::example("rolling-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1, s2) = (ports[0], ports[1], ports[2]);
     let tmp = TempDir::new("rolling-home");
     let home = tmp.path().join("domain1");
-    let r = util::steward(
+    let r = crate::util::steward(
         repo.path(),
         &["init", home.to_str().unwrap(), "--from", "."],
     );
@@ -263,7 +261,7 @@ fn rolling_restarts_one_server_of_a_cluster_at_a_time() {
 #[test]
 fn servers_follow_a_master_over_https() {
     let repo = Repo::example("https-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1) = (ports[0], ports[1]);
     // The Master serves HTTPS only, with a certificate from a test CA.
     repo.edit(
@@ -272,9 +270,9 @@ fn servers_follow_a_master_over_https() {
         "heartbeat-interval = \"2s\"\ntls = { certificate = \"tls/master.crt\", key = \"tls/master.key\" }",
     );
     let tmp = TempDir::new("https-home");
-    let (ca, crt, key) = util::make_certificates(&tmp.path().join("pki"));
+    let (ca, crt, key) = crate::util::make_certificates(&tmp.path().join("pki"));
     let home = tmp.path().join("domain1");
-    let r = util::steward(
+    let r = crate::util::steward(
         repo.path(),
         &["init", home.to_str().unwrap(), "--from", "."],
     );
@@ -369,11 +367,11 @@ fn servers_follow_a_master_over_https() {
 #[test]
 fn stop_timeout_is_live() {
     let repo = Repo::example("stoptimeout-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1) = (ports[0], ports[1]);
     let tmp = TempDir::new("stoptimeout-home");
     let home = tmp.path().join("domain1");
-    let r = util::steward(
+    let r = crate::util::steward(
         repo.path(),
         &["init", home.to_str().unwrap(), "--from", "."],
     );

@@ -6,14 +6,12 @@
 //!
 //! Long: each test starts a real Master and server, so related checks share one scenario.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use util::{
+use crate::util::{
     Guard, HttpConn, Repo, Servers, TempDir, eventually, git, http_get, master, pid_of, server_log,
     start_server, status, stop_server,
 };
@@ -63,7 +61,7 @@ impl Domain {
     fn new(repo: &Repo, mport: u16, name: &str) -> Domain {
         let tmp = TempDir::new(name);
         let home = tmp.path().join("domain1");
-        let r = util::steward(
+        let r = crate::util::steward(
             repo.path(),
             &["init", home.to_str().unwrap(), "--from", "."],
         );
@@ -95,7 +93,7 @@ impl Domain {
 #[test]
 fn applications_serve_and_live_changes_drop_no_request() {
     let repo = Repo::example("serve-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     // Manual restarts: this test watches a restart stay pending.
     repo.edit(
         "domain.toml",
@@ -111,7 +109,7 @@ fn applications_serve_and_live_changes_drop_no_request() {
     start_server(&home, "server3", mport);
 
     // The static application: its index, a stylesheet with its content type.
-    let index = std::fs::read(util::example_dir().join("apps/shop/index.html")).unwrap();
+    let index = std::fs::read(crate::util::example_dir().join("apps/shop/index.html")).unwrap();
     let mut c = HttpConn::connect(web1).unwrap();
     let r = c.get("/shop/").unwrap();
     assert_eq!((r.status, &r.body), (200, &index));
@@ -150,7 +148,7 @@ fn applications_serve_and_live_changes_drop_no_request() {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let mut fetch = |path: &str| -> Result<util::HttpResponse, String> {
+                let mut fetch = |path: &str| -> Result<crate::util::HttpResponse, String> {
                     let c = match conn.as_mut() {
                         Some(c) if keep_alive => c,
                         _ => conn.insert(HttpConn::connect(web1).map_err(|e| e.to_string())?),
@@ -250,7 +248,7 @@ fn applications_serve_and_live_changes_drop_no_request() {
 
     // A restart setting (the listener port) with a live one in the same commit: the live one
     // applies, the port pends (listed once), and the old port keeps serving.
-    let new_port = util::free_pair();
+    let new_port = crate::util::free_pair();
     let st = applied(&push(
         &d.clone,
         &[
@@ -279,10 +277,13 @@ fn applications_serve_and_live_changes_drop_no_request() {
 
     // A graceful stop stops the process applications too.
     let api_image = "servers/server3/.workspace/deployed/api";
-    assert!(!util::processes_with(api_image).is_empty(), "the api runs");
+    assert!(
+        !crate::util::processes_with(api_image).is_empty(),
+        "the api runs"
+    );
     stop_server(&home, "server3");
     assert!(
-        eventually(10, || util::processes_with(api_image)
+        eventually(10, || crate::util::processes_with(api_image)
             .is_empty()
             .then_some(()))
         .is_some(),
@@ -317,11 +318,11 @@ targets = ["server1"]
 #[test]
 fn failing_deployments_fail_alone_and_are_fixed_by_a_push() {
     let repo = Repo::example("fail-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let text = repo.read("domain.toml");
     repo.write("domain.toml", &format!("{text}{BAD_APPS}"));
     repo.write("apps/broken.tar.gz", "this is not gzip data at all");
-    let evil = util::tar_with(&[
+    let evil = crate::util::tar_with(&[
         ("index.html", b"fine"),
         ("../../../../../escape.txt", b"escaped"),
     ]);
@@ -364,7 +365,7 @@ fn failing_deployments_fail_alone_and_are_fixed_by_a_push() {
     assert_eq!(c.get("/shop/").unwrap().status, 200);
     // Nothing was written outside the image.
     assert_eq!(
-        util::find_named(d.tmp.path(), "escape.txt"),
+        crate::util::find_named(d.tmp.path(), "escape.txt"),
         Vec::<PathBuf>::new()
     );
     let log = server_log(&home, "server1");
@@ -427,7 +428,7 @@ fn failing_deployments_fail_alone_and_are_fixed_by_a_push() {
 #[test]
 fn a_failed_application_is_redeployed_when_the_master_returns() {
     let repo = Repo::example("retry-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1, web1) = (ports[0], ports[1], ports[4]);
     let mut d = Domain::new(&repo, mport, "retry-home");
     let home = d.home.clone();
@@ -502,7 +503,7 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 fn a_graceful_stop_finishes_requests_in_flight_then_stops_the_applications() {
     use std::os::unix::fs::PermissionsExt;
     let repo = Repo::example("drain-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let text = repo.read("domain.toml");
     repo.write(
         "domain.toml",
@@ -520,7 +521,10 @@ fn a_graceful_stop_finishes_requests_in_flight_then_stops_the_applications() {
     let _servers = Servers(&home, &["server1"]);
     start_server(&home, "server1", mport);
     let image = "servers/server1/.workspace/deployed/slow";
-    assert!(!util::processes_with(image).is_empty(), "the slow app runs");
+    assert!(
+        !crate::util::processes_with(image).is_empty(),
+        "the slow app runs"
+    );
 
     let slow = std::thread::spawn(move || {
         let mut c = HttpConn::connect(web1).unwrap();
@@ -535,7 +539,10 @@ fn a_graceful_stop_finishes_requests_in_flight_then_stops_the_applications() {
     assert_eq!((r.status, r.body.as_slice()), (200, b"done".as_slice()));
     assert!(HttpConn::connect(web1).is_err(), "the listener is closed");
     assert!(
-        eventually(10, || util::processes_with(image).is_empty().then_some(())).is_some(),
+        eventually(10, || crate::util::processes_with(image)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
         "the process application stopped with the server"
     );
     let log = server_log(&home, "server1");
@@ -594,7 +601,7 @@ targets = ["server1"]
 #[test]
 fn a_failing_application_neither_delays_pins_nor_hides_an_older_image() {
     let repo = Repo::example("retry-bg-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     let text = repo.read("domain.toml");
     repo.write("domain.toml", &format!("{text}{ARCHT_APP}"));
     let bad = zip_with_bad_crc("page.html", b"damaged in transit");
@@ -653,7 +660,7 @@ fn a_failing_application_neither_delays_pins_nor_hides_an_older_image() {
         why.contains(&format!("still serving its image from commit {}", &c1[..7])),
         "{why}"
     );
-    let index = std::fs::read(util::example_dir().join("apps/shop/index.html")).unwrap();
+    let index = std::fs::read(crate::util::example_dir().join("apps/shop/index.html")).unwrap();
     let mut c = HttpConn::connect(web1).unwrap();
     let r = c.get("/shop/").unwrap();
     assert_eq!((r.status, &r.body), (200, &index));
@@ -724,7 +731,7 @@ fn plant_staging(tmp: &Path, pid: u32, n: u32) -> PathBuf {
 #[test]
 fn stale_staging_is_removed_at_start_and_debug_logs_each_step() {
     let repo = Repo::example("debug-domain");
-    let ports = util::example_on_free_ports(&repo);
+    let ports = crate::util::example_on_free_ports(&repo);
     // server1 logs at debug and runs the process application too.
     repo.edit("domain.toml", "level = \"info\"", "level = \"debug\"");
     repo.edit(

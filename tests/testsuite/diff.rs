@@ -1,9 +1,7 @@
 //! `steward diff`: per-server effects of a change, in every format.
 
-mod util;
-
+use crate::util::Repo;
 use insta::assert_snapshot;
-use util::Repo;
 
 /// One commit with a live, a redeploy and a restart change, plus new content for the shop.
 fn changed_repo(name: &str) -> Repo {
@@ -334,10 +332,10 @@ fn post(port: u16, path: &str, body: &str) -> (u16, String) {
 #[test]
 fn rollback_fetch_edit_push() {
     let src = Repo::example("diff-rollback");
-    let ports = util::example_on_free_ports(&src);
-    let tmp = util::TempDir::new("diff-rollback-home");
+    let ports = crate::util::example_on_free_ports(&src);
+    let tmp = crate::util::TempDir::new("diff-rollback-home");
     let home = tmp.path().join("home");
-    let r = util::steward(
+    let r = crate::util::steward(
         tmp.path(),
         &[
             "init",
@@ -347,14 +345,14 @@ fn rollback_fetch_edit_push() {
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let _master = util::master(&home);
+    let _master = crate::util::master(&home);
     let port = ports[0];
-    util::eventually(20, || {
-        util::http_get(port, "/healthz", None).filter(|r| r.contains(" 200 "))
+    crate::util::eventually(20, || {
+        crate::util::http_get(port, "/healthz", None).filter(|r| r.contains(" 200 "))
     })
     .expect("the Master is ready");
     let pinned = || {
-        let raw = util::http_get(port, "/v1/domain", Some("YWRtaW46YWRtaW4=")).unwrap();
+        let raw = crate::util::http_get(port, "/v1/domain", Some("YWRtaW46YWRtaW4=")).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         v["pinned"]["commit"].as_str().unwrap().to_owned()
@@ -362,10 +360,10 @@ fn rollback_fetch_edit_push() {
 
     let wc = tmp.path().join("wc");
     let url = format!("http://admin:admin@127.0.0.1:{port}/git/domain.git");
-    let r = util::git(tmp.path(), &["clone", "-q", &url, wc.to_str().unwrap()]);
+    let r = crate::util::git(tmp.path(), &["clone", "-q", &url, wc.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let git = |args: &[&str]| {
-        let r = util::git(&wc, args);
+        let r = crate::util::git(&wc, args);
         assert_eq!(r.code, 0, "git {args:?}: {}", r.stderr);
         r.stdout.trim().to_owned()
     };
@@ -405,7 +403,7 @@ fn rollback_fetch_edit_push() {
     assert_eq!(git(&["rev-parse", "origin/main"]), rollback);
     assert_eq!(git(&["rev-parse", "origin/steward/pinned"]), rollback);
     // What runs is A's configuration: the diff of the local head (B) says B's change comes back.
-    let r = util::steward(&wc, &["diff"]);
+    let r = crate::util::steward(&wc, &["diff"]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     assert!(
         r.stdout.contains(&format!(
@@ -421,12 +419,12 @@ fn rollback_fetch_edit_push() {
         r.stdout
     );
     // `--from` still decides when given.
-    let r = util::steward(&wc, &["diff", "--from", &a, "--format", "json"]);
+    let r = crate::util::steward(&wc, &["diff", "--from", &a, "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["base"], format!("`{a}` (--from)"));
 
     // Pushing the rolled-back head again is refused: the branch moved on.
-    let refused = util::git(&wc, &["push", "-q", "origin", "main"]);
+    let refused = crate::util::git(&wc, &["push", "-q", "origin", "main"]);
     assert_ne!(refused.code, 0, "{}", refused.stderr);
     assert_eq!(pinned(), rollback);
 
@@ -450,7 +448,7 @@ fn rollback_fetch_edit_push() {
     // Edit, diff (against the pin: only the new change), push: pinned, built on the rollback.
     edit("context-path = \"/shop\"", "context-path = \"/store\"");
     git(&["commit", "-qam", "C: the store"]);
-    let r = util::steward(&wc, &["diff"]);
+    let r = crate::util::steward(&wc, &["diff"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stdout.contains("\"/shop\" → \"/store\""), "{}", r.stdout);
     assert!(!r.stdout.contains("GREETING"), "{}", r.stdout);

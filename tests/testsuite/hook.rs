@@ -1,9 +1,7 @@
 //! The pre-receive hook on a real bare repository: invalid pushes are refused with every
 //! problem shown by the git client; valid pushes go through.
 
-mod util;
-
-use util::{Repo, TempDir, git};
+use crate::util::{Repo, TempDir, git};
 
 #[test]
 fn the_installed_hook_gates_pushes() {
@@ -17,7 +15,7 @@ fn the_installed_hook_gates_pushes() {
         .code,
         0
     );
-    let r = util::steward(
+    let r = crate::util::steward(
         server.path(),
         &["hook", "install", "--repo", bare.to_str().unwrap()],
     );
@@ -80,7 +78,7 @@ fn the_installed_hook_gates_pushes() {
 #[test]
 fn install_refuses_a_non_bare_directory() {
     let dir = TempDir::new("notbare");
-    let r = util::steward(
+    let r = crate::util::steward(
         dir.path(),
         &["hook", "install", "--repo", dir.path().to_str().unwrap()],
     );
