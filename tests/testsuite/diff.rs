@@ -1,6 +1,8 @@
 //! `steward diff`: per-server effects of a change, in every format.
 
 use crate::util::Repo;
+use crate::util::http::post;
+use crate::util::master::Master;
 use insta::assert_snapshot;
 
 /// One commit with a live, a redeploy and a restart change, plus new content for the shop.
@@ -299,33 +301,6 @@ fn changing_the_servers_account_warns() {
     );
 }
 
-/// `POST path` with Basic `admin:admin` and a JSON body; the status and body.
-fn post(port: u16, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Authorization: Basic YWRtaW46YWRtaW4=\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    )
-}
-
 /// The whole story of a rollback in hosted mode: push A, push B, roll back to A, fetch, edit,
 /// push. The rollback is a commit on the branch, `steward diff` in a clone compares with what
 /// runs, a push of the rolled-back head is refused, and the next change builds on the rollback.
@@ -345,18 +320,9 @@ fn rollback_fetch_edit_push() {
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let _master = crate::util::master(&home);
     let port = ports[0];
-    crate::util::eventually(20, || {
-        crate::util::http_get(port, "/healthz", None).filter(|r| r.contains(" 200 "))
-    })
-    .expect("the Master is ready");
-    let pinned = || {
-        let raw = crate::util::http_get(port, "/v1/domain", Some("YWRtaW46YWRtaW4=")).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-        v["pinned"]["commit"].as_str().unwrap().to_owned()
-    };
+    let master = Master::start_on(&home, port);
+    let pinned = || master.pinned();
 
     let wc = tmp.path().join("wc");
     let url = format!("http://admin:admin@127.0.0.1:{port}/git/domain.git");
@@ -391,9 +357,14 @@ fn rollback_fetch_edit_push() {
     assert_eq!(pinned(), b);
 
     // Roll back to A: a new commit on the branch, with A's tree, pinned.
-    let (status, body) = post(port, "/v1/domain/pin", &format!("{{\"commit\": \"{a}\"}}"));
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = post(
+        port,
+        "/v1/domain/pin",
+        ("admin", "admin"),
+        &format!("{{\"commit\": \"{a}\"}}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let rollback = v["pinned"]["commit"].as_str().unwrap().to_owned();
     assert_ne!(rollback, a);
     assert_eq!(pinned(), rollback);

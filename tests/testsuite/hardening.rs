@@ -3,8 +3,9 @@
 //! cannot be written, rejections with many problems. Real `steward master`, real `git`, real
 //! sockets on 127.0.0.1; every flood is bounded in count and stops by itself.
 
-use crate::util::TempDir;
+use crate::util::http::*;
 use crate::util::master::*;
+use crate::util::{TempDir, free_port, git, git_ok};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -30,10 +31,8 @@ fn clone(tmp: &TempDir, master: &Master) -> PathBuf {
 
 /// Commits a valid change (server1's port) and returns its id.
 fn commit_valid(wc: &Path, port: u16) -> String {
-    let path = wc.join("domain.toml");
-    let text = std::fs::read_to_string(&path).expect("read");
-    let (before, _) = text.rsplit_once("listen = ").expect("a listen line");
-    std::fs::write(&path, format!("{before}listen = \"127.0.0.1:{port}\"\n")).expect("write");
+    let listen = format!("127.0.0.1:{port}");
+    crate::util::set_toml(&wc.join("domain.toml"), "servers.server1.listen", listen);
     git_ok(wc, &["commit", "-qam", &format!("server1 on {port}")]);
     git_ok(wc, &["rev-parse", "HEAD"])
 }
@@ -181,7 +180,7 @@ fn idle_connections_beyond_the_cap_starve_nothing_and_slow_clients_are_closed() 
     let child = Command::new("sh")
         .arg("-c")
         .arg(r#"ulimit -n 600 && exec "$0" master --domain-home "$1" --listen "$2""#)
-        .arg(STEWARD)
+        .arg(env!("CARGO_BIN_EXE_steward"))
         .arg(&home)
         .arg(format!("127.0.0.1:{port}"))
         .stdout(log_file.try_clone().expect("clone"))
@@ -228,7 +227,7 @@ fn idle_connections_beyond_the_cap_starve_nothing_and_slow_clients_are_closed() 
     assert_eq!(r.status, 200, "{}", r.body);
     let pushed = commit_valid(&wc, 9800);
     let out = git(&wc, &["push", "-q", "origin", "main"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.success(), "{}", out.stderr.clone());
     assert_eq!(master.pinned(), pushed);
     let open = json(&master.get("/v1/domain"))["master"]["connections"]["open"]
         .as_u64()
@@ -265,8 +264,8 @@ fn a_push_that_cannot_be_recorded_is_refused_and_main_does_not_move() {
     std::fs::create_dir(&history).expect("dir in its place");
     let refused = commit_valid(&wc, 9801);
     let out = git(&wc, &["push", "origin", "main"]);
-    let err = text(&out.stderr);
-    assert!(!out.status.success(), "acknowledged:\n{err}");
+    let err = out.stderr.clone();
+    assert!(!out.success(), "acknowledged:\n{err}");
     assert!(err.contains("could not pin it"), "{err}");
     assert_eq!(bare_main(&home), main0, "main moved");
     assert_eq!(master.pinned(), pinned0);
@@ -276,7 +275,7 @@ fn a_push_that_cannot_be_recorded_is_refused_and_main_does_not_move() {
     std::fs::remove_dir(&history).expect("rmdir");
     std::fs::write(&history, saved).expect("restore");
     let out = git(&wc, &["push", "origin", "main"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.success(), "{}", out.stderr.clone());
     assert_eq!(master.pinned(), refused);
     assert_eq!(bare_main(&home), refused);
 
@@ -287,7 +286,7 @@ fn a_push_that_cannot_be_recorded_is_refused_and_main_does_not_move() {
     std::fs::create_dir_all(&blocker).expect("blocker");
     std::fs::write(blocker.join("in-the-way"), "not a ref\n").expect("blocker");
     let out = git(&wc, &["push", "origin", "main"]);
-    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(!out.success(), "{}", out.stderr.clone());
     assert_eq!(bare_main(&home), refused);
     assert_eq!(master.pinned(), refused);
 }
@@ -357,11 +356,7 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
     std::fs::write(&hook, &original).expect("restore the hook");
     let pushed = commit_valid(&wc, 9804);
     let out = git(&wc, &["push", "-q", "origin", "main"]);
-    assert!(
-        out.status.success(),
-        "the lock is free: {}",
-        text(&out.stderr)
-    );
+    assert!(out.success(), "the lock is free: {}", out.stderr.clone());
     assert_eq!(master.pinned(), pushed);
     assert!(master.log().contains("Master-0032"), "{}", master.log());
     master.kill9();
@@ -380,8 +375,8 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
     let (script, original) = hanging_hook(&tmp, &home);
     let last = commit_valid(&wc, 9805);
     let out = git(&wc, &["push", "origin", "main"]);
-    let err = text(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = out.stderr.clone();
+    assert!(!out.success(), "{err}");
     assert!(err.contains("deadline of the pre-receive step"), "{err}");
     crate::util::eventually(20, || {
         crate::util::processes_with(&script)
@@ -392,7 +387,7 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
     assert_eq!(bare_main(&home), pushed);
     std::fs::write(&hook, &original).expect("restore the hook");
     let out = git(&wc, &["push", "-q", "origin", "main"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.success(), "{}", out.stderr.clone());
     assert_eq!(master.pinned(), last);
 }
 
@@ -413,7 +408,7 @@ fn rejections_are_recorded_bounded_and_announced() {
     git_ok(&wc, &["commit", "-qam", "many problems"]);
     let refused = git_ok(&wc, &["rev-parse", "HEAD"]);
     let out = git(&wc, &["push", "origin", "main"]);
-    assert!(!out.status.success());
+    assert!(!out.success());
 
     let (name, data) = events.next(Duration::from_secs(30));
     assert_eq!(name, "rejected");
@@ -458,7 +453,7 @@ fn reads_do_not_wake_the_ref_watcher_and_pushes_do() {
     assert_eq!(wakeups(), before, "reads woke the watcher");
     let pushed = commit_valid(&wc, 9806);
     let out = git(&wc, &["push", "-q", "origin", "main"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.success(), "{}", out.stderr.clone());
     assert_eq!(master.pinned(), pushed);
     crate::util::eventually(10, || (wakeups() > before).then_some(())).expect("a push wakes it");
 }

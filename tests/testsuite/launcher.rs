@@ -2,79 +2,32 @@
 //! processes — a real Master, bare repositories driven by the real `git`, and real servers whose
 //! `GET /v1/status` is read over TCP. Every process started here is killed by a drop guard.
 
-use crate::util::TempDir;
+use crate::util::http::{get, status};
+use crate::util::master::{Master, init, steward_output as steward};
+use crate::util::{
+    TempDir, copy_dir, example_dir, free_port, git_ok as git, set_toml, steward_cmd, text,
+};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
-
 // ---------------------------------------------------------------- helpers
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Op")
-        .env("GIT_AUTHOR_EMAIL", "op@example.com")
-        .env("GIT_COMMITTER_NAME", "Op")
-        .env("GIT_COMMITTER_EMAIL", "op@example.com")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout).trim().to_owned()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
 
 /// The example domain (users admin/admin) in `dir`, its server1 listening on `port` and its web
 /// listeners on free ports, committed on `main`.
 fn domain_repo(dir: &Path, port: u16) -> PathBuf {
     let src = dir.join("src");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/domain1"),
-        &src,
-    );
-    let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
+    copy_dir(&example_dir(), &src);
+    let file = src.join("domain.toml");
+    set_toml(&file, "servers.server1.listen", format!("127.0.0.1:{port}"));
     // Web listeners on free ports too: servers bind them, and tests run in parallel.
-    let toml = toml
-        .replace("127.0.0.1:9741", &format!("127.0.0.1:{port}"))
-        .replace("port = 8088\n", &format!("port = {}\n", free_port()))
-        .replace("port = 8089\n", &format!("port = {}\n", free_port()));
-    std::fs::write(src.join("domain.toml"), toml).expect("write");
+    for server in ["server1", "server2"] {
+        let key = format!("servers.{server}.web.listeners.http.port");
+        set_toml(&file, &key, i64::from(free_port()));
+    }
     git(&src, &["init", "-q", "-b", "main"]);
     git(&src, &["add", "-A"]);
     git(&src, &["commit", "-q", "-m", "the example domain"]);
@@ -95,45 +48,6 @@ fn bare(dir: &Path, src: &Path) -> PathBuf {
         ],
     );
     b
-}
-
-fn steward(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(STEWARD);
-    c.args(args)
-        .env_remove("STEWARD_USER")
-        .env_remove("STEWARD_PASSWORD")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().expect("run steward")
-}
-
-/// `GET path` on 127.0.0.1:`port`: status and body.
-fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = text(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
-}
-
-fn status(port: u16) -> serde_json::Value {
-    let (code, body) = get(port, "/v1/status").expect("server answers");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).expect("json")
 }
 
 fn kill(pid: &str, sig: &str) {
@@ -169,57 +83,10 @@ impl Drop for ServerGuard {
     }
 }
 
-/// A running `steward master` over a domain home made by `steward init`; SIGKILLed on drop.
-struct Master {
-    child: Child,
-    port: u16,
-}
-
-impl Master {
-    fn start(home: &Path, from: &Path) -> Master {
-        let out = steward(
-            &[
-                "init",
-                &home.to_string_lossy(),
-                "--from",
-                &from.to_string_lossy(),
-            ],
-            &[],
-        );
-        assert!(out.status.success(), "init: {}", text(&out.stderr));
-        let port = free_port();
-        let child = Command::new(STEWARD)
-            .args(["master", "--domain-home", &home.to_string_lossy()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start master");
-        let mut m = Master { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get(port, "/healthz").map(|r| r.0).ok() != Some(200) {
-            if let Ok(Some(s)) = m.child.try_wait() {
-                panic!("master exited: {s}");
-            }
-            assert!(Instant::now() < deadline, "master not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        m
-    }
-    fn url(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A running `steward master` over a domain home made by `steward init` from `from`.
+fn hosted_master(home: &Path, from: &Path) -> Master {
+    init(home, from);
+    Master::start(home, home.with_extension("log"))
 }
 
 fn assert_ok(out: &Output) -> String {
@@ -255,13 +122,13 @@ fn boots_dependent_from_a_running_master_and_stops() {
     let tmp = TempDir::new("dep");
     let port = free_port();
     let src = domain_repo(tmp.path(), port);
-    let master = Master::start(&tmp.path().join("master"), &src);
+    let master = hosted_master(&tmp.path().join("master"), &src);
     let home = tmp.path().join("home");
     let guard = ServerGuard::new(&home, "server1");
 
     let out = start(
         &home,
-        &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+        &["--master-url", &master.addr(), "-u", "admin", "-p", "admin"],
     );
     let stdout = assert_ok(&out);
     assert!(
@@ -354,7 +221,7 @@ fn boots_dependent_from_a_running_master_and_stops() {
     // Already running: refused, and the running server is untouched.
     let again = start(
         &home,
-        &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+        &["--master-url", &master.addr(), "-u", "admin", "-p", "admin"],
     );
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stdout).contains("[Launcher-0062]"));
@@ -377,7 +244,7 @@ fn boots_dependent_from_a_running_master_and_stops() {
         let t = Instant::now();
         let out = start(
             &home,
-            &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+            &["--master-url", &master.addr(), "-u", "admin", "-p", "admin"],
         );
         times.push(t.elapsed());
         let stdout = assert_ok(&out);
@@ -645,8 +512,7 @@ fn verbose_stays_attached_and_ctrl_c_stops_the_server() {
     // As under systemd `Type=notify`: the launcher passes READY=1 on to its own NOTIFY_SOCKET.
     let sock_path = tmp.path().join("systemd-notify.sock");
     let systemd = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify");
-    let mut launcher = Command::new(STEWARD)
-        .args(["start-server", "--domain-home", &home.to_string_lossy()])
+    let mut launcher = steward_cmd(&["start-server", "--domain-home", &home.to_string_lossy()])
         .args(["--server", "server1", "--git-url", &bare.to_string_lossy()])
         .arg("--verbose")
         .env("NOTIFY_SOCKET", &sock_path)
@@ -674,7 +540,8 @@ fn verbose_stays_attached_and_ctrl_c_stops_the_server() {
         "{}",
         text(&buf[..n])
     );
-    // Still attached while the server runs.
+    // Still attached while the server runs: a launcher that detaches does so right after READY,
+    // so this waits a moment on purpose (no event marks "did not detach").
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         launcher.try_wait().expect("wait").is_none(),
@@ -754,7 +621,7 @@ fn the_jeus_spelling_starts_and_stops() {
     let tmp = TempDir::new("jeus");
     let port = free_port();
     let src = domain_repo(tmp.path(), port);
-    let master = Master::start(&tmp.path().join("master"), &src);
+    let master = hosted_master(&tmp.path().join("master"), &src);
     let steward_home = tmp.path().join("sh");
     let home = steward_home.join("domains/domain1");
     let _guard = ServerGuard::new(&home, "server1");
@@ -771,7 +638,7 @@ fn the_jeus_spelling_starts_and_stops() {
             "-p",
             "admin",
             "-masterurl",
-            &master.url(),
+            &master.addr(),
         ],
         &[("STEWARD_HOME", &sh)],
     );
@@ -792,7 +659,7 @@ fn credentials_from_the_environment_and_wrong_ones() {
     let tmp = TempDir::new("creds");
     let port = free_port();
     let src = domain_repo(tmp.path(), port);
-    let master = Master::start(&tmp.path().join("master"), &src);
+    let master = hosted_master(&tmp.path().join("master"), &src);
     let home = tmp.path().join("home");
     let _guard = ServerGuard::new(&home, "server1");
     let h = home.to_string_lossy().into_owned();
@@ -803,7 +670,7 @@ fn credentials_from_the_environment_and_wrong_ones() {
         "--server",
         "server1",
         "--master-url",
-        &master.url(),
+        &master.addr(),
     ];
     let out = steward(
         &args,
@@ -1051,11 +918,11 @@ fn the_git_url_over_http_prefers_the_pinned_ref() {
     let tmp = TempDir::new("githttp");
     let port = free_port();
     let src = domain_repo(tmp.path(), port);
-    let master = Master::start(&tmp.path().join("master"), &src);
+    let master = hosted_master(&tmp.path().join("master"), &src);
     let home = tmp.path().join("home");
     let _guard = ServerGuard::new(&home, "server1");
     // The Master's repository as a plain Git URL (no --master-url): INDEPENDENT, from its pin.
-    let url = format!("http://{}/git/domain.git", master.url());
+    let url = format!("http://{}/git/domain.git", master.addr());
     let out = start(&home, &["--git-url", &url, "-u", "admin", "-p", "admin"]);
     let stdout = assert_ok(&out);
     assert!(stdout.contains("(refs/steward/pinned,"), "{stdout}");
@@ -1098,46 +965,29 @@ fn a_server_removed_from_the_domain_is_not_booted_from_an_older_cache() {
     assert!(get(port, "/v1/status").is_err());
 }
 
-/// The Master's answer to `GET path` as admin.
-fn master_get(master: &Master, path: &str) -> serde_json::Value {
-    let mut st = TcpStream::connect(("127.0.0.1", master.port)).expect("connect");
-    st.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        st,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = Vec::new();
-    st.read_to_end(&mut raw).expect("read");
-    let raw = text(&raw);
-    let body = raw.split_once("\r\n\r\n").map_or("", |x| x.1);
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
-}
-
 #[test]
 fn a_master_that_refuses_is_an_error_and_the_credentials_file_is_used() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = TempDir::new("refuse");
     let port = free_port();
     let src = domain_repo(tmp.path(), port);
-    let master = Master::start(&tmp.path().join("master"), &src);
+    let master = hosted_master(&tmp.path().join("master"), &src);
     let home = tmp.path().join("home");
     let _guard = ServerGuard::new(&home, "server1");
     // A first start warms the cache: what used to boot INDEPENDENT from it after a refusal.
     assert_ok(&start(
         &home,
-        &["--master-url", &master.url(), "-u", "admin", "-p", "admin"],
+        &["--master-url", &master.addr(), "-u", "admin", "-p", "admin"],
     ));
     assert_ok(&stop(&home));
 
     for (extra, says) in [
         (
-            vec!["--master-url", &master.url()],
+            vec!["--master-url", &master.addr()],
             "it asks for credentials and none were given (401)",
         ),
         (
-            vec!["--master-url", &master.url(), "-u", "admin", "-p", "nope"],
+            vec!["--master-url", &master.addr(), "-u", "admin", "-p", "nope"],
             "it refused the credentials of user admin (401)",
         ),
     ] {
@@ -1161,13 +1011,13 @@ fn a_master_that_refuses_is_an_error_and_the_credentials_file_is_used() {
     )
     .expect("write");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let out = start(&home, &["--master-url", &master.url()]);
+    let out = start(&home, &["--master-url", &master.addr()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("readable by others (mode 644)"), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    assert_ok(&start(&home, &["--master-url", &master.url()]));
+    assert_ok(&start(&home, &["--master-url", &master.addr()]));
     assert_eq!(status(port)["mode"], "DEPENDENT");
     let script =
         std::fs::read_to_string(home.join("servers/server1/bin/startServer")).expect("startServer");
@@ -1212,10 +1062,12 @@ fn a_master_that_refuses_is_an_error_and_the_credentials_file_is_used() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mine = status(port)["last_error"].as_str().unwrap_or("").to_owned();
-        let seen = master_get(&master, "/v1/servers/server1")["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
+        let seen =
+            serde_json::from_str::<serde_json::Value>(&master.get("/v1/servers/server1").body)
+                .unwrap_or_default()["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
         if mine.contains("refused this server's credentials")
             && seen.contains("refused this server's report")
         {
@@ -1237,7 +1089,7 @@ fn stopping_an_unknown_server_is_an_error_naming_the_known_ones() {
     let port = free_port();
     let src = domain_repo(tmp.path(), port);
     let master_home = tmp.path().join("master");
-    let _master = Master::start(&master_home, &src);
+    let _master = hosted_master(&master_home, &src);
     let h = master_home.to_string_lossy().into_owned();
     let out = steward(
         &["stop-server", "--domain-home", &h, "--server", "nosuch"],

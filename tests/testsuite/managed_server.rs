@@ -5,30 +5,13 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::util::{
-    Repo, Servers, TempDir, eventually, git, http_get, master, server_log, start_server, status,
-};
-
-const ADMIN: &str = "YWRtaW46YWRtaW4="; // admin:admin
+use crate::util::http::{ADMIN, request, status};
+use crate::util::master::{Master, Servers, push_edits, server_log, start_server};
+use crate::util::{Repo, TempDir, eventually, git};
 
 /// Edits `file` in the clone, commits and pushes; returns the new commit.
 fn push(clone: &Path, file: &str, from: &str, to: &str) -> String {
     push_edits(clone, file, &[(from, to)])
-}
-
-/// Several edits of `file` in one commit, pushed; returns the new commit.
-fn push_edits(clone: &Path, file: &str, edits: &[(&str, &str)]) -> String {
-    let p = clone.join(file);
-    let mut text = std::fs::read_to_string(&p).unwrap();
-    for (from, to) in edits {
-        assert!(text.contains(from), "`{from}` not in {file}");
-        text = text.replacen(from, to, 1);
-    }
-    std::fs::write(&p, text).unwrap();
-    assert_eq!(git(clone, &["commit", "-qam", "change"]).code, 0);
-    let r = git(clone, &["push", "-q", "origin", "main"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    git(clone, &["rev-parse", "HEAD"]).stdout.trim().to_owned()
 }
 
 #[test]
@@ -49,19 +32,16 @@ fn servers_follow_the_master() {
         &["init", home.to_str().unwrap(), "--from", "."],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let mut m = master(&home);
-    eventually(20, || {
-        http_get(mport, "/healthz", None).filter(|r| r.contains(" 200 "))
-    })
-    .expect("master up");
+    let mut m = Master::start_on(&home, mport);
     let _servers = Servers(&home, &["server1", "server3"]);
     start_server(&home, "server1", mport);
     start_server(&home, "server3", mport);
 
     // Registered with the Master.
     eventually(20, || {
-        http_get(mport, "/v1/servers/server1", Some(ADMIN))
-            .filter(|r| r.contains("\"reachable\":true"))
+        request(mport, "GET", "/v1/servers/server1", ADMIN)
+            .ok()
+            .filter(|r| r.body.contains("\"reachable\":true"))
     })
     .expect("server1 registers");
 
@@ -143,8 +123,7 @@ fn servers_follow_the_master() {
     assert_ne!(pid3, pid_of("server3"), "server3 is a new process");
 
     // The Master goes away: servers keep serving, INDEPENDENT.
-    let _ = m.0.kill();
-    let _ = m.0.wait();
+    m.kill9();
     eventually(30, || {
         Some(status(s1)).filter(|s| s["mode"] == "INDEPENDENT")
     })
@@ -152,7 +131,7 @@ fn servers_follow_the_master() {
     assert_eq!(status(s1)["state"], "RUNNING");
 
     // It comes back: resynchronized, DEPENDENT again.
-    m = master(&home);
+    m = Master::start_on(&home, mport);
     eventually(60, || Some(status(s1)).filter(|s| s["mode"] == "DEPENDENT"))
         .expect("DEPENDENT again");
     let log = server_log(&home, "server1");
@@ -187,11 +166,7 @@ fn rolling_restarts_one_server_of_a_cluster_at_a_time() {
         &["init", home.to_str().unwrap(), "--from", "."],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = master(&home);
-    eventually(20, || {
-        http_get(mport, "/healthz", None).filter(|r| r.contains(" 200 "))
-    })
-    .expect("master up");
+    let _m = Master::start_on(&home, mport);
     let _servers = Servers(&home, &["server1", "server2"]);
     start_server(&home, "server1", mport);
     start_server(&home, "server2", mport);
@@ -280,12 +255,10 @@ fn servers_follow_a_master_over_https() {
     std::fs::create_dir_all(home.join("tls")).unwrap();
     std::fs::copy(&crt, home.join("tls/master.crt")).unwrap();
     std::fs::copy(&key, home.join("tls/master.key")).unwrap();
-    let _m = master(&home);
-    // Plain HTTP gets nothing from it.
-    eventually(20, || {
-        std::net::TcpStream::connect(("127.0.0.1", mport)).ok()
-    })
-    .expect("master up");
+    // Plain HTTP gets nothing from it: ready once it accepts connections.
+    let _m = Master::start_on_checked(&home, mport, |port| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 
     let _servers = Servers(&home, &["server1"]);
     let launch = |ca: Option<&Path>| {
@@ -326,14 +299,8 @@ fn servers_follow_a_master_over_https() {
     let url = format!("https://admin:admin@127.0.0.1:{mport}/git/domain.git");
     // git trusts the test CA through GIT_SSL_CAINFO, as the launcher does.
     let git_ca = |dir: &Path, args: &[&str]| {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
+        let out = crate::util::git_cmd(dir, args)
             .env("GIT_SSL_CAINFO", &ca)
-            .env("GIT_AUTHOR_NAME", "Op")
-            .env("GIT_AUTHOR_EMAIL", "op@example.com")
-            .env("GIT_COMMITTER_NAME", "Op")
-            .env("GIT_COMMITTER_EMAIL", "op@example.com")
             .output()
             .unwrap();
         assert!(
@@ -376,11 +343,7 @@ fn stop_timeout_is_live() {
         &["init", home.to_str().unwrap(), "--from", "."],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = master(&home);
-    eventually(20, || {
-        http_get(mport, "/healthz", None).filter(|r| r.contains(" 200 "))
-    })
-    .expect("master up");
+    let _m = Master::start_on(&home, mport);
     let _servers = Servers(&home, &["server1"]);
     start_server(&home, "server1", mport);
     let clone = tmp.path().join("clone");

@@ -1,13 +1,14 @@
 //! End to end: `steward init` and `steward master` as real processes, driven by the real `git`
 //! binary and a minimal HTTP client over `TcpStream`.
 
+use crate::util::http::*;
 use crate::util::master::*;
 
-use crate::util::TempDir;
+use crate::util::{TempDir, edit_text, free_port, git, git_ok, set_toml, steward_cmd, text};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- tests
@@ -40,12 +41,15 @@ fn init_creates_a_pinned_domain_home() {
 
     // A second init never overwrites.
     let src = tmp.path().join("src");
-    let out = steward(&[
-        "init",
-        home.to_str().expect("utf-8"),
-        "--from",
-        src.to_str().expect("utf-8"),
-    ]);
+    let out = steward_output(
+        &[
+            "init",
+            home.to_str().expect("utf-8"),
+            "--from",
+            src.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("refusing to overwrite"),
@@ -60,18 +64,21 @@ fn init_refuses_an_invalid_domain_and_leaves_nothing() {
     let tmp = TempDir::new("init-invalid");
     let src = tmp.path().join("src");
     write_domain(&src);
-    edit(
+    edit_text(
         &src.join("domain.toml"),
         "node = \"localhost\"",
         "node = \"localhost\"\nbogus = 1",
     );
     let home = tmp.path().join("home");
-    let out = steward(&[
-        "init",
-        home.to_str().expect("utf-8"),
-        "--from",
-        src.to_str().expect("utf-8"),
-    ]);
+    let out = steward_output(
+        &[
+            "init",
+            home.to_str().expect("utf-8"),
+            "--from",
+            src.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("domain.toml:9:1"), "{err}");
@@ -137,11 +144,15 @@ fn hosted_master_end_to_end() {
 
     // A valid push is pinned, and subscribers hear about it.
     let events = Events::subscribe(master.port);
-    edit(&wc.join("domain.toml"), "9741", "9751");
+    set_toml(
+        &wc.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9751",
+    );
     git_ok(&wc, &["commit", "-qam", "move server1"]);
     let pushed = git_ok(&wc, &["rev-parse", "HEAD"]);
     let out = git(&wc, &["push", "origin", "main"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.success(), "{}", out.stderr.clone());
     // `git push` returns only once the pin is decided: no polling needed.
     assert_eq!(master.pinned(), pushed);
     let (name, data) = events.next(Duration::from_secs(10));
@@ -169,8 +180,8 @@ fn hosted_master_end_to_end() {
     git_ok(&wc, &["commit", "-qam", "bad policy"]);
     let refused = git_ok(&wc, &["rev-parse", "HEAD"]);
     let out = git(&wc, &["push", "origin", "main"]);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    assert!(!out.success());
+    let err = out.stderr.clone();
     assert!(
         err.lines()
             .any(|l| l.starts_with("remote:") && l.contains("domain.toml:10:")),
@@ -194,7 +205,7 @@ fn hosted_master_end_to_end() {
 
     // Nobody pushes the pin itself: only the Master moves it.
     let out = git(&wc, &["push", "origin", "HEAD~1:refs/steward/pinned"]);
-    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(!out.success(), "{}", out.stderr.clone());
     assert_eq!(master.pinned(), pushed);
     assert_eq!(
         git_ok(
@@ -218,8 +229,8 @@ fn hosted_master_end_to_end() {
             "HEAD:refs/heads/other",
         ],
     );
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+    assert!(!out.success());
+    assert!(out.stderr.clone().contains("403"), "{}", out.stderr.clone());
 
     // kill -9 and restart: same pin, same history.
     let history = master.history();
@@ -255,7 +266,11 @@ fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
             wc.to_str().expect("utf-8"),
         ],
     );
-    edit(&wc.join("domain.toml"), "9741", "9761");
+    set_toml(
+        &wc.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9761",
+    );
     git_ok(&wc, &["commit", "-qam", "by file path"]);
     let good = git_ok(&wc, &["rev-parse", "HEAD"]);
     let start = Instant::now();
@@ -271,7 +286,7 @@ fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
     assert_eq!(master.pinned(), good);
     // The pin ref is hidden from pushes by file path too.
     let out = git(&wc, &["push", "origin", "HEAD~1:refs/steward/pinned"]);
-    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(!out.success(), "{}", out.stderr.clone());
     assert_eq!(git_ok(&bare, &["rev-parse", "refs/steward/pinned"]), good);
 
     // A ref moved behind the hook's back to an invalid commit is rejected, never pinned.
@@ -318,7 +333,11 @@ fn rollback_holds_until_the_next_commit_and_racing_pushes_pin_once() {
         tmp.path(),
         &["clone", "-q", &url, wc.to_str().expect("utf-8")],
     );
-    edit(&wc.join("domain.toml"), "9741", "9751");
+    set_toml(
+        &wc.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9751",
+    );
     git_ok(&wc, &["commit", "-qam", "a"]);
     git_ok(&wc, &["push", "-q", "origin", "main"]);
     let a = git_ok(&wc, &["rev-parse", "HEAD"]);
@@ -374,7 +393,11 @@ fn rollback_holds_until_the_next_commit_and_racing_pushes_pin_once() {
         git_ok(&wc, &["rev-parse", "HEAD^{tree}"]),
         git_ok(&wc, &["rev-parse", &format!("{initial}^{{tree}}")])
     );
-    edit(&wc.join("domain.toml"), "9741", "9761");
+    set_toml(
+        &wc.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9761",
+    );
     git_ok(&wc, &["commit", "-qam", "b"]);
     git_ok(&wc, &["push", "-q", "origin", "main"]);
     let b = git_ok(&wc, &["rev-parse", "HEAD"]);
@@ -389,7 +412,11 @@ fn rollback_holds_until_the_next_commit_and_racing_pushes_pin_once() {
                 tmp.path(),
                 &["clone", "-q", &url, dir.to_str().expect("utf-8")],
             );
-            edit(&dir.join("domain.toml"), "9761", &format!("977{i}"));
+            set_toml(
+                &dir.join("domain.toml"),
+                "servers.server1.listen",
+                format!("127.0.0.1:977{i}"),
+            );
             git_ok(&dir, &["commit", "-qam", &format!("race {i}")]);
             dir
         })
@@ -400,13 +427,13 @@ fn rollback_holds_until_the_next_commit_and_racing_pushes_pin_once() {
         .cloned()
         .map(|dir| std::thread::spawn(move || (git(&dir, &["push", "origin", "main"]), dir)))
         .collect();
-    let results: Vec<(Output, PathBuf)> = handles
+    let results: Vec<(crate::util::Run, PathBuf)> = handles
         .into_iter()
         .map(|h| h.join().expect("thread"))
         .collect();
     let winners: Vec<&PathBuf> = results
         .iter()
-        .filter(|(o, _)| o.status.success())
+        .filter(|(o, _)| o.success())
         .map(|(_, d)| d)
         .collect();
     assert_eq!(winners.len(), 1, "exactly one push wins");
@@ -422,19 +449,13 @@ fn servers_register_heartbeat_and_become_unreachable() {
     let tmp = TempDir::new("servers");
     let src = tmp.path().join("src");
     write_domain(&src);
-    edit(
+    edit_text(
         &src.join("domain.toml"),
         "listen = \"127.0.0.1:9736\"",
         "listen = \"127.0.0.1:9736\"\nheartbeat-interval = \"200ms\"\nheartbeat-timeout = \"2s\"",
     );
     let home = tmp.path().join("home");
-    let out = steward(&[
-        "init",
-        home.to_str().expect("utf-8"),
-        "--from",
-        src.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    init(&home, &src);
     let master = Master::start(&home, tmp.path().join("master.log"));
     let pinned = master.pinned();
     let status = |state: &str| {
@@ -506,6 +527,7 @@ fn servers_register_heartbeat_and_become_unreachable() {
             &status("RUNNING"),
         );
         assert_eq!(r.status, 200);
+        // Heartbeats spread over a second are the thing tested: they keep the server reachable.
         std::thread::sleep(Duration::from_millis(200));
     }
     let one: serde_json::Value =
@@ -629,12 +651,20 @@ fn mirror_mode_with_webhooks() {
             wc.to_str().expect("utf-8"),
         ],
     );
-    edit(&wc.join("domain.toml"), "9741", "9799");
+    set_toml(
+        &wc.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9799",
+    );
     git_ok(&wc, &["commit", "-qam", "to the mirror"]);
-    assert!(!git(&wc, &["push", "origin", "main"]).status.success());
+    assert!(!git(&wc, &["push", "origin", "main"]).success());
 
     // A change upstream, announced by a webhook (GitLab's token), is pinned before the answer.
-    edit(&work.join("domain.toml"), "9741", "9751");
+    set_toml(
+        &work.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9751",
+    );
     git_ok(&work, &["commit", "-qam", "upstream: second"]);
     git_ok(&work, &["push", "-q", "origin", "main"]);
     let second = git_ok(&work, &["rev-parse", "HEAD"]);
@@ -718,7 +748,11 @@ fn mirror_mode_polls_and_survives_an_unreachable_upstream() {
     });
 
     // Polling picks up a new upstream commit.
-    edit(&work.join("domain.toml"), "9741", "9751");
+    set_toml(
+        &work.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9751",
+    );
     git_ok(&work, &["commit", "-qam", "upstream: second"]);
     git_ok(&work, &["push", "-q", "origin", "main"]);
     let second = git_ok(&work, &["rev-parse", "HEAD"]);
@@ -740,6 +774,7 @@ fn mirror_mode_polls_and_survives_an_unreachable_upstream() {
     );
     assert!(v["upstream"]["last_error"].as_str().is_some(), "{v}");
     assert!(master.log().contains("Master-0040"), "{}", master.log());
+    // Polls go on failing (every 200 ms here): waiting through some is what is tested.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         master.pinned(),
@@ -764,6 +799,7 @@ fn mirror_mode_polls_and_survives_an_unreachable_upstream() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(master.pinned(), first);
     assert_eq!(git_ok(&bare, &["rev-parse", "main"]), second);
+    // Waiting through polls is what is tested: they must not re-pin the upstream's head.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(master.pinned(), first);
 }
@@ -779,8 +815,7 @@ fn master_notifies_readiness() {
         .expect("timeout");
     let port = free_port();
     let log = std::fs::File::create(tmp.path().join("master.log")).expect("log");
-    let child = Command::new(STEWARD)
-        .args(["master", "--domain-home"])
+    let child = steward_cmd(&["master", "--domain-home"])
         .arg(&home)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("NOTIFY_SOCKET", &sock_path)
@@ -814,20 +849,21 @@ fn master_notifies_readiness() {
     assert!(status.success(), "{status}: {}", master.log());
 }
 
+/// `steward master` over `home`, which must refuse to start (exit 1); its error output.
+fn master_refused(home: &Path) -> String {
+    let home = home.to_str().expect("utf-8");
+    let args = ["master", "--domain-home", home, "--listen", "127.0.0.1:0"];
+    let out = steward_output(&args, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    text(&out.stderr)
+}
+
 #[test]
 fn one_master_per_domain_home() {
     let tmp = TempDir::new("lock");
     let home = init_home(&tmp);
     let master = Master::start(&home, tmp.path().join("master.log"));
-    let out = steward(&[
-        "master",
-        "--domain-home",
-        home.to_str().expect("utf-8"),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
+    let err = master_refused(&home);
     assert!(
         err.contains(&format!(
             "another Master already runs on this domain home (pid {})",
@@ -858,19 +894,13 @@ fn curl(ca: &Path, url: &str) -> (u16, String) {
 fn init_tls_home(tmp: &TempDir, name: &str, certs: &(PathBuf, PathBuf, PathBuf)) -> PathBuf {
     let src = tmp.path().join(format!("{name}-src"));
     write_domain(&src);
-    edit(
+    edit_text(
         &src.join("domain.toml"),
         "listen = \"127.0.0.1:9736\"\n",
         "listen = \"127.0.0.1:9736\"\n\n[master.tls]\ncertificate = \"tls/master.crt\"\nkey = \"tls/master.key\"\n",
     );
     let home = tmp.path().join(name);
-    let out = steward(&[
-        "init",
-        home.to_str().expect("utf-8"),
-        "--from",
-        src.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    init(&home, &src);
     std::fs::create_dir_all(home.join("tls")).expect("mkdir");
     std::fs::copy(&certs.1, home.join("tls/master.crt")).expect("copy");
     std::fs::copy(&certs.2, home.join("tls/master.key")).expect("copy");
@@ -915,17 +945,8 @@ fn https_master_serves_git_and_a_mirror_follows_it_over_https() {
     );
     let wc = tmp.path().join("wc");
     let with_ca = |dir: &Path, args: &[&str]| {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_TERMINAL_PROMPT", "0")
+        let out = crate::util::git_cmd(dir, args)
             .env("GIT_SSL_CAINFO", &ca)
-            .env("GIT_AUTHOR_NAME", "Alice")
-            .env("GIT_AUTHOR_EMAIL", "alice@example.com")
-            .env("GIT_COMMITTER_NAME", "Alice")
-            .env("GIT_COMMITTER_EMAIL", "alice@example.com")
             .output()
             .expect("run git");
         assert!(
@@ -941,8 +962,12 @@ fn https_master_serves_git_and_a_mirror_follows_it_over_https() {
     );
     // Without the CA, git refuses the certificate.
     let refused = git(tmp.path(), &["ls-remote", &url]);
-    assert!(!refused.status.success());
-    edit(&wc.join("domain.toml"), "9741", "9751");
+    assert!(!refused.success());
+    set_toml(
+        &wc.join("domain.toml"),
+        "servers.server1.listen",
+        "127.0.0.1:9751",
+    );
     git_ok(&wc, &["commit", "-qam", "over https"]);
     with_ca(&wc, &["push", "-q", "origin", "main"]);
     let pushed = git_ok(&wc, &["rev-parse", "HEAD"]);
@@ -1020,17 +1045,7 @@ fn bad_tls_files_stop_the_start_naming_the_file() {
     let tmp = TempDir::new("tls-bad");
     let certs = crate::util::make_certificates(&tmp.path().join("pki"));
     let home = init_tls_home(&tmp, "home", &certs);
-    let start = || {
-        let out = steward(&[
-            "master",
-            "--domain-home",
-            home.to_str().expect("utf-8"),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        assert_eq!(out.status.code(), Some(1));
-        text(&out.stderr)
-    };
+    let start = || master_refused(&home);
     // A missing key file.
     std::fs::remove_file(home.join("tls/master.key")).expect("rm");
     let err = start();
@@ -1065,13 +1080,16 @@ struct StopOnDrop(PathBuf);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = steward(&[
-            "stop-master",
-            "--domain-home",
-            self.0.to_str().unwrap_or_default(),
-            "--timeout",
-            "5s",
-        ]);
+        let _ = steward_output(
+            &[
+                "stop-master",
+                "--domain-home",
+                self.0.to_str().unwrap_or_default(),
+                "--timeout",
+                "5s",
+            ],
+            &[],
+        );
     }
 }
 
@@ -1084,7 +1102,10 @@ fn start_master_runs_it_in_the_background_until_stop_master() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
 
-    let out = steward(&["start-master", "--domain-home", home_s, "--listen", &listen]);
+    let out = steward_output(
+        &["start-master", "--domain-home", home_s, "--listen", &listen],
+        &[],
+    );
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     // The Master's own start lines are shown, then RUNNING.
@@ -1117,7 +1138,10 @@ fn start_master_runs_it_in_the_background_until_stop_master() {
     assert!(log.contains("[master] [Master-0001]"), "{log}");
 
     // One Master per domain home.
-    let out = steward(&["start-master", "--domain-home", home_s, "--listen", &listen]);
+    let out = steward_output(
+        &["start-master", "--domain-home", home_s, "--listen", &listen],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stdout).contains("already running [pid : "),
@@ -1126,7 +1150,7 @@ fn start_master_runs_it_in_the_background_until_stop_master() {
     );
 
     // stop-master: graceful (the Master logs its own stop), then idempotent.
-    let out = steward(&["stop-master", "--domain-home", home_s]);
+    let out = steward_output(&["stop-master", "--domain-home", home_s], &[]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
@@ -1139,14 +1163,17 @@ fn start_master_runs_it_in_the_background_until_stop_master() {
         log.contains("[master] [Master-0002] Stopping on a signal."),
         "{log}"
     );
-    let out = steward(&["stop-master", "--domain-home", home_s]);
+    let out = steward_output(&["stop-master", "--domain-home", home_s], &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("[Master-0058] The Master is not running."));
 
     // A start that fails (the port is taken) says why, with the Master's own message, and fails.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy = taken.local_addr().expect("addr").to_string();
-    let out = steward(&["start-master", "--domain-home", home_s, "--listen", &busy]);
+    let out = steward_output(
+        &["start-master", "--domain-home", home_s, "--listen", &busy],
+        &[],
+    );
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -1167,8 +1194,7 @@ fn start_master_verbose_stays_attached_and_stops_on_sigterm() {
     let home = init_home(&tmp);
     let _guard = StopOnDrop(home.clone());
     let port = free_port();
-    let mut launcher = Command::new(STEWARD)
-        .args(["start-master", "--verbose", "--domain-home"])
+    let mut launcher = steward_cmd(&["start-master", "--verbose", "--domain-home"])
         .arg(&home)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::piped())

@@ -1,22 +1,14 @@
 //! `steward up`: the quick start runs the Master and every server of a domain directory, prints
 //! where everything is, and stops it all on SIGINT.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::util::http::{get, status};
 use crate::util::{Repo, TempDir};
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
 
 struct Up(Child);
 impl Drop for Up {
@@ -126,22 +118,23 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
         "{all}"
     );
     for port in &ports[1..4] {
-        let status = get(*port, "/v1/status").unwrap_or_default();
-        assert!(status.contains("\"mode\":\"DEPENDENT\""), "{status}");
-        assert!(status.contains("\"state\":\"RUNNING\""), "{status}");
+        let status = status(*port);
+        assert_eq!(status["mode"], "DEPENDENT", "{status}");
+        assert_eq!(status["state"], "RUNNING", "{status}");
     }
     // The applications are really served: the shop on server1's listener, the process API on
     // server3's default listener (base port + 1).
-    let shop = get(ports[4], "/shop/").unwrap_or_default();
+    let shop = get(ports[4], "/shop/").expect("server1's listener answers");
     let index =
         std::fs::read_to_string(crate::util::example_dir().join("apps/shop/index.html")).unwrap();
-    assert!(shop.contains(" 200 "), "{shop}");
-    assert!(shop.ends_with(&index), "{shop}");
-    let api = get(ports[3] + 1, "/api/orders").unwrap_or_default();
-    assert!(api.contains(" 200 "), "{api}");
+    assert_eq!(shop.status, 200, "{}", shop.body);
+    assert_eq!(shop.body, index);
+    let api = get(ports[3] + 1, "/api/orders").expect("server3's listener answers");
+    assert_eq!(api.status, 200, "{}", api.body);
     assert!(
-        api.contains("\"greeting\": \"hello from the api\""),
-        "{api}"
+        api.body.contains("\"greeting\": \"hello from the api\""),
+        "{}",
+        api.body
     );
 
     // A second `up` of the same domain: it names the busy port, starts and creates nothing.
@@ -162,8 +155,8 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     // server3 (restart-policy auto) restarts itself for a restart-class change, server1
     // (rolling) when the Master orders it; `up` follows the new processes and keeps streaming
     // their logs.
-    let old = crate::util::pid_of(&home, "server3");
-    let old1 = crate::util::pid_of(&home, "server1");
+    let old = crate::util::master::pid_of(&home, "server3");
+    let old1 = crate::util::master::pid_of(&home, "server1");
     let clone = tmp.path().join("clone");
     let url = format!("http://admin:admin@127.0.0.1:{}/git/domain.git", ports[0]);
     assert_eq!(
@@ -207,7 +200,7 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
         "restart of server3",
         running_again("server3", old.clone()),
     );
-    let new = crate::util::pid_of(&home, "server3");
+    let new = crate::util::master::pid_of(&home, "server3");
     assert_ne!(new, old);
     assert!(out.lines[auto].contains(&new), "{}", out.lines[auto]);
     out.until(auto, "server3's log after its restart", |l| {
@@ -215,9 +208,9 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     });
 
     // And by hand: stop-server, start-server.
-    crate::util::stop_server(&home, "server1");
-    crate::util::start_server(&home, "server1", ports[0]);
-    let by_hand = crate::util::pid_of(&home, "server1");
+    crate::util::master::stop_server(&home, "server1");
+    crate::util::master::start_server(&home, "server1", ports[0]);
+    let by_hand = crate::util::master::pid_of(&home, "server1");
     let hand = out.until(auto.max(rolling), "server1 back", |l| {
         l.contains(" up | server1 ")
             && (l.contains(&format!("is running [pid : {by_hand}]"))
@@ -438,9 +431,9 @@ fn up_names_a_server_left_running_in_the_home_it_reuses() {
         "--git-url",
         git_url.to_str().unwrap(),
     ]);
-    let _stop = crate::util::Servers(&home, &["server1"]);
+    let _stop = crate::util::master::Servers(&home, &["server1"]);
     assert_eq!(started.code, 0, "{}", started.stdout);
-    let pid = crate::util::pid_of(&home, "server1");
+    let pid = crate::util::master::pid_of(&home, "server1");
     let r = repo.steward(&["up", "--home", h]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(
@@ -450,5 +443,9 @@ fn up_names_a_server_left_running_in_the_home_it_reuses() {
         "{}",
         r.stderr
     );
-    assert_eq!(crate::util::pid_of(&home, "server1"), pid, "left alone");
+    assert_eq!(
+        crate::util::master::pid_of(&home, "server1"),
+        pid,
+        "left alone"
+    );
 }

@@ -1,24 +1,20 @@
-//! What the end-to-end tests of the Master share: a small domain with users `admin` and
-//! `reader`, `steward init`, a running `steward master`, and a minimal HTTP client over
-//! `TcpStream` (Basic auth, raw requests, SSE).
+//! The Master and server harness: a small domain with users `admin` and `reader`, `steward
+//! init`, a running `steward master` (on a free port or the one its domain names), and servers
+//! started with `steward start-server`.
 
-use super::TempDir;
+use super::http::{Response, get, request};
+use super::{TempDir, edit_text, free_port, git_ok, steward_cmd, text};
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-pub const STEWARD: &str = env!("CARGO_BIN_EXE_steward");
 
 // ---------------------------------------------------------------- helpers
 
 pub fn hash(password: &str) -> String {
-    let mut child = Command::new(STEWARD)
-        .arg("hash-password")
+    let mut child = steward_cmd(&["hash-password"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -74,50 +70,12 @@ pub fn write_domain(dir: &Path) {
     .expect("write");
 }
 
-pub fn steward(args: &[&str]) -> Output {
-    Command::new(STEWARD)
-        .args(args)
+/// Runs the built `steward` with `envs`; its output.
+pub fn steward_output(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    steward_cmd(args)
+        .envs(envs.iter().copied())
         .output()
         .expect("run steward")
-}
-
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs git isolated from the user's and system's configuration.
-pub fn git(dir: &Path, args: &[&str]) -> Output {
-    Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "Alice")
-        .env("GIT_AUTHOR_EMAIL", "alice@example.com")
-        .env("GIT_COMMITTER_NAME", "Alice")
-        .env("GIT_COMMITTER_EMAIL", "alice@example.com")
-        .output()
-        .expect("run git")
-}
-
-pub fn git_ok(dir: &Path, args: &[&str]) -> String {
-    let out = git(dir, args);
-    assert!(
-        out.status.success(),
-        "git {args:?} failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout).trim().to_owned()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A running `steward master`, killed (SIGKILL) on drop.
@@ -134,9 +92,7 @@ impl Master {
 
     /// With extra command-line arguments; `TEST_WEBHOOK_SECRET` is set to `s3cret`.
     pub fn start_with(home: &Path, log: PathBuf, extra: &[&str]) -> Master {
-        Master::start_checked(home, log, extra, &[], |port| {
-            request(port, "GET", "/healthz", None).is_ok_and(|r| r.status == 200)
-        })
+        Master::start_checked(home, log, extra, &[], healthy)
     }
 
     /// With extra arguments and environment; ready once `ready(port)` holds.
@@ -147,10 +103,31 @@ impl Master {
         envs: &[(&str, &Path)],
         ready: impl Fn(u16) -> bool,
     ) -> Master {
-        let port = free_port();
+        Master::spawn(home, free_port(), log, extra, envs, ready)
+    }
+
+    /// On `port`, the one the domain's files name (its servers and clones find it there); the
+    /// log next to `home`.
+    pub fn start_on(home: &Path, port: u16) -> Master {
+        Master::start_on_checked(home, port, healthy)
+    }
+
+    /// On `port`, ready once `ready(port)` holds (an HTTPS Master does not answer plain HTTP).
+    pub fn start_on_checked(home: &Path, port: u16, ready: impl Fn(u16) -> bool) -> Master {
+        let log = home.with_extension(format!("master-{port}.log"));
+        Master::spawn(home, port, log, &[], &[], ready)
+    }
+
+    fn spawn(
+        home: &Path,
+        port: u16,
+        log: PathBuf,
+        extra: &[&str],
+        envs: &[(&str, &Path)],
+        ready: impl Fn(u16) -> bool,
+    ) -> Master {
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(STEWARD)
-            .args(["master", "--domain-home"])
+        let child = steward_cmd(&["master", "--domain-home"])
             .arg(home)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
@@ -185,6 +162,11 @@ impl Master {
         )
     }
 
+    /// `host:port`, as `--master-url` takes it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     pub fn get(&self, path: &str) -> Response {
         request(self.port, "GET", path, Some(("admin", "admin"))).expect("request")
     }
@@ -214,179 +196,23 @@ impl Drop for Master {
     }
 }
 
-pub struct Response {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
+/// Whether the Master on `port` answers `GET /healthz` with 200.
+fn healthy(port: u16) -> bool {
+    get(port, "/healthz").is_ok_and(|r| r.status == 200)
 }
 
-pub fn basic(user: &str, password: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{user}:{password}");
-    let mut out = String::new();
-    for chunk in input.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-pub fn send_request(
-    stream: &mut TcpStream,
-    port: u16,
-    method: &str,
-    path: &str,
-    auth: Option<(&str, &str)>,
-) -> std::io::Result<()> {
-    send_request_body(stream, port, method, path, auth, None)
-}
-
-pub fn send_request_body(
-    stream: &mut TcpStream,
-    port: u16,
-    method: &str,
-    path: &str,
-    auth: Option<(&str, &str)>,
-    body: Option<&str>,
-) -> std::io::Result<()> {
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if let Some((u, p)) = auth {
-        req.push_str(&format!("Authorization: Basic {}\r\n", basic(u, p)));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body.unwrap_or(""));
-    stream.write_all(req.as_bytes())
-}
-
-/// `POST path` with a JSON body.
-pub fn post(port: u16, path: &str, auth: (&str, &str), body: &str) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    send_request_body(&mut stream, port, "POST", path, Some(auth), Some(body)).expect("send");
-    read_response(stream).expect("response")
-}
-
-/// `POST path` with a JSON body and one extra header, without Basic credentials.
-pub fn post_with_header(port: u16, path: &str, header: &str, body: &str) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{header}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+/// `steward init home --from from`, which must succeed.
+pub fn init(home: &Path, from: &Path) {
+    let out = steward_output(
+        &[
+            "init",
+            home.to_str().expect("utf-8"),
+            "--from",
+            from.to_str().expect("utf-8"),
+        ],
+        &[],
     );
-    stream.write_all(req.as_bytes()).expect("send");
-    read_response(stream).expect("response")
-}
-
-/// One HTTP/1.1 request with `Connection: close`; the body is read to the end (the Master answers
-/// these routes with a content length, so no chunked decoding is needed).
-pub fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    auth: Option<(&str, &str)>,
-) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    send_request(&mut stream, port, method, path, auth)?;
-    read_response(stream)
-}
-
-pub fn read_response(mut stream: TcpStream) -> std::io::Result<Response> {
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let raw = text(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok(Response {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    })
-}
-
-/// An SSE subscriber: a thread reads `event:`/`data:` blocks into a channel.
-pub struct Events {
-    pub rx: mpsc::Receiver<(String, serde_json::Value)>,
-}
-
-impl Events {
-    pub fn subscribe(port: u16) -> Events {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        send_request(
-            &mut stream,
-            port,
-            "GET",
-            "/v1/events",
-            Some(("admin", "admin")),
-        )
-        .expect("send");
-        let mut reader = BufReader::new(stream);
-        // Wait for the response head: once it arrives, the subscription exists.
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("status line");
-        assert!(line.contains(" 200 "), "{line}");
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("header");
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-        }
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // The body is chunked; SSE lines are what matter, chunk-size lines are skipped below.
-            let (mut event, mut data) = (String::new(), String::new());
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                let l = line.trim_end_matches(['\r', '\n']);
-                if let Some(v) = l.strip_prefix("event:") {
-                    event = v.trim().to_owned();
-                } else if let Some(v) = l.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                } else if l.is_empty() && !data.is_empty() {
-                    let v = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
-                    if tx.send((std::mem::take(&mut event), v)).is_err() {
-                        return;
-                    }
-                    data.clear();
-                }
-                line.clear();
-            }
-        });
-        Events { rx }
-    }
-
-    pub fn next(&self, within: Duration) -> (String, serde_json::Value) {
-        self.rx.recv_timeout(within).expect("an event in time")
-    }
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
 }
 
 /// A domain home made by `steward init` from a fresh small domain.
@@ -394,18 +220,81 @@ pub fn init_home(tmp: &TempDir) -> PathBuf {
     let src = tmp.path().join("src");
     write_domain(&src);
     let home = tmp.path().join("home");
-    let out = steward(&[
-        "init",
-        home.to_str().expect("utf-8"),
-        "--from",
-        src.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    init(&home, &src);
     home
 }
 
-pub fn edit(path: &Path, from: &str, to: &str) {
-    let s = std::fs::read_to_string(path).expect("read");
-    assert!(s.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(path, s.replacen(from, to, 1)).expect("write");
+// ---------------------------------------------------------------- servers
+
+/// Several edits of `file` in the clone (see [`edit_text`]), committed and pushed; returns the
+/// new commit.
+pub fn push_edits(clone: &Path, file: &str, edits: &[(&str, &str)]) -> String {
+    for (from, to) in edits {
+        edit_text(&clone.join(file), from, to);
+    }
+    commit_and_push(clone)
+}
+
+/// Commits everything in the clone and pushes it; returns the new commit.
+pub fn commit_and_push(clone: &Path) -> String {
+    git_ok(clone, &["add", "-A"]);
+    git_ok(clone, &["commit", "-qm", "change"]);
+    git_ok(clone, &["push", "-q", "origin", "main"]);
+    git_ok(clone, &["rev-parse", "HEAD"])
+}
+
+/// Starts server `name` of `home` in the background, following the Master on `master_port`.
+pub fn start_server(home: &Path, name: &str, master_port: u16) {
+    let out = steward_cmd(&["start-server", "--server", name, "--master-url"])
+        .arg(format!("127.0.0.1:{master_port}"))
+        .arg("--domain-home")
+        .arg(home)
+        .env("STEWARD_USER", "admin")
+        .env("STEWARD_PASSWORD", "admin")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+pub fn stop_server(home: &Path, name: &str) {
+    let _ = steward_cmd(&["stop-server", "--server", name, "--domain-home"])
+        .arg(home)
+        .output();
+}
+
+/// Stops the named servers of a domain home when the test ends, however it ends.
+pub struct Servers<'a>(pub &'a Path, pub &'a [&'a str]);
+impl Drop for Servers<'_> {
+    fn drop(&mut self) {
+        for s in self.1 {
+            stop_server(self.0, s);
+        }
+    }
+}
+
+pub fn server_log(home: &Path, name: &str) -> String {
+    let dir = home.join("servers").join(name).join("logs");
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("server_") {
+            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    all
+}
+
+/// The pid in a server's pid file.
+pub fn pid_of(home: &Path, server: &str) -> String {
+    std::fs::read_to_string(
+        home.join("servers")
+            .join(server)
+            .join(".workspace/server.pid"),
+    )
+    .expect("a pid file")
+    .trim()
+    .to_owned()
 }

@@ -1,6 +1,9 @@
 //! Helpers for end-to-end tests: temporary domain repositories driven with the real `git`
 //! binary, and the built `steward` run as a user would run it.
 
+pub mod http;
+pub mod master;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +48,12 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
 impl From<Output> for Run {
     fn from(o: Output) -> Run {
         Run {
@@ -55,39 +64,64 @@ impl From<Output> for Run {
     }
 }
 
-/// Git with a fixed identity and clock, so commit ids (and snapshots naming them) are stable.
-pub fn git(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new("git")
-        .args(args)
+/// A `git` command in `dir`, isolated from the user's and the system's configuration (no
+/// credential prompt either), with a fixed identity.
+pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.args(args)
         .current_dir(dir)
         .env("GIT_AUTHOR_NAME", "Op Erator")
         .env("GIT_AUTHOR_EMAIL", "op@example.com")
         .env("GIT_COMMITTER_NAME", "Op Erator")
         .env("GIT_COMMITTER_EMAIL", "op@example.com")
-        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("git runs");
-    out.into()
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs git in `dir` (see [`git_cmd`]); the caller judges the outcome.
+pub fn git(dir: &Path, args: &[&str]) -> Run {
+    git_cmd(dir, args).output().expect("git runs").into()
+}
+
+/// Runs git in `dir`, failing the test unless it succeeds; its standard output, trimmed.
+pub fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let r = git(dir, args);
+    assert_eq!(r.code, 0, "git {args:?} failed:\n{}{}", r.stdout, r.stderr);
+    r.stdout.trim().to_owned()
+}
+
+/// Text of process output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The built `steward`, isolated from the environment a test runs in: no credentials, no
+/// readiness socket, no colour, no terminal input.
+pub fn steward_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_steward"));
+    cmd.args(args)
+        .env_remove("STEWARD_USER")
+        .env_remove("STEWARD_PASSWORD")
+        .env_remove("NOTIFY_SOCKET")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
 }
 
 /// Runs the built `steward` in `dir`.
 pub fn steward(dir: &Path, args: &[&str]) -> Run {
-    Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(args)
+    steward_cmd(args)
         .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
         .output()
         .expect("steward runs")
         .into()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -119,8 +153,14 @@ impl Repo {
         self.tmp.path()
     }
 
+    /// Git with a fixed clock too, so commit ids (and snapshots naming them) are stable.
     pub fn git(&self, args: &[&str]) -> Run {
-        let r = git(self.path(), args);
+        let r: Run = git_cmd(self.path(), args)
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+            .output()
+            .expect("git runs")
+            .into();
         assert_eq!(r.code, 0, "git {args:?} failed: {}", r.stderr);
         r
     }
@@ -137,9 +177,7 @@ impl Repo {
 
     /// Replaces `from` (which must occur) with `to` in `file`.
     pub fn edit(&self, file: &str, from: &str, to: &str) {
-        let text = self.read(file);
-        assert!(text.contains(from), "`{from}` is not in {file}");
-        self.write(file, &text.replacen(from, to, 1));
+        edit_text(&self.path().join(file), from, to);
     }
 
     /// Commits everything; returns the commit id.
@@ -156,7 +194,7 @@ impl Repo {
 
 /// A port nothing listens on now, whose next port is free too (a server without web listeners
 /// takes its base port + 1).
-pub fn free_pair() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
@@ -169,33 +207,57 @@ pub fn free_pair() -> u16 {
 /// Moves the example domain of `repo` onto free ports; returns them in the order master,
 /// server1, server2, server3 (base ports), server1 web, server2 web.
 pub fn example_on_free_ports(repo: &Repo) -> Vec<u16> {
-    let ports: Vec<u16> = (0..6).map(|_| free_pair()).collect();
-    for (from, to) in ["9736", "9741", "9751", "9761", "8088", "8089"]
-        .iter()
-        .zip(&ports)
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let file = repo.path().join("domain.toml");
+    for (server, port) in [
+        "master",
+        "servers.server1",
+        "servers.server2",
+        "servers.server3",
+    ]
+    .iter()
+    .zip(&ports)
     {
-        let text = repo
-            .read("domain.toml")
-            .replace(&format!(":{from}\""), &format!(":{to}\""))
-            .replace(&format!("port = {from}\n"), &format!("port = {to}\n"));
-        repo.write("domain.toml", &text);
+        set_toml(
+            &file,
+            &format!("{server}.listen"),
+            format!("127.0.0.1:{port}"),
+        );
+    }
+    for (server, port) in ["server1", "server2"].iter().zip(&ports[4..]) {
+        let key = format!("servers.{server}.web.listeners.http.port");
+        set_toml(&file, &key, i64::from(*port));
     }
     ports
 }
 
-/// `GET path` on 127.0.0.1:`port` with optional Basic credentials; the whole response.
-pub fn http_get(port: u16, path: &str, basic: Option<&str>) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .ok()?;
-    let auth = basic
-        .map(|b| format!("Authorization: Basic {b}\r\n"))
-        .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\n{auth}\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+/// Sets the value at the dotted path `keys` in the TOML file at `path` through `toml_edit`, so
+/// the rest of the file keeps its layout and comments (the value keeps its own comment too).
+pub fn set_toml(path: &Path, keys: &str, value: impl Into<toml_edit::Value>) {
+    let text = std::fs::read_to_string(path).expect("read");
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()));
+    let (tables, last) = keys.rsplit_once('.').unwrap_or(("", keys));
+    let mut item = doc.as_item_mut();
+    for key in tables.split('.').filter(|k| !k.is_empty()) {
+        item = &mut item[key];
+    }
+    let slot = &mut item[last];
+    let mut value = value.into();
+    if let Some(old) = slot.as_value() {
+        *value.decor_mut() = old.decor().clone();
+    }
+    *slot = toml_edit::Item::Value(value);
+    std::fs::write(path, doc.to_string()).expect("write");
+}
+
+/// Replaces `from` (which must occur) with `to` in the file at `path`: for edits that are about
+/// the text itself (a typo, a broken line), where [`set_toml`] cannot say it.
+pub fn edit_text(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    assert!(text.contains(from), "`{from}` is not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).expect("write");
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -219,91 +281,6 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
             return None;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// A minimal HTTP/1.1 client on one connection: keep-alive (`Connection: close` is not sent),
-/// so consecutive requests reuse it; for load loops that must notice a dropped connection.
-pub struct HttpConn {
-    reader: std::io::BufReader<std::net::TcpStream>,
-}
-
-/// One response: status code, headers (lower-cased names), body.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl HttpConn {
-    pub fn connect(port: u16) -> std::io::Result<HttpConn> {
-        let s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-        s.set_nodelay(true)?;
-        Ok(HttpConn {
-            reader: std::io::BufReader::new(s),
-        })
-    }
-
-    /// `GET path`; the response must carry a `Content-Length` (the engine's do).
-    pub fn get(&mut self, path: &str) -> Result<HttpResponse, String> {
-        use std::io::{BufRead, Read, Write};
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-        self.reader
-            .get_mut()
-            .write_all(req.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .map_err(|e| format!("read status: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before the response".into());
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {line:?}"))?;
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            self.reader
-                .read_line(&mut h)
-                .map_err(|e| format!("read header: {e}"))?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .ok_or("no content-length")?;
-        let mut body = vec![0; len];
-        self.reader
-            .read_exact(&mut body)
-            .map_err(|e| format!("read body: {e}"))?;
-        Ok(HttpResponse {
-            status,
-            headers,
-            body,
-        })
     }
 }
 
@@ -438,82 +415,3 @@ pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("master.key"),
     )
 }
-
-// ---------------------------------------------------------------- Master and servers
-
-pub fn master(home: &std::path::Path) -> Guard {
-    Guard(
-        std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
-            .args(["master", "--domain-home"])
-            .arg(home)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-pub fn start_server(home: &std::path::Path, name: &str, master_port: u16) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["start-server", "--server", name, "--master-url"])
-        .arg(format!("127.0.0.1:{master_port}"))
-        .arg("--domain-home")
-        .arg(home)
-        .env("STEWARD_USER", "admin")
-        .env("STEWARD_PASSWORD", "admin")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-pub fn stop_server(home: &std::path::Path, name: &str) {
-    let _ = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["stop-server", "--server", name, "--domain-home"])
-        .arg(home)
-        .output();
-}
-
-pub struct Servers<'a>(pub &'a std::path::Path, pub &'a [&'a str]);
-impl Drop for Servers<'_> {
-    fn drop(&mut self) {
-        for s in self.1 {
-            stop_server(self.0, s);
-        }
-    }
-}
-
-pub fn status(port: u16) -> serde_json::Value {
-    let raw = http_get(port, "/v1/status", None).unwrap_or_default();
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("null");
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
-}
-
-pub fn server_log(home: &std::path::Path, name: &str) -> String {
-    let dir = home.join("servers").join(name).join("logs");
-    let mut all = String::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with("server_") {
-            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-        }
-    }
-    all
-}
-
-/// The pid in a server's pid file.
-pub fn pid_of(home: &std::path::Path, server: &str) -> String {
-    std::fs::read_to_string(
-        home.join("servers")
-            .join(server)
-            .join(".workspace/server.pid"),
-    )
-    .expect("a pid file")
-    .trim()
-    .to_owned()
-}
-pub mod master;
