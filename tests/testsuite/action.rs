@@ -229,7 +229,11 @@ fn run_action(repo: &Repo, from: &str, to: &str) -> Ran {
 fn the_action_installs_validates_plans_and_comments() {
     let repo = Repo::example("action-ok");
     let from = repo.git(&["rev-parse", "HEAD"]).stdout.trim().to_owned();
-    repo.edit("domain.toml", "port = 8089", "port = 8090");
+    repo.set(
+        "domain.toml",
+        "servers.server2.web.listeners.http.port",
+        8090,
+    );
     let to = repo.commit("server2 moves");
     let ran = run_action(&repo, &from, &to);
     assert_eq!(ran.codes, [0, 0, 0, 0], "{}", ran.stderr);

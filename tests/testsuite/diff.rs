@@ -8,18 +8,14 @@ use insta::assert_snapshot;
 /// One commit with a live, a redeploy and a restart change, plus new content for the shop.
 fn changed_repo(name: &str) -> Repo {
     let repo = Repo::example(name);
-    repo.edit("domain.toml", "level = \"info\"", "level = \"debug\""); // server1 live
-    repo.edit("domain.toml", "port = 8089", "port = 8090"); // server2 restart
-    repo.edit(
+    repo.set("domain.toml", "servers.server1.logging.level", "debug"); // server1 live
+    repo.set(
         "domain.toml",
-        "GREETING = \"hello from the api\"",
-        "GREETING = \"hi\"",
-    ); // api redeploy
-    repo.edit(
-        "domain.toml",
-        "context-path = \"/shop\"",
-        "context-path = \"/store\"",
-    ); // shop live
+        "servers.server2.web.listeners.http.port",
+        8090,
+    ); // server2 restart
+    repo.set("domain.toml", "applications.api.env.GREETING", "hi"); // api redeploy
+    repo.set("domain.toml", "applications.shop.context-path", "/store"); // shop live
     repo.write("apps/shop/new.html", "<p>new</p>\n"); // shop content → redeploy
     repo.commit("a change of every kind");
     repo
@@ -145,11 +141,8 @@ fn worktree_diff_and_root_commit() {
         r.stdout
     );
     // Uncommitted edits against HEAD.
-    repo.edit(
-        "domain.toml",
-        "max = 64 }\n\n[servers.server1.web",
-        "max = 128 }\n\n[servers.server1.web",
-    );
+    let pool = "servers.server1.web.listeners.http.thread-pool.max";
+    repo.set("domain.toml", pool, 128);
     let r = repo.steward(&["diff", "--worktree"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
@@ -439,9 +432,13 @@ fn rollback_fetch_edit_push() {
 fn the_pinned_commit_is_the_base_when_known() {
     let repo = Repo::example("diff-pinned-base");
     let pinned = repo.git(&["rev-parse", "HEAD"]).stdout.trim().to_owned();
-    repo.edit("domain.toml", "level = \"info\"", "level = \"debug\"");
+    repo.set("domain.toml", "servers.server1.logging.level", "debug");
     repo.commit("one");
-    repo.edit("domain.toml", "port = 8089", "port = 8090");
+    repo.set(
+        "domain.toml",
+        "servers.server2.web.listeners.http.port",
+        8090,
+    );
     repo.commit("two");
     repo.git(&[
         "remote",
@@ -464,7 +461,11 @@ fn the_pinned_commit_is_the_base_when_known() {
         "{}",
         r.stdout
     );
-    repo.edit("domain.toml", "port = 8088", "port = 8087");
+    repo.set(
+        "domain.toml",
+        "servers.server1.web.listeners.http.port",
+        8087,
+    );
     let r = repo.steward(&["diff", "--worktree"]);
     assert!(
         r.stdout.contains(&base)

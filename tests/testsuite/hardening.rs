@@ -192,7 +192,7 @@ fn idle_connections_beyond_the_cap_starve_nothing_and_slow_clients_are_closed() 
         port,
         log: log.clone(),
     };
-    crate::util::eventually(20, || {
+    crate::util::poll(20, || {
         request(port, "GET", "/healthz", None)
             .ok()
             .filter(|r| r.status == 200)
@@ -339,19 +339,18 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
         .spawn()
         .expect("git push");
     let started = tmp.path().join("hook-started");
-    crate::util::eventually(30, || started.exists().then_some(())).expect("the hook runs");
+    crate::util::eventually("the hook runs", 30, || started.exists().then_some(()));
     let killed = Command::new("kill")
         .args(["-s", "KILL", "--", &format!("-{}", push.id())])
         .status()
         .expect("kill");
     assert!(killed.success());
     let _ = push.wait();
-    crate::util::eventually(20, || {
+    crate::util::eventually("the hanging hook was stopped", 20, || {
         crate::util::processes_with(&script)
             .is_empty()
             .then_some(())
-    })
-    .expect("the hanging hook was stopped");
+    });
     assert_eq!(bare_main(&home), main0);
     std::fs::write(&hook, &original).expect("restore the hook");
     let pushed = commit_valid(&wc, 9804);
@@ -378,12 +377,11 @@ fn a_hanging_pre_receive_is_stopped_when_the_client_leaves_and_at_its_deadline()
     let err = out.stderr.clone();
     assert!(!out.success(), "{err}");
     assert!(err.contains("deadline of the pre-receive step"), "{err}");
-    crate::util::eventually(20, || {
+    crate::util::eventually("the hanging hook was stopped", 20, || {
         crate::util::processes_with(&script)
             .is_empty()
             .then_some(())
-    })
-    .expect("the hanging hook was stopped");
+    });
     assert_eq!(bare_main(&home), pushed);
     std::fs::write(&hook, &original).expect("restore the hook");
     let out = git(&wc, &["push", "-q", "origin", "main"]);
@@ -455,5 +453,5 @@ fn reads_do_not_wake_the_ref_watcher_and_pushes_do() {
     let out = git(&wc, &["push", "-q", "origin", "main"]);
     assert!(out.success(), "{}", out.stderr.clone());
     assert_eq!(master.pinned(), pushed);
-    crate::util::eventually(10, || (wakeups() > before).then_some(())).expect("a push wakes it");
+    crate::util::eventually("a push wakes it", 10, || (wakeups() > before).then_some(()));
 }

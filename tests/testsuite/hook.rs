@@ -28,11 +28,7 @@ fn the_installed_hook_gates_pushes() {
     assert_eq!(r.code, 0, "valid push refused: {}", r.stderr);
 
     repo.edit("domain.toml", "port = 8088", "prot = 8088");
-    repo.edit(
-        "domain.toml",
-        "restart-policy = \"auto\"",
-        "restart-policy = \"sometimes\"",
-    );
+    repo.set("domain.toml", "servers.server3.restart-policy", "sometimes");
     let bad = repo.commit("two mistakes");
     let r = git(repo.path(), &["push", "origin", "main"]);
     assert_ne!(r.code, 0, "invalid push accepted");
@@ -64,11 +60,7 @@ fn the_installed_hook_gates_pushes() {
     assert_ne!(head.trim(), bad);
 
     repo.edit("domain.toml", "prot = 8088", "port = 8088");
-    repo.edit(
-        "domain.toml",
-        "restart-policy = \"sometimes\"",
-        "restart-policy = \"auto\"",
-    );
+    repo.set("domain.toml", "servers.server3.restart-policy", "auto");
     let good = repo.commit("fixed");
     let r = git(repo.path(), &["push", "origin", "main"]);
     assert_eq!(r.code, 0, "{}", r.stderr);

@@ -18,11 +18,7 @@ fn push(clone: &Path, file: &str, from: &str, to: &str) -> String {
 fn servers_follow_the_master() {
     let repo = Repo::example("ms-domain");
     // server1 waits for an operator (manual): its restart stays pending.
-    repo.edit(
-        "domain.toml",
-        "restart-policy = \"rolling\"",
-        "restart-policy = \"manual\"",
-    );
+    repo.set("domain.toml", "servers.server1.restart-policy", "manual");
     let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1, s3) = (ports[0], ports[1], ports[3]);
     let tmp = TempDir::new("ms-home");
@@ -38,12 +34,11 @@ fn servers_follow_the_master() {
     start_server(&home, "server3", mport);
 
     // Registered with the Master.
-    eventually(20, || {
+    eventually("server1 registers", 20, || {
         request(mport, "GET", "/v1/servers/server1", ADMIN)
             .ok()
             .filter(|r| r.body.contains("\"reachable\":true"))
-    })
-    .expect("server1 registers");
+    });
 
     let clone = tmp.path().join("clone");
     let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
@@ -59,10 +54,9 @@ fn servers_follow_the_master() {
         "level = \"info\"\nrotation",
         "level = \"debug\"\nrotation",
     );
-    let st = eventually(20, || {
+    let st = eventually("server1 applies the live change", 20, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == live.as_str())
-    })
-    .expect("server1 applies the live change");
+    });
     assert_eq!(st["pending_restart"], serde_json::json!([]));
     assert!(server_log(&home, "server1").contains("Applied live: servers.server1.logging.level"));
 
@@ -80,10 +74,9 @@ fn servers_follow_the_master() {
         "STEWARD_EXAMPLE = \"server1\"",
         "STEWARD_EXAMPLE = \"one\"",
     );
-    let st = eventually(20, || {
+    let st = eventually("server1 takes the restart change", 20, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == restart.as_str())
-    })
-    .expect("server1 takes the restart change");
+    });
     assert_eq!(
         st["pending_restart"],
         serde_json::json!(["servers.server1.process.env.STEWARD_EXAMPLE"])
@@ -97,10 +90,9 @@ fn servers_follow_the_master() {
         "STEWARD_EXAMPLE = \"one\"",
         "STEWARD_EXAMPLE = \"server1\"",
     );
-    let st = eventually(20, || {
+    let st = eventually("server1 takes the revert", 20, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == revert.as_str())
-    })
-    .expect("server1 takes the revert");
+    });
     assert_eq!(st["pending_restart"], serde_json::json!([]));
 
     // restart-policy auto: server3 restarts itself through the launcher and boots the new pin.
@@ -111,29 +103,32 @@ fn servers_follow_the_master() {
         "[servers.server3.component.timer-service]",
         "[servers.server3.process]\nenv = { MODE = \"restarted\" }\n\n[servers.server3.component.timer-service]",
     );
-    eventually(60, || {
-        Some(status(s3)).filter(|s| {
-            s["applied_commit"] == auto.as_str()
-                && s["pending_restart"] == serde_json::json!([])
-                && s["state"] == "RUNNING"
-        })
-    })
-    .expect("server3 restarted on the new commit with nothing pending");
+    eventually(
+        "server3 restarted on the new commit with nothing pending",
+        60,
+        || {
+            Some(status(s3)).filter(|s| {
+                s["applied_commit"] == auto.as_str()
+                    && s["pending_restart"] == serde_json::json!([])
+                    && s["state"] == "RUNNING"
+            })
+        },
+    );
     assert!(server_log(&home, "server3").contains("[SERVER-0320]"));
     assert_ne!(pid3, pid_of("server3"), "server3 is a new process");
 
     // The Master goes away: servers keep serving, INDEPENDENT.
     m.kill9();
-    eventually(30, || {
+    eventually("INDEPENDENT", 30, || {
         Some(status(s1)).filter(|s| s["mode"] == "INDEPENDENT")
-    })
-    .expect("INDEPENDENT");
+    });
     assert_eq!(status(s1)["state"], "RUNNING");
 
     // It comes back: resynchronized, DEPENDENT again.
     m = Master::start_on(&home, mport);
-    eventually(60, || Some(status(s1)).filter(|s| s["mode"] == "DEPENDENT"))
-        .expect("DEPENDENT again");
+    eventually("DEPENDENT again", 60, || {
+        Some(status(s1)).filter(|s| s["mode"] == "DEPENDENT")
+    });
     let log = server_log(&home, "server1");
     for id in [
         "[SERVER-0210]",
@@ -205,11 +200,10 @@ fn rolling_restarts_one_server_of_a_cluster_at_a_time() {
             && s["pending_restart"] == serde_json::json!([])
             && s["state"] == "RUNNING"
     };
-    eventually(120, || {
+    eventually("both servers restarted onto the pin", 120, || {
         (settled(s1) && settled(s2) && pid_of("server1") != p1 && pid_of("server2") != p2)
             .then_some(())
-    })
-    .expect("both servers restarted onto the pin");
+    });
 
     // The second restart was ordered only after the first server was RUNNING again.
     let (l1, l2) = (server_log(&home, "server1"), server_log(&home, "server2"));
@@ -239,10 +233,11 @@ fn servers_follow_a_master_over_https() {
     let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1) = (ports[0], ports[1]);
     // The Master serves HTTPS only, with a certificate from a test CA.
-    repo.edit(
+    let tls = [("certificate", "tls/master.crt"), ("key", "tls/master.key")];
+    repo.set(
         "domain.toml",
-        "heartbeat-interval = \"2s\"",
-        "heartbeat-interval = \"2s\"\ntls = { certificate = \"tls/master.crt\", key = \"tls/master.key\" }",
+        "master.tls",
+        toml_edit::InlineTable::from_iter(tls),
     );
     let tmp = TempDir::new("https-home");
     let (ca, crt, key) = crate::util::make_certificates(&tmp.path().join("pki"));
@@ -324,11 +319,10 @@ fn servers_follow_a_master_over_https() {
     git_ca(&clone, &["commit", "-qam", "debug logging"]);
     git_ca(&clone, &["push", "-q", "origin", "main"]);
     let live = git(&clone, &["rev-parse", "HEAD"]).stdout.trim().to_owned();
-    eventually(20, || {
+    eventually("server1 applies a pin received over HTTPS", 20, || {
         Some(status(s1))
             .filter(|s| s["applied_commit"] == live.as_str() && s["mode"] == "DEPENDENT")
-    })
-    .expect("server1 applies a pin received over HTTPS");
+    });
 }
 
 #[test]
@@ -358,10 +352,9 @@ fn stop_timeout_is_live() {
         "restart-policy = \"rolling\"",
         "restart-policy = \"rolling\"\nstop-timeout = \"7s\"",
     );
-    let st = eventually(20, || {
+    let st = eventually("applied", 20, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == pin.as_str())
-    })
-    .expect("applied");
+    });
     assert_eq!(
         st["pending_restart"],
         serde_json::json!([]),

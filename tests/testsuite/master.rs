@@ -449,11 +449,9 @@ fn servers_register_heartbeat_and_become_unreachable() {
     let tmp = TempDir::new("servers");
     let src = tmp.path().join("src");
     write_domain(&src);
-    edit_text(
-        &src.join("domain.toml"),
-        "listen = \"127.0.0.1:9736\"",
-        "listen = \"127.0.0.1:9736\"\nheartbeat-interval = \"200ms\"\nheartbeat-timeout = \"2s\"",
-    );
+    let file = src.join("domain.toml");
+    set_toml(&file, "master.heartbeat-interval", "200ms");
+    set_toml(&file, "master.heartbeat-timeout", "2s");
     let home = tmp.path().join("home");
     init(&home, &src);
     let master = Master::start(&home, tmp.path().join("master.log"));

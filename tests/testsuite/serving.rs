@@ -75,11 +75,7 @@ fn applications_serve_and_live_changes_drop_no_request() {
     let repo = Repo::example("serve-domain");
     let ports = crate::util::example_on_free_ports(&repo);
     // Manual restarts: this test watches a restart stay pending.
-    repo.edit(
-        "domain.toml",
-        "restart-policy = \"rolling\"",
-        "restart-policy = \"manual\"",
-    );
+    repo.set("domain.toml", "servers.server1.restart-policy", "manual");
     repo.commit("manual restarts for server1");
     let (mport, s1, s3, web1) = (ports[0], ports[1], ports[3], ports[4]);
     let d = Domain::new(&repo, mport, "serve-home");
@@ -157,14 +153,14 @@ fn applications_serve_and_live_changes_drop_no_request() {
     }
     let pid = pid_of(&home, "server1");
     let applied = |commit: &str| {
-        eventually(20, || {
+        eventually("server1 applies the commit", 20, || {
             Some(status(s1)).filter(|s| s["applied_commit"] == commit)
         })
-        .expect("server1 applies the commit")
     };
     let served_before = |n: usize| {
-        eventually(20, || (ok.load(Ordering::Relaxed) > n).then_some(()))
-            .expect("the load loop makes progress")
+        eventually("the load loop makes progress", 20, || {
+            (ok.load(Ordering::Relaxed) > n).then_some(())
+        })
     };
     served_before(50);
 
@@ -264,13 +260,11 @@ fn applications_serve_and_live_changes_drop_no_request() {
         "the api runs"
     );
     stop_server(&home, "server3");
-    assert!(
-        eventually(10, || crate::util::processes_with(api_image)
+    eventually("the api process stopped with its server", 10, || {
+        crate::util::processes_with(api_image)
             .is_empty()
-            .then_some(()))
-        .is_some(),
-        "the api process stopped with its server"
-    );
+            .then_some(())
+    });
 }
 
 /// Domain text for the failing-deployment test: server1 only, with three bad applications.
@@ -337,15 +331,14 @@ fn failing_deployments_fail_alone_and_are_fixed_by_a_push() {
         "{why}"
     );
     // Reported to the Master.
-    eventually(20, || {
+    eventually("the Master lists the failed applications", 20, || {
         request(mport, "GET", "/v1/servers/server1", ADMIN)
             .ok()
             .filter(|r| {
                 r.body
                     .contains(r#""failed_applications":["broken","crash","evil"]"#)
             })
-    })
-    .expect("the Master lists the failed applications");
+    });
     // The others serve.
     let mut c = HttpConn::connect(web1).unwrap();
     assert_eq!(c.get("/shop/").unwrap().status, 200);
@@ -393,10 +386,9 @@ fn failing_deployments_fail_alone_and_are_fixed_by_a_push() {
     std::fs::write(&p, text).unwrap();
     std::fs::remove_file(d.clone.join("apps/evil.tar")).unwrap();
     let fixed = commit_and_push(&d.clone);
-    let st = eventually(30, || {
+    let st = eventually("server1 applies the fix", 30, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == fixed.as_str())
-    })
-    .expect("server1 applies the fix");
+    });
     assert_eq!(st["failed_applications"], serde_json::json!([]), "{st}");
     assert_eq!(st["last_error"], serde_json::Value::Null);
     let r = c.get("/broken/").unwrap();
@@ -438,14 +430,14 @@ fn a_failed_application_is_redeployed_when_the_master_returns() {
     // The Master goes away; the obstacle is removed meanwhile; the Master returns: the server
     // resyncs, redeploys what failed, and becomes DEPENDENT.
     drop(d.master.take());
-    eventually(30, || {
+    eventually("INDEPENDENT", 30, || {
         Some(status(s1)).filter(|s| s["mode"] == "INDEPENDENT")
-    })
-    .expect("INDEPENDENT");
+    });
     std::fs::remove_file(&blocker).unwrap();
     d.start_master();
-    let st = eventually(60, || Some(status(s1)).filter(|s| s["mode"] == "DEPENDENT"))
-        .expect("DEPENDENT again");
+    let st = eventually("DEPENDENT again", 60, || {
+        Some(status(s1)).filter(|s| s["mode"] == "DEPENDENT")
+    });
     assert_eq!(st["failed_applications"], serde_json::json!([]), "{st}");
     assert_eq!(st["last_error"], serde_json::Value::Null);
     assert!(get(web1, "/shop/").map(|r| r.status).ok() == Some(200));
@@ -512,7 +504,9 @@ fn a_graceful_stop_finishes_requests_in_flight_then_stops_the_applications() {
         let mut c = HttpConn::connect(web1).unwrap();
         c.get("/slow/wait")
     });
-    eventually(20, || started.exists().then_some(())).expect("the slow request at the application");
+    eventually("the slow request at the application", 20, || {
+        started.exists().then_some(())
+    });
     stop_server(&home, "server1");
     let r = slow
         .join()
@@ -520,12 +514,10 @@ fn a_graceful_stop_finishes_requests_in_flight_then_stops_the_applications() {
         .expect("the request in flight is answered");
     assert_eq!((r.status, r.body.as_slice()), (200, b"done".as_slice()));
     assert!(HttpConn::connect(web1).is_err(), "the listener is closed");
-    assert!(
-        eventually(10, || crate::util::processes_with(image)
-            .is_empty()
-            .then_some(()))
-        .is_some(),
-        "the process application stopped with the server"
+    eventually(
+        "the process application stopped with the server",
+        10,
+        || crate::util::processes_with(image).is_empty().then_some(()),
     );
     let log = server_log(&home, "server1");
     assert!(log.contains("[SERVER-0301] The server stopped."), "{log}");
@@ -619,10 +611,9 @@ fn a_failing_application_neither_delays_pins_nor_hides_an_older_image() {
         &d.clone,
         &[("source = \"apps/shop\"", "source = \"apps/shop.zip\"")],
     );
-    let st = eventually(30, || {
+    let st = eventually("server1 applies c2", 30, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == c2.as_str())
-    })
-    .expect("server1 applies c2");
+    });
     assert_eq!(
         st["failed_applications"],
         serde_json::json!(["archt", "shop"]),
@@ -663,10 +654,9 @@ fn a_failing_application_neither_delays_pins_nor_hides_an_older_image() {
         "[SERVER-0506] Retrying application(s) that failed at commit {} in the background",
         &c3[..7]
     );
-    let log = eventually(60, || {
+    let log = eventually("the failed applications are retried at c3", 60, || {
         Some(server_log(&home, "server1")).filter(|l| l.contains(&retry))
-    })
-    .expect("the failed applications are retried at c3");
+    });
     let since_c3 = after(&log, &format!("Applied commit {}", &c3[..7]));
     assert!(
         since_c3.contains(&retry),
@@ -687,10 +677,9 @@ fn a_failing_application_neither_delays_pins_nor_hides_an_older_image() {
         .replace("source = \"apps/shop.zip\"", "source = \"apps/shop\"");
     std::fs::write(&p, text).unwrap();
     let c4 = commit_and_push(&d.clone);
-    let st = eventually(30, || {
+    let st = eventually("server1 applies c4", 30, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == c4.as_str())
-    })
-    .expect("server1 applies c4");
+    });
     assert_eq!(st["failed_applications"], serde_json::json!([]), "{st}");
     assert_eq!(st["older_images"], serde_json::json!({}), "{st}");
     assert_eq!(st["last_error"], serde_json::Value::Null);
@@ -711,11 +700,11 @@ fn stale_staging_is_removed_at_start_and_debug_logs_each_step() {
     let repo = Repo::example("debug-domain");
     let ports = crate::util::example_on_free_ports(&repo);
     // server1 logs at debug and runs the process application too.
-    repo.edit("domain.toml", "level = \"info\"", "level = \"debug\"");
-    repo.edit(
+    repo.set("domain.toml", "servers.server1.logging.level", "debug");
+    repo.set(
         "domain.toml",
-        "targets = [\"server3\"]",
-        "targets = [\"server1\"]",
+        "applications.api.targets",
+        toml_edit::Array::from_iter(["server1"]),
     );
     repo.commit("server1 at debug, with the api");
     let (mport, s1, web1) = (ports[0], ports[1], ports[4]);
@@ -794,14 +783,12 @@ fn stale_staging_is_removed_at_start_and_debug_logs_each_step() {
             "GREETING = \"hello from the api\", A = \"1\"",
         )],
     );
-    eventually(30, || {
+    eventually("c2 applied", 30, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == c2.as_str())
-    })
-    .expect("c2 applied");
-    let log = eventually(30, || {
+    });
+    let log = eventually("the replaced process stops", 30, || {
         Some(server_log(&home, "server1")).filter(|l| l.contains("[WEB-0209]"))
-    })
-    .expect("the replaced process stops");
+    });
     for id in [
         "[SERVER-0330] Resync to commit",
         "[SERVER-0331] Commit ",
@@ -820,20 +807,17 @@ fn stale_staging_is_removed_at_start_and_debug_logs_each_step() {
     // Back at info (live): a resync with a redeployment and a process restart logs nothing at
     // debug.
     let c3 = push(&d.clone, &[("level = \"debug\"", "level = \"info\"")]);
-    eventually(30, || {
+    eventually("c3 applied", 30, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == c3.as_str())
-    })
-    .expect("c3 applied");
+    });
     let before = server_log(&home, "server1").len();
     let c4 = push(&d.clone, &[("A = \"1\"", "A = \"2\"")]);
-    eventually(30, || {
+    eventually("c4 applied", 30, || {
         Some(status(s1)).filter(|s| s["applied_commit"] == c4.as_str())
-    })
-    .expect("c4 applied");
-    let log = eventually(30, || {
+    });
+    let log = eventually("the new process is healthy", 30, || {
         Some(server_log(&home, "server1")).filter(|l| l[before..].contains("[WEB-0202]"))
-    })
-    .expect("the new process is healthy");
+    });
     let since = &log[before..];
     assert!(since.contains("[SERVER-0309] Applied commit"), "{since}");
     assert!(!since.contains("][4] ["), "debug lines at info:\n{since}");

@@ -26,27 +26,23 @@ fn every_schema_problem_at_once() {
     let repo = Repo::example("schema");
     // unknown key with a suggestion, wrong type, out of range, bad enum, invalid name, bad duration
     repo.edit("domain.toml", "port = 8088", "prot = 8088");
-    repo.edit(
+    repo.set(
         "domain.toml",
-        "runtime-threads = 2",
-        "runtime-threads = \"two\"",
+        "servers.server1.process.runtime-threads",
+        "two",
     );
-    repo.edit("domain.toml", "port = 8089", "port = 70000");
-    repo.edit(
+    repo.set(
         "domain.toml",
-        "restart-policy = \"auto\"",
-        "restart-policy = \"automatic\"",
+        "servers.server2.web.listeners.http.port",
+        70000,
     );
+    repo.set("domain.toml", "servers.server3.restart-policy", "automatic");
     repo.edit(
         "domain.toml",
         "[clusters.cluster1]",
         "[clusters.\"1cluster\"]",
     );
-    repo.edit(
-        "domain.toml",
-        "heartbeat-timeout = \"10s\"",
-        "heartbeat-timeout = \"10\"",
-    );
+    repo.set("domain.toml", "master.heartbeat-timeout", "10");
     repo.commit("many mistakes");
     let r = repo.steward(&["validate"]);
     assert_eq!(r.code, 1);
@@ -74,11 +70,8 @@ targets = ["cluster1", "clustr2"]
 "#;
     let text = repo.read("domain.toml") + extra;
     repo.write("domain.toml", &text);
-    repo.edit(
-        "security/accounts.toml",
-        "groups = [\"administrators\"]",
-        "groups = [\"administrator\"]",
-    );
+    let groups = toml_edit::Array::from_iter(["administrator"]);
+    repo.set("security/accounts.toml", "users.admin.groups", groups);
     repo.commit("references");
     let r = repo.steward(&["validate"]);
     assert_eq!(r.code, 1);

@@ -180,6 +180,11 @@ impl Repo {
         edit_text(&self.path().join(file), from, to);
     }
 
+    /// Sets the value at the dotted path `keys` in `file` (see [`set_toml`]).
+    pub fn set(&self, file: &str, keys: &str, value: impl Into<toml_edit::Value>) {
+        set_toml(&self.path().join(file), keys, value);
+    }
+
     /// Commits everything; returns the commit id.
     pub fn commit(&self, msg: &str) -> String {
         self.git(&["add", "-A"]);
@@ -271,7 +276,7 @@ impl Drop for Guard {
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `secs` seconds.
-pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let t0 = std::time::Instant::now();
     loop {
         if let Some(v) = f() {
@@ -282,6 +287,11 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// [`poll`]s `f` for at most `secs` seconds; fails the test naming `what` was awaited.
+pub fn eventually<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    poll(secs, f).unwrap_or_else(|| panic!("waited {secs} s in vain for: {what}"))
 }
 
 /// A tar archive holding `entries` (name, content) as regular files, names written as given:
