@@ -273,7 +273,6 @@ fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
     );
     git_ok(&wc, &["commit", "-qam", "by file path"]);
     let good = git_ok(&wc, &["rev-parse", "HEAD"]);
-    let start = Instant::now();
     git_ok(&wc, &["push", "-q", "origin", "main"]);
     let (name, data) = events.next(Duration::from_secs(10));
     assert_eq!(
@@ -281,8 +280,8 @@ fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
         ("pinned", Some(good.as_str())),
         "{data}"
     );
+    // The ref watcher pinned it (not the safety poll): no clock needed to tell.
     assert_eq!(data["source"], "watch");
-    assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(master.pinned(), good);
     // The pin ref is hidden from pushes by file path too.
     let out = git(&wc, &["push", "origin", "HEAD~1:refs/steward/pinned"]);

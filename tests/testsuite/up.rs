@@ -228,14 +228,7 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
             .unwrap()
             .success()
     );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = up.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "up did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = crate::util::eventually("up to stop", 60, || up.0.try_wait().unwrap());
     assert!(status.success(), "{status}");
     out.lines.extend(out.rx.try_iter());
     let stopped = out.lines[hand..].join("\n");

@@ -198,7 +198,8 @@ fn commit_trees_read_files_and_report_git_ids() {
     }
 }
 
-/// A domain-sized tree: thousands of lookups in one commit must stay fast (the tree cache).
+/// A domain-sized tree: thousands of lookups in one commit, every one right. How fast they are
+/// (the tree cache) is for `benches/`, not a clock in a test.
 #[test]
 fn many_entries_in_one_tree() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -216,7 +217,6 @@ fn many_entries_in_one_tree() {
     let repo = Repo::open(dir).expect("open");
     let head = repo.resolve("HEAD").expect("resolve").expect("HEAD exists");
     let tree = repo.tree(head).expect("tree");
-    let start = std::time::Instant::now();
     for i in 0..n {
         let app = format!("apps/app{i:04}");
         assert_eq!(
@@ -229,9 +229,6 @@ fn many_entries_in_one_tree() {
             Some(format!("n = {i}\n").into_bytes())
         );
     }
-    // Generous for an unoptimised build on a loaded 2-core machine; uncached lookups re-decode
-    // the 2000-entry `apps` tree every time and take far longer.
-    assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
 }
 
 /// Content covering what git's tree encoding cares about: nesting, names that sort differently
