@@ -1,6 +1,9 @@
 //! End to end: the launcher (`steward start-server`, `stop-server`, the JEUS spellings) with real
 //! processes — a real Master, bare repositories driven by the real `git`, and real servers whose
 //! `GET /v1/status` is read over TCP. Every process started here is killed by a drop guard.
+//!
+//! Long: one concept (booting a server), many ways it can go; each test is a scenario with real
+//! processes, and their few helpers are specific to the launcher.
 
 use crate::util::http::{get, status};
 use crate::util::master::{Master, init, steward_output as steward};

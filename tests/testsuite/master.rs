@@ -1,5 +1,8 @@
 //! End to end: `steward init` and `steward master` as real processes, driven by the real `git`
 //! binary and a minimal HTTP client over `TcpStream`.
+//!
+//! Long: the Master's modes (hosted, mirror, HTTPS, start/stop) share its harness and scenarios;
+//! sections below keep them apart.
 
 use crate::util::http::*;
 use crate::util::master::*;

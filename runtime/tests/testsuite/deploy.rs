@@ -1,5 +1,7 @@
 //! Deployment from real Git commits (made with the `git` binary): directories with their execute
 //! bits, tar.gz and zip archives, refused archives, atomic replacement, library shadowing.
+//!
+//! Long (a little): the archive builders, including malformed ones, belong with these tests.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

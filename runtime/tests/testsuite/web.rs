@@ -1,4 +1,7 @@
 //! The web engine over real sockets on 127.0.0.1, real files and real child processes (python3).
+//!
+//! Long: the engine's features (static files, routing, proxying, pools, live changes, shutdown)
+//! share one client and two small test applications written inline.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
