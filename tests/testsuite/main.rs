@@ -1,0 +1,16 @@
+//! Steward end to end, one test binary (as cargo's own testsuite): the built `steward` run as an
+//! operator runs it, real `git`, real processes, real sockets on 127.0.0.1. One module per area;
+//! `util` holds what they share.
+
+mod action;
+mod diff;
+mod docs;
+mod hardening;
+mod hook;
+mod launcher;
+mod managed_server;
+mod master;
+mod serving;
+mod up;
+mod util;
+mod validate;
