@@ -2,6 +2,9 @@
 //! operator runs it, real `git`, real processes, real sockets on 127.0.0.1. One module per area;
 //! `util` holds what they share.
 
+// A test that cannot go on panics with what failed; that is its report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod action;
 mod diff;
 mod docs;
