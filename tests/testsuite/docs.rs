@@ -75,7 +75,7 @@ fn message_ids(text: &str) -> Vec<String> {
 #[test]
 fn every_master_route_is_documented() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let routes = std::fs::read_to_string(root.join("reconciler/src/master/routes/mod.rs")).unwrap();
+    let routes = std::fs::read_to_string(root.join("runtime/src/master/routes/mod.rs")).unwrap();
     let doc = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
     let mut found = 0;
     let mut missing = Vec::new();

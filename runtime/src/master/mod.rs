@@ -86,7 +86,6 @@ pub enum MasterError {
 /// holds the pid, for the message a second Master prints.
 fn lock_home(config: &Path) -> Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
     let path = config.join("master.lock");
     let err = |error| MasterError::Lock {
         path: path.clone(),
@@ -99,10 +98,9 @@ fn lock_home(config: &Path) -> Result<std::fs::File> {
         .truncate(false)
         .open(&path)
         .map_err(err)?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::WouldBlock {
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim().to_owned();
@@ -110,7 +108,7 @@ fn lock_home(config: &Path) -> Result<std::fs::File> {
                 pid: (!pid.is_empty()).then_some(pid),
             });
         }
-        return Err(err(e));
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
     }
     file.set_len(0).map_err(err)?;
     file.rewind().map_err(err)?;
@@ -124,7 +122,6 @@ type Result<T, E = MasterError> = std::result::Result<T, E>;
 /// of [`lock_home`] (so a stale pid never counts). `Some(None)`: it runs, but it has not written
 /// its pid yet (it just started).
 pub fn running(home: &Path) -> Result<Option<Option<u32>>> {
-    use std::os::fd::AsRawFd;
     let path = home.join("config").join("master.lock");
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -133,13 +130,10 @@ pub fn running(home: &Path) -> Result<Option<Option<u32>>> {
     };
     // A shared lock, released when `file` closes: it only succeeds while no Master holds the
     // exclusive one.
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
-        return Ok(None);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.kind() != std::io::ErrorKind::WouldBlock {
-        return Err(MasterError::Lock { path, error: e });
+    match file.try_lock_shared() {
+        Ok(()) => return Ok(None),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(error)) => return Err(MasterError::Lock { path, error }),
     }
     let pid = std::fs::read_to_string(&path)
         .ok()
