@@ -60,14 +60,15 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn error(
+    pub fn new(
+        severity: Severity,
         code: &'static str,
         file: &str,
         span: Option<Range<usize>>,
         message: impl Into<String>,
     ) -> Self {
         Problem {
-            severity: Severity::Error,
+            severity,
             code,
             message: message.into(),
             file: file.to_owned(),
@@ -78,16 +79,22 @@ impl Problem {
         }
     }
 
+    pub fn error(
+        code: &'static str,
+        file: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Problem::new(Severity::Error, code, file, span, message)
+    }
+
     pub fn warning(
         code: &'static str,
         file: &str,
         span: Option<Range<usize>>,
         message: impl Into<String>,
     ) -> Self {
-        Problem {
-            severity: Severity::Warning,
-            ..Problem::error(code, file, span, message)
-        }
+        Problem::new(Severity::Warning, code, file, span, message)
     }
 
     pub fn label(mut self, label: impl Into<String>) -> Self {

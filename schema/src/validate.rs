@@ -3,13 +3,13 @@
 //! [`Holes`] entry, and no check reports what a hole could explain (an application targeting a
 //! server whose table has an error is not "targeting an unknown server").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::fasthash::FastMap;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use crate::diag::{Problem, Problems};
+use crate::diag::{Problem, Problems, Severity};
 use crate::load::Spans;
 use crate::model::{AppKind, Domain};
 use crate::settings::FileKind;
@@ -94,6 +94,19 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// A problem at the value of `path` in `file`.
+    fn problem(
+        &mut self,
+        severity: Severity,
+        code: &'static str,
+        (file, path): (FileKind, &str),
+        msg: String,
+    ) -> &mut Problem {
+        let span = self.spans.value(file, path);
+        self.problems
+            .push(Problem::new(severity, code, file.path(), span, msg))
+    }
+
     fn error(
         &mut self,
         code: &'static str,
@@ -101,21 +114,7 @@ impl Checker<'_> {
         path: &str,
         msg: String,
     ) -> &mut Problem {
-        let span = self.spans.value(file, path);
-        self.problems
-            .push(Problem::error(code, file.path(), span, msg))
-    }
-
-    fn warning(
-        &mut self,
-        code: &'static str,
-        file: FileKind,
-        path: &str,
-        msg: String,
-    ) -> &mut Problem {
-        let span = self.spans.value(file, path);
-        self.problems
-            .push(Problem::warning(code, file.path(), span, msg))
+        self.problem(Severity::Error, code, (file, path), msg)
     }
 }
 
@@ -191,10 +190,10 @@ fn clusters(c: &mut Checker<'_>) {
             .hint = Some("rename the cluster; targets must say which one they mean".into());
         }
         if cluster.servers.is_empty() {
-            c.warning(
+            c.problem(
+                Severity::Warning,
                 "empty-cluster",
-                D,
-                &format!("clusters.{cname}"),
+                (D, &format!("clusters.{cname}")),
                 format!("cluster `{cname}` has no servers"),
             );
         }
@@ -316,10 +315,10 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
     for (aname, app) in &cfg.applications {
         let base = format!("applications.{aname}");
         if app.targets.is_empty() {
-            c.warning(
+            c.problem(
+                Severity::Warning,
                 "no-targets",
-                D,
-                &base,
+                (D, &base),
                 format!("application `{aname}` has no targets and is deployed nowhere"),
             )
             .hint = Some("add `targets = [\"<server or cluster>\"]`".into());
@@ -357,10 +356,10 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
                     Some("add `command = \"bin/app\"` (a program inside the deploy image)".into());
             }
             (AppKind::Static, Some(_)) => {
-                c.warning(
+                c.problem(
+                    Severity::Warning,
                     "ignored-key",
-                    D,
-                    &format!("{base}.command"),
+                    (D, &format!("{base}.command")),
                     format!("`command` is ignored for static application `{aname}`"),
                 );
             }
@@ -490,21 +489,21 @@ fn context_paths(c: &mut Checker<'_>) {
 fn security(c: &mut Checker<'_>) {
     let acc = &c.domain.accounts;
     let pol = &c.domain.policies;
+    let groups: BTreeSet<&str> = acc.groups.keys().map(String::as_str).collect();
+    let users: BTreeSet<&str> = acc.users.keys().map(String::as_str).collect();
     for (uname, user) in &acc.users {
-        for (i, g) in user.groups.iter().enumerate() {
-            if !acc.groups.contains_key(g) && !c.holes.named(A, "groups", g) {
-                c.error(
-                    "unknown-group",
-                    FileKind::Accounts,
-                    &format!("users.{uname}.groups[{i}]"),
-                    format!("user `{uname}` is in group `{g}`, which is not defined"),
-                )
-                .hint = Some(format!(
-                    "add `[groups.{g}]`, or {}",
-                    suggest(g, acc.groups.keys())
-                ));
-            }
-        }
+        undefined(
+            c,
+            (
+                "unknown-group",
+                FileKind::Accounts,
+                &format!("users.{uname}.groups"),
+            ),
+            &user.groups,
+            ("groups", &groups),
+            |g| format!("user `{uname}` is in group `{g}`, which is not defined"),
+            |g, suggestion| format!("add `[groups.{g}]`, or {suggestion}"),
+        );
     }
     if acc.users.is_empty() && !c.holes.partial(A, "users") {
         c.problems.push(
@@ -518,27 +517,23 @@ fn security(c: &mut Checker<'_>) {
         );
     }
     for (rname, role) in &pol.roles {
-        for (i, g) in role.groups.iter().enumerate() {
-            if !acc.groups.contains_key(g) && !c.holes.named(A, "groups", g) {
-                c.error(
-                    "unknown-group",
-                    FileKind::Policies,
-                    &format!("roles.{rname}.groups[{i}]"),
-                    format!("role `{rname}` names group `{g}`, which is not defined in `security/accounts.toml`"),
-                )
-                .hint = Some(suggest(g, acc.groups.keys()));
-            }
-        }
-        for (i, u) in role.users.iter().enumerate() {
-            if !acc.users.contains_key(u) && !c.holes.named(A, "users", u) {
-                c.error(
-                    "unknown-user",
-                    FileKind::Policies,
-                    &format!("roles.{rname}.users[{i}]"),
-                    format!("role `{rname}` names user `{u}`, which is not defined in `security/accounts.toml`"),
-                )
-                .hint = Some(suggest(u, acc.users.keys()));
-            }
+        let lists = [
+            ("group", "unknown-group", &role.groups, &groups),
+            ("user", "unknown-user", &role.users, &users),
+        ];
+        for (what, code, names, defined) in lists {
+            undefined(
+                c,
+                (code, FileKind::Policies, &format!("roles.{rname}.{what}s")),
+                names,
+                (&format!("{what}s"), defined),
+                |n| {
+                    format!(
+                        "role `{rname}` names {what} `{n}`, which is not defined in `security/accounts.toml`"
+                    )
+                },
+                |_, suggestion| suggestion,
+            );
         }
     }
     let any_admin = acc
@@ -561,8 +556,27 @@ fn security(c: &mut Checker<'_>) {
     }
 }
 
-fn suggest<'a>(word: &str, names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
+/// Each of `names` (the list at `path` in `file`) must name an item of the accounts' `section`,
+/// unless that item did not load (its own problem is reported).
+fn undefined(
+    c: &mut Checker<'_>,
+    (code, file, path): (&'static str, FileKind, &str),
+    names: &[String],
+    (section, defined): (&str, &BTreeSet<&str>),
+    message: impl Fn(&str) -> String,
+    hint: impl Fn(&str, String) -> String,
+) {
+    for (i, name) in names.iter().enumerate() {
+        if !defined.contains(name.as_str()) && !c.holes.named(A, section, name) {
+            c.error(code, file, &format!("{path}[{i}]"), message(name))
+                .hint = Some(hint(name, suggest(name, defined.iter().copied())));
+        }
+    }
+}
+
+fn suggest<S: AsRef<str>>(word: &str, names: impl Iterator<Item = S>) -> String {
+    let names: Vec<S> = names.collect();
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
     match crate::values::did_you_mean(word, names.iter().copied()) {
         Some(s) => format!("did you mean `{s}`?"),
         None if names.is_empty() => "none is defined".into(),
