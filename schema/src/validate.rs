@@ -260,30 +260,36 @@ fn ports(c: &mut Checker<'_>) {
     }
     for (sname, s) in &cfg.servers {
         let node = node_key(&s.node);
-        binds.push(Bind {
-            node: node.clone(),
-            ip: s.listen.ip(),
-            port: s.listen.port(),
-            path: format!("servers.{sname}.listen"),
-            what: format!("the base port of server `{sname}`"),
-        });
-        for (lname, l) in &s.web.listeners {
+        let mut bind = |ip, port, path: String, what: String| {
             binds.push(Bind {
                 node: node.clone(),
-                ip: l.address,
-                port: l.port,
-                path: format!("servers.{sname}.web.listeners.{lname}.port"),
-                what: format!("web listener `{lname}` of server `{sname}`"),
+                ip,
+                port,
+                path: format!("servers.{sname}.{path}"),
+                what,
             });
+        };
+        bind(
+            s.listen.ip(),
+            s.listen.port(),
+            "listen".into(),
+            format!("the base port of server `{sname}`"),
+        );
+        for (lname, l) in &s.web.listeners {
+            bind(
+                l.address,
+                l.port,
+                format!("web.listeners.{lname}.port"),
+                format!("web listener `{lname}` of server `{sname}`"),
+            );
         }
         if let Some(m) = &s.messaging.listener {
-            binds.push(Bind {
-                node: node.clone(),
-                ip: m.address,
-                port: m.port,
-                path: format!("servers.{sname}.messaging.listener.port"),
-                what: format!("the messaging listener of server `{sname}`"),
-            });
+            bind(
+                m.address,
+                m.port,
+                "messaging.listener.port".into(),
+                format!("the messaging listener of server `{sname}`"),
+            );
         }
     }
     let mut by_port: HashMap<(&str, u16), Vec<usize>> = HashMap::new();
