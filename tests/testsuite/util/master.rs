@@ -3,7 +3,7 @@
 //! started with `steward start-server`.
 
 use super::http::{Response, get, request};
-use super::{TempDir, edit_text, free_port, git_ok, steward_cmd, text};
+use super::{TempDir, edit_text, git_ok, steward_cmd, text};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,15 @@ pub fn steward_output(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("run steward")
 }
 
+/// The port a Master reports in its `Master-0001` line (`… is listening on http://127.0.0.1:PORT: …`).
+fn bound_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("[Master-0001]"))?;
+    let (_, rest) = line.split_once("is listening on ")?;
+    let (_, addr) = rest.split_once("://")?;
+    let addr = addr.split([' ', ',']).next()?.trim_end_matches(':');
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
 /// A running `steward master`, killed (SIGKILL) on drop.
 pub struct Master {
     pub child: Child,
@@ -103,7 +112,9 @@ impl Master {
         envs: &[(&str, &Path)],
         ready: impl Fn(u16) -> bool,
     ) -> Master {
-        Master::spawn(home, free_port(), log, extra, envs, ready)
+        // Port 0: the Master binds a free port and says which (Master-0001), so no other process
+        // can take the port between choosing and binding it.
+        Master::spawn(home, 0, log, extra, envs, ready)
     }
 
     /// On `port`, the one the domain's files name (its servers and clones find it there); the
@@ -140,7 +151,10 @@ impl Master {
         let mut m = Master { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if ready(port) {
+            if m.port == 0 {
+                m.port = bound_port(&m.log()).unwrap_or(0);
+            }
+            if m.port != 0 && ready(m.port) {
                 return m;
             }
             if let Ok(Some(status)) = m.child.try_wait() {
