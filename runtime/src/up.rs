@@ -9,6 +9,9 @@
 //! its pid file and its log files — never by a child handle, and stops whatever pid each one has
 //! at the end. Every child runs in a process group of its own: the terminal's Ctrl-C reaches only
 //! `up`, which then stops the servers and, after them, the Master.
+//!
+//! Over 600 lines with its tests: one flow, start to stop, that reads best top to bottom; the
+//! log following is its own module ([`follow`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
