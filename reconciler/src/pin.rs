@@ -19,7 +19,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use gix::refs::Target;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
@@ -477,25 +476,12 @@ fn ends_without_newline(file: &mut File) -> std::io::Result<bool> {
     Ok(last[0] != b'\n')
 }
 
-/// Now, as RFC 3339 UTC with seconds (`2026-11-24T05:13:39Z`).
-pub fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
-
-/// `t` as RFC 3339 UTC.
-pub fn rfc3339(t: SystemTime) -> String {
-    let c = crate::time::civil_at(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
-}
+/// RFC 3339 stamps, from [`crate::time`].
+pub use crate::time::{now_rfc3339, rfc3339};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-    use std::time::UNIX_EPOCH;
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("steward-pin-{name}-{}", std::process::id()));
@@ -789,14 +775,5 @@ mod tests {
         assert!(line.len() < 8 * 1024, "{}", line.len());
         r.set_problems(vec![serde_json::json!({})], 7);
         assert_eq!((r.problems.len(), r.more_problems), (1, 7));
-    }
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_238_019);
-        assert_eq!(rfc3339(t), "2026-11-21T05:13:39Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
     }
 }

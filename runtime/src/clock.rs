@@ -1,69 +1,38 @@
-//! Local wall-clock time for log lines and log file names, without a date crate: the C library
-//! already knows the machine's time zone (`localtime_r`).
+//! Local wall-clock time for log lines and log file names, in the machine's time zone (jiff reads
+//! `TZ` and `/etc/localtime`; UTC if neither names one).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A broken-down local time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Local {
-    pub year: i32,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-    pub millis: u32,
-}
+use jiff::{Timestamp, Zoned, tz::TimeZone};
+
+/// A moment in local time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local(Zoned);
 
 impl Local {
     pub fn now() -> Local {
-        Local::at(SystemTime::now())
+        Local(Zoned::now())
     }
 
     pub fn at(t: SystemTime) -> Local {
-        let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let secs = d.as_secs() as libc::time_t;
-        // SAFETY: `tm` is plain data; localtime_r writes it and keeps no reference to it.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
-        if !ok {
-            return Local::utc(d.as_secs(), d.subsec_millis());
-        }
-        Local {
-            year: tm.tm_year + 1900,
-            month: (tm.tm_mon + 1) as u32,
-            day: tm.tm_mday as u32,
-            hour: tm.tm_hour as u32,
-            minute: tm.tm_min as u32,
-            second: tm.tm_sec as u32,
-            millis: d.subsec_millis(),
-        }
+        let t = Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH);
+        Local(t.to_zoned(TimeZone::system()))
     }
 
-    /// UTC from Unix seconds, used if localtime fails.
-    fn utc(secs: u64, millis: u32) -> Local {
-        let c = reconciler::time::civil(secs as i64);
-        Local {
-            year: c.year as i32,
-            month: c.month,
-            day: c.day,
-            hour: c.hour,
-            minute: c.minute,
-            second: c.second,
-            millis,
-        }
-    }
-
+    /// `YYYYMMDD`, as log file names carry it.
     pub fn date_stamp(&self) -> String {
-        format!("{:04}{:02}{:02}", self.year, self.month, self.day)
+        self.0.strftime("%Y%m%d").to_string()
     }
 
     /// `YYYY.MM.DD HH:MM:SS`, as JEUS log lines show it.
     pub fn log_stamp(&self) -> String {
-        format!(
-            "{:04}.{:02}.{:02} {:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
+        self.0.strftime("%Y.%m.%d %H:%M:%S").to_string()
+    }
+
+    /// RFC 3339 with milliseconds and the local offset (`2026-11-24T05:29:53.120+09:00`), for
+    /// JSON log lines.
+    pub fn rfc3339_millis(&self) -> String {
+        self.0.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string()
     }
 }
 
@@ -78,13 +47,22 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn utc_fallback_knows_the_calendar() {
-        // 2024-02-29 12:34:56 UTC
-        let l = Local::utc(1_709_210_096, 0);
-        assert_eq!((l.year, l.month, l.day), (2024, 2, 29));
-        assert_eq!((l.hour, l.minute, l.second), (12, 34, 56));
-        assert_eq!(Local::utc(0, 0).date_stamp(), "19700101");
+    fn stamps_in_a_fixed_zone() {
+        // 2024-02-29 12:34:56.789 UTC, shown at +09:00.
+        let t = Timestamp::from_millisecond(1_709_210_096_789).unwrap();
+        let l = Local(t.to_zoned(TimeZone::fixed(jiff::tz::offset(9))));
+        assert_eq!(l.date_stamp(), "20240229");
+        assert_eq!(l.log_stamp(), "2024.02.29 21:34:56");
+        assert_eq!(l.rfc3339_millis(), "2024-02-29T21:34:56.789+09:00");
+    }
+
+    #[test]
+    fn now_has_the_log_shape() {
+        let s = Local::at(UNIX_EPOCH + Duration::from_secs(86_400 * 365)).log_stamp();
+        assert_eq!(s.len(), 19, "{s}");
+        assert_eq!((&s[4..5], &s[10..11]), (".", " "));
     }
 }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod launcher;
 pub mod layout;
 pub mod logfile;
+pub mod logging;
 pub mod master;
 pub mod notify;
 pub mod process;

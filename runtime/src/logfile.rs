@@ -1,14 +1,16 @@
 //! Log files named as JEUS names them: `<log>_<YYYYMMDD>.log<NNNNN>` with `NNNNN` = 00001..99999,
 //! a new number when the current file would pass its size limit, a new date (numbering from 00001
 //! again) when the day changes. [`LogFile`] is the writer (launcher, server and access logs all use
-//! it); [`Logger`] formats lines with a message id, `[2026.11.24 05:30:01][2] [launcher] [Launcher-0052] …`.
+//! it), [`mark`], [`read_since`] and [`tail`] the readers the launchers show boot lines with. The
+//! lines themselves come from [`crate::logging`] (re-exported here: `logfile::Logger` is its
+//! historical path).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use crate::clock::Local;
+pub use crate::logging::{Echo, Level, Logger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -231,149 +233,6 @@ impl Write for LogFile {
     }
 }
 
-/// A log line's level, numbered as JEUS numbers them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Severe = 0,
-    Warning = 1,
-    Info = 2,
-    Config = 3,
-    Fine = 4,
-}
-
-/// Where a [`Logger`] also prints its lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Echo {
-    None,
-    Stdout,
-    Stderr,
-}
-
-/// Formats and writes log lines with message ids; cheap to clone, safe to share.
-#[derive(Debug, Clone)]
-pub struct Logger {
-    inner: Arc<Mutex<Inner>>,
-    thread: Arc<str>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    file: Option<LogFile>,
-    echo: Echo,
-    max_level: Level,
-}
-
-impl Logger {
-    /// A logger writing to `file` (if any) and echoing as asked; `thread` is the label in the
-    /// third bracket (`launcher`, the server's name).
-    pub fn new(file: Option<LogFile>, echo: Echo, thread: &str) -> Logger {
-        Logger {
-            inner: Arc::new(Mutex::new(Inner {
-                file,
-                echo,
-                max_level: Level::Fine,
-            })),
-            thread: thread.into(),
-        }
-    }
-
-    /// Lines above `level` (less severe) are dropped.
-    pub fn set_level(&self, level: Level) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.max_level = level;
-        }
-    }
-
-    /// Applies `rotation` from the next write on.
-    pub fn set_rotation(&self, rotation: Rotation) {
-        if let Ok(mut g) = self.inner.lock()
-            && let Some(f) = g.file.as_mut()
-        {
-            f.set_rotation(rotation);
-        }
-    }
-
-    pub fn set_echo(&self, echo: Echo) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.echo = echo;
-        }
-    }
-
-    pub fn path(&self) -> Option<PathBuf> {
-        let g = self.inner.lock().ok()?;
-        g.file.as_ref()?.path().map(Path::to_owned)
-    }
-
-    /// A second handle on the current log file, for a child process's stderr.
-    pub fn clone_file(&self) -> Option<File> {
-        let g = self.inner.lock().ok()?;
-        g.file.as_ref()?.try_clone_file()
-    }
-
-    /// The formatted line (without newline) for `id` and `message`.
-    pub fn format(&self, level: Level, id: &str, message: &str) -> String {
-        let stamp = Local::now().log_stamp();
-        // Continuation lines are indented, so one message stays one grep-able block.
-        let message = message.trim_end().replace('\n', "\n    ");
-        format!(
-            "[{stamp}][{}] [{}] [{id}] {message}",
-            level as u8, self.thread
-        )
-    }
-
-    pub fn log(&self, level: Level, id: &str, message: &str) {
-        // Lines above the level are dropped before they cost a timestamp and a format.
-        if self.enables(level) {
-            let line = self.format(level, id, message);
-            self.raw(level, &line);
-        }
-    }
-
-    /// Whether lines of `level` are written now (the level is live).
-    pub fn enables(&self, level: Level) -> bool {
-        self.inner.lock().is_ok_and(|g| level <= g.max_level)
-    }
-
-    /// Writes an already formatted line (e.g. a server line copied into the launcher log).
-    pub fn raw(&self, level: Level, line: &str) {
-        let Ok(mut g) = self.inner.lock() else {
-            return;
-        };
-        if level > g.max_level {
-            return;
-        }
-        if let Some(f) = g.file.as_mut() {
-            // A full disk must not stop the server; the line is lost, the work goes on.
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
-        match g.echo {
-            Echo::None => {}
-            Echo::Stdout => {
-                let _ = writeln!(std::io::stdout().lock(), "{line}");
-            }
-            Echo::Stderr => {
-                let _ = writeln!(std::io::stderr().lock(), "{line}");
-            }
-        }
-    }
-
-    pub fn debug(&self, id: &str, message: &str) {
-        self.log(Level::Fine, id, message);
-    }
-
-    pub fn info(&self, id: &str, message: &str) {
-        self.log(Level::Info, id, message);
-    }
-
-    pub fn warn(&self, id: &str, message: &str) {
-        self.log(Level::Warning, id, message);
-    }
-
-    pub fn severe(&self, id: &str, message: &str) {
-        self.log(Level::Severe, id, message);
-    }
-}
-
 /// The last `n` lines of the log `base` in `dir`, across files (newest file last).
 pub fn tail(dir: &Path, base: &str, n: usize) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
@@ -527,12 +386,5 @@ mod tests {
         let (text, _) = read_since(&dir, "access", &m);
         assert_eq!(text, "c\nd\n");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn formats_jeus_style_lines() {
-        let l = Logger::new(None, Echo::None, "launcher");
-        let line = l.format(Level::Severe, "Launcher-0052", "Receiving failed.\ncause");
-        assert!(line.contains("][0] [launcher] [Launcher-0052] Receiving failed.\n    cause"));
     }
 }

@@ -1,6 +1,8 @@
 //! The sd_notify protocol, both sides: a server tells whoever started it (systemd with
 //! `Type=notify`, or the launcher) that it is ready by sending `READY=1` as one datagram to the
 //! unix socket named by `NOTIFY_SOCKET`; a name starting with `@` is in the abstract namespace.
+//! Hand-written: the sd_notify crates implement the sending side only, and the launcher must also
+//! receive (bind, wait with a timeout); both sides are one datagram over std's `UnixDatagram`.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::layout::ServerHome;
 use crate::logfile::{Echo, Level, LogFile, Logger, Rotation};
+use crate::logging::Format;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -102,7 +103,8 @@ async fn status(State(s): State<Shared>) -> axum::Json<Status> {
 fn level(l: schema::model::LogLevel) -> Level {
     use schema::model::LogLevel::*;
     match l {
-        Trace | Debug => Level::Fine,
+        Trace => Level::Finer,
+        Debug => Level::Fine,
         Info => Level::Info,
         Warn => Level::Warning,
         Error => Level::Severe,
@@ -121,6 +123,7 @@ pub fn run(opts: Options) -> Result<(), ServerError> {
         Echo::None
     };
     let log = Logger::new(Some(file), echo, &opts.name);
+    log.install();
     match boot(&opts, &home, &log, started) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -276,9 +279,14 @@ fn clean_staging(home: &ServerHome, log: &Logger) {
     );
 }
 
-/// The live logging settings: level and rotation.
+/// The live logging settings: level (through the subscriber's reload handle), format and
+/// rotation.
 fn apply_logging(log: &Logger, server: &schema::model::Server) {
     log.set_level(level(server.logging.level));
+    log.set_format(match server.logging.format {
+        schema::model::LogFormat::Jeus => Format::Jeus,
+        schema::model::LogFormat::Json => Format::Json,
+    });
     log.set_rotation(crate::serving::rotation_of(server));
 }
 

@@ -331,7 +331,17 @@ pub enum LogLevel {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Logging {
     pub level: LogLevel,
+    pub format: LogFormat,
     pub rotation: Rotation,
+}
+
+/// How server log lines look: JEUS lines for people, JSON lines for log shippers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Jeus,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -147,6 +147,7 @@ pub const RESTART_POLICIES: &[&str] = &["manual", "auto", "rolling"];
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 pub const APP_KINDS: &[&str] = &["static", "process"];
 pub const ACCESS_LOG_FORMATS: &[&str] = &["common", "combined", "json"];
+pub const LOG_FORMATS: &[&str] = &["jeus", "json"];
 
 /// One row of the table. `path` is relative to `file`; `*` stands for a name the user chooses.
 #[derive(Debug, Clone, Copy)]
@@ -526,6 +527,14 @@ pub static SETTINGS: &[Setting] = &[
         Live,
         "\"info\"",
         "Server log level.",
+    ),
+    s(
+        Domain,
+        "servers.*.logging.format",
+        Kind::Enum(LOG_FORMATS),
+        Live,
+        "\"jeus\"",
+        "Server log line format: `jeus` (`[time][level] [server] [ID] message`) or `json` (one object per line, for log shippers).",
     ),
     s(
         Domain,

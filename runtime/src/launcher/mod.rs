@@ -66,7 +66,9 @@ pub enum Outcome {
 
 fn launcher_log(home: &ServerHome, echo: Echo) -> Result<Logger, LaunchError> {
     let file = LogFile::open(&home.logs(), "launcher", Rotation::default())?;
-    Ok(Logger::new(Some(file), echo, "launcher"))
+    let log = Logger::new(Some(file), echo, "launcher");
+    log.install();
+    Ok(log)
 }
 
 /// `steward start-server`.

@@ -43,20 +43,17 @@ pub struct LogTo {
 /// `steward master`: runs the Master in this process until it is stopped.
 pub fn run(opts: Options, log: Option<LogTo>) -> Result<Outcome, LaunchError> {
     let logged = log.is_some();
-    if let Some(to) = log {
-        let file = LogFile::open(&to.dir, "master", Rotation::default())?;
-        let echo = if to.console { Echo::Stderr } else { Echo::None };
-        let logger = Logger::new(Some(file), echo, "master");
-        super::log::set_sink(Box::new(move |level, line| {
-            use super::log::Level as L;
-            let level = match level {
-                L::Severe => Level::Severe,
-                L::Warning => Level::Warning,
-                L::Info => Level::Info,
-            };
-            logger.raw(level, line);
-        }));
-    }
+    // One subscriber for the whole process: the Master's tasks log through `super::log`.
+    let logger = match log {
+        Some(to) => {
+            let file = LogFile::open(&to.dir, "master", Rotation::default())?;
+            let echo = if to.console { Echo::Stderr } else { Echo::None };
+            Logger::new(Some(file), echo, "master")
+        }
+        None => Logger::new(None, Echo::Stderr, "master"),
+    };
+    logger.set_level(Level::Info);
+    logger.install();
     match super::run(opts) {
         Ok(()) => Ok(Outcome::Ok),
         // With a log file, the reason the Master stopped belongs in it, with an id, once.
@@ -85,7 +82,9 @@ pub struct StartOptions {
 /// (`DOMAIN_HOME/logs/master_*`, thread `launcher`) and onto standard output.
 fn launcher_log(logs: &Path) -> Result<Logger, LaunchError> {
     let file = LogFile::open(logs, "master", Rotation::default())?;
-    Ok(Logger::new(Some(file), Echo::Stdout, "launcher"))
+    let log = Logger::new(Some(file), Echo::Stdout, "launcher");
+    log.install();
+    Ok(log)
 }
 
 /// Lines the Master wrote to its log since `mark` (not the launcher's own).

@@ -1,53 +1,29 @@
-//! The Master's log lines, in the format every Steward component writes (docs/messages.md):
-//! `[2026.11.24 05:29:53][2] [master] [Master-0010] message`, on standard error (systemd or
-//! whoever started it decides where that goes) unless a sink is set: `steward master --log-dir`
-//! sets one that writes the rotating `master_<YYYYMMDD>.log<NNNNN>` files (this crate cannot
-//! depend on the runtime crate that has the writer). Each id is listed in docs/master.md.
+//! The Master's log lines: `tracing` events of the process's subscriber, which `launch::run`
+//! installs (`[2026.11.24 05:29:53][2] [master] [Master-0010] message`, on standard error or into
+//! the rotating `master_<YYYYMMDD>.log<NNNNN>` files). These free functions keep the Master's call
+//! sites short (`log::info("Master-0010", …)`) without a logger passed to every task. Each id is
+//! listed in docs/messages.md.
 
-use std::io::Write;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// JEUS levels: lower is more serious.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Severe = 0,
-    Warning = 1,
-    Info = 2,
-}
+pub use crate::logging::Level;
 
-/// Where lines go instead of standard error: gets the level and the whole line, without newline.
-pub type Sink = Box<dyn Fn(Level, &str) + Send + Sync>;
-
-static SINK: OnceLock<Sink> = OnceLock::new();
-
-/// Sends every later line to `sink`. Only the first call counts (returns false after that).
-pub fn set_sink(sink: Sink) -> bool {
-    SINK.set(sink).is_ok()
-}
-
+#[track_caller]
 pub fn log(level: Level, id: &str, message: &str) {
-    // Continuation lines are indented, so one message stays one grep-able block.
-    let message = message.trim_end().replace('\n', "\n    ");
-    let line = format!("[{}][{}] [master] [{id}] {message}", stamp(), level as u8);
-    if let Some(sink) = SINK.get() {
-        sink(level, &line);
-        return;
-    }
-    // One write of the whole line: concurrent tasks never interleave inside a line.
-    let _ = std::io::stderr()
-        .lock()
-        .write_all(format!("{line}\n").as_bytes());
+    crate::logging::event(level, id, message);
 }
 
+#[track_caller]
 pub fn info(id: &str, message: &str) {
     log(Level::Info, id, message);
 }
 
+#[track_caller]
 pub fn warning(id: &str, message: &str) {
     log(Level::Warning, id, message);
 }
 
+#[track_caller]
 pub fn severe(id: &str, message: &str) {
     log(Level::Severe, id, message);
 }
@@ -84,6 +60,7 @@ impl Limiter {
 }
 
 /// Like [`log`], rate-limited per id by [`Limiter`].
+#[track_caller]
 pub fn limited(level: Level, id: &str, message: &str) {
     static LIMITER: std::sync::Mutex<Option<Limiter>> = std::sync::Mutex::new(None);
     let admitted = match LIMITER.lock() {
@@ -103,53 +80,13 @@ pub fn limited(level: Level, id: &str, message: &str) {
     }
 }
 
-/// Local time as `YYYY.MM.DD HH:MM:SS`; the C library knows the machine's time zone.
-fn stamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs() as libc::time_t;
-    // SAFETY: `tm` is plain data; localtime_r fills it and keeps no reference to it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
-        // Fall back to UTC, from the RFC 3339 form.
-        let t = reconciler::pin::now_rfc3339();
-        return t.trim_end_matches('Z').replace('-', ".").replace('T', " ");
-    }
-    format!(
-        "{:04}.{:02}.{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
 /// Tells whoever started the Master (systemd `Type=notify`, or a launcher) its state, over the
 /// sd_notify protocol: one datagram to the unix socket named by `NOTIFY_SOCKET` (`@name`: the
 /// abstract namespace). Without the variable (started by hand) this does nothing. A failure is
 /// logged, never fatal: the Master serves either way.
 pub fn sd_notify(state: &str) {
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let socket = socket.to_string_lossy().into_owned();
-    let addr = match socket.strip_prefix('@') {
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            SocketAddr::from_abstract_name(name.as_bytes())
-        }
-        None => SocketAddr::from_pathname(&socket),
-    };
-    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
-    if let Err(e) = sent {
-        warning(
-            "Master-0004",
-            &format!("Cannot notify NOTIFY_SOCKET={socket}: {e}"),
-        );
+    if let Err(e) = crate::notify::notify(state) {
+        warning("Master-0004", &format!("Cannot notify {e}"));
     }
 }
 
@@ -167,13 +104,5 @@ mod tests {
         assert_eq!(l.admit("Master-0060", t0), Some(0), "ids are apart");
         assert_eq!(l.admit("Master-0019", t0 + REPEAT_WINDOW), Some(2));
         assert_eq!(l.admit("Master-0019", t0 + REPEAT_WINDOW * 3), Some(0));
-    }
-
-    #[test]
-    fn stamp_shape() {
-        let s = super::stamp();
-        assert_eq!(s.len(), 19, "{s}");
-        assert_eq!(&s[4..5], ".");
-        assert_eq!(&s[10..11], " ");
     }
 }

@@ -120,6 +120,9 @@ fn launcher_own(line: &str, previous_own: bool) -> bool {
         previous_own
     } else if line.starts_with('[') {
         line.contains("] [launcher] [")
+    } else if line.starts_with("{\"time\":") {
+        // A server's JSON line (`logging.format = "json"`); the launcher writes JEUS lines only.
+        false
     } else {
         true
     }
@@ -181,5 +184,9 @@ mod tests {
         assert!(!launcher_own(copy, true));
         assert!(!launcher_own("    continued", false));
         assert!(launcher_own("thread 'main' panicked at …", false));
+        assert!(!launcher_own(
+            r#"{"time":"2026-11-24T05:30:01.000+00:00"}"#,
+            true
+        ));
     }
 }

@@ -69,6 +69,7 @@ fn maximal() -> Domain {
         },
         logging: Logging {
             level: LogLevel::Debug,
+            format: LogFormat::Json,
             rotation: Rotation {
                 max_size: ByteSize(1),
                 daily: false,

@@ -68,19 +68,7 @@ pub fn format(format: AccessLogFormat, e: &Entry<'_>, now: SystemTime) -> String
 
 /// `10/Oct/2000:13:55:36 +0000`.
 fn clf_time(t: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let c = reconciler::time::civil_at(t);
-    format!(
-        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
-        c.day,
-        MONTHS[(c.month as usize).clamp(1, 12) - 1],
-        c.year,
-        c.hour,
-        c.minute,
-        c.second
-    )
+    reconciler::time::clf(t)
 }
 
 /// The writer: opened on first use (a server with the access log disabled never creates the
