@@ -325,12 +325,13 @@ fn servers_follow_a_master_over_https() {
     });
 }
 
-#[test]
-fn stop_timeout_is_live() {
-    let repo = Repo::example("stoptimeout-domain");
+/// The example domain on free ports with its Master and server1 running and an admin clone:
+/// `body(home, clone, server1's port)`, then everything stopped.
+fn with_server1(name: &str, body: impl FnOnce(&Path, &Path, u16)) {
+    let repo = Repo::example(&format!("{name}-domain"));
     let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1) = (ports[0], ports[1]);
-    let tmp = TempDir::new("stoptimeout-home");
+    let tmp = TempDir::new(&format!("{name}-home"));
     let home = tmp.path().join("domain1");
     let r = crate::util::steward(
         repo.path(),
@@ -346,109 +347,94 @@ fn stop_timeout_is_live() {
         git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
         0
     );
-    let pin = push(
-        &clone,
-        "domain.toml",
-        "restart-policy = \"rolling\"",
-        "restart-policy = \"rolling\"\nstop-timeout = \"7s\"",
-    );
-    let st = eventually("applied", 20, || {
-        Some(status(s1)).filter(|s| s["applied_commit"] == pin.as_str())
+    body(&home, &clone, s1);
+}
+
+#[test]
+fn stop_timeout_is_live() {
+    with_server1("stoptimeout", |home, clone, s1| {
+        let pin = push(
+            clone,
+            "domain.toml",
+            "restart-policy = \"rolling\"",
+            "restart-policy = \"rolling\"\nstop-timeout = \"7s\"",
+        );
+        let st = eventually("applied", 20, || {
+            Some(status(s1)).filter(|s| s["applied_commit"] == pin.as_str())
+        });
+        assert_eq!(
+            st["pending_restart"],
+            serde_json::json!([]),
+            "stop-timeout is live"
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(["stop-server", "--server", "server1", "--domain-home"])
+            .arg(home)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("waiting up to 7000 ms"), "{text}");
+        assert!(server_log(home, "server1").contains("in-flight requests get up to 7000 ms"));
     });
-    assert_eq!(
-        st["pending_restart"],
-        serde_json::json!([]),
-        "stop-timeout is live"
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["stop-server", "--server", "server1", "--domain-home"])
-        .arg(&home)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("waiting up to 7000 ms"), "{text}");
-    assert!(server_log(&home, "server1").contains("in-flight requests get up to 7000 ms"));
 }
 
 #[test]
 fn log_level_and_format_are_live() {
-    let repo = Repo::example("livelog-domain");
-    let ports = util::example_on_free_ports(&repo);
-    let (mport, s1) = (ports[0], ports[1]);
-    let tmp = TempDir::new("livelog-home");
-    let home = tmp.path().join("domain1");
-    let r = util::steward(
-        repo.path(),
-        &["init", home.to_str().unwrap(), "--from", "."],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = master(&home);
-    eventually(20, || {
-        http_get(mport, "/healthz", None).filter(|r| r.contains(" 200 "))
-    })
-    .expect("master up");
-    let _servers = Servers(&home, &["server1"]);
-    start_server(&home, "server1", mport);
-    let clone = tmp.path().join("clone");
-    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
-    assert_eq!(
-        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
-        0
-    );
-    let applied = |pin: &str| {
-        let pin = pin.to_owned();
-        eventually(20, move || {
-            Some(status(s1)).filter(|s| s["applied_commit"] == pin.as_str())
-        })
-    };
-    let debug_line = |pin: &str| {
-        format!(
-            "[SERVER-0332] Applied the settings outside the web engine (log level, rotation, stop-timeout) of commit {}.",
-            &pin[..7]
-        )
-    };
+    with_server1("livelog", |home, clone, s1| {
+        let applied = |pin: &str| {
+            let pin = pin.to_owned();
+            eventually("the commit applied", 20, move || {
+                Some(status(s1)).filter(|s| s["applied_commit"] == pin.as_str())
+            })
+        };
+        let debug_line = |pin: &str| {
+            format!(
+                "[SERVER-0332] Applied the settings outside the web engine (log level, rotation, stop-timeout) of commit {}.",
+                &pin[..7]
+            )
+        };
 
-    // At `info`, a resync writes no debug line.
-    let quiet = push(&clone, "domain.toml", "keep = 30", "keep = 31");
-    applied(&quiet).expect("applied at info");
-    assert!(!server_log(&home, "server1").contains("[SERVER-0332]"));
+        // At `info`, a resync writes no debug line.
+        let quiet = push(clone, "domain.toml", "keep = 30", "keep = 31");
+        applied(&quiet);
+        assert!(!server_log(home, "server1").contains("[SERVER-0332]"));
 
-    // `debug`, pushed: the same resync that applies it writes its debug line, no restart.
-    let pid = || {
-        std::fs::read_to_string(home.join("servers/server1/.workspace/server.pid")).expect("pid")
-    };
-    let pid_before = pid();
-    let loud = push(
-        &clone,
-        "domain.toml",
-        "level = \"info\"\nrotation",
-        "level = \"debug\"\nrotation",
-    );
-    let line = debug_line(&loud);
-    eventually(20, || {
-        Some(()).filter(|_| server_log(&home, "server1").contains(&line))
-    })
-    .expect("a debug line after the live level change");
-    assert_eq!(pid(), pid_before, "no restart");
+        // `debug`, pushed: the same resync that applies it writes its debug line, no restart.
+        let pid = || {
+            std::fs::read_to_string(home.join("servers/server1/.workspace/server.pid"))
+                .expect("pid")
+        };
+        let pid_before = pid();
+        let loud = push(
+            clone,
+            "domain.toml",
+            "level = \"info\"\nrotation",
+            "level = \"debug\"\nrotation",
+        );
+        let line = debug_line(&loud);
+        eventually("a debug line after the live level change", 20, || {
+            Some(()).filter(|_| server_log(home, "server1").contains(&line))
+        });
+        assert_eq!(pid(), pid_before, "no restart");
 
-    // `json`, pushed: from then on, one JSON object per line.
-    let json = push(
-        &clone,
-        "domain.toml",
-        "level = \"debug\"\nrotation",
-        "level = \"debug\"\nformat = \"json\"\nrotation",
-    );
-    let object = eventually(20, || {
-        server_log(&home, "server1")
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|o| o["id"] == "SERVER-0332")
-    })
-    .expect("a JSON line after the live format change");
-    assert_eq!(object["level"], "DEBUG");
-    assert_eq!(object["thread"], "server1");
-    assert_eq!(
-        object["message"],
-        debug_line(&json).trim_start_matches("[SERVER-0332] ")
-    );
+        // `json`, pushed: from then on, one JSON object per line.
+        let json = push(
+            clone,
+            "domain.toml",
+            "level = \"debug\"\nrotation",
+            "level = \"debug\"\nformat = \"json\"\nrotation",
+        );
+        let object = eventually("a JSON line after the live format change", 20, || {
+            server_log(home, "server1")
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|o| o["id"] == "SERVER-0332")
+        });
+        assert_eq!(object["level"], "DEBUG");
+        assert_eq!(object["thread"], "server1");
+        assert_eq!(
+            object["message"],
+            debug_line(&json).trim_start_matches("[SERVER-0332] ")
+        );
+    });
 }
