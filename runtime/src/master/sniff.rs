@@ -285,6 +285,13 @@ pub fn wants_side_band(request: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn main_refused(reason: Reason) -> Vec<Refused> {
+        vec![Refused {
+            name: "refs/heads/main".into(),
+            reason,
+        }]
+    }
+
     #[test]
     fn the_validators_omitted_count_is_read() {
         assert_eq!(
@@ -339,13 +346,7 @@ mod tests {
         resp.extend(pkt(&band1));
         resp.extend(b"0000");
         let a = answer(&resp);
-        assert_eq!(
-            a.refused,
-            vec![Refused {
-                name: "refs/heads/main".into(),
-                reason: Reason::HookDeclined
-            }]
-        );
+        assert_eq!(a.refused, main_refused(Reason::HookDeclined));
         let p: Vec<_> = a.messages.lines().filter_map(problem).collect();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0]["file"], "domain.toml");
@@ -374,23 +375,14 @@ mod tests {
         let mut resp = out.clone();
         resp.extend(b"0000");
         let a = answer(&resp);
-        assert_eq!(
-            a.refused,
-            vec![Refused {
-                name: "refs/heads/main".into(),
-                reason: Reason::Other("cannot pin".into())
-            }]
-        );
+        assert_eq!(a.refused, main_refused(Reason::Other("cannot pin".into())));
         // Unbanded: the packets themselves.
         let plain = &inner[..inner.len() - 4];
         let mut out = refuse_in_report(plain, false, "refs/heads/main", "x\ny");
         out.extend(b"0000");
         assert_eq!(
             answer(&out).refused,
-            vec![Refused {
-                name: "refs/heads/main".into(),
-                reason: Reason::Other("x y".into())
-            }]
+            main_refused(Reason::Other("x y".into()))
         );
     }
 
