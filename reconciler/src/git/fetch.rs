@@ -19,7 +19,7 @@ pub enum FetchError {
     /// The remote could not be reached at all (refused, no answer, unknown host, no such
     /// repository, not a Git URL).
     #[error("{url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    Unreachable { url: String, reason: Unreachable },
     /// The remote answered but the fetch failed (authentication, TLS, protocol).
     #[error("fetching from {url} failed: {cause}")]
     Fetch { url: String, cause: String },
@@ -29,6 +29,33 @@ pub enum FetchError {
     Local {
         git_dir: std::path::PathBuf,
         cause: String,
+    },
+}
+
+/// Why a remote could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("not a Git URL: {0}")]
+    NotAUrl(String),
+    #[error("no such repository")]
+    NoSuchRepository,
+    #[error("the URL names no host")]
+    NoHost,
+    #[error("cannot resolve {host}: {error}")]
+    Resolve { host: String, error: std::io::Error },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("connection refused by {addr} (nothing listens there)")]
+    Refused { addr: std::net::SocketAddr },
+    #[error("no answer from {addr} within {} ms", within.as_millis())]
+    NoAnswer {
+        addr: std::net::SocketAddr,
+        within: Duration,
+    },
+    #[error("cannot connect to {addr}: {error}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
     },
 }
 
@@ -117,12 +144,12 @@ pub fn fetch(
     // gix fetches HTTP through reqwest, which panics without a TLS provider installed.
     crate::tls::install_provider();
     let shown = redact(&remote.url);
-    let unreachable = |reason: String| FetchError::Unreachable {
+    let unreachable = |reason: Unreachable| FetchError::Unreachable {
         url: shown.clone(),
         reason,
     };
     let mut url = gix::url::parse(remote.url.as_bytes().as_bstr())
-        .map_err(|e| unreachable(format!("not a Git URL: {}", chain(&e))))?;
+        .map_err(|e| unreachable(Unreachable::NotAUrl(chain(&e))))?;
     let is_http = matches!(url.scheme, gix::url::Scheme::Http | gix::url::Scheme::Https);
     let mut auth = None;
     if is_http {
@@ -139,7 +166,7 @@ pub fn fetch(
     } else if url.scheme == gix::url::Scheme::File {
         let exists = gix::path::from_bstr(url.path.as_bstr()).is_ok_and(|p| p.exists());
         if !exists {
-            return Err(unreachable("no such repository".into()));
+            return Err(unreachable(Unreachable::NoSuchRepository));
         }
     }
     let fetch_err = |e: gix::Error| FetchError::Fetch {
@@ -288,9 +315,9 @@ fn http_options(
 
 /// A quick TCP connect: a refused connection fails at once, an unanswering host after
 /// `timeout`, with a message saying which.
-fn reachable(url: &gix::Url, timeout: Duration) -> Result<(), String> {
+fn reachable(url: &gix::Url, timeout: Duration) -> Result<(), Unreachable> {
     let Some(host) = url.host() else {
-        return Err("the URL names no host".into());
+        return Err(Unreachable::NoHost);
     };
     let port = url
         .port
@@ -301,20 +328,26 @@ fn reachable(url: &gix::Url, timeout: Duration) -> Result<(), String> {
         });
     let addrs: Vec<_> = (host.trim_start_matches('[').trim_end_matches(']'), port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|error| Unreachable::Resolve {
+            host: host.to_owned(),
+            error,
+        })?
         .collect();
-    let mut last = format!("{host} resolves to no address");
+    let mut last = Unreachable::NoAddress {
+        host: host.to_owned(),
+    };
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
+        last = match TcpStream::connect_timeout(&addr, timeout) {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                last = format!("connection refused by {addr} (nothing listens there)");
-            }
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Unreachable::Refused { addr },
             Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {
-                last = format!("no answer from {addr} within {} ms", timeout.as_millis());
+                Unreachable::NoAnswer {
+                    addr,
+                    within: timeout,
+                }
             }
-            Err(e) => last = format!("cannot connect to {addr}: {e}"),
-        }
+            Err(error) => Unreachable::Connect { addr, error },
+        };
     }
     Err(last)
 }

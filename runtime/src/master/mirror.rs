@@ -6,6 +6,7 @@
 //! when the mirror is stale.
 
 use reconciler::cache::redact;
+use reconciler::git::fetch::FetchError;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -112,15 +113,24 @@ impl Mirror {
 
 /// Fetches `refs/heads/<branch>` of `url` into the same ref of the bare repository `git_dir`
 /// (forced: the upstream is the truth, rewritten history included) and returns its new value.
-/// Blocking. Errors are one line for the status and the log.
-pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, String> {
+/// Blocking.
+pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<Oid, FetchError> {
     let remote = reconciler::cache::Remote {
         url: url.to_owned(),
         user: None,
         password: None,
         connect_timeout: CONNECT_TIMEOUT,
     };
-    reconciler::git::fetch::fetch_branch(git_dir, &remote, branch).map_err(|e| e.to_string())
+    reconciler::git::fetch::fetch_branch(git_dir, &remote, branch)
+}
+
+/// Why a mirror sync got no new head.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the fetch task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Whether a webhook call carries the shared secret: GitHub's `X-Hub-Signature-256`

@@ -138,9 +138,12 @@ impl State {
         let guard = self.decided.clone().lock_owned().await;
         let git_dir = self.store.git_dir().to_owned();
         let (url, branch) = (mirror.upstream.url.clone(), mirror.upstream.branch.clone());
-        let fetched = tokio::task::spawn_blocking(move || mirror::fetch(&git_dir, &url, &branch))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let fetched =
+            match tokio::task::spawn_blocking(move || mirror::fetch(&git_dir, &url, &branch)).await
+            {
+                Ok(fetched) => fetched.map_err(mirror::SyncError::from),
+                Err(e) => Err(e.into()),
+            };
         match fetched {
             Ok(head) => {
                 if mirror.succeeded(head) {
@@ -160,6 +163,7 @@ impl State {
             }
             Err(e) => {
                 drop(guard);
+                let e = e.to_string();
                 if mirror.failed(&e) {
                     log::warning(
                         "Master-0040",
