@@ -20,9 +20,10 @@ use schema::model::RestartPolicy;
 use schema::plan::{Change, plan};
 use schema::settings::Effect;
 
-use crate::client::{Client, Next};
+use crate::client::{Client, ClientError, Next};
 use crate::logfile::Logger;
 use crate::server::{Mode, Status};
+use reconciler::wire::ReportReply;
 
 /// What moving to a pinned configuration means for this server.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,13 +93,21 @@ pub struct Control {
     pub handle: tokio::runtime::Handle,
 }
 
-/// What the Master answers a report.
-struct Answer {
-    pinned: String,
-    /// `[master] heartbeat-interval` of the pinned configuration.
-    every: Option<Duration>,
-    /// Rolling restarts: this server's turn to restart.
-    restart: bool,
+/// Why a report to the Master failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(
+        "the Master refused this server's credentials ({status}): give the servers' account (role with servers:register, domain:read, git:read, events:read) in DOMAIN_HOME/config/server-credentials or STEWARD_USER/STEWARD_PASSWORD, then restart the server"
+    )]
+    Refused { status: u16 },
+    #[error("the Master answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the Master's answer is not a report reply: {0}")]
+    Reply(serde_json::Error),
+    #[error("cannot encode the status: {0}")]
+    Encode(serde_json::Error),
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -125,41 +134,25 @@ impl Control {
     }
 
     /// Registers or heart-beats; returns the Master's answer.
-    fn report(&self, registered: bool) -> Result<Answer, String> {
+    fn report(&self, registered: bool) -> Result<ReportReply, ReportError> {
         let kind = if registered { "heartbeat" } else { "register" };
-        let body = serde_json::to_vec(&self.snapshot()).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&self.snapshot()).map_err(ReportError::Encode)?;
         let resp = Client::new(
             &self.master,
             self.credentials(),
             CONNECT_TIMEOUT,
             RESPONSE_TIMEOUT,
         )
-        .and_then(|c| c.post_json(&format!("/v1/servers/{}/{kind}", self.name), body))
-        .map_err(|e| e.to_string())?;
+        .and_then(|c| c.post_json(&format!("/v1/servers/{}/{kind}", self.name), body))?;
         match resp.status {
-            200 => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
-                let pinned = v["pinned"]["commit"]
-                    .as_str()
-                    .ok_or("the Master's answer names no pinned commit")?
-                    .to_owned();
-                Ok(Answer {
-                    pinned,
-                    every: v["heartbeat_interval_ms"]
-                        .as_u64()
-                        .map(Duration::from_millis),
-                    restart: v["restart"].as_bool().unwrap_or(false),
-                })
-            }
-            401 | 403 => Err(format!(
-                "the Master refused this server's credentials ({}): give the servers' account (role with servers:register, domain:read, git:read, events:read) in DOMAIN_HOME/config/server-credentials or STEWARD_USER/STEWARD_PASSWORD, then restart the server",
-                resp.status
-            )),
-            s => Err(format!(
-                "the Master answered {s}: {}",
-                String::from_utf8_lossy(&resp.body)
-            )),
+            200 => serde_json::from_slice(&resp.body).map_err(ReportError::Reply),
+            401 | 403 => Err(ReportError::Refused {
+                status: resp.status,
+            }),
+            status => Err(ReportError::Status {
+                status,
+                body: String::from_utf8_lossy(&resp.body).into_owned(),
+            }),
         }
     }
 
@@ -243,7 +236,7 @@ impl Control {
             );
         }
         self.update(|s| {
-            s.applied_commit = commit.to_hex();
+            s.applied_commit = Some(commit.to_hex());
             s.pending_restart = d.pending_restart.clone();
             s.failed_applications = self.serving.failed().keys().cloned().collect();
             s.older_images = crate::server::older_images(&self.serving);
@@ -318,7 +311,7 @@ impl Control {
             if let Some(pin) = announced.take()
                 && connected
                 && !pin.is_empty()
-                && self.snapshot().applied_commit != pin
+                && self.snapshot().applied_commit.as_deref() != Some(pin.as_str())
                 && let Err(e) = self.resync(&pin)
             {
                 self.log.warn(
@@ -328,11 +321,13 @@ impl Control {
                 self.update(|s| s.last_error = Some(e));
             }
             let wait = match self.report(registered) {
-                Ok(Answer {
+                Ok(ReportReply {
                     pinned,
-                    every,
+                    heartbeat_interval_ms,
                     restart,
+                    ..
                 }) => {
+                    let pinned = pinned.commit;
                     registered = true;
                     refused_logged = false;
                     if let Some(r) = refusal.take() {
@@ -342,7 +337,7 @@ impl Control {
                             }
                         });
                     }
-                    interval = every.unwrap_or(interval);
+                    interval = Duration::from_millis(heartbeat_interval_ms);
                     backoff = interval;
                     if !connected {
                         self.log.info(
@@ -359,7 +354,7 @@ impl Control {
                     }
                     // Back from INDEPENDENT with applications that failed: resync anyway, which
                     // retries them (the seed redeploys what failed when the Master returns).
-                    let behind = self.snapshot().applied_commit != pinned
+                    let behind = self.snapshot().applied_commit.as_deref() != Some(pinned.as_str())
                         || (!connected && !self.serving.failed().is_empty());
                     let synced = if behind {
                         match self.resync(&pinned) {
@@ -396,7 +391,8 @@ impl Control {
                 }
                 Err(e) => {
                     // A refusal is no outage: say so in the status, which the Master shows too.
-                    let refused = e.contains("refused this server's credentials");
+                    let refused = matches!(e, ReportError::Refused { .. });
+                    let e = e.to_string();
                     if refused {
                         self.update(|s| s.last_error = Some(e.clone()));
                         refusal = Some(e.clone());

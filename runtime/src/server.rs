@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::routing::get;
 use reconciler::cache::Cache;
 use reconciler::git::Oid;
-use serde::Serialize;
 
 use crate::layout::ServerHome;
 use crate::logfile::{Echo, Level, LogFile, Logger, Rotation};
@@ -65,20 +64,8 @@ pub struct Options {
     pub credentials: Option<(String, String)>,
 }
 
-/// The server's element of the Master's `/v1/servers` (DESIGN.md §6).
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub name: String,
-    pub state: crate::master::ServerState,
-    pub mode: Mode,
-    pub applied_commit: String,
-    pub pending_restart: Vec<String>,
-    pub failed_applications: Vec<String>,
-    /// Applications serving an image older than `applied_commit`'s (their deployment from it
-    /// failed), with the commit their image comes from.
-    pub older_images: BTreeMap<String, String>,
-    pub last_error: Option<String>,
-}
+/// The server's `GET /v1/status`, also the body of its reports to the Master.
+pub use reconciler::wire::Status;
 
 /// [`Status::older_images`] of `serving`.
 pub fn older_images(serving: &crate::serving::Serving) -> BTreeMap<String, String> {
@@ -199,7 +186,7 @@ fn boot(
         name: opts.name.clone(),
         state: crate::master::ServerState::Starting,
         mode: opts.mode,
-        applied_commit: commit.to_hex(),
+        applied_commit: Some(commit.to_hex()),
         pending_restart: Vec::new(),
         failed_applications: serving.failed().keys().cloned().collect(),
         older_images: older_images(&serving),
@@ -432,12 +419,9 @@ pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
     .and_then(|c| c.get("/v1/status"))
     .ok()
     .filter(|r| r.status == 200)
-    .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
-    .and_then(|v| {
-        v["applied_commit"]
-            .as_str()
-            .and_then(|c| Oid::from_hex(c).ok())
-    })
+    .and_then(|r| serde_json::from_slice::<Status>(&r.body).ok())
+    .and_then(|s| s.applied_commit)
+    .and_then(|c| Oid::from_hex(&c).ok())
     .filter(|c| *c != boot)
     .and_then(server_of);
     Some(applied.unwrap_or(at_boot).stop_timeout.0)

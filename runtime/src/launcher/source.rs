@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use reconciler::cache::{Cache, Remote};
 use reconciler::git::Oid;
+use reconciler::wire::Domain;
 use schema::Loaded;
 
 use crate::client::{self, Client};
@@ -303,12 +304,9 @@ fn from_master(
         }
         other => return Err(format!("GET /v1/domain answered {other}").into()),
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&resp.body).map_err(|e| format!("GET /v1/domain: not JSON: {e}"))?;
-    let pinned = v["pinned"]["commit"]
-        .as_str()
-        .ok_or("GET /v1/domain: no pinned.commit in the answer")?;
-    let commit = Oid::from_hex(pinned).map_err(|e| e.to_string())?;
+    let domain: Domain = serde_json::from_slice(&resp.body)
+        .map_err(|e| format!("GET /v1/domain: not a domain document: {e}"))?;
+    let commit = Oid::from_hex(&domain.pinned.commit).map_err(|e| e.to_string())?;
     if cache.has_complete(commit) {
         // Warm cache: the pinned commit is already here, no Git round trip needed.
         log.info(

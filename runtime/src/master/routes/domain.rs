@@ -12,20 +12,28 @@ use crate::master::MasterError;
 use crate::master::state::{Rollback, State};
 use reconciler::decide::DecideError;
 use reconciler::pin::PinError;
+use reconciler::wire::{Domain, Pinned, RepositoryMode};
 
 pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
     if let Err(r) = require(&state, &headers, "domain:read").await {
         return r;
     }
     let c = state.current();
-    axum::Json(serde_json::json!({
-        "name": c.domain.config.domain.name,
-        "pinned": { "commit": c.commit.to_hex(), "at": c.at },
-        "branch": state.branch,
-        "mode": if state.mirror.is_some() { "mirror" } else { "hosted" },
-        "upstream": state.mirror.as_ref().map(|m| m.status()),
-        "master": state.vitals(),
-    }))
+    axum::Json(Domain {
+        name: c.domain.config.domain.name.clone(),
+        pinned: Pinned {
+            commit: c.commit.to_hex(),
+            at: c.at.clone(),
+        },
+        branch: state.branch.clone(),
+        mode: if state.mirror.is_some() {
+            RepositoryMode::Mirror
+        } else {
+            RepositoryMode::Hosted
+        },
+        upstream: state.mirror.as_ref().map(|m| m.status()),
+        master: state.vitals(),
+    })
     .into_response()
 }
 
