@@ -7,6 +7,7 @@ pub mod git;
 pub mod hook;
 pub mod init;
 pub mod pin;
+pub mod resync;
 pub mod rolling;
 pub mod time;
 pub mod tls;

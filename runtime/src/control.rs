@@ -4,8 +4,8 @@
 //! interrupting service; reaching it again resynchronizes and makes it DEPENDENT (the seed's
 //! `Domain-0101`, `SERVER-0201`, `SERVER-0308`).
 //!
-//! [`decide`] is the pure part: from the configuration the process booted with, the one it
-//! applies now and the pinned one, what to do. Everything else here is effects at the edge.
+//! [`decide`] (in `reconciler::resync`) is the pure part: from the configuration the process booted
+//! with, the one it applies now, the pinned one and what serves, what to do. The rest is effects.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,62 +15,14 @@ use std::time::{Duration, Instant};
 
 use reconciler::cache::{Cache, Remote};
 use reconciler::git::Oid;
+use reconciler::resync::{Decision, decide};
 use schema::Loaded;
 use schema::model::RestartPolicy;
-use schema::plan::{Change, plan};
-use schema::settings::Effect;
 
 use crate::client::{Client, ClientError, Next};
 use crate::logfile::Logger;
 use crate::server::{Mode, Status};
 use reconciler::wire::ReportReply;
-
-/// What moving to a pinned configuration means for this server.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// Settings to apply in place now.
-    pub live: Vec<Change>,
-    /// Settings that differ from what the process booted with and need a restart; computed from
-    /// the boot configuration every time, never remembered, so reverting a change clears it.
-    pub pending_restart: Vec<String>,
-    /// The pinned domain no longer defines this server.
-    pub removed: bool,
-    pub policy: RestartPolicy,
-}
-
-/// The pure decision: `boot` is what the process started with (restart-class settings stay as
-/// they were then), `running` what it applies now, `pinned` the target.
-pub fn decide(boot: &Loaded, running: &Loaded, pinned: &Loaded, me: &str) -> Decision {
-    let Some(target) = pinned.domain.config.servers.get(me) else {
-        return Decision {
-            live: Vec::new(),
-            pending_restart: Vec::new(),
-            removed: true,
-            policy: RestartPolicy::Manual,
-        };
-    };
-    let step = plan(Some(running), pinned);
-    let live = step
-        .server(me)
-        .map(|s| {
-            s.changes
-                .iter()
-                .filter(|c| c.effect == Effect::Live)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let pending_restart = plan(Some(boot), pinned)
-        .server(me)
-        .map(|s| s.pending_restart.clone())
-        .unwrap_or_default();
-    Decision {
-        live,
-        pending_restart,
-        removed: false,
-        policy: target.restart_policy,
-    }
-}
 
 /// Everything the loop needs; built by the server process once it runs.
 pub struct Control {
@@ -199,7 +151,13 @@ impl Control {
             .record_valid(commit, &format!("master {}", self.master))
             .map_err(|e| e.to_string())?;
         drop(cache);
-        let d = decide(&self.boot, &self.running, &target, &self.name);
+        let served = self.serving.served();
+        let Some(d) = decide(&self.boot, &self.running, &target, &self.name, &served) else {
+            return Err(format!(
+                "the pinned commit {} no longer defines this server; it keeps running its current configuration until stopped",
+                commit.short()
+            ));
+        };
         self.log.debug(
             "SERVER-0331",
             &format!(
@@ -212,12 +170,6 @@ impl Control {
                 d.policy
             ),
         );
-        if d.removed {
-            return Err(format!(
-                "the pinned commit {} no longer defines this server; it keeps running its current configuration until stopped",
-                commit.short()
-            ));
-        }
         let d = self.apply(&target, commit, d)?;
         for c in &d.live {
             self.log.info(
@@ -457,7 +409,7 @@ impl Control {
     fn apply(&mut self, target: &Loaded, commit: Oid, d: Decision) -> Result<Decision, String> {
         let applied = self
             .serving
-            .apply(&self.handle, &self.running, target, commit)
+            .apply(&self.handle, target, commit, &d.apps)
             .map_err(|e| e.to_string())?;
         (self.apply_live)(target);
         self.log.debug(
@@ -510,65 +462,5 @@ fn watch_pins(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use schema::settings::FileKind;
-    use schema::tree::MemTree;
-
-    const DOMAIN: &str = include_str!("../../examples/domain1/domain.toml");
-    const ACCOUNTS: &str = include_str!("../../examples/domain1/security/accounts.toml");
-    const POLICIES: &str = include_str!("../../examples/domain1/security/policies.toml");
-
-    fn load(domain: &str) -> Loaded {
-        let tree = MemTree::new("t")
-            .with(FileKind::Domain.path(), domain)
-            .with(FileKind::Accounts.path(), ACCOUNTS)
-            .with(FileKind::Policies.path(), POLICIES)
-            .with("apps/shop/index.html", "x")
-            .with("apps/api/bin/api", "x")
-            .with("libs/common/README.txt", "x");
-        schema::validate(&tree).loaded.expect("valid")
-    }
-
-    #[test]
-    fn live_changes_apply_and_restart_changes_pend() {
-        let boot = load(DOMAIN);
-        let pinned = load(
-            &DOMAIN
-                .replace("level = \"info\"\nrotation", "level = \"debug\"\nrotation")
-                .replace("port = 8088", "port = 8090"),
-        );
-        let d = decide(&boot, &boot, &pinned, "server1");
-        assert_eq!(d.live.len(), 1);
-        assert_eq!(d.live[0].path, "servers.server1.logging.level");
-        assert_eq!(
-            d.pending_restart,
-            ["servers.server1.web.listeners.http.port"]
-        );
-        assert_eq!(d.policy, RestartPolicy::Rolling);
-    }
-
-    #[test]
-    fn pending_restart_is_derived_not_remembered() {
-        let boot = load(DOMAIN);
-        let changed = load(&DOMAIN.replace("port = 8088", "port = 8090"));
-        // Applied the change (pending), then the change is reverted: nothing pends any more.
-        let d = decide(&boot, &changed, &boot, "server1");
-        assert!(d.pending_restart.is_empty());
-        assert!(d.live.is_empty());
-    }
-
-    #[test]
-    fn a_removed_server_is_reported() {
-        let boot = load(DOMAIN);
-        let text = DOMAIN
-            .replace("servers.server3", "servers.server9")
-            .replace("targets = [\"server3\"]", "targets = [\"server9\"]");
-        let without = load(&text);
-        assert!(decide(&boot, &boot, &without, "server3").removed);
     }
 }
