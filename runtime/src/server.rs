@@ -205,7 +205,6 @@ fn boot(
             status: status.clone(),
             log: log.clone(),
             boot: loaded.clone(),
-            running: loaded.clone(),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("steward")),
             serving,
             handle,
