@@ -27,7 +27,7 @@ pub enum ServerError {
     #[error(transparent)]
     Log(#[from] crate::logfile::LogError),
     #[error("cannot load commit {commit} from the local cache: {cause}")]
-    Load { commit: String, cause: String },
+    Load { commit: String, cause: LoadError },
     #[error("commit {commit} is invalid; not starting:\n{problems}")]
     Invalid { commit: String, problems: String },
     #[error("commit {commit} defines no server named {name}")]
@@ -43,6 +43,15 @@ pub enum ServerError {
     Process(#[from] crate::process::ProcessError),
     #[error(transparent)]
     Serving(#[from] crate::serving::ServingError),
+}
+
+/// Why the boot commit cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Git(#[from] reconciler::git::GitError),
+    #[error(transparent)]
+    Cache(#[from] reconciler::cache::CacheError),
 }
 
 pub use reconciler::wire::Mode;
@@ -134,15 +143,15 @@ fn boot(
         ),
     );
     clean_staging(home, log);
-    let load_err = |cause: String| ServerError::Load {
+    let load_err = |cause: LoadError| ServerError::Load {
         commit: opts.commit.clone(),
         cause,
     };
-    let commit = Oid::from_hex(&opts.commit).map_err(|e| load_err(e.to_string()))?;
+    let commit = Oid::from_hex(&opts.commit).map_err(|e| load_err(e.into()))?;
     let loaded = {
         // Shared lock: no launcher moves the cache aside while this reads it.
-        let cache = Cache::open_shared(&home.domain_home).map_err(|e| load_err(e.to_string()))?;
-        let tree = cache.tree(commit).map_err(|e| load_err(e.to_string()))?;
+        let cache = Cache::open_shared(&home.domain_home).map_err(|e| load_err(e.into()))?;
+        let tree = cache.tree(commit).map_err(|e| load_err(e.into()))?;
         let validation = schema::validate(&tree);
         match validation.loaded {
             Some(l) => l,
