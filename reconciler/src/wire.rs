@@ -115,6 +115,17 @@ pub struct Pinned {
     pub at: String,
 }
 
+/// The answer of `POST /v1/domain/pin` (a rollback, or a pin that was already there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinReply {
+    pub pinned: Pinned,
+    /// False when the commit was pinned already.
+    pub changed: bool,
+    /// Rollbacks only: the branch head after the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_head: Option<String>,
+}
+
 /// `GET /v1/domain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Domain {
@@ -271,6 +282,15 @@ mod tests {
             "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
             "heartbeat_interval_ms": 5000,
             "heartbeat_timeout_ms": 15000
+        }));
+        round_trip::<PinReply>(json!({
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "changed": true,
+            "branch_head": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5"
+        }));
+        round_trip::<PinReply>(json!({
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "changed": false
         }));
         // The Master reads a minimal report; lower-case words too.
         let minimal: Status =
