@@ -79,6 +79,8 @@ pub enum SourceError {
     #[error(transparent)]
     Cache(#[from] reconciler::cache::CacheError),
     #[error(transparent)]
+    Git(#[from] reconciler::git::GitError),
+    #[error(transparent)]
     Deploy(#[from] DeployError),
 }
 
