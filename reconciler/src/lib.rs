@@ -2,11 +2,13 @@
 //! Git server hook, and the pure deciders the Master and the servers act on; the wire API they share.
 
 pub mod cache;
+pub mod control;
 pub mod decide;
 pub mod git;
 pub mod hook;
 pub mod init;
 pub mod pin;
+pub mod resync;
 pub mod rolling;
 pub mod time;
 pub mod tls;

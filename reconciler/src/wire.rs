@@ -2,6 +2,8 @@
 //! reads `/v1/servers`): one typed definition per document, used by both ends, instead of JSON
 //! indexed by string. docs/api.md describes each.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A server's state, one spelling everywhere (JEUS's upper-case words): what a Managed Server
@@ -63,12 +65,14 @@ impl std::str::FromStr for ServerState {
     }
 }
 
-/// What a server reports (its element of `GET /v1/servers`, as served by its own `/v1/status`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Report {
+/// A Managed Server's status: what it serves at its own `GET /v1/status`, and the body of its
+/// `register` and `heartbeat` reports to the Master (which reads it leniently: only `state` and
+/// `mode` are required, the rest default to empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
     /// Informational; the name in the URL is the one that counts.
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: String,
     /// The server's own state (`STARTING`, `RUNNING`, `STOPPING`).
     pub state: ServerState,
     /// `DEPENDENT` or `INDEPENDENT`.
@@ -81,8 +85,99 @@ pub struct Report {
     pub pending_restart: Vec<String>,
     #[serde(default)]
     pub failed_applications: Vec<String>,
+    /// Applications serving an image older than `applied_commit`'s (their deployment from it
+    /// failed), with the commit their image comes from.
+    #[serde(default)]
+    pub older_images: BTreeMap<String, String>,
     #[serde(default)]
     pub last_error: Option<String>,
+}
+
+/// The Master's answer to a `register` or a `heartbeat`: what the server needs to stay in step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportReply {
+    /// Rolling restarts: this server's turn to restart.
+    #[serde(default)]
+    pub restart: bool,
+    pub pinned: Pinned,
+    /// `[master] heartbeat-interval` of the pinned configuration.
+    pub heartbeat_interval_ms: u64,
+    /// `[master] heartbeat-timeout` of the pinned configuration.
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// The pin: the commit the domain runs and when it was pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pinned {
+    /// Full commit id.
+    pub commit: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// The answer of `POST /v1/domain/pin` (a rollback, or a pin that was already there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinReply {
+    pub pinned: Pinned,
+    /// False when the commit was pinned already.
+    pub changed: bool,
+    /// Rollbacks only: the branch head after the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_head: Option<String>,
+}
+
+/// `GET /v1/domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    pub name: String,
+    pub pinned: Pinned,
+    /// The branch whose valid heads are pinned.
+    pub branch: String,
+    pub mode: RepositoryMode,
+    /// Mirror mode only.
+    pub upstream: Option<UpstreamStatus>,
+    pub master: Vitals,
+}
+
+/// Whether the Master hosts the domain repository or mirrors an upstream one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepositoryMode {
+    Hosted,
+    Mirror,
+}
+
+/// `upstream` of `GET /v1/domain`: how mirroring goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    /// With any password shown as `***`.
+    pub url: String,
+    pub branch: String,
+    pub poll_interval_ms: u64,
+    /// The upstream head at the last successful fetch.
+    pub head: Option<String>,
+    pub last_attempt: Option<String>,
+    pub last_success: Option<String>,
+    /// True while fetches fail; the pin stays what it was.
+    pub stale: bool,
+    /// When fetches started failing.
+    pub stale_since: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// `master` of `GET /v1/domain`: how the Master itself is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vitals {
+    /// How many times a ref change woke the decision procedure.
+    pub watch_wakeups: u64,
+    pub connections: Connections,
+}
+
+/// Open client connections against the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connections {
+    pub open: usize,
+    pub cap: usize,
 }
 
 /// How a server was booted: with the Master's configuration (DEPENDENT), or without it
@@ -128,4 +223,82 @@ pub struct View {
     /// Whether the pinned `domain.toml` defines this server (a removed server that still reports
     /// shows `false`).
     pub configured: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// Reads `doc` as `T` and writes it back: the same document, field for field.
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de>>(doc: Value) {
+        let typed: T = serde_json::from_value(doc.clone()).expect("reads");
+        assert_eq!(serde_json::to_value(&typed).expect("writes"), doc);
+    }
+
+    #[test]
+    fn the_domain_document_is_spelled_as_documented() {
+        // docs/api.md, `GET /v1/domain`, in both modes.
+        round_trip::<Domain>(json!({
+            "name": "domain1",
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "branch": "refs/heads/main",
+            "mode": "hosted",
+            "upstream": null,
+            "master": { "watch_wakeups": 3, "connections": { "open": 2, "cap": 4096 } }
+        }));
+        round_trip::<Domain>(json!({
+            "name": "domain1",
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "branch": "refs/heads/main",
+            "mode": "mirror",
+            "upstream": {
+                "url": "https://git.example.com/ops/domain1.git",
+                "branch": "main",
+                "poll_interval_ms": 30000,
+                "head": "fe89f6efbe345a4b4e9d2fffcf3aa58297a6dc27",
+                "last_attempt": "2026-11-24T05:41:57Z",
+                "last_success": "2026-11-24T05:41:57Z",
+                "stale": false,
+                "stale_since": null,
+                "last_error": null
+            },
+            "master": { "watch_wakeups": 0, "connections": { "open": 0, "cap": 64 } }
+        }));
+    }
+
+    #[test]
+    fn reports_and_replies_are_spelled_as_documented() {
+        round_trip::<Status>(json!({
+            "name": "server1", "state": "RUNNING", "mode": "DEPENDENT",
+            "applied_commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5",
+            "pending_restart": ["servers.server1.web.listeners.http.port"],
+            "failed_applications": ["shop"],
+            "older_images": {"shop": "5027355f3c8d8e2f9f1f1b9c2c1d3e4f5a6b7c8d"},
+            "last_error": "application shop: …"
+        }));
+        round_trip::<ReportReply>(json!({
+            "restart": true,
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "heartbeat_interval_ms": 5000,
+            "heartbeat_timeout_ms": 15000
+        }));
+        round_trip::<PinReply>(json!({
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "changed": true,
+            "branch_head": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5"
+        }));
+        round_trip::<PinReply>(json!({
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "changed": false
+        }));
+        // The Master reads a minimal report; lower-case words too.
+        let minimal: Status =
+            serde_json::from_value(json!({"state": "running", "mode": "independent"}))
+                .expect("minimal");
+        assert_eq!(
+            (minimal.state, minimal.mode, minimal.applied_commit),
+            (ServerState::Running, Mode::Independent, None)
+        );
+    }
 }

@@ -1,11 +1,8 @@
-//! The Managed Server's control loop: it reports to the Master (register, then a heartbeat every
-//! `[master] heartbeat-interval`), follows the Master's pin, applies what can change live, and
-//! reports what needs a restart. Losing the Master makes the server INDEPENDENT without
-//! interrupting service; reaching it again resynchronizes and makes it DEPENDENT (the seed's
-//! `Domain-0101`, `SERVER-0201`, `SERVER-0308`).
-//!
-//! [`decide`] is the pure part: from the configuration the process booted with, the one it
-//! applies now and the pinned one, what to do. Everything else here is effects at the edge.
+//! The Managed Server's control loop, the effects of [`reconciler::control::step`]: it reports to
+//! the Master, fetches and validates the pinned commit, applies it through
+//! [`crate::serving::Serving`], restarts through the launcher, logs, and keeps the status the
+//! server serves (and reports) up to date. The decisions (connected or not, when to resync, the
+//! backoff, what to deploy, what pends) are the step's; this file only carries them out.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,63 +10,18 @@ use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use reconciler::cache::{Cache, Remote};
-use reconciler::git::Oid;
+use reconciler::cache::{Cache, CacheError, Remote};
+use reconciler::control::{
+    Apply, Effect, Event, Note, Report, ReportFailure, RestartReason, State, step,
+};
+use reconciler::git::{GitError, Oid};
+use reconciler::wire::ReportReply;
 use schema::Loaded;
-use schema::model::RestartPolicy;
-use schema::plan::{Change, plan};
-use schema::settings::Effect;
 
-use crate::client::{Client, Next};
+use crate::client::{Client, ClientError, Next};
 use crate::logfile::Logger;
-use crate::server::{Mode, Status};
-
-/// What moving to a pinned configuration means for this server.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// Settings to apply in place now.
-    pub live: Vec<Change>,
-    /// Settings that differ from what the process booted with and need a restart; computed from
-    /// the boot configuration every time, never remembered, so reverting a change clears it.
-    pub pending_restart: Vec<String>,
-    /// The pinned domain no longer defines this server.
-    pub removed: bool,
-    pub policy: RestartPolicy,
-}
-
-/// The pure decision: `boot` is what the process started with (restart-class settings stay as
-/// they were then), `running` what it applies now, `pinned` the target.
-pub fn decide(boot: &Loaded, running: &Loaded, pinned: &Loaded, me: &str) -> Decision {
-    let Some(target) = pinned.domain.config.servers.get(me) else {
-        return Decision {
-            live: Vec::new(),
-            pending_restart: Vec::new(),
-            removed: true,
-            policy: RestartPolicy::Manual,
-        };
-    };
-    let step = plan(Some(running), pinned);
-    let live = step
-        .server(me)
-        .map(|s| {
-            s.changes
-                .iter()
-                .filter(|c| c.effect == Effect::Live)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let pending_restart = plan(Some(boot), pinned)
-        .server(me)
-        .map(|s| s.pending_restart.clone())
-        .unwrap_or_default();
-    Decision {
-        live,
-        pending_restart,
-        removed: false,
-        policy: target.restart_policy,
-    }
-}
+use crate::server::Status;
+use crate::serving::ServingError;
 
 /// Everything the loop needs; built by the server process once it runs.
 pub struct Control {
@@ -81,7 +33,6 @@ pub struct Control {
     pub status: Arc<RwLock<Status>>,
     pub log: Logger,
     pub boot: Loaded,
-    pub running: Loaded,
     /// The `steward` executable, for a restart under `restart-policy = "auto"`.
     pub exe: PathBuf,
     /// Applies live settings that live outside this module (the log level, …).
@@ -92,18 +43,38 @@ pub struct Control {
     pub handle: tokio::runtime::Handle,
 }
 
-/// What the Master answers a report.
-struct Answer {
-    pinned: String,
-    /// `[master] heartbeat-interval` of the pinned configuration.
-    every: Option<Duration>,
-    /// Rolling restarts: this server's turn to restart.
-    restart: bool,
+/// Why a report to the Master failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(
+        "the Master refused this server's credentials ({status}): give the servers' account (role with servers:register, domain:read, git:read, events:read) in DOMAIN_HOME/config/server-credentials or STEWARD_USER/STEWARD_PASSWORD, then restart the server"
+    )]
+    Refused { status: u16 },
+    #[error("the Master answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the Master's answer is not a report reply: {0}")]
+    Reply(serde_json::Error),
+    #[error("cannot encode the status: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// Why the pinned commit could not be fetched or applied; the server stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error("not a commit id: {0}")]
+    Commit(#[from] GitError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("the pinned commit {commit} is invalid here:\n{problems}")]
+    Invalid { commit: String, problems: String },
+    #[error(transparent)]
+    Serving(#[from] ServingError),
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Control {
     fn update(&self, f: impl FnOnce(&mut Status)) {
@@ -125,52 +96,38 @@ impl Control {
     }
 
     /// Registers or heart-beats; returns the Master's answer.
-    fn report(&self, registered: bool) -> Result<Answer, String> {
-        let kind = if registered { "heartbeat" } else { "register" };
-        let body = serde_json::to_vec(&self.snapshot()).map_err(|e| e.to_string())?;
+    fn report(&self, report: Report) -> Result<ReportReply, ReportError> {
+        let kind = match report {
+            Report::Register => "register",
+            Report::Heartbeat => "heartbeat",
+        };
+        let body = serde_json::to_vec(&self.snapshot()).map_err(ReportError::Encode)?;
         let resp = Client::new(
             &self.master,
             self.credentials(),
             CONNECT_TIMEOUT,
             RESPONSE_TIMEOUT,
         )
-        .and_then(|c| c.post_json(&format!("/v1/servers/{}/{kind}", self.name), body))
-        .map_err(|e| e.to_string())?;
+        .and_then(|c| c.post_json(&format!("/v1/servers/{}/{kind}", self.name), body))?;
         match resp.status {
-            200 => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
-                let pinned = v["pinned"]["commit"]
-                    .as_str()
-                    .ok_or("the Master's answer names no pinned commit")?
-                    .to_owned();
-                Ok(Answer {
-                    pinned,
-                    every: v["heartbeat_interval_ms"]
-                        .as_u64()
-                        .map(Duration::from_millis),
-                    restart: v["restart"].as_bool().unwrap_or(false),
-                })
-            }
-            401 | 403 => Err(format!(
-                "the Master refused this server's credentials ({}): give the servers' account (role with servers:register, domain:read, git:read, events:read) in DOMAIN_HOME/config/server-credentials or STEWARD_USER/STEWARD_PASSWORD, then restart the server",
-                resp.status
-            )),
-            s => Err(format!(
-                "the Master answered {s}: {}",
-                String::from_utf8_lossy(&resp.body)
-            )),
+            200 => serde_json::from_slice(&resp.body).map_err(ReportError::Reply),
+            401 | 403 => Err(ReportError::Refused {
+                status: resp.status,
+            }),
+            status => Err(ReportError::Status {
+                status,
+                body: String::from_utf8_lossy(&resp.body).into_owned(),
+            }),
         }
     }
 
-    /// An apply step, logged at the `debug` level.
-    /// Fetches, validates and applies the pinned commit. `Err` leaves the server as it was.
-    fn resync(&mut self, pinned: &str) -> Result<(), String> {
-        let commit = Oid::from_hex(pinned).map_err(|e| e.to_string())?;
+    /// Brings the pinned commit into the local cache and validates it.
+    fn fetch(&mut self, pinned: &str) -> Result<(Oid, Loaded), ResyncError> {
+        let commit = Oid::from_hex(pinned)?;
         // A background retry holds the cache (shared) and deploys the older commit: the pin
         // supersedes it.
         self.serving.cancel_retry();
-        let (cache, _) = Cache::open(&self.domain_home).map_err(|e| e.to_string())?;
+        let (cache, _) = Cache::open(&self.domain_home)?;
         let cached = cache.has_complete(commit);
         self.log.debug(
             "SERVER-0330",
@@ -191,22 +148,27 @@ impl Control {
                 password: self.credentials.as_ref().map(|c| c.1.clone()),
                 connect_timeout: CONNECT_TIMEOUT,
             };
-            cache.fetch_master(&remote).map_err(|e| e.to_string())?;
+            cache.fetch_master(&remote)?;
         }
-        let tree = cache.tree(commit).map_err(|e| e.to_string())?;
+        let tree = cache.tree(commit)?;
         let validation = schema::validate(&tree);
         let Some(target) = validation.loaded else {
-            return Err(format!(
-                "the pinned commit {} is invalid here:\n{}",
-                commit.short(),
-                validation.report.render_short()
-            ));
+            return Err(ResyncError::Invalid {
+                commit: commit.short(),
+                problems: validation.report.render_short(),
+            });
         };
-        cache
-            .record_valid(commit, &format!("master {}", self.master))
-            .map_err(|e| e.to_string())?;
-        drop(cache);
-        let d = decide(&self.boot, &self.running, &target, &self.name);
+        cache.record_valid(commit, &format!("master {}", self.master))?;
+        Ok((commit, target))
+    }
+
+    /// The apply step of a resync: the applications and the web engine first (they can fail, and
+    /// then the server returns to its previous configuration: nothing else is changed), then the
+    /// live settings outside the engine (log level and rotation). Returns the engine's
+    /// restart-only settings.
+    fn apply(&mut self, a: &Apply) -> Result<Vec<String>, ResyncError> {
+        let commit = Oid::from_hex(&a.commit)?;
+        let d = &a.decision;
         self.log.debug(
             "SERVER-0331",
             &format!(
@@ -219,50 +181,18 @@ impl Control {
                 d.policy
             ),
         );
-        if d.removed {
-            return Err(format!(
-                "the pinned commit {} no longer defines this server; it keeps running its current configuration until stopped",
-                commit.short()
-            ));
-        }
-        let d = self.apply(&target, commit, d)?;
-        for c in &d.live {
-            self.log.info(
-                "SERVER-0310",
-                &format!("Applied live: {} {}.", c.path, c.describe()),
-            );
-        }
-        if !d.pending_restart.is_empty() {
-            self.log.warn(
-                "SERVER-0311",
-                &format!(
-                    "A restart is needed to apply: {} (restart-policy {:?}).",
-                    d.pending_restart.join(", "),
-                    d.policy
-                ),
-            );
-        }
-        self.update(|s| {
-            s.applied_commit = commit.to_hex();
-            s.pending_restart = d.pending_restart.clone();
-            s.failed_applications = self.serving.failed().keys().cloned().collect();
-            s.older_images = crate::server::older_images(&self.serving);
-            s.last_error = self.serving.failure_summary();
-        });
-        self.log.info(
-            "SERVER-0309",
+        let applied = self
+            .serving
+            .apply(&self.handle, &a.target, commit, &d.apps)?;
+        (self.apply_live)(&a.target);
+        self.log.debug(
+            "SERVER-0332",
             &format!(
-                "Applied commit {}: {} live change(s), {} pending restart.",
-                commit.short(),
-                d.live.len(),
-                d.pending_restart.len()
+                "Applied the settings outside the web engine (log level, rotation, stop-timeout) of commit {}.",
+                commit.short()
             ),
         );
-        self.running = target;
-        if d.policy == RestartPolicy::Auto && !d.pending_restart.is_empty() {
-            self.restart_self();
-        }
-        Ok(())
+        Ok(applied.restart)
     }
 
     /// A detached `stop-server` then `start-server`, the same path an operator takes, so the new
@@ -297,7 +227,7 @@ impl Control {
         }
     }
 
-    /// Runs until `stop` is set.
+    /// Runs until `stop` is set: waits for an event, asks [`step`] what to do, does it.
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let (wake, woken) = mpsc::channel::<String>();
         {
@@ -305,134 +235,189 @@ impl Control {
                 (self.master.clone(), self.credentials.clone(), stop.clone());
             std::thread::spawn(move || watch_pins(&master, creds.as_ref(), &wake, &stop));
         }
-        let mut registered = false;
-        let mut connected = self.snapshot().mode == Mode::Dependent;
-        let mut interval = self.boot.domain.config.master.heartbeat_interval.0;
-        let mut backoff = interval;
-        let mut refused_logged = false;
-        let mut refusal: Option<String> = None;
-        let mut announced: Option<String> = None;
-        while !stop.load(Ordering::SeqCst) {
-            // A pin announced on the event stream is applied at once; the report that follows
-            // confirms it (and catches any event that was missed).
-            if let Some(pin) = announced.take()
-                && connected
-                && !pin.is_empty()
-                && self.snapshot().applied_commit != pin
-                && let Err(e) = self.resync(&pin)
-            {
-                self.log.warn(
-                    "SERVER-0312",
-                    &format!("Cannot apply the pinned commit: {e}"),
-                );
-                self.update(|s| s.last_error = Some(e));
+        let now = self.snapshot();
+        let mut state = State::new(
+            &self.name,
+            now.mode,
+            self.boot.clone(),
+            now.applied_commit.unwrap_or_default(),
+        );
+        let mut event = Some(Event::Due);
+        while let Some(e) = event.take() {
+            if stop.load(Ordering::SeqCst) {
+                break;
             }
-            let wait = match self.report(registered) {
-                Ok(Answer {
-                    pinned,
-                    every,
-                    restart,
-                }) => {
-                    registered = true;
-                    refused_logged = false;
-                    if let Some(r) = refusal.take() {
-                        self.update(|s| {
-                            if s.last_error.as_ref() == Some(&r) {
-                                s.last_error = None;
-                            }
-                        });
-                    }
-                    interval = every.unwrap_or(interval);
-                    backoff = interval;
-                    if !connected {
-                        self.log.info(
-                            "Domain-0101",
-                            &format!(
-                                "The Master recovered. {} is communicating with the Master.",
-                                self.name
-                            ),
-                        );
-                        self.log.info(
-                            "SERVER-0201",
-                            &format!("Successfully connected to the Master ({}).", self.master),
-                        );
-                    }
-                    // Back from INDEPENDENT with applications that failed: resync anyway, which
-                    // retries them (the seed redeploys what failed when the Master returns).
-                    let behind = self.snapshot().applied_commit != pinned
-                        || (!connected && !self.serving.failed().is_empty());
-                    let synced = if behind {
-                        match self.resync(&pinned) {
-                            Ok(()) => true,
-                            Err(e) => {
-                                self.log.warn(
-                                    "SERVER-0312",
-                                    &format!("Cannot apply the pinned commit: {e}"),
-                                );
-                                self.update(|s| s.last_error = Some(e));
-                                false
-                            }
-                        }
-                    } else {
-                        true
-                    };
-                    if !connected && synced {
-                        self.update(|s| s.mode = Mode::Dependent);
-                        self.log.info(
-                            "SERVER-0308",
-                            "Resynchronized the configuration with the Master; the server is DEPENDENT.",
-                        );
-                    }
-                    connected = synced || connected;
-                    if restart && !self.snapshot().pending_restart.is_empty() {
-                        // restart-policy rolling: the Master says it is this server's turn.
-                        self.log.info(
-                            "SERVER-0322",
-                            "The Master orders a restart (restart-policy rolling): it is this server's turn.",
-                        );
-                        self.restart_self();
-                    }
-                    interval
-                }
-                Err(e) => {
-                    // A refusal is no outage: say so in the status, which the Master shows too.
-                    let refused = e.contains("refused this server's credentials");
-                    if refused {
-                        self.update(|s| s.last_error = Some(e.clone()));
-                        refusal = Some(e.clone());
-                    }
-                    if connected {
-                        self.log.warn(
-                            "SERVER-0210",
-                            &format!(
-                                "Lost the Master ({e}). The server keeps serving as INDEPENDENT and retries."
-                            ),
-                        );
-                        self.update(|s| s.mode = Mode::Independent);
-                        connected = false;
-                        registered = false;
-                    } else if refused && !refused_logged {
-                        self.log.warn("SERVER-0211", &e);
-                        refused_logged = true;
-                    }
-                    let b = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    b
-                }
-            };
-            // Sleep until the next report, or until the Master announces a pin; meanwhile the
-            // failed applications are retried in the background.
-            let until = Instant::now() + wait;
-            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                self.poll_retry();
-                if let Ok(pin) = woken.recv_timeout(Duration::from_millis(50)) {
-                    // Only the latest announcement matters.
-                    announced = Some(woken.try_iter().last().unwrap_or(pin));
-                    break;
+            let (next, effects) = step(state, e);
+            state = next;
+            for effect in effects {
+                if let Some(e) = self.execute(effect, &woken, &stop) {
+                    event = Some(e);
                 }
             }
         }
         self.serving.cancel_retry();
+    }
+
+    /// Does one effect; returns the event it produced, if it is one that does (`None` also when
+    /// `stop` ended a wait).
+    fn execute(
+        &mut self,
+        effect: Effect,
+        woken: &mpsc::Receiver<String>,
+        stop: &AtomicBool,
+    ) -> Option<Event> {
+        match effect {
+            Effect::Report(report) => Some(match self.report(report) {
+                Ok(reply) => Event::Answered {
+                    reply,
+                    apps_failing: !self.serving.failed().is_empty(),
+                },
+                Err(e @ ReportError::Refused { .. }) => {
+                    Event::ReportFailed(ReportFailure::Refused(e.to_string()))
+                }
+                Err(e) => Event::ReportFailed(ReportFailure::Lost(e.to_string())),
+            }),
+            Effect::Fetch(commit) => Some(match self.fetch(&commit) {
+                Ok((_, target)) => Event::Fetched {
+                    commit,
+                    target: Box::new(target),
+                    served: self.serving.served(),
+                },
+                Err(e) => Event::ResyncFailed(e.to_string()),
+            }),
+            Effect::Apply(a) => Some(match self.apply(&a) {
+                Ok(engine_restart) => Event::Applied { engine_restart },
+                Err(e) => Event::ResyncFailed(e.to_string()),
+            }),
+            Effect::Wait(d) => self.wait(d, woken, stop),
+            Effect::SetMode(mode) => {
+                self.update(|s| s.mode = mode);
+                None
+            }
+            Effect::SetError(e) => {
+                self.update(|s| s.last_error = Some(e));
+                None
+            }
+            Effect::ClearError(e) => {
+                self.update(|s| {
+                    if s.last_error.as_ref() == Some(&e) {
+                        s.last_error = None;
+                    }
+                });
+                None
+            }
+            Effect::Publish {
+                applied,
+                pending_restart,
+            } => {
+                self.update(|s| {
+                    s.applied_commit = Some(applied);
+                    s.pending_restart = pending_restart;
+                    s.failed_applications = self.serving.failed().keys().cloned().collect();
+                    s.older_images = crate::server::older_images(&self.serving);
+                    s.last_error = self.serving.failure_summary();
+                });
+                None
+            }
+            Effect::Log(note) => {
+                self.note(note);
+                None
+            }
+            Effect::Restart(RestartReason::Auto | RestartReason::Rolling) => {
+                self.restart_self();
+                None
+            }
+        }
+    }
+
+    /// Sleeps until the next report, or until the Master announces a pin; meanwhile the failed
+    /// applications are retried in the background.
+    fn wait(
+        &mut self,
+        d: Duration,
+        woken: &mpsc::Receiver<String>,
+        stop: &AtomicBool,
+    ) -> Option<Event> {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            self.poll_retry();
+            if let Ok(pin) = woken.recv_timeout(Duration::from_millis(50)) {
+                // Only the latest announcement matters.
+                return Some(Event::Announced(woken.try_iter().last().unwrap_or(pin)));
+            }
+        }
+        Some(Event::Due)
+    }
+
+    fn note(&self, note: Note) {
+        match note {
+            Note::Recovered => {
+                self.log.info(
+                    "Domain-0101",
+                    &format!(
+                        "The Master recovered. {} is communicating with the Master.",
+                        self.name
+                    ),
+                );
+                self.log.info(
+                    "SERVER-0201",
+                    &format!("Successfully connected to the Master ({}).", self.master),
+                );
+            }
+            Note::Lost(e) => self.log.warn(
+                "SERVER-0210",
+                &format!(
+                    "Lost the Master ({e}). The server keeps serving as INDEPENDENT and retries."
+                ),
+            ),
+            Note::Refused(e) => self.log.warn("SERVER-0211", &e),
+            Note::CannotApply(e) => self.log.warn(
+                "SERVER-0312",
+                &format!("Cannot apply the pinned commit: {e}"),
+            ),
+            Note::Resynchronized => self.log.info(
+                "SERVER-0308",
+                "Resynchronized the configuration with the Master; the server is DEPENDENT.",
+            ),
+            Note::RollingTurn => self.log.info(
+                "SERVER-0322",
+                "The Master orders a restart (restart-policy rolling): it is this server's turn.",
+            ),
+            Note::Applied {
+                commit,
+                live,
+                pending_restart,
+                policy,
+            } => {
+                for c in &live {
+                    self.log.info(
+                        "SERVER-0310",
+                        &format!("Applied live: {} {}.", c.path, c.describe()),
+                    );
+                }
+                if !pending_restart.is_empty() {
+                    self.log.warn(
+                        "SERVER-0311",
+                        &format!(
+                            "A restart is needed to apply: {} (restart-policy {policy:?}).",
+                            pending_restart.join(", "),
+                        ),
+                    );
+                }
+                self.log.info(
+                    "SERVER-0309",
+                    &format!(
+                        "Applied commit {}: {} live change(s), {} pending restart.",
+                        commit.get(..7).unwrap_or(&commit),
+                        live.len(),
+                        pending_restart.len()
+                    ),
+                );
+            }
+        }
     }
 
     /// One step of the background retry; publishes what changed. `last_error` is replaced only
@@ -450,31 +435,6 @@ impl Control {
                 s.last_error = after;
             }
         });
-    }
-}
-
-impl Control {
-    /// The apply step of a resync: the applications and the web engine first (they can fail, and
-    /// then the server returns to its previous configuration: nothing else is changed), then the
-    /// live settings outside the engine (log level and rotation). Returns the decision with the
-    /// engine's restart-only settings merged into its pending restarts, each listed once.
-    fn apply(&mut self, target: &Loaded, commit: Oid, d: Decision) -> Result<Decision, String> {
-        let applied = self
-            .serving
-            .apply(&self.handle, &self.running, target, commit)
-            .map_err(|e| e.to_string())?;
-        (self.apply_live)(target);
-        self.log.debug(
-            "SERVER-0332",
-            &format!(
-                "Applied the settings outside the web engine (log level, rotation, stop-timeout) of commit {}.",
-                commit.short()
-            ),
-        );
-        Ok(Decision {
-            pending_restart: crate::serving::merge_restart(&d.pending_restart, &applied.restart),
-            ..d
-        })
     }
 }
 
@@ -514,65 +474,5 @@ fn watch_pins(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use schema::settings::FileKind;
-    use schema::tree::MemTree;
-
-    const DOMAIN: &str = include_str!("../../examples/domain1/domain.toml");
-    const ACCOUNTS: &str = include_str!("../../examples/domain1/security/accounts.toml");
-    const POLICIES: &str = include_str!("../../examples/domain1/security/policies.toml");
-
-    fn load(domain: &str) -> Loaded {
-        let tree = MemTree::new("t")
-            .with(FileKind::Domain.path(), domain)
-            .with(FileKind::Accounts.path(), ACCOUNTS)
-            .with(FileKind::Policies.path(), POLICIES)
-            .with("apps/shop/index.html", "x")
-            .with("apps/api/bin/api", "x")
-            .with("libs/common/README.txt", "x");
-        schema::validate(&tree).loaded.expect("valid")
-    }
-
-    #[test]
-    fn live_changes_apply_and_restart_changes_pend() {
-        let boot = load(DOMAIN);
-        let pinned = load(
-            &DOMAIN
-                .replace("level = \"info\"\nrotation", "level = \"debug\"\nrotation")
-                .replace("port = 8088", "port = 8090"),
-        );
-        let d = decide(&boot, &boot, &pinned, "server1");
-        assert_eq!(d.live.len(), 1);
-        assert_eq!(d.live[0].path, "servers.server1.logging.level");
-        assert_eq!(
-            d.pending_restart,
-            ["servers.server1.web.listeners.http.port"]
-        );
-        assert_eq!(d.policy, RestartPolicy::Rolling);
-    }
-
-    #[test]
-    fn pending_restart_is_derived_not_remembered() {
-        let boot = load(DOMAIN);
-        let changed = load(&DOMAIN.replace("port = 8088", "port = 8090"));
-        // Applied the change (pending), then the change is reverted: nothing pends any more.
-        let d = decide(&boot, &changed, &boot, "server1");
-        assert!(d.pending_restart.is_empty());
-        assert!(d.live.is_empty());
-    }
-
-    #[test]
-    fn a_removed_server_is_reported() {
-        let boot = load(DOMAIN);
-        let text = DOMAIN
-            .replace("servers.server3", "servers.server9")
-            .replace("targets = [\"server3\"]", "targets = [\"server9\"]");
-        let without = load(&text);
-        assert!(decide(&boot, &boot, &without, "server3").removed);
     }
 }

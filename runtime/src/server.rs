@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::routing::get;
 use reconciler::cache::Cache;
 use reconciler::git::Oid;
-use serde::Serialize;
 
 use crate::layout::ServerHome;
 use crate::logfile::{Echo, Level, LogFile, Logger, Rotation};
@@ -29,7 +28,7 @@ pub enum ServerError {
     #[error(transparent)]
     Log(#[from] crate::logfile::LogError),
     #[error("cannot load commit {commit} from the local cache: {cause}")]
-    Load { commit: String, cause: String },
+    Load { commit: String, cause: LoadError },
     #[error("commit {commit} is invalid; not starting:\n{problems}")]
     Invalid { commit: String, problems: String },
     #[error("commit {commit} defines no server named {name}")]
@@ -45,6 +44,15 @@ pub enum ServerError {
     Process(#[from] crate::process::ProcessError),
     #[error(transparent)]
     Serving(#[from] crate::serving::ServingError),
+}
+
+/// Why the boot commit cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Git(#[from] reconciler::git::GitError),
+    #[error(transparent)]
+    Cache(#[from] reconciler::cache::CacheError),
 }
 
 pub use reconciler::wire::Mode;
@@ -66,20 +74,8 @@ pub struct Options {
     pub credentials: Option<(String, String)>,
 }
 
-/// The server's element of the Master's `/v1/servers` (DESIGN.md §6).
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub name: String,
-    pub state: crate::master::ServerState,
-    pub mode: Mode,
-    pub applied_commit: String,
-    pub pending_restart: Vec<String>,
-    pub failed_applications: Vec<String>,
-    /// Applications serving an image older than `applied_commit`'s (their deployment from it
-    /// failed), with the commit their image comes from.
-    pub older_images: BTreeMap<String, String>,
-    pub last_error: Option<String>,
-}
+/// The server's `GET /v1/status`, also the body of its reports to the Master.
+pub use reconciler::wire::Status;
 
 /// [`Status::older_images`] of `serving`.
 pub fn older_images(serving: &crate::serving::Serving) -> BTreeMap<String, String> {
@@ -150,15 +146,15 @@ fn boot(
         ),
     );
     clean_staging(home, log);
-    let load_err = |cause: String| ServerError::Load {
+    let load_err = |cause: LoadError| ServerError::Load {
         commit: opts.commit.clone(),
         cause,
     };
-    let commit = Oid::from_hex(&opts.commit).map_err(|e| load_err(e.to_string()))?;
+    let commit = Oid::from_hex(&opts.commit).map_err(|e| load_err(e.into()))?;
     let loaded = {
         // Shared lock: no launcher moves the cache aside while this reads it.
-        let cache = Cache::open_shared(&home.domain_home).map_err(|e| load_err(e.to_string()))?;
-        let tree = cache.tree(commit).map_err(|e| load_err(e.to_string()))?;
+        let cache = Cache::open_shared(&home.domain_home).map_err(|e| load_err(e.into()))?;
+        let tree = cache.tree(commit).map_err(|e| load_err(e.into()))?;
         let validation = schema::validate(&tree);
         match validation.loaded {
             Some(l) => l,
@@ -202,7 +198,7 @@ fn boot(
         name: opts.name.clone(),
         state: crate::master::ServerState::Starting,
         mode: opts.mode,
-        applied_commit: commit.to_hex(),
+        applied_commit: Some(commit.to_hex()),
         pending_restart: Vec::new(),
         failed_applications: serving.failed().keys().cloned().collect(),
         older_images: older_images(&serving),
@@ -221,7 +217,6 @@ fn boot(
             status: status.clone(),
             log: log.clone(),
             boot: loaded.clone(),
-            running: loaded.clone(),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("steward")),
             serving,
             handle,
@@ -440,12 +435,9 @@ pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
     .and_then(|c| c.get("/v1/status"))
     .ok()
     .filter(|r| r.status == 200)
-    .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
-    .and_then(|v| {
-        v["applied_commit"]
-            .as_str()
-            .and_then(|c| Oid::from_hex(c).ok())
-    })
+    .and_then(|r| serde_json::from_slice::<Status>(&r.body).ok())
+    .and_then(|s| s.applied_commit)
+    .and_then(|c| Oid::from_hex(&c).ok())
     .filter(|c| *c != boot)
     .and_then(server_of);
     Some(applied.unwrap_or(at_boot).stop_timeout.0)

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use reconciler::cache::Cache;
 use reconciler::git::Oid;
+use reconciler::resync::{AppStep, Apps, Served};
 use schema::Loaded;
 use schema::model::{Application, Listener, Server};
-use schema::plan::{AppAction, plan};
 
 use crate::deploy::{self, DeployContext, DeployError, Deployment, GitSource};
 use crate::engine::web::{AppSpec, EngineContext, WebConfig, WebEngine, WebError};
@@ -39,7 +39,7 @@ pub enum ServingError {
     #[error("the configuration does not define server {0}")]
     NoSuchServer(String),
     #[error("the deployment thread failed: {0}")]
-    Join(String),
+    Join(#[from] tokio::task::JoinError),
     #[error("the web engine refused the new configuration ({error}); returned to the previous one")]
     RolledBack { error: WebError },
     #[error(transparent)]
@@ -55,22 +55,34 @@ pub fn rotation_of(server: &Server) -> Rotation {
     }
 }
 
-/// The applications `loaded` deploys to server `me`, by name.
-pub fn apps_of(loaded: &Loaded, me: &str) -> BTreeMap<String, Application> {
-    let names = loaded.domain.deployments();
-    names
-        .get(me)
-        .into_iter()
-        .flatten()
-        .filter_map(|n| {
-            let app = loaded.domain.config.applications.get(*n)?;
-            Some(((*n).to_owned(), app.clone()))
-        })
-        .collect()
-}
+pub use reconciler::resync::{apps_of, merge_restart};
 
 /// The outcome of deploying one application: its deployment, or why it failed.
-type Deployed = BTreeMap<String, Result<Deployment, String>>;
+type Deployed = BTreeMap<String, Result<Deployment, AppError>>;
+
+/// Why one application did not deploy.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// Without the commit nothing deploys: every application fails with the same reason.
+    #[error("cannot read commit {commit} for deployment: {error}")]
+    Source {
+        commit: String,
+        error: Arc<SourceError>,
+    },
+}
+
+/// Why the commit to deploy from cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Cache(#[from] reconciler::cache::CacheError),
+    #[error(transparent)]
+    Git(#[from] reconciler::git::GitError),
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+}
 
 /// The first retry of a failed deployment waits this long; each further one twice as long.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -114,10 +126,10 @@ pub fn deploy_apps(
     };
     // Shared lock: no launcher moves the cache aside while the images are read from it.
     let source = Cache::open_shared(&home.domain_home)
-        .map_err(|e| e.to_string())
+        .map_err(SourceError::from)
         .and_then(|cache| {
-            let repo = cache.repo().map_err(|e| e.to_string())?;
-            let source = GitSource::open(&repo, commit).map_err(|e| e.to_string())?;
+            let repo = cache.repo()?;
+            let source = GitSource::open(&repo, commit)?;
             Ok((cache, source))
         });
     match source {
@@ -126,21 +138,22 @@ pub fn deploy_apps(
             .filter_map(
                 |(name, app)| match deploy::deploy_with(home, &source, name, app, ctx) {
                     Err(DeployError::Cancelled { .. }) => None,
-                    r => Some((name.clone(), r.map_err(|e| e.to_string()))),
+                    r => Some((name.clone(), r.map_err(AppError::from))),
                 },
             )
             .collect(),
-        // Without the commit nothing can deploy: every application fails with the same reason.
-        Err(why) => apps
-            .keys()
-            .map(|name| {
-                let why = format!(
-                    "cannot read commit {} for deployment: {why}",
-                    commit.short()
-                );
-                (name.clone(), Err(why))
-            })
-            .collect(),
+        Err(error) => {
+            let error = Arc::new(error);
+            apps.keys()
+                .map(|name| {
+                    let why = AppError::Source {
+                        commit: commit.short(),
+                        error: error.clone(),
+                    };
+                    (name.clone(), Err(why))
+                })
+                .collect()
+        }
     }
 }
 
@@ -240,14 +253,13 @@ impl Serving {
         let deployed = {
             let (home, apps, log) = (home.clone(), apps.clone(), log.clone());
             tokio::task::spawn_blocking(move || deploy_apps(&home, commit, &apps, None, &log))
-                .await
-                .map_err(|e| ServingError::Join(e.to_string()))?
+                .await?
         };
         let mut failed = BTreeMap::new();
         let mut specs = BTreeMap::new();
         let mut images = BTreeMap::new();
         for (app, result) in deployed {
-            log_deployment(log, &app, &result, commit);
+            log_deployment(log, &app, result.as_ref(), commit);
             match result {
                 Ok(deployment) => {
                     images.insert(app.clone(), commit);
@@ -262,7 +274,7 @@ impl Serving {
                     }
                 }
                 Err(why) => {
-                    failed.insert(app, why);
+                    failed.insert(app, why.to_string());
                 }
             }
         }
@@ -464,7 +476,7 @@ impl Serving {
         let mut config = self.current.clone();
         let mut fixed = Vec::new();
         for (name, result) in deployed {
-            log_deployment(&self.log, &name, &result, self.commit);
+            log_deployment(&self.log, &name, result.as_ref(), self.commit);
             match result {
                 Ok(d) => {
                     if let Some(app) = self.want.get(&name) {
@@ -479,7 +491,7 @@ impl Serving {
                     }
                 }
                 Err(why) => {
-                    self.failed.insert(name, why);
+                    self.failed.insert(name, why.to_string());
                 }
             }
         }
@@ -545,18 +557,27 @@ impl Serving {
         }
     }
 
+    /// What serves now, for [`reconciler::resync::decide`].
+    pub fn served(&self) -> Served {
+        Served {
+            serving: self.current.apps.keys().cloned().collect(),
+            retrying: self.retry.apps.clone(),
+            failed: self.failed.keys().cloned().collect(),
+        }
+    }
+
     /// On a resync (from the control thread, outside the runtime; `handle` is the server's
-    /// runtime): moves the applications from `running` to `target` (commit `commit`). Deploys
-    /// what the plan deploys or redeploys and what failed before, applies the new web
-    /// configuration live, then undeploys what left. Listener addresses and ports are kept as
-    /// bound (they need a restart: [`Applied::restart`]). When the engine refuses the
-    /// configuration, everything returns to the previous one and the error says why.
+    /// runtime): moves the applications to `target` (commit `commit`) as `apps` decided. Deploys
+    /// what it deploys, applies the new web configuration live, then undeploys what left.
+    /// Listener addresses and ports are kept as bound (they need a restart:
+    /// [`Applied::restart`]). When the engine refuses the configuration, everything returns to
+    /// the previous one and the error says why.
     pub fn apply(
         &mut self,
         handle: &tokio::runtime::Handle,
-        running: &Loaded,
         target: &Loaded,
         commit: Oid,
+        apps: &Apps,
     ) -> Result<Applied, ServingError> {
         let server = target
             .domain
@@ -564,32 +585,9 @@ impl Serving {
             .servers
             .get(&self.name)
             .ok_or_else(|| ServingError::NoSuchServer(self.name.clone()))?;
-        let want = apps_of(target, &self.name);
-        let step = plan(Some(running), target);
-        let actions: BTreeMap<&str, AppAction> = step
-            .server(&self.name)
-            .map(|s| {
-                s.applications
-                    .iter()
-                    .map(|a| (a.name.as_str(), a.action))
-                    .collect()
-            })
-            .unwrap_or_default();
         // The pin first: a retry of the older commit must not delay it.
         self.cancel_retry();
-        // Deployed now: what the plan (re)deploys, and anything wanted that the engine does not
-        // serve yet, except what failed before and is unchanged (the background retry's).
-        let to_deploy: BTreeMap<String, Application> = want
-            .iter()
-            .filter(|(n, _)| {
-                matches!(
-                    actions.get(n.as_str()),
-                    Some(AppAction::Deploy | AppAction::Redeploy)
-                ) || (!self.current.apps.contains_key(*n) && !self.retry.apps.contains(*n))
-            })
-            .map(|(n, a)| (n.clone(), a.clone()))
-            .collect();
-        let deployed = deploy_apps(&self.home, commit, &to_deploy, None, &self.log);
+        let deployed = deploy_apps(&self.home, commit, &apps.to_deploy(), None, &self.log);
         let mut failed = BTreeMap::new();
         let mut specs = BTreeMap::new();
         let mut rewritten = Vec::new();
@@ -597,38 +595,38 @@ impl Serving {
         // over.
         let mut retry = BTreeSet::new();
         let mut images = BTreeMap::new();
-        for (name, app) in &want {
-            match deployed.get(name) {
-                Some(result) => {
-                    log_deployment(&self.log, name, result, commit);
-                    match result {
-                        Ok(d) => {
-                            images.insert(name.clone(), commit);
-                            if !d.reused {
-                                rewritten.push(name.clone());
-                            }
-                            specs.insert(
-                                name.clone(),
-                                AppSpec {
-                                    app: app.clone(),
-                                    deployment: d.clone(),
-                                },
-                            );
-                        }
-                        Err(why) => {
-                            failed.insert(name.clone(), why.clone());
-                            retry.insert(name.clone());
-                            // A failed redeployment left the image untouched: the previous
-                            // version (with its settings) keeps serving.
-                            if let Some(previous) = self.current.apps.get(name) {
-                                specs.insert(name.clone(), previous.clone());
-                                images.extend(self.images.get(name).map(|c| (name.clone(), *c)));
-                            }
-                        }
+        for (name, app) in &apps.want {
+            let previous = self.current.apps.get(name);
+            match (apps.steps.get(name), deployed.get(name)) {
+                (Some(AppStep::Deploy), Some(Ok(d))) => {
+                    log_deployment(&self.log, name, Ok(d), commit);
+                    images.insert(name.clone(), commit);
+                    if !d.reused {
+                        rewritten.push(name.clone());
+                    }
+                    let deployment = d.clone();
+                    specs.insert(
+                        name.clone(),
+                        AppSpec {
+                            app: app.clone(),
+                            deployment,
+                        },
+                    );
+                }
+                (Some(AppStep::Deploy), Some(Err(why))) => {
+                    log_deployment(&self.log, name, Err(why), commit);
+                    failed.insert(name.clone(), why.to_string());
+                    retry.insert(name.clone());
+                    // A failed redeployment left the image untouched: the previous version
+                    // (with its settings) keeps serving.
+                    if let Some(previous) = previous {
+                        specs.insert(name.clone(), previous.clone());
+                        images.extend(self.images.get(name).map(|c| (name.clone(), *c)));
                     }
                 }
-                None => {
-                    if self.retry.apps.contains(name) {
+                // Cancelled (never: no cancel flag here), or kept, or left to the retry.
+                (step, _) => {
+                    if step == Some(&AppStep::Retry) {
                         // Failed before, unchanged by this pin: still failed, retried later.
                         retry.insert(name.clone());
                         if let Some(why) = self.failed.get(name) {
@@ -637,12 +635,13 @@ impl Serving {
                     }
                     images.extend(self.images.get(name).map(|c| (name.clone(), *c)));
                     // Not redeployed: the same image, with the new live settings.
-                    if let Some(previous) = self.current.apps.get(name) {
+                    if let Some(previous) = previous {
+                        let deployment = previous.deployment.clone();
                         specs.insert(
                             name.clone(),
                             AppSpec {
                                 app: app.clone(),
-                                deployment: previous.deployment.clone(),
+                                deployment,
                             },
                         );
                     }
@@ -688,10 +687,7 @@ impl Serving {
             failed.insert(app, why);
         }
         // Undeployed only now: until the switch, requests may still read the old images.
-        for name in self.current.apps.keys() {
-            if want.contains_key(name) {
-                continue;
-            }
+        for name in &apps.undeploy {
             match deploy::undeploy(&self.home, name) {
                 Ok(()) => {
                     self.log
@@ -706,10 +702,8 @@ impl Serving {
         }
         // An application that never deployed and left the configuration may still have what its
         // attempt created (its working directory): nothing of it is to stay.
-        for name in self.failed.keys() {
-            if !want.contains_key(name) && !self.current.apps.contains_key(name) {
-                let _ = deploy::undeploy(&self.home, name);
-            }
+        for name in &apps.clean {
+            let _ = deploy::undeploy(&self.home, name);
         }
         self.engine.set_rotation(rotation_of(server));
         let changed = !applied.deployed.is_empty()
@@ -719,7 +713,7 @@ impl Serving {
         self.current = config;
         self.commit = commit;
         self.failed = failed;
-        self.want = want;
+        self.want = apps.want.clone();
         self.images = images;
         // A new pin starts the schedule again: it may have fixed what failed.
         self.retry = Retry::new(retry);
@@ -759,7 +753,7 @@ impl Serving {
                     "SERVER-0513",
                     &format!("Cannot restore the previous image of application {name}: {why}"),
                 );
-                self.failed.insert(name, why);
+                self.failed.insert(name, why.to_string());
             }
         }
         // Applications deployed for the refused configuration only are not served: remove them.
@@ -809,22 +803,7 @@ fn keep_bound(
         .collect()
 }
 
-/// Pending restarts from the plan (`decided`) and from the engine (`engine`), each once. The
-/// engine names a whole listener where it was added or removed (`…listeners.https`), the plan
-/// each of its settings (`…listeners.https.port`): a path already covered by the plan is not
-/// listed again.
-pub fn merge_restart(decided: &[String], engine: &[String]) -> Vec<String> {
-    let mut out: BTreeSet<String> = decided.iter().cloned().collect();
-    for p in engine {
-        let prefix = format!("{p}.");
-        if !decided.iter().any(|d| d == p || d.starts_with(&prefix)) {
-            out.insert(p.clone());
-        }
-    }
-    out.into_iter().collect()
-}
-
-fn log_deployment(log: &Logger, app: &str, result: &Result<Deployment, String>, commit: Oid) {
+fn log_deployment(log: &Logger, app: &str, result: Result<&Deployment, &AppError>, commit: Oid) {
     match result {
         Ok(d) => {
             let how = if d.reused {
@@ -938,6 +917,18 @@ targets = ["s1"]
         rt: tokio::runtime::Runtime,
     }
 
+    /// Moves `serving` from `running` to `target` (commit `f.c2`) as decided.
+    fn apply(
+        serving: &mut Serving,
+        f: &Fixture,
+        running: &Loaded,
+        target: &Loaded,
+    ) -> Result<Applied, ServingError> {
+        let decided = reconciler::resync::decide(running, running, target, "s1", &serving.served());
+        let apps = decided.expect("defines s1").apps;
+        serving.apply(f.rt.handle(), target, f.c2, &apps)
+    }
+
     fn fixture(b2: &str) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
@@ -1026,9 +1017,7 @@ targets = ["s1"]
         let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
         target.content.insert("b".into(), "changed".into());
-        serving
-            .apply(f.rt.handle(), &f.running, &target, f.c2)
-            .unwrap();
+        apply(&mut serving, &f, &f.running, &target).unwrap();
         assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(
             serving.older_images(),
@@ -1059,9 +1048,7 @@ targets = ["s1"]
         serving.retry.next = std::time::Instant::now();
         assert!(!serving.poll_retry(f.rt.handle()));
         assert!(serving.retry.job.is_some());
-        serving
-            .apply(f.rt.handle(), &target, &target, f.c2)
-            .unwrap();
+        apply(&mut serving, &f, &target, &target).unwrap();
         assert!(serving.retry.job.is_none());
         assert_eq!(serving.retry.attempt, 0);
         unblock(&f.home, "a");
@@ -1084,7 +1071,7 @@ targets = ["s1"]
         if let Some(b) = target.domain.config.applications.get_mut("b") {
             b.context_path = "/a".into();
         }
-        let r = serving.apply(f.rt.handle(), &f.running, &target, f.c2);
+        let r = apply(&mut serving, &f, &f.running, &target);
         assert!(matches!(r, Err(ServingError::RolledBack { .. })), "{r:?}");
         // Exactly what served before: `a`'s previous image, `b` where it was.
         let image = f.home.deployed().join("a/index.html");
@@ -1099,9 +1086,7 @@ targets = ["s1"]
         // The same change without the conflict applies.
         let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
-        serving
-            .apply(f.rt.handle(), &f.running, &target, f.c2)
-            .unwrap();
+        apply(&mut serving, &f, &f.running, &target).unwrap();
         assert!(get(addr, "/a/").ends_with("A2"));
         f.rt.block_on(serving.shutdown(Duration::from_secs(1)));
     }
@@ -1118,38 +1103,6 @@ targets = ["s1"]
         let mut l = Listener::on_port(port);
         l.thread_pool.max = max;
         l
-    }
-
-    #[test]
-    fn restart_paths_are_listed_once() {
-        let decided = vec![
-            "servers.s.web.listeners.http.port".to_owned(),
-            "servers.s.web.listeners.https.address".to_owned(),
-            "servers.s.web.listeners.https.port".to_owned(),
-        ];
-        let engine = vec![
-            "servers.s.web.listeners.http.port".to_owned(),
-            "servers.s.web.listeners.https".to_owned(),
-            "servers.s.web.listeners.old".to_owned(),
-        ];
-        assert_eq!(
-            merge_restart(&decided, &engine),
-            [
-                "servers.s.web.listeners.http.port",
-                "servers.s.web.listeners.https.address",
-                "servers.s.web.listeners.https.port",
-                "servers.s.web.listeners.old",
-            ]
-        );
-        // A prefix match must be a whole path component.
-        assert_eq!(
-            merge_restart(
-                &["servers.s.web.listeners.https2.port".to_owned()],
-                &["servers.s.web.listeners.https".to_owned()]
-            )
-            .len(),
-            2
-        );
     }
 
     #[test]

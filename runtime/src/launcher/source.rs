@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use reconciler::cache::{Cache, Remote};
 use reconciler::git::Oid;
+use reconciler::wire::Domain;
 use schema::Loaded;
 
 use crate::client::{self, Client};
@@ -61,39 +62,51 @@ impl Refused {
     }
 }
 
-/// Why a source was not used, and whether the search goes on.
-#[derive(Debug)]
-struct Failure {
-    message: String,
-    kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Unreachable, broken, invalid: try the next source.
-    Next,
+/// Why a source was not used. Whether the search goes on depends on the variant: a Master that
+/// refused ([`Failure::Refused`]) or a configuration without this server
+/// ([`Failure::NotInDomain`]) ends it; anything else (unreachable, broken, invalid) tries the next
+/// source.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Cache(#[from] reconciler::cache::CacheError),
+    #[error(transparent)]
+    Git(#[from] reconciler::git::GitError),
+    #[error("GET /v1/domain answered {0}")]
+    Status(u16),
+    #[error("GET /v1/domain: not a domain document: {0}")]
+    Document(serde_json::Error),
+    #[error("commit {commit} is invalid:\n{problems}")]
+    Invalid { commit: String, problems: String },
+    /// The fetched ref does not validate (its problems are logged).
+    #[error("{0} is not valid")]
+    InvalidRef(String),
     /// The source answered with a valid configuration that has no such server: the server was
     /// removed from the domain (or the name is wrong), and booting it from an older
     /// configuration would resurrect it.
-    NotInDomain,
+    #[error("commit {commit} defines no server named {name}")]
+    NotInDomain { commit: String, name: String },
     /// The Master answered and refused the credentials (401/403). INDEPENDENT is for a Master
     /// that cannot be reached, never for one that said no.
-    Refused,
+    #[error(transparent)]
+    Refused(Refusal),
+    #[error("no validated configuration is cached on this machine")]
+    NothingCached,
 }
 
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure {
-            message,
-            kind: Kind::Next,
-        }
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Failure {
-        Failure::from(message.to_owned())
-    }
+/// How the Master refused the launcher.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("it asks for credentials and none were given (401)")]
+    NoCredentials,
+    #[error("it refused the credentials of user {0} (401)")]
+    BadCredentials(String),
+    #[error(
+        "user {0} may not read the domain (403: the servers' role needs domain:read, git:read, events:read and servers:register)"
+    )]
+    Forbidden(String),
 }
 
 /// `HOST:PORT` of a `--master-url` (scheme and trailing slash dropped), for messages.
@@ -127,14 +140,11 @@ pub fn resolve(
             );
             match from_master(cache, name, url, sources, log) {
                 Ok(r) => return Ok(r),
-                Err(Failure {
-                    message,
-                    kind: Kind::NotInDomain,
-                }) => return Err(not_in_domain(log, name, label, message, attempts)),
-                Err(Failure {
-                    message,
-                    kind: Kind::Refused,
-                }) => {
+                Err(e @ Failure::NotInDomain { .. }) => {
+                    return Err(not_in_domain(log, name, label, e.to_string(), attempts));
+                }
+                Err(Failure::Refused(refusal)) => {
+                    let message = refusal.to_string();
                     log.severe(
                         "Launcher-0068",
                         &format!(
@@ -151,10 +161,8 @@ pub fn resolve(
                     });
                     return Err(Refused { attempts });
                 }
-                Err(Failure {
-                    message: failure,
-                    kind: Kind::Next,
-                }) => {
+                Err(e) => {
+                    let failure = e.to_string();
                     log.severe(
                         "Launcher-0052",
                         &format!(
@@ -191,13 +199,11 @@ pub fn resolve(
             );
             match from_git(cache, name, url, sources, log) {
                 Ok(r) => return Ok(r),
-                Err(Failure {
-                    message,
-                    kind: Kind::NotInDomain,
-                }) => return Err(not_in_domain(log, name, label, message, attempts)),
-                Err(Failure {
-                    message: failure, ..
-                }) => {
+                Err(e @ Failure::NotInDomain { .. }) => {
+                    return Err(not_in_domain(log, name, label, e.to_string(), attempts));
+                }
+                Err(e) => {
+                    let failure = e.to_string();
                     log.severe(
                         "Launcher-0023",
                         &format!("Not starting from {label}: {failure}"),
@@ -219,7 +225,7 @@ pub fn resolve(
         Err(failure) => {
             attempts.push(Attempt {
                 source: format!("the local cache {}", cache.git_dir().display()),
-                failure: failure.message,
+                failure: failure.to_string(),
             });
             Err(Refused { attempts })
         }
@@ -249,21 +255,18 @@ fn not_in_domain(
 
 /// Validates `commit` from the cache and checks it defines server `name`.
 fn load(cache: &Cache, commit: Oid, name: &str) -> Result<Loaded, Failure> {
-    let tree = cache
-        .tree(commit)
-        .map_err(|e| Failure::from(e.to_string()))?;
+    let tree = cache.tree(commit)?;
     let validation = schema::validate(&tree);
     let Some(loaded) = validation.loaded else {
-        return Err(Failure::from(format!(
-            "commit {} is invalid:\n{}",
-            commit.short(),
-            validation.report.render_short().trim_end()
-        )));
+        return Err(Failure::Invalid {
+            commit: commit.short(),
+            problems: validation.report.render_short().trim_end().to_owned(),
+        });
     };
     if !loaded.domain.config.servers.contains_key(name) {
-        return Err(Failure {
-            message: format!("commit {} defines no server named {name}", commit.short()),
-            kind: Kind::NotInDomain,
+        return Err(Failure::NotInDomain {
+            commit: commit.short(),
+            name: name.to_owned(),
         });
     }
     Ok(loaded)
@@ -280,35 +283,21 @@ fn from_master(
     let base = master_base(url);
     let creds = s.user.as_deref().zip(s.password.as_deref());
     let resp = Client::new(&base, creds, s.connect_timeout, s.response_timeout)
-        .and_then(|c| c.get("/v1/domain"))
-        .map_err(|e| e.to_string())?;
-    match resp.status {
-        200 => {}
-        401 | 403 => {
-            let message = match (resp.status, creds) {
-                (401, None) => "it asks for credentials and none were given (401)".to_owned(),
-                (401, Some((user, _))) => {
-                    format!("it refused the credentials of user {user} (401)")
-                }
-                (_, user) => format!(
-                    "user {} may not read the domain (403: the servers' role needs domain:read, \
-                     git:read, events:read and servers:register)",
-                    user.map_or("(none)", |u| u.0)
-                ),
-            };
-            return Err(Failure {
-                message,
-                kind: Kind::Refused,
-            });
+        .and_then(|c| c.get("/v1/domain"))?;
+    match (resp.status, creds) {
+        (200, _) => {}
+        (401, None) => return Err(Failure::Refused(Refusal::NoCredentials)),
+        (401, Some((user, _))) => {
+            return Err(Failure::Refused(Refusal::BadCredentials(user.to_owned())));
         }
-        other => return Err(format!("GET /v1/domain answered {other}").into()),
+        (403, user) => {
+            let user = user.map_or("(none)", |u| u.0).to_owned();
+            return Err(Failure::Refused(Refusal::Forbidden(user)));
+        }
+        (other, _) => return Err(Failure::Status(other)),
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&resp.body).map_err(|e| format!("GET /v1/domain: not JSON: {e}"))?;
-    let pinned = v["pinned"]["commit"]
-        .as_str()
-        .ok_or("GET /v1/domain: no pinned.commit in the answer")?;
-    let commit = Oid::from_hex(pinned).map_err(|e| e.to_string())?;
+    let domain: Domain = serde_json::from_slice(&resp.body).map_err(Failure::Document)?;
+    let commit = Oid::from_hex(&domain.pinned.commit)?;
     if cache.has_complete(commit) {
         // Warm cache: the pinned commit is already here, no Git round trip needed.
         log.info(
@@ -332,14 +321,14 @@ fn from_master(
             password: s.password.clone(),
             connect_timeout: s.connect_timeout,
         };
-        let (_, transfer) = cache.fetch_master(&remote).map_err(|e| e.to_string())?;
+        let (_, transfer) = cache.fetch_master(&remote)?;
         log.info(
             "Launcher-0013",
             &format!("Fetched from the Master: {transfer}."),
         );
         // The pin may have moved between the two requests; the commit asked for is in the
         // history of what arrived, and is what the Master told us to run.
-        cache.verify(commit).map_err(|e| e.to_string())?;
+        cache.verify(commit)?;
     }
     let loaded = load(cache, commit, name)?;
     let label = format!("the Master at {}", master_host_port(url));
@@ -348,9 +337,7 @@ fn from_master(
         commit,
         "pinned by the Master",
     );
-    cache
-        .record_valid(commit, &label)
-        .map_err(|e| e.to_string())?;
+    cache.record_valid(commit, &label)?;
     log.info(
         "Launcher-0012",
         &format!(
@@ -381,16 +368,12 @@ fn from_git(
         password: s.password.clone(),
         connect_timeout: s.connect_timeout,
     };
-    let fetched = cache
-        .fetch_git(&remote, &s.branch)
-        .map_err(|e| e.to_string())?;
+    let fetched = cache.fetch_git(&remote, &s.branch)?;
     let label = format!("the Git URL {}", reconciler::cache::redact(url));
     let loaded = match load(cache, fetched.commit, name) {
         Ok(l) => l,
-        Err(f) if f.kind == Kind::NotInDomain => return Err(f),
-        Err(Failure {
-            message: problems, ..
-        }) => {
+        Err(e @ Failure::NotInDomain { .. }) => return Err(e),
+        Err(problems) => {
             log.severe(
                 "Launcher-0022",
                 &format!(
@@ -398,12 +381,10 @@ fn from_git(
                     fetched.remote_ref
                 ),
             );
-            return Err(format!("{} is not valid", fetched.remote_ref).into());
+            return Err(Failure::InvalidRef(fetched.remote_ref.to_string()));
         }
     };
-    cache
-        .record_valid(fetched.commit, &label)
-        .map_err(|e| e.to_string())?;
+    cache.record_valid(fetched.commit, &label)?;
     log.info(
         "Launcher-0021",
         &format!(
@@ -423,11 +404,8 @@ fn from_git(
 }
 
 fn from_cache(cache: &Cache, name: &str, log: &Logger) -> Result<Resolved, Failure> {
-    let last = cache
-        .last_valid()
-        .map_err(|e| e.to_string())?
-        .ok_or("no validated configuration is cached on this machine")?;
-    let commit = Oid::from_hex(&last.commit).map_err(|e| e.to_string())?;
+    let last = cache.last_valid()?.ok_or(Failure::NothingCached)?;
+    let commit = Oid::from_hex(&last.commit)?;
     let loaded = load(cache, commit, name)?;
     let since = match last.at {
         Some(at) => {

@@ -12,7 +12,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
-use serde::Serialize;
 
 use reconciler::git::Oid;
 
@@ -42,21 +41,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 /// `upstream` of `GET /v1/domain`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Status {
-    pub url: String,
-    pub branch: String,
-    pub poll_interval_ms: u64,
-    /// The upstream head at the last successful fetch.
-    pub head: Option<String>,
-    pub last_attempt: Option<String>,
-    pub last_success: Option<String>,
-    /// True while fetches fail; the pin stays what it was.
-    pub stale: bool,
-    /// When fetches started failing.
-    pub stale_since: Option<String>,
-    pub last_error: Option<String>,
-}
+pub use reconciler::wire::UpstreamStatus as Status;
 
 pub struct Mirror {
     pub upstream: Upstream,

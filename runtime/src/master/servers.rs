@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use reconciler::wire::{Report, ServerState, View};
+pub use reconciler::wire::{ServerState, Status, View};
 
 struct Entry {
-    report: Report,
+    report: Status,
     seen: Instant,
     seen_at: String,
     /// Whether the `unreachable` transition was already announced.
@@ -29,7 +29,7 @@ impl Registry {
     /// Records a report. Returns the server's new view when something an operator cares about
     /// changed (first report, state, mode, commit, pending restarts, failures, error, or coming
     /// back after being unreachable), `None` for a plain heartbeat.
-    pub fn report(&self, name: &str, report: Report, configured: bool) -> Option<View> {
+    pub fn report(&self, name: &str, report: Status, configured: bool) -> Option<View> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let changed = match entries.get(name) {
             None => true,
@@ -89,7 +89,7 @@ impl Registry {
     }
 }
 
-fn same(a: &Report, b: &Report) -> bool {
+fn same(a: &Status, b: &Status) -> bool {
     (
         a.state,
         a.mode,
@@ -146,7 +146,7 @@ mod tests {
     use super::*;
     use reconciler::wire::Mode;
 
-    fn report(state: &str) -> Report {
+    fn report(state: &str) -> Status {
         serde_json::from_value(serde_json::json!({
             "name": "server1", "state": state, "mode": "DEPENDENT",
             "applied_commit": "abc", "pending_restart": [], "failed_applications": [],
@@ -223,16 +223,16 @@ mod tests {
             );
         }
         let bad = serde_json::json!({"state": "SLEEPING", "mode": "DEPENDENT"});
-        assert!(serde_json::from_value::<Report>(bad).is_err());
+        assert!(serde_json::from_value::<Status>(bad).is_err());
     }
 
     #[test]
     fn mode_is_checked() {
         let bad = serde_json::json!({"state": "running", "mode": "SOMETIMES"});
-        assert!(serde_json::from_value::<Report>(bad).is_err());
+        assert!(serde_json::from_value::<Status>(bad).is_err());
         let ok = serde_json::json!({"state": "running", "mode": "independent"});
         assert_eq!(
-            serde_json::from_value::<Report>(ok).expect("ok").mode,
+            serde_json::from_value::<Status>(ok).expect("ok").mode,
             Mode::Independent
         );
     }

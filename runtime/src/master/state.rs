@@ -69,11 +69,14 @@ impl State {
 
     /// How the Master itself is doing, for `GET /v1/domain`: ref-watcher wake-ups (an idle Master's
     /// count stays still) and open connections against the cap.
-    pub(super) fn vitals(&self) -> serde_json::Value {
-        serde_json::json!({
-            "watch_wakeups": self.wakeups.load(std::sync::atomic::Ordering::Relaxed),
-            "connections": { "open": self.connections.len(), "cap": self.connections.cap() },
-        })
+    pub(super) fn vitals(&self) -> reconciler::wire::Vitals {
+        reconciler::wire::Vitals {
+            watch_wakeups: self.wakeups.load(std::sync::atomic::Ordering::Relaxed),
+            connections: reconciler::wire::Connections {
+                open: self.connections.len(),
+                cap: self.connections.cap(),
+            },
+        }
     }
 
     /// Validates the head of the followed branch and pins it if valid, records it as rejected if

@@ -12,20 +12,28 @@ use crate::master::MasterError;
 use crate::master::state::{Rollback, State};
 use reconciler::decide::DecideError;
 use reconciler::pin::PinError;
+use reconciler::wire::{Domain, PinReply, Pinned, RepositoryMode};
 
 pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
     if let Err(r) = require(&state, &headers, "domain:read").await {
         return r;
     }
     let c = state.current();
-    axum::Json(serde_json::json!({
-        "name": c.domain.config.domain.name,
-        "pinned": { "commit": c.commit.to_hex(), "at": c.at },
-        "branch": state.branch,
-        "mode": if state.mirror.is_some() { "mirror" } else { "hosted" },
-        "upstream": state.mirror.as_ref().map(|m| m.status()),
-        "master": state.vitals(),
-    }))
+    axum::Json(Domain {
+        name: c.domain.config.domain.name.clone(),
+        pinned: Pinned {
+            commit: c.commit.to_hex(),
+            at: c.at.clone(),
+        },
+        branch: state.branch.clone(),
+        mode: if state.mirror.is_some() {
+            RepositoryMode::Mirror
+        } else {
+            RepositoryMode::Hosted
+        },
+        upstream: state.mirror.as_ref().map(|m| m.status()),
+        master: state.vitals(),
+    })
     .into_response()
 }
 
@@ -105,10 +113,14 @@ pub(super) async fn pin(
         Ok(Ok(Rollback::Done(done))) => *done,
         Ok(Ok(Rollback::Unchanged(commit))) => {
             let c = state.current();
-            return axum::Json(serde_json::json!({
-                "pinned": { "commit": commit.to_hex(), "at": c.at },
-                "changed": false,
-            }))
+            return axum::Json(PinReply {
+                pinned: Pinned {
+                    commit: commit.to_hex(),
+                    at: c.at.clone(),
+                },
+                changed: false,
+                branch_head: None,
+            })
             .into_response();
         }
         Ok(Ok(Rollback::NotFound)) => {
@@ -141,11 +153,14 @@ pub(super) async fn pin(
     };
     *decided = head;
     drop(decided);
-    let body = serde_json::json!({
-        "pinned": { "commit": record.commit, "at": record.at },
-        "changed": true,
-        "branch_head": record.branch_head,
-    });
+    let body = PinReply {
+        pinned: Pinned {
+            commit: record.commit.clone(),
+            at: record.at.clone(),
+        },
+        changed: true,
+        branch_head: record.branch_head.clone(),
+    };
     state.publish(record, Some(current));
     axum::Json(body).into_response()
 }

@@ -13,6 +13,7 @@ use axum::extract::Path as UrlPath;
 use crate::master::state::{Event, State};
 use crate::master::{log, servers};
 use reconciler::rolling;
+use reconciler::wire::{Pinned, ReportReply};
 
 pub(super) async fn list_servers(
     AxState(state): AxState<Arc<State>>,
@@ -114,7 +115,7 @@ pub(super) async fn report(
         refused(&state, &name, r.status());
         return r;
     }
-    let report: servers::Report = match serde_json::from_slice(&body) {
+    let report: servers::Status = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return error(
@@ -169,11 +170,14 @@ pub(super) async fn report(
         }
         None => false,
     };
-    axum::Json(serde_json::json!({
-        "restart": restart,
-        "pinned": { "commit": pinned, "at": c.at },
-        "heartbeat_interval_ms": m.heartbeat_interval.0.as_millis() as u64,
-        "heartbeat_timeout_ms": m.heartbeat_timeout.0.as_millis() as u64,
-    }))
+    axum::Json(ReportReply {
+        restart,
+        pinned: Pinned {
+            commit: pinned,
+            at: c.at.clone(),
+        },
+        heartbeat_interval_ms: m.heartbeat_interval.0.as_millis() as u64,
+        heartbeat_timeout_ms: m.heartbeat_timeout.0.as_millis() as u64,
+    })
     .into_response()
 }
