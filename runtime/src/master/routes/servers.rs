@@ -19,12 +19,18 @@ pub(super) async fn list_servers(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = require(&state, &headers, "servers:read").await {
-        return r;
+    match views(&state, &headers).await {
+        Ok(views) => axum::Json(views).into_response(),
+        Err(r) => r,
     }
+}
+
+/// Every server's view, for a user with `servers:read`.
+async fn views(state: &Arc<State>, headers: &HeaderMap) -> Result<Vec<servers::View>, Response> {
+    require(state, headers, "servers:read").await?;
     let c = state.current();
     let timeout = c.domain.config.master.heartbeat_timeout.0;
-    axum::Json(state.servers.list(c.domain.config.servers.keys(), timeout)).into_response()
+    Ok(state.servers.list(c.domain.config.servers.keys(), timeout))
 }
 
 pub(super) async fn one_server(
@@ -32,17 +38,11 @@ pub(super) async fn one_server(
     UrlPath(name): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = require(&state, &headers, "servers:read").await {
-        return r;
-    }
-    let c = state.current();
-    let timeout = c.domain.config.master.heartbeat_timeout.0;
-    match state
-        .servers
-        .list(c.domain.config.servers.keys(), timeout)
-        .into_iter()
-        .find(|v| v.name == name)
-    {
+    let views = match views(&state, &headers).await {
+        Ok(views) => views,
+        Err(r) => return r,
+    };
+    match views.into_iter().find(|v| v.name == name) {
         Some(v) => axum::Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, "no such server"),
     }
