@@ -29,7 +29,7 @@ impl Cache {
         )
         .map_err(|problem| CacheError::Corrupt {
             path: self.git_dir.clone(),
-            problem,
+            problem: problem.to_string(),
         })?;
         if !checked.is_empty() {
             verified.extend(checked);
@@ -76,6 +76,34 @@ pub(super) fn check(repo: &gix::Repository, git_dir: &Path, verified: &mut Verif
     Ok(())
 }
 
+/// What is wrong with an object of the cache.
+#[derive(Debug, thiserror::Error)]
+enum Damage {
+    #[error("{kind} {id} is missing")]
+    Missing {
+        kind: gix::objs::Kind,
+        id: gix::ObjectId,
+    },
+    #[error("{kind} {id} cannot be read: {cause}")]
+    Unreadable {
+        kind: gix::objs::Kind,
+        id: gix::ObjectId,
+        cause: String,
+    },
+    #[error("{id} is a {found}, expected a {kind}")]
+    WrongKind {
+        kind: gix::objs::Kind,
+        id: gix::ObjectId,
+        found: gix::objs::Kind,
+    },
+    #[error("{kind} {id} is damaged (its content hashes to {actual})")]
+    Hash {
+        kind: gix::objs::Kind,
+        id: gix::ObjectId,
+        actual: String,
+    },
+}
+
 /// Reads `id` (a commit), its tree and everything below, checking each object's hash. What
 /// `known` holds was checked before: a known commit is only looked up, a known tree is skipped
 /// with everything below it (it was recorded only once all of that was checked), a known blob is
@@ -85,19 +113,27 @@ fn verify_commit(
     id: gix::ObjectId,
     known: &HashSet<gix::ObjectId>,
     checked: &mut HashSet<gix::ObjectId>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Damage> {
     let done =
         |id: &gix::ObjectId, checked: &HashSet<_>| known.contains(id) || checked.contains(id);
     if done(&id, checked) {
         return match repo.has_object(id) {
             true => Ok(()),
-            false => Err(format!("commit {id} is missing")),
+            false => Err(Damage::Missing {
+                kind: gix::objs::Kind::Commit,
+                id,
+            }),
         };
     }
     let data = read_checked(repo, id, gix::objs::Kind::Commit)?;
     let mut found = vec![id];
-    let commit = gix::objs::CommitRef::from_bytes(&data, repo.object_hash())
-        .map_err(|e| format!("commit {id} cannot be decoded: {e}"))?;
+    let commit = gix::objs::CommitRef::from_bytes(&data, repo.object_hash()).map_err(|e| {
+        Damage::Unreadable {
+            kind: gix::objs::Kind::Commit,
+            id,
+            cause: e.to_string(),
+        }
+    })?;
     let tree = commit.tree();
     let mut stack = vec![tree];
     while let Some(tree_id) = stack.pop() {
@@ -106,8 +142,13 @@ fn verify_commit(
         }
         let data = read_checked(repo, tree_id, gix::objs::Kind::Tree)?;
         found.push(tree_id);
-        let tree = gix::objs::TreeRef::from_bytes(&data, repo.object_hash())
-            .map_err(|e| format!("tree {tree_id} cannot be decoded: {e}"))?;
+        let tree = gix::objs::TreeRef::from_bytes(&data, repo.object_hash()).map_err(|e| {
+            Damage::Unreadable {
+                kind: gix::objs::Kind::Tree,
+                id: tree_id,
+                cause: e.to_string(),
+            }
+        })?;
         for entry in tree.entries {
             let oid = entry.oid.to_owned();
             match entry.mode.kind() {
@@ -130,21 +171,28 @@ fn read_checked(
     repo: &gix::Repository,
     id: gix::ObjectId,
     kind: gix::objs::Kind,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<Vec<u8>, Damage> {
+    let unreadable = |cause: String| Damage::Unreadable { kind, id, cause };
     let obj = match repo.try_find_object(id) {
         Ok(Some(o)) => o,
-        Ok(None) => return Err(format!("{kind} {id} is missing")),
-        Err(e) => return Err(format!("{kind} {id} cannot be read: {}", chain(&e))),
+        Ok(None) => return Err(Damage::Missing { kind, id }),
+        Err(e) => return Err(unreadable(chain(&e))),
     };
     if obj.kind != kind {
-        return Err(format!("{id} is a {}, expected a {kind}", obj.kind));
+        return Err(Damage::WrongKind {
+            kind,
+            id,
+            found: obj.kind,
+        });
     }
     let actual = gix::objs::compute_hash(repo.object_hash(), obj.kind, &obj.data)
-        .map_err(|e| format!("{kind} {id}: {}", chain(&e)))?;
+        .map_err(|e| unreadable(chain(&e)))?;
     if actual != id {
-        return Err(format!(
-            "{kind} {id} is damaged (its content hashes to {actual})"
-        ));
+        return Err(Damage::Hash {
+            kind,
+            id,
+            actual: actual.to_string(),
+        });
     }
     Ok(obj.detach().data)
 }
