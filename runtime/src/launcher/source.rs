@@ -130,6 +130,12 @@ pub fn resolve(
     sources: &Sources,
     log: &Logger,
 ) -> Result<Resolved, Refused> {
+    let search = Search {
+        cache,
+        name,
+        sources,
+        log,
+    };
     let mut attempts = Vec::new();
     match &sources.master_url {
         Some(url) => {
@@ -138,7 +144,7 @@ pub fn resolve(
                 "Launcher-0010",
                 &format!("Receiving the configuration from {label}."),
             );
-            match from_master(cache, name, url, sources, log) {
+            match from_master(search, url) {
                 Ok(r) => return Ok(r),
                 Err(e @ Failure::NotInDomain { .. }) => {
                     return Err(not_in_domain(log, name, label, e.to_string(), attempts));
@@ -197,7 +203,7 @@ pub fn resolve(
                     sources.branch
                 ),
             );
-            match from_git(cache, name, url, sources, log) {
+            match from_git(search, url) {
                 Ok(r) => return Ok(r),
                 Err(e @ Failure::NotInDomain { .. }) => {
                     return Err(not_in_domain(log, name, label, e.to_string(), attempts));
@@ -272,13 +278,23 @@ fn load(cache: &Cache, commit: Oid, name: &str) -> Result<Loaded, Failure> {
     Ok(loaded)
 }
 
-fn from_master(
-    cache: &Cache,
-    name: &str,
-    url: &str,
-    s: &Sources,
-    log: &Logger,
-) -> Result<Resolved, Failure> {
+/// What every source is searched with.
+#[derive(Clone, Copy)]
+struct Search<'a> {
+    cache: &'a Cache,
+    name: &'a str,
+    sources: &'a Sources,
+    log: &'a Logger,
+}
+
+impl<'a> Search<'a> {
+    fn parts(self) -> (&'a Cache, &'a str, &'a Sources, &'a Logger) {
+        (self.cache, self.name, self.sources, self.log)
+    }
+}
+
+fn from_master(search: Search<'_>, url: &str) -> Result<Resolved, Failure> {
+    let (cache, name, s, log) = search.parts();
     let start = Instant::now();
     let base = master_base(url);
     let creds = s.user.as_deref().zip(s.password.as_deref());
@@ -354,13 +370,8 @@ fn from_master(
     })
 }
 
-fn from_git(
-    cache: &Cache,
-    name: &str,
-    url: &str,
-    s: &Sources,
-    log: &Logger,
-) -> Result<Resolved, Failure> {
+fn from_git(search: Search<'_>, url: &str) -> Result<Resolved, Failure> {
+    let (cache, name, s, log) = search.parts();
     let start = Instant::now();
     let remote = Remote {
         url: url.to_owned(),
