@@ -1,6 +1,7 @@
-//! Local wall-clock time for log lines and log file names, in the machine's time zone (jiff reads
-//! `TZ` and `/etc/localtime`; UTC if neither names one).
+//! Local wall-clock time for log lines and log file names, in the machine's time zone: `TZ` (a
+//! zone name, a zone file, or a POSIX rule), else `/etc/localtime`, else UTC.
 
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jiff::{Timestamp, Zoned, tz::TimeZone};
@@ -11,12 +12,12 @@ pub struct Local(Zoned);
 
 impl Local {
     pub fn now() -> Local {
-        Local(Zoned::now())
+        Local(Timestamp::now().to_zoned(zone()))
     }
 
     pub fn at(t: SystemTime) -> Local {
         let t = Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH);
-        Local(t.to_zoned(TimeZone::system()))
+        Local(t.to_zoned(zone()))
     }
 
     /// `YYYYMMDD`, as log file names carry it.
@@ -34,6 +35,28 @@ impl Local {
     pub fn rfc3339_millis(&self) -> String {
         self.0.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string()
     }
+}
+
+/// The process's time zone, read once. Read from its zone file directly: jiff's
+/// `TimeZone::system()` first lists the whole zoneinfo tree, milliseconds at every process start
+/// (each launcher and server pays it).
+fn zone() -> TimeZone {
+    static ZONE: OnceLock<TimeZone> = OnceLock::new();
+    ZONE.get_or_init(|| {
+        let tz = std::env::var("TZ").ok().filter(|t| !t.is_empty());
+        let from_file = |path: &std::path::Path, name: &str| {
+            let bytes = std::fs::read(path).ok()?;
+            TimeZone::tzif(name, &bytes).ok()
+        };
+        match tz.as_deref().map(|t| t.trim_start_matches(':')) {
+            Some(t) if t.starts_with('/') => from_file(t.as_ref(), t),
+            Some(t) => from_file(&std::path::Path::new("/usr/share/zoneinfo").join(t), t)
+                .or_else(|| TimeZone::posix(t).ok()),
+            None => from_file("/etc/localtime".as_ref(), "Local"),
+        }
+        .unwrap_or(TimeZone::UTC)
+    })
+    .clone()
 }
 
 /// Unix seconds now.
