@@ -42,8 +42,10 @@ pub const RECORD_PROBLEMS: usize = 100;
 pub enum PinError {
     #[error("{path}: cannot open the domain repository: {cause}")]
     Open { path: PathBuf, cause: String },
+    #[error("cannot read {PINNED_REF}: it is a symbolic ref")]
+    Symbolic,
     #[error("cannot read {PINNED_REF}: {0}")]
-    Read(String),
+    Read(Box<gix::Error>),
     #[error("{PINNED_REF} moved concurrently: expected {expected}, found {found}")]
     Conflict { expected: String, found: String },
     #[error("{branch} moved concurrently: expected {expected}")]
@@ -459,9 +461,9 @@ fn read_ref(repo: &gix::Repository) -> Result<Option<Oid>> {
         Ok(None) => Ok(None),
         Ok(Some(r)) => match r.target().try_id() {
             Some(id) => Ok(Some(Oid::from(id.to_owned()))),
-            None => Err(PinError::Read("it is a symbolic ref".into())),
+            None => Err(PinError::Symbolic),
         },
-        Err(e) => Err(PinError::Read(e.to_string())),
+        Err(e) => Err(PinError::Read(Box::new(e))),
     }
 }
 

@@ -56,8 +56,13 @@ pub enum CacheError {
     /// The cache exists but cannot be trusted; the message says what is wrong.
     #[error("the local cache {path} is corrupt: {problem}")]
     Corrupt { path: PathBuf, problem: String },
-    #[error("{0}")]
-    Git(String),
+    #[error("{what}: {}", crate::git::chain(.cause))]
+    Git {
+        what: &'static str,
+        cause: Box<gix::Error>,
+    },
+    #[error(transparent)]
+    Repo(#[from] crate::git::GitError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("{url} has neither refs/steward/pinned nor refs/heads/{branch}")]
@@ -74,8 +79,11 @@ fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-fn git_err(what: &str) -> impl FnOnce(gix::Error) -> CacheError + '_ {
-    move |e| CacheError::Git(format!("{what}: {}", crate::git::chain(&e)))
+fn git_err(what: &'static str) -> impl FnOnce(gix::Error) -> CacheError {
+    move |e| CacheError::Git {
+        what,
+        cause: Box::new(e),
+    }
 }
 
 /// An open, locked cache.

@@ -137,15 +137,13 @@ impl Cache {
 
     /// The cache as a read-only [`Repo`], for reading trees to validate.
     pub fn repo(&self) -> Result<Repo> {
-        Repo::open(&self.git_dir).map_err(|e| CacheError::Git(e.to_string()))
+        Ok(Repo::open(&self.git_dir)?)
     }
 
     /// The tree of `commit`, after reading it fully ([`Cache::verify`]).
     pub fn tree(&self, commit: Oid) -> Result<CommitTree> {
         self.verify(commit)?;
-        self.repo()?
-            .tree(commit)
-            .map_err(|e| CacheError::Git(e.to_string()))
+        Ok(self.repo()?.tree(commit)?)
     }
 }
 

@@ -133,11 +133,6 @@ impl Repo {
         self.repo.git_dir()
     }
 
-    /// The underlying gix repository, for operations this wrapper does not offer.
-    pub fn gix(&self) -> &gix::Repository {
-        &self.repo
-    }
-
     /// Resolve any `git rev-parse` spelling (`HEAD`, `HEAD~1`, `main^2`, a full or abbreviated
     /// hex id, a tag, which is peeled) to a commit. `None` when the name does not exist: an unknown
     /// ref, an unborn `HEAD`, an id not in the repository, an ancestor or parent beyond the
