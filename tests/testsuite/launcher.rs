@@ -8,7 +8,8 @@
 use crate::util::http::{get, status};
 use crate::util::master::{Master, init, steward_output as steward};
 use crate::util::{
-    TempDir, copy_dir, example_dir, free_port, git_ok as git, set_toml, steward_cmd, text,
+    TempDir, copy_dir, example_dir, free_port, free_ports, free_ports_besides, git_ok as git,
+    set_toml, steward_cmd, text,
 };
 
 use std::io::{Read, Write};
@@ -22,14 +23,22 @@ use std::time::{Duration, Instant};
 /// The example domain (users admin/admin) in `dir`, its server1 listening on `port` and its web
 /// listeners on free ports, committed on `main`.
 fn domain_repo(dir: &Path, port: u16) -> PathBuf {
+    domain_repo_besides(dir, port, &[])
+}
+
+/// [`domain_repo`], its web listeners also away from the ports in `taken`.
+fn domain_repo_besides(dir: &Path, port: u16, taken: &[u16]) -> PathBuf {
     let src = dir.join("src");
     copy_dir(&example_dir(), &src);
     let file = src.join("domain.toml");
     set_toml(&file, "servers.server1.listen", format!("127.0.0.1:{port}"));
     // Web listeners on free ports too: servers bind them, and tests run in parallel.
-    for server in ["server1", "server2"] {
+    let mut avoid = vec![port];
+    avoid.extend_from_slice(taken);
+    let web = free_ports_besides(2, &avoid);
+    for (server, web) in ["server1", "server2"].iter().zip(web) {
         let key = format!("servers.{server}.web.listeners.http.port");
-        set_toml(&file, &key, i64::from(free_port()));
+        set_toml(&file, &key, i64::from(web));
     }
     git(&src, &["init", "-q", "-b", "main"]);
     git(&src, &["add", "-A"]);
@@ -702,8 +711,9 @@ fn credentials_from_the_environment_and_wrong_ones() {
 #[test]
 fn two_launchers_share_one_cache() {
     let tmp = TempDir::new("shared");
-    let (p1, p2) = (free_port(), free_port());
-    let src = domain_repo(tmp.path(), p1);
+    let ports = free_ports(2);
+    let (p1, p2) = (ports[0], ports[1]);
+    let src = domain_repo_besides(tmp.path(), p1, &[p2]);
     let toml = std::fs::read_to_string(src.join("domain.toml")).expect("read");
     std::fs::write(
         src.join("domain.toml"),

@@ -226,7 +226,7 @@ fn applications_serve_and_live_changes_drop_no_request() {
 
     // A restart setting (the listener port) with a live one in the same commit: the live one
     // applies, the port pends (listed once), and the old port keeps serving.
-    let new_port = crate::util::free_port();
+    let new_port = crate::util::free_ports_besides(1, &ports)[0];
     let st = applied(&push(
         &d.clone,
         &[

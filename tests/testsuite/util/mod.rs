@@ -200,19 +200,36 @@ impl Repo {
 /// A port nothing listens on now, whose next port is free too (a server without web listeners
 /// takes its base port + 1).
 pub fn free_port() -> u16 {
-    loop {
+    free_ports(1)[0]
+}
+
+/// `n` free ports, none equal or next to another: a server's web engine takes its base port + 1,
+/// and ports chosen one after the other could otherwise meet (the kernel hands a released port
+/// out again). The listeners stay bound until all are chosen.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    free_ports_besides(n, &[])
+}
+
+/// [`free_ports`], none equal or next to one of `taken` either.
+pub fn free_ports_besides(n: usize, taken: &[u16]) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < n {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
-        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
+        let apart = ports.iter().chain(taken).all(|q| q.abs_diff(p) > 1);
+        if apart && p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            ports.push(p);
         }
+        held.push(l);
     }
+    ports
 }
 
 /// Moves the example domain of `repo` onto free ports; returns them in the order master,
 /// server1, server2, server3 (base ports), server1 web, server2 web.
 pub fn example_on_free_ports(repo: &Repo) -> Vec<u16> {
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let ports = free_ports(6);
     let file = repo.path().join("domain.toml");
     for (server, port) in [
         "master",
