@@ -77,7 +77,10 @@ impl Client {
             .connect_timeout(connect_timeout)
             .timeout(timeout)
             .no_proxy()
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            // A connection per request, as the Master's idle timeouts expect: a kept one could
+            // be closed by the Master just as a heartbeat goes out on it.
+            .pool_max_idle_per_host(0);
         builder = if tls {
             builder.tls_certs_merge(reconciler::tls::reqwest_extra_roots().map_err(tls_err)?)
         } else {

@@ -41,6 +41,9 @@ pub struct Control {
     pub serving: crate::serving::Serving,
     /// The server's runtime: this loop is a plain thread and drives the engine through it.
     pub handle: tokio::runtime::Handle,
+    /// The client for reports, made at the first one and kept: making one starts a thread and
+    /// reads trust roots.
+    pub reporter: std::sync::OnceLock<Client>,
 }
 
 /// Why a report to the Master failed.
@@ -102,13 +105,19 @@ impl Control {
             Report::Heartbeat => "heartbeat",
         };
         let body = serde_json::to_vec(&self.snapshot()).map_err(ReportError::Encode)?;
-        let resp = Client::new(
-            &self.master,
-            self.credentials(),
-            CONNECT_TIMEOUT,
-            RESPONSE_TIMEOUT,
-        )
-        .and_then(|c| c.post_json(&format!("/v1/servers/{}/{kind}", self.name), body))?;
+        let client = match self.reporter.get() {
+            Some(c) => c,
+            None => {
+                let c = Client::new(
+                    &self.master,
+                    self.credentials(),
+                    CONNECT_TIMEOUT,
+                    RESPONSE_TIMEOUT,
+                )?;
+                self.reporter.get_or_init(|| c)
+            }
+        };
+        let resp = client.post_json(&format!("/v1/servers/{}/{kind}", self.name), body)?;
         match resp.status {
             200 => serde_json::from_slice(&resp.body).map_err(ReportError::Reply),
             401 | 403 => Err(ReportError::Refused {

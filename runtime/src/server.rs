@@ -220,6 +220,7 @@ fn boot(
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("steward")),
             serving,
             handle,
+            reporter: std::sync::OnceLock::new(),
             apply_live: Box::new(move |target: &schema::Loaded| {
                 if let Some(s) = target.domain.config.servers.get(&me) {
                     apply_logging(&apply_log, s);
