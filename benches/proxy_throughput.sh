@@ -29,33 +29,8 @@ BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 RUNS=${RUNS:-3}
 OURS_PORT=${OURS_PORT:-18191}
 NGINX_PORT=${NGINX_PORT:-18192}
-if [ "${BUILD:-release}" = hot ]; then
-    HOT_ARGS="--config profile.dev.debug=0"
-    for p in steward-runtime steward-schema tokio mio hyper hyper-util http httparse bytes \
-        http-body http-body-util httpdate; do
-        for kv in opt-level=3 debug-assertions=false overflow-checks=false; do
-            HOT_ARGS="$HOT_ARGS --config profile.dev.package.$p.$kv"
-        done
-    done
-    BUILD_ARGS=${BUILD_ARGS:-$HOT_ARGS}
-    PROFILE_DIR=${PROFILE_DIR:-debug}
-    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench}
-fi
-BUILD_ARGS=${BUILD_ARGS:---release}
-PROFILE_DIR=${PROFILE_DIR:-release}
-
-need() {
-    command -v "$1" >/dev/null 2>&1 && return 0
-    [ -x "/usr/sbin/$1" ] && return 0
-    echo "installing $2 ..." >&2
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
-}
-need wrk wrk
-need nginx nginx
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+# The build profile and the load tools, as both throughput benches set them up.
+. "$ROOT/benches/wrk_setup.sh"
 
 if [ -n "${SERVE_PROXY:-}" ]; then
     OURS=$SERVE_PROXY
