@@ -12,10 +12,10 @@ retry on the pin's path, every pin waits for one failing attempt; with backgroun
 does not. `--exe` runs another `steward` binary (e.g. an older build) for comparison; by default
 the debug binary of this checkout.
 """
-import argparse, io, os, statistics, subprocess, sys, tarfile, tempfile, time, urllib.request
+import argparse, io, os, statistics, subprocess, sys, tarfile, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from push_to_applied import HASH, ROOT, domain, free_ports, git, status  # noqa: E402
+from push_to_applied import ROOT, domain, free_ports, git, start_domain, status  # noqa: E402
 
 APP = '\n[applications.bad]\nkind = "static"\nsource = "apps/bad.tar.gz"\ncontext-path = "/bad"\ntargets = ["s0"]\n'
 
@@ -55,25 +55,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="steward-failing-bench-")
     src, home, clone = (os.path.join(tmp, d) for d in ("src", "home", "clone"))
     master, base = free_ports(2)
-    os.makedirs(os.path.join(src, "security"))
     os.makedirs(os.path.join(src, "apps"))
     bad_archive(os.path.join(src, "apps/bad.tar.gz"), a.mib)
-    with open(os.path.join(src, "domain.toml"), "w") as f:
-        f.write(domain(master, [base], "info") + APP)
-    with open(os.path.join(src, "security/accounts.toml"), "w") as f:
-        f.write(f'[users.admin]\npassword = "{HASH}"\ngroups = ["administrators"]\n[groups.administrators]\n')
-    with open(os.path.join(src, "security/policies.toml"), "w") as f:
-        f.write('[roles.administrator]\npermissions = ["*"]\ngroups = ["administrators"]\n')
-    subprocess.run([exe, "init", home, "--from", src], check=True, capture_output=True)
-    env = dict(os.environ, STEWARD_USER="admin", STEWARD_PASSWORD="admin")
-    procs = [subprocess.Popen([exe, "master", "--domain-home", home], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    env, procs = start_domain(exe, src, home, domain(master, [base], "info") + APP, master)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{master}/healthz", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.05)
         r = subprocess.run([exe, "start-server", "--domain-home", home, "--server", "s0",
                             "--master-url", f"127.0.0.1:{master}"], env=env, capture_output=True, text=True)
         if r.returncode != 0:

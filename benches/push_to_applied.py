@@ -59,6 +59,29 @@ def status(port):
         return {}
 
 
+def start_domain(exe, src, home, domain_toml, master):
+    """Writes the domain repository `src` (domain.toml, an admin account), runs `steward init`
+    into `home` and starts its Master; returns the admin's environment and the processes started
+    (the Master), once the Master answers /healthz."""
+    os.makedirs(os.path.join(src, "security"), exist_ok=True)
+    with open(os.path.join(src, "domain.toml"), "w") as f:
+        f.write(domain_toml)
+    with open(os.path.join(src, "security/accounts.toml"), "w") as f:
+        f.write(f'[users.admin]\npassword = "{HASH}"\ngroups = ["administrators"]\n[groups.administrators]\n')
+    with open(os.path.join(src, "security/policies.toml"), "w") as f:
+        f.write('[roles.administrator]\npermissions = ["*"]\ngroups = ["administrators"]\n')
+    subprocess.run([exe, "init", home, "--from", src], check=True, capture_output=True)
+    env = dict(os.environ, STEWARD_USER="admin", STEWARD_PASSWORD="admin")
+    procs = [subprocess.Popen([exe, "master", "--domain-home", home], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{master}/healthz", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.05)
+    return env, procs
+
+
 def main():
     a = argparse.ArgumentParser()
     a.add_argument("--servers", type=int, default=3)
@@ -76,23 +99,8 @@ def main():
     src, home, clone = (os.path.join(tmp, d) for d in ("src", "home", "clone"))
     ports = free_ports(a.servers + 1)
     master, bases = ports[0], ports[1:]
-    os.makedirs(os.path.join(src, "security"))
-    with open(os.path.join(src, "domain.toml"), "w") as f:
-        f.write(domain(master, bases, "info"))
-    with open(os.path.join(src, "security/accounts.toml"), "w") as f:
-        f.write(f'[users.admin]\npassword = "{HASH}"\ngroups = ["administrators"]\n[groups.administrators]\n')
-    with open(os.path.join(src, "security/policies.toml"), "w") as f:
-        f.write('[roles.administrator]\npermissions = ["*"]\ngroups = ["administrators"]\n')
-    subprocess.run([exe, "init", home, "--from", src], check=True, capture_output=True)
-    env = dict(os.environ, STEWARD_USER="admin", STEWARD_PASSWORD="admin")
-    procs = [subprocess.Popen([exe, "master", "--domain-home", home], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    env, procs = start_domain(exe, src, home, domain(master, bases, "info"), master)
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{master}/healthz", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.05)
         for i in range(a.servers):
             r = subprocess.run([exe, "start-server", "--domain-home", home, "--server", f"s{i}",
                                 "--master-url", f"127.0.0.1:{master}"], env=env, capture_output=True, text=True)
