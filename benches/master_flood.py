@@ -33,22 +33,9 @@ def basic(user, password):
 ADMIN = basic("admin", "admin")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def git(cwd, *args, check=True):
-    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null",
-               GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com",
-               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com")
-    r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        sys.exit(f"git {' '.join(args)}: {r.stderr}")
-    return r
+# Shared with master_pin: the git helper, and building and starting the Master.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from master_pin import git_run as git, start_master, steward_exe  # noqa: E402
 
 
 def request(port, method, path, auth=None, body=None, timeout=30.0):
@@ -136,26 +123,11 @@ def main():
     if hard != resource.RLIM_INFINITY and hard < a.idle + 256:
         sys.exit(f"--idle {a.idle} needs more descriptors than the hard limit {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    exe = a.exe
-    if not exe:
-        profile = [] if a.debug else ["--release"]
-        subprocess.run(["cargo", "build", *profile, "-q", "--bin", "steward"], cwd=ROOT, check=True)
-        exe = os.path.join(ROOT, "target", "debug" if a.debug else "release", "steward")
+    exe = steward_exe(a)
     tmp = tempfile.mkdtemp(prefix="steward-bench-flood-")
     master = None
     try:
-        home = os.path.join(tmp, "home")
-        subprocess.run([exe, "init", home, "--from", a.src], check=True, capture_output=True)
-        port = free_port()
-        master = subprocess.Popen([exe, "master", "--domain-home", home,
-                                   "--listen", f"127.0.0.1:{port}"],
-                                  stderr=open(os.path.join(tmp, "master.log"), "w"))
-        for _ in range(1000):
-            try:
-                if request(port, "GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.01)
+        _, port, master = start_master(exe, a.src, tmp, open(os.path.join(tmp, "master.log"), "w"))
         pid = master.pid
         status, _, body, _ = request(port, "GET", "/v1/domain", ADMIN)  # admin now cached
         pinned = json.loads(body)["pinned"]["commit"]

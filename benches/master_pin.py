@@ -33,14 +33,44 @@ def free_port():
     return port
 
 
-def git(cwd, *args):
+def git_run(cwd, *args, check=True):
     env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null",
                GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com",
                GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com")
     r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
+    if check and r.returncode != 0:
         sys.exit(f"git {' '.join(args)}: {r.stderr}")
-    return r.stdout.strip()
+    return r
+
+
+def git(cwd, *args):
+    return git_run(cwd, *args).stdout.strip()
+
+
+def steward_exe(a):
+    """`--exe`, else the release build (`--debug`: the dev build) of this checkout, built now."""
+    if a.exe:
+        return a.exe
+    profile = [] if a.debug else ["--release"]
+    subprocess.run(["cargo", "build", *profile, "-q", "--bin", "steward"], cwd=ROOT, check=True)
+    return os.path.join(ROOT, "target", "debug" if a.debug else "release", "steward")
+
+
+def start_master(exe, src, tmp, stderr):
+    """`steward init` of `src` into TMP/home and its Master on a free port, once it listens.
+    Returns (home, port, process)."""
+    home = os.path.join(tmp, "home")
+    subprocess.run([exe, "init", home, "--from", src], check=True, capture_output=True)
+    port = free_port()
+    master = subprocess.Popen([exe, "master", "--domain-home", home, "--listen", f"127.0.0.1:{port}"],
+                              stderr=stderr)
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            break
+        except OSError:
+            time.sleep(0.01)
+    return home, port, master
 
 
 def subscribe(port):
@@ -93,25 +123,11 @@ def main():
     p.add_argument("--debug", action="store_true", help="use the dev build (not for figures)")
     p.add_argument("--from", dest="src", default=os.path.join(ROOT, "examples/domain1"))
     a = p.parse_args()
-    exe = a.exe
-    if not exe:
-        profile = [] if a.debug else ["--release"]
-        subprocess.run(["cargo", "build", *profile, "-q", "--bin", "steward"], cwd=ROOT, check=True)
-        exe = os.path.join(ROOT, "target", "debug" if a.debug else "release", "steward")
+    exe = steward_exe(a)
     tmp = tempfile.mkdtemp(prefix="steward-bench-master-")
     master = None
     try:
-        home = os.path.join(tmp, "home")
-        subprocess.run([exe, "init", home, "--from", a.src], check=True, capture_output=True)
-        port = free_port()
-        master = subprocess.Popen([exe, "master", "--domain-home", home, "--listen", f"127.0.0.1:{port}"],
-                                  stderr=subprocess.DEVNULL)
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.01)
+        home, port, master = start_master(exe, a.src, tmp, subprocess.DEVNULL)
         wc = os.path.join(tmp, "wc")
         git(tmp, "clone", "-q", f"http://admin:admin@127.0.0.1:{port}/git/domain.git", wc)
         conf = os.path.join(wc, "domain.toml")
