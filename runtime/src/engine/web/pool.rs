@@ -9,6 +9,7 @@
 //! the old one is dropped at the next checkout (a redeployed application gets a new pool with its
 //! new `ProcessApp`).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -58,7 +59,8 @@ pub struct Upstream {
 struct Idle {
     port: u16,
     /// Oldest first; taken from the back.
-    conns: Vec<(Sender, Instant)>,
+    /// Oldest first: taken from the back (the warmest), dropped and reaped from the front.
+    conns: VecDeque<(Sender, Instant)>,
     reaper: bool,
 }
 
@@ -110,7 +112,7 @@ impl Upstream {
             idle.conns.clear();
             idle.port = port;
         }
-        while let Some((send, since)) = idle.conns.pop() {
+        while let Some((send, since)) = idle.conns.pop_back() {
             if since.elapsed() >= IDLE_TIMEOUT {
                 // The newest is expired, so all are.
                 idle.conns.clear();
@@ -161,9 +163,9 @@ impl Upstream {
         }
         if idle.conns.len() >= MAX_IDLE {
             // Full: drop the oldest (the least likely to be taken before it expires).
-            idle.conns.remove(0);
+            idle.conns.pop_front();
         }
-        idle.conns.push((send, Instant::now()));
+        idle.conns.push_back((send, Instant::now()));
         if !idle.reaper {
             idle.reaper = true;
             tokio::spawn(reap(Arc::downgrade(self)));
