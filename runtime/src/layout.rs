@@ -73,6 +73,10 @@ impl ServerHome {
     pub fn pid_file(&self) -> PathBuf {
         self.workspace().join("server.pid")
     }
+    /// Locked by the launcher that is starting the server (one at a time).
+    pub fn start_lock(&self) -> PathBuf {
+        self.workspace().join("start.lock")
+    }
 
     /// Creates every directory of the layout that is missing (and `deployed/_generated_`).
     /// Existing content is left alone; a file where a directory belongs is an error, not

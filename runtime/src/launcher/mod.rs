@@ -92,14 +92,14 @@ pub fn start(opts: &StartOptions) -> Result<Outcome, LaunchError> {
     );
     // One launcher per server at a time: two racing starts would both spawn, and the loser's
     // pid file would hide the winner from stop-server.
-    let start_lock = home.workspace().join("start.lock");
+    let lock_path = home.start_lock();
     let start_lock = std::fs::File::options()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&start_lock)
+        .open(&lock_path)
         .map_err(|error| LaunchError::Io {
-            path: start_lock.clone(),
+            path: lock_path.clone(),
             what: "cannot open the start lock",
             error,
         })?;
@@ -117,7 +117,7 @@ pub fn start(opts: &StartOptions) -> Result<Outcome, LaunchError> {
         }
         Err(std::fs::TryLockError::Error(error)) => {
             return Err(LaunchError::Io {
-                path: home.workspace().join("start.lock"),
+                path: lock_path,
                 what: "cannot lock",
                 error,
             });

@@ -103,7 +103,7 @@ impl Tracked {
     /// asked while `up` stops everything: the probe holds the lock for an instant, and a launcher
     /// starting in that instant gives up (Launcher-0062), which is then what `up` wants anyway.
     pub(super) fn starting(&self) -> bool {
-        let path = self.home.workspace().join("start.lock");
+        let path = self.home.start_lock();
         match std::fs::File::open(&path) {
             Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
             Err(_) => false,
