@@ -432,6 +432,11 @@ impl Control {
     /// One step of the background retry; publishes what changed. `last_error` is replaced only
     /// when it was the applications' summary (an error of the last resync stays).
     fn poll_retry(&mut self) {
+        // Called every 50 ms: the summary is built only when a finished retry may change it.
+        if !self.serving.retry_finished() {
+            self.serving.poll_retry(&self.handle);
+            return;
+        }
         let before = self.serving.failure_summary();
         if !self.serving.poll_retry(&self.handle) {
             return;

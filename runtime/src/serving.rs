@@ -413,16 +413,20 @@ impl Serving {
         }
     }
 
+    /// Whether a background retry has finished and waits to be taken in by [`Serving::poll_retry`]
+    /// (only then can what is served or failed change).
+    pub fn retry_finished(&self) -> bool {
+        self.retry
+            .job
+            .as_ref()
+            .is_some_and(|j| j.thread.is_finished())
+    }
+
     /// Drives the background retry (from the control loop, often): starts a retry when one is
     /// due, and takes in a finished one (the applications that deployed now serve). Returns true
     /// when what is served or failed changed.
     pub fn poll_retry(&mut self, handle: &tokio::runtime::Handle) -> bool {
-        let finished = self
-            .retry
-            .job
-            .as_ref()
-            .is_some_and(|j| j.thread.is_finished());
-        if finished {
+        if self.retry_finished() {
             let Some(job) = self.retry.job.take() else {
                 return false;
             };
