@@ -53,7 +53,8 @@ type Result<T, E = InitError> = std::result::Result<T, E>;
 pub struct Initialized {
     pub home: PathBuf,
     pub commit: Oid,
-    pub domain: String,
+    /// The configuration of the first commit (validated).
+    pub domain: Box<schema::model::Domain>,
     /// Warnings the validator found in the source (the domain is valid, but they are worth showing).
     pub warnings: String,
 }
@@ -123,7 +124,7 @@ pub fn init(home: &Path, from: &Path, source: &str, steward_exe: &Path) -> Resul
     Ok(Initialized {
         home,
         commit,
-        domain: loaded.domain.config.domain.name,
+        domain: Box::new(loaded.domain),
         warnings,
     })
 }

@@ -222,7 +222,7 @@ pub fn run(opts: &UpOptions) -> Result<(), UpError> {
             &format!(
                 "created domain home {} ({} pinned at {}); it is kept when `up` ends",
                 home.display(),
-                made.domain,
+                made.domain.config.domain.name,
                 made.commit.short()
             ),
         );

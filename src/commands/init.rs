@@ -76,11 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             super::out(&format!(
                 "created domain home {} for domain {}: {}/config/domain.git, main pinned at {}\n",
                 done.home.display(),
-                done.domain,
+                done.domain.config.domain.name,
                 done.home.display(),
                 done.commit.short()
             ))?;
-            server_credentials(&done.home, from)?;
+            server_credentials(&done.home, &done.domain)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(reconciler::init::InitError::Invalid { dir, report }) => {
@@ -97,10 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Writes the servers' credentials file when the domain is the example with its documented
 /// server account; otherwise says how to give the servers their credentials.
-fn server_credentials(home: &Path, from: &Path) -> anyhow::Result<()> {
+fn server_credentials(home: &Path, domain: &schema::model::Domain) -> anyhow::Result<()> {
     use runtime::launcher::credentials;
-    let loaded = schema::validate(&reconciler::git::WorkTree::new(from)).loaded;
-    match loaded.and_then(|l| runtime::up::example_server_credentials(&l.domain)) {
+    match runtime::up::example_server_credentials(domain) {
         Some((user, password)) => {
             let path = credentials::write(home, &user, &password)?;
             println!(
