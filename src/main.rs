@@ -51,6 +51,9 @@ enum Command {
     /// The quick start: the Master and every server of a domain directory on this machine, in
     /// the foreground, with one combined log; Ctrl-C stops everything.
     Up(commands::up::Args),
+    /// The console tool (jeusadmin): status, restarts, rollbacks and configuration edits
+    /// through a Master.
+    Admin(commands::admin::Args),
     /// The Managed Server process (started by the launcher).
     #[command(hide = true)]
     Server(commands::server::Args),
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::StopServer(args) => commands::launcher::stop(args),
         Command::Server(args) => commands::server::run(args),
         Command::Up(args) => commands::up::run(args),
+        Command::Admin(args) => commands::admin::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! process (`steward server`), and what they share: the SERVER_HOME layout, log files, the
 //! sd_notify protocol, and pid handling.
 
+pub mod admin;
 pub mod background;
 pub mod client;
 pub mod clock;

@@ -1,5 +1,6 @@
 //! One module per command. Each `run` returns the process exit code.
 
+pub mod admin;
 pub mod diff;
 pub mod hook;
 pub mod init;

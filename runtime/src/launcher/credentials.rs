@@ -38,7 +38,12 @@ pub fn path(domain_home: &Path) -> PathBuf {
 
 /// Reads the file; `Ok(None)` when there is none.
 pub fn read(domain_home: &Path) -> Result<Option<(String, String)>, CredentialsError> {
-    let path = path(domain_home);
+    read_at(path(domain_home))
+}
+
+/// Reads a credentials file of this format at `path` (also the operator's file of
+/// `steward admin`); `Ok(None)` when there is none.
+pub fn read_at(path: PathBuf) -> Result<Option<(String, String)>, CredentialsError> {
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
