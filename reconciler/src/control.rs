@@ -20,7 +20,7 @@ use schema::model::RestartPolicy;
 use schema::plan::Change;
 
 use crate::resync::{Decision, Served, decide, merge_restart};
-use crate::wire::{Mode, ReportReply};
+use crate::wire::{Mode, OrderAction, ReportReply};
 
 /// The longest wait between two reports while the Master cannot be reached.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -59,7 +59,7 @@ impl Backoff {
 pub enum Event {
     /// Time to report (the loop starts with it; a wait ends with it).
     Due,
-    /// The Master announced a pin on its event stream.
+    /// The Master announced a pin on its event stream (empty: it asks for a report now).
     Announced(String),
     /// The Master answered a report. `apps_failing`: some applications fail right now.
     Answered {
@@ -105,6 +105,8 @@ pub enum RestartReason {
     Auto,
     /// `restart-policy = "rolling"`: the Master says it is this server's turn.
     Rolling,
+    /// An operator's order through the Master (a rollout).
+    Ordered,
 }
 
 /// A log line worth writing; the executor words it.
@@ -122,6 +124,8 @@ pub enum Note {
     Resynchronized,
     /// Rolling restarts: this server's turn.
     RollingTurn,
+    /// An operator ordered this server to restart or stop (rollout `rollout`).
+    Ordered { rollout: String, action: OrderAction },
     /// A commit was applied.
     Applied {
         commit: String,
@@ -167,6 +171,8 @@ pub enum Effect {
     Log(Note),
     /// Restart through the launcher, to boot from the applied commit.
     Restart(RestartReason),
+    /// Stop gracefully through the launcher.
+    Stop,
 }
 
 impl Effect {
@@ -185,7 +191,11 @@ enum After {
     /// The resync of an announced pin: report next (the answer confirms it).
     Report,
     /// The resync the Master's answer asked for.
-    Answered { reconnecting: bool, restart: bool },
+    Answered {
+        reconnecting: bool,
+        restart: bool,
+        order: Option<OrderAction>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -265,15 +275,21 @@ impl State {
             After::Answered {
                 reconnecting,
                 restart,
+                order,
             } => {
                 if reconnecting && synced {
                     self.mode = Mode::Dependent;
                     fx.push(Effect::SetMode(Mode::Dependent));
                     fx.push(Effect::Log(Note::Resynchronized));
                 }
-                if restart && !self.pending_restart.is_empty() {
-                    fx.push(Effect::Log(Note::RollingTurn));
-                    fx.push(Effect::Restart(RestartReason::Rolling));
+                match order {
+                    Some(OrderAction::Restart) => fx.push(Effect::Restart(RestartReason::Ordered)),
+                    Some(OrderAction::Stop) => fx.push(Effect::Stop),
+                    None if restart && !self.pending_restart.is_empty() => {
+                        fx.push(Effect::Log(Note::RollingTurn));
+                        fx.push(Effect::Restart(RestartReason::Rolling));
+                    }
+                    None => {}
                 }
                 fx.push(Effect::Wait(self.interval));
             }
@@ -319,9 +335,17 @@ pub fn step(mut s: State, event: Event) -> (State, Vec<Effect>) {
             if reconnecting {
                 fx.push(Effect::Log(Note::Recovered));
             }
+            let order = reply.order.map(|o| {
+                fx.push(Effect::Log(Note::Ordered {
+                    rollout: o.rollout,
+                    action: o.action,
+                }));
+                o.action
+            });
             let after = After::Answered {
                 reconnecting,
                 restart: reply.restart,
+                order,
             };
             // Back from INDEPENDENT with applications that failed: resync anyway, which retries
             // them (the seed redeploys what failed when the Master returns).
@@ -442,9 +466,17 @@ mod tests {
     const C2: &str = "2222222222222222222222222222222222222222";
 
     fn reply(commit: &str, restart: bool) -> Event {
+        ordered(commit, restart, None)
+    }
+
+    fn ordered(commit: &str, restart: bool, order: Option<OrderAction>) -> Event {
         Event::Answered {
             reply: ReportReply {
                 restart,
+                order: order.map(|action| crate::wire::Order {
+                    rollout: "r1".into(),
+                    action,
+                }),
                 pinned: Pinned {
                     commit: commit.to_owned(),
                     at: "2026-11-24T05:19:52Z".to_owned(),
@@ -715,6 +747,27 @@ mod tests {
         run(&mut s, lost());
         let fx = run(&mut s, Event::Announced(C2.into()));
         assert!(matches!(fx[..], [Effect::Report(Report::Register)]));
+    }
+
+    #[test]
+    fn an_operators_order_restarts_or_stops_whatever_pends() {
+        let mut s = start(Mode::Dependent);
+        run(&mut s, Event::Due);
+        let fx = run(&mut s, ordered(C1, false, Some(OrderAction::Restart)));
+        assert!(has(&fx, |e| matches!(
+            e,
+            Effect::Log(Note::Ordered { rollout, action: OrderAction::Restart }) if rollout == "r1"
+        )));
+        assert!(has(&fx, |e| matches!(
+            e,
+            Effect::Restart(RestartReason::Ordered)
+        )));
+        assert_eq!(waits(&fx), Some(Duration::from_secs(5)));
+        // Behind the pin: the stop comes after the resync, which it does not prevent.
+        let fx = run(&mut s, ordered(C2, false, Some(OrderAction::Stop)));
+        assert!(matches!(fx.last(), Some(Effect::Fetch(_))));
+        let fx = fetch_and_apply(&mut s, C2, load(DOMAIN));
+        assert!(has(&fx, |e| matches!(e, Effect::Stop)));
     }
 
     #[test]

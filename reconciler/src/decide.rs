@@ -89,15 +89,17 @@ pub struct Decision {
     pub pinned: Option<Pinned>,
 }
 
-/// Validates the head of `branch` and pins it if valid, records it as rejected if not. `None`
-/// when there is nothing new to decide: the branch is gone (the pin stays), or its head is the
-/// pinned commit or `last`, the head decided on last time (a rejected head is recorded once).
+/// Validates the head of `branch` and pins it if valid, records it as rejected if not (or, while
+/// the domain is `held`, records a valid head as held without pinning it). `None` when there is
+/// nothing new to decide: the branch is gone (the pin stays), or its head is the pinned commit or
+/// `last`, the head decided on last time (a rejected head is recorded once).
 pub fn decide_head(
     store: &PinStore,
     branch: &str,
     last: Option<Oid>,
     source: Source,
     pusher: Option<String>,
+    held: bool,
 ) -> Result<Option<Decision>> {
     let repo = Repo::open(store.git_dir())?;
     let Some(head) = repo.resolve(branch)? else {
@@ -114,6 +116,15 @@ pub fn decide_head(
     record.pusher = pusher;
     record.previous = pinned.map(|p| p.to_hex());
     match v.loaded {
+        Some(_) if held => {
+            record.outcome = Outcome::Held;
+            store.append(&record)?;
+            Ok(Some(Decision {
+                head,
+                record,
+                pinned: None,
+            }))
+        }
         Some(loaded) => {
             store.pin(head, pinned, &record)?;
             let pinned = Pinned {

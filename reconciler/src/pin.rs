@@ -82,6 +82,8 @@ pub enum Source {
     Rollback,
     /// The Master found the ref ahead of the history after a crash and recorded the pin.
     Recovered,
+    /// Mirror mode: an operator resumed following the upstream after a hold.
+    Resume,
 }
 
 impl Source {
@@ -94,6 +96,7 @@ impl Source {
             Source::Webhook => "webhook",
             Source::Rollback => "rollback",
             Source::Recovered => "recovered",
+            Source::Resume => "resume",
         }
     }
 }
@@ -104,6 +107,18 @@ impl Source {
 pub enum Outcome {
     Pinned,
     Rejected,
+    /// Mirror mode while the domain is held: valid, recorded, not pinned.
+    Held,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pinned => "pinned",
+            Outcome::Rejected => "rejected",
+            Outcome::Held => "held",
+        }
+    }
 }
 
 /// One line of `pins.jsonl`.

@@ -178,6 +178,8 @@ mod tests {
             failed_applications: vec![],
             last_error: None,
             last_heartbeat: None,
+            pid: None,
+            started_at: None,
             reachable: true,
             configured: true,
         }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A server's state, one spelling everywhere (JEUS's upper-case words): what a Managed Server
-/// reports at its `GET /v1/status` and to the Master (`STARTING`, `RUNNING`, `STOPPING`), and what
-/// the Master concludes on its own (`UNREACHABLE`: heartbeats stopped; `UNKNOWN`: never heard
-/// from since the Master started). Lower-case spellings are read too, never written.
+/// reports at its `GET /v1/status` and to the Master (`STARTING`, `RUNNING`, `STOPPING`, and
+/// `SHUTDOWN` in its last report after a graceful stop), and what the Master concludes on its own
+/// (`UNREACHABLE`: heartbeats stopped without a goodbye; `UNKNOWN`: never heard from since the
+/// Master started). Lower-case spellings are read too, never written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerState {
     #[serde(rename = "STARTING", alias = "starting")]
@@ -18,6 +19,9 @@ pub enum ServerState {
     Running,
     #[serde(rename = "STOPPING", alias = "stopping")]
     Stopping,
+    /// Stopped on purpose (its last report said so); not an outage.
+    #[serde(rename = "SHUTDOWN", alias = "shutdown")]
+    Shutdown,
     #[serde(rename = "UNREACHABLE", alias = "unreachable")]
     Unreachable,
     #[serde(rename = "UNKNOWN", alias = "unknown")]
@@ -25,10 +29,11 @@ pub enum ServerState {
 }
 
 impl ServerState {
-    pub const ALL: [ServerState; 5] = [
+    pub const ALL: [ServerState; 6] = [
         ServerState::Starting,
         ServerState::Running,
         ServerState::Stopping,
+        ServerState::Shutdown,
         ServerState::Unreachable,
         ServerState::Unknown,
     ];
@@ -38,6 +43,7 @@ impl ServerState {
             ServerState::Starting => "STARTING",
             ServerState::Running => "RUNNING",
             ServerState::Stopping => "STOPPING",
+            ServerState::Shutdown => "SHUTDOWN",
             ServerState::Unreachable => "UNREACHABLE",
             ServerState::Unknown => "UNKNOWN",
         }
@@ -52,7 +58,9 @@ impl std::fmt::Display for ServerState {
 
 /// A word that is not a server state.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a server state (STARTING, RUNNING, STOPPING, UNREACHABLE, UNKNOWN)")]
+#[error(
+    "{0:?} is not a server state (STARTING, RUNNING, STOPPING, SHUTDOWN, UNREACHABLE, UNKNOWN)"
+)]
 pub struct NotAState(String);
 
 impl std::str::FromStr for ServerState {
@@ -91,6 +99,12 @@ pub struct Status {
     pub older_images: BTreeMap<String, String>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The server process's id; with `started_at`, tells one run of the server from the next.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// When this process started (RFC 3339, UTC).
+    #[serde(default)]
+    pub started_at: Option<String>,
 }
 
 /// The Master's answer to a `register` or a `heartbeat`: what the server needs to stay in step.
@@ -99,11 +113,125 @@ pub struct ReportReply {
     /// Rolling restarts: this server's turn to restart.
     #[serde(default)]
     pub restart: bool,
+    /// An operator's order for this server (a step of a rollout), delivered once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
     pub pinned: Pinned,
     /// `[master] heartbeat-interval` of the pinned configuration.
     pub heartbeat_interval_ms: u64,
     /// `[master] heartbeat-timeout` of the pinned configuration.
     pub heartbeat_timeout_ms: u64,
+}
+
+/// An order the Master passes to a server in the answer to its report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// The rollout it belongs to.
+    pub rollout: String,
+    pub action: OrderAction,
+}
+
+/// What a server is ordered to do to itself. (Starting is done by a launcher, not ordered.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderAction {
+    Restart,
+    Stop,
+}
+
+/// What a rollout does to each of its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutAction {
+    Restart,
+    Stop,
+    Start,
+}
+
+impl RolloutAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Restart => "restart",
+            RolloutAction::Stop => "stop",
+            RolloutAction::Start => "start",
+        }
+    }
+}
+
+/// `POST /v1/rollouts`: which servers, named or selected (exactly one of `servers`, `cluster`,
+/// `pending`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    pub action: Option<RolloutAction>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Every server with pending restarts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// How many of the rollout's servers may be down at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<usize>,
+}
+
+/// A rollout: `GET /v1/rollouts/{id}`, and the `rollout` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub action: RolloutAction,
+    pub state: RolloutState,
+    pub requested_by: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub max_unavailable: usize,
+    pub steps: Vec<RolloutStep>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One server of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStep {
+    pub server: String,
+    pub state: StepState,
+    /// What happens now, or happened (`ordered to restart`, `back RUNNING on 1a2b3c4`, …).
+    pub detail: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Waiting,
+    InProgress,
+    Done,
+    Failed,
+    /// Not attempted: an earlier step failed.
+    Skipped,
+}
+
+/// A hold (mirror mode): new upstream heads are validated and recorded as held, not pinned,
+/// until an operator resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// RFC 3339, UTC.
+    pub since: String,
+    /// The user who held the domain (or rolled it back).
+    pub by: String,
+    /// Why: `rollback` or `hold`.
+    pub reason: String,
+    /// The newest upstream head recorded as held, if any.
+    pub held_head: Option<String>,
 }
 
 /// The pin: the commit the domain runs and when it was pinned.
@@ -136,6 +264,9 @@ pub struct Domain {
     pub mode: RepositoryMode,
     /// Mirror mode only.
     pub upstream: Option<UpstreamStatus>,
+    /// Mirror mode: set while the domain is held (after a rollback, or by an operator).
+    #[serde(default)]
+    pub hold: Option<Hold>,
     pub master: Vitals,
 }
 
@@ -207,7 +338,7 @@ impl Mode {
 }
 
 /// One element of `GET /v1/servers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
     pub name: String,
     /// The reported state; `UNREACHABLE` when heartbeats stopped; `UNKNOWN` when never heard from.
@@ -223,6 +354,9 @@ pub struct View {
     /// Whether the pinned `domain.toml` defines this server (a removed server that still reports
     /// shows `false`).
     pub configured: bool,
+    /// As last reported (see [`Status`]).
+    pub pid: Option<u32>,
+    pub started_at: Option<String>,
 }
 
 #[cfg(test)]
@@ -245,6 +379,7 @@ mod tests {
             "branch": "refs/heads/main",
             "mode": "hosted",
             "upstream": null,
+            "hold": null,
             "master": { "watch_wakeups": 3, "connections": { "open": 2, "cap": 4096 } }
         }));
         round_trip::<Domain>(json!({
@@ -263,6 +398,7 @@ mod tests {
                 "stale_since": null,
                 "last_error": null
             },
+            "hold": { "since": "2026-11-24T05:45:00Z", "by": "admin", "reason": "rollback", "held_head": null },
             "master": { "watch_wakeups": 0, "connections": { "open": 0, "cap": 64 } }
         }));
     }
@@ -275,7 +411,9 @@ mod tests {
             "pending_restart": ["servers.server1.web.listeners.http.port"],
             "failed_applications": ["shop"],
             "older_images": {"shop": "5027355f3c8d8e2f9f1f1b9c2c1d3e4f5a6b7c8d"},
-            "last_error": "application shop: …"
+            "last_error": "application shop: …",
+            "pid": 4242,
+            "started_at": "2026-11-24T05:19:50Z"
         }));
         round_trip::<ReportReply>(json!({
             "restart": true,
@@ -283,6 +421,24 @@ mod tests {
             "heartbeat_interval_ms": 5000,
             "heartbeat_timeout_ms": 15000
         }));
+        round_trip::<ReportReply>(json!({
+            "restart": false,
+            "order": { "rollout": "r3", "action": "stop" },
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+            "heartbeat_interval_ms": 5000,
+            "heartbeat_timeout_ms": 15000
+        }));
+        round_trip::<Rollout>(json!({
+            "id": "r3", "action": "restart", "state": "running", "requested_by": "admin",
+            "started_at": "2026-11-24T05:19:52Z", "finished_at": null, "max_unavailable": 1,
+            "steps": [
+                { "server": "server1", "state": "done", "detail": "back RUNNING on a413986", "error": null },
+                { "server": "server2", "state": "in_progress", "detail": "ordered to restart", "error": null },
+                { "server": "server3", "state": "waiting", "detail": null, "error": null }
+            ],
+            "error": null
+        }));
+        round_trip::<RolloutRequest>(json!({ "action": "restart", "cluster": "cluster1", "max_unavailable": 2 }));
         round_trip::<PinReply>(json!({
             "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
             "changed": true,

@@ -44,6 +44,8 @@ pub struct Control {
     /// The client for reports, made at the first one and kept: making one starts a thread and
     /// reads trust roots.
     pub reporter: std::sync::OnceLock<Client>,
+    /// DEPENDENT when the loop ended (set by [`Control::run`]).
+    pub dependent: bool,
 }
 
 /// Why a report to the Master failed.
@@ -205,14 +207,35 @@ impl Control {
     }
 
     /// A detached `stop-server` then `start-server`, the same path an operator takes, so the new
-    /// process boots from the pinned commit (`restart-policy` auto, or rolling when ordered).
-    fn restart_self(&self) {
+    /// process boots from the pinned commit (`restart-policy` auto, rolling when ordered, or an
+    /// operator's order).
+    fn restart_self(&self, reason: RestartReason) {
         self.log.info(
             "SERVER-0320",
-            "Restarting through the launcher to apply the pending settings.",
+            match reason {
+                RestartReason::Ordered => "Restarting through the launcher, as ordered.",
+                RestartReason::Auto | RestartReason::Rolling => {
+                    "Restarting through the launcher to apply the pending settings."
+                }
+            },
         );
+        self.launcher(
+            "\"$0\" stop-server --domain-home \"$1\" --server \"$2\" && exec \"$0\" start-server --domain-home \"$1\" --server \"$2\" --master-url \"$3\"",
+        );
+    }
+
+    /// A detached `stop-server`, as an operator would run it: a graceful stop within the
+    /// server's stop-timeout.
+    fn stop_self(&self) {
+        self.log
+            .info("SERVER-0323", "Stopping through the launcher, as ordered.");
+        self.launcher("exec \"$0\" stop-server --domain-home \"$1\" --server \"$2\"");
+    }
+
+    /// Runs `script` (`$0` the steward executable, `$1` the domain home, `$2` this server, `$3`
+    /// the Master) detached from this process, with the server's credentials.
+    fn launcher(&self, script: &str) {
         let home = self.domain_home.display().to_string();
-        let script = "\"$0\" stop-server --domain-home \"$1\" --server \"$2\" && exec \"$0\" start-server --domain-home \"$1\" --server \"$2\" --master-url \"$3\"";
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
             .arg(script)
@@ -231,18 +254,20 @@ impl Control {
         if let Err(e) = cmd.spawn() {
             self.log.severe(
                 "SERVER-0321",
-                &format!("Cannot restart through the launcher: {e}"),
+                &format!("Cannot run the launcher: {e}"),
             );
         }
     }
 
-    /// Runs until `stop` is set: waits for an event, asks [`step`] what to do, does it.
-    pub fn run(mut self, stop: Arc<AtomicBool>) {
+    /// Runs until `stop` is set: waits for an event, asks [`step`] what to do, does it. Gives
+    /// itself back for the [`Control::farewell`].
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> Control {
         let (wake, woken) = mpsc::channel::<String>();
         {
             let (master, creds, stop) =
                 (self.master.clone(), self.credentials.clone(), stop.clone());
-            std::thread::spawn(move || watch_pins(&master, creds.as_ref(), &wake, &stop));
+            let me = self.name.clone();
+            std::thread::spawn(move || watch_pins(&master, &me, creds.as_ref(), &wake, &stop));
         }
         let now = self.snapshot();
         let mut state = State::new(
@@ -265,6 +290,31 @@ impl Control {
             }
         }
         self.serving.cancel_retry();
+        self.dependent = state.mode() == reconciler::wire::Mode::Dependent;
+        self
+    }
+
+    /// The last report of a graceful stop: `SHUTDOWN`, so the Master shows a server stopped on
+    /// purpose rather than one that went silent. Best effort and quick (a Master that does not
+    /// answer within a second must not hold the stop up); only while DEPENDENT.
+    pub fn farewell(&self) {
+        if !self.dependent {
+            return;
+        }
+        self.update(|s| s.state = reconciler::wire::ServerState::Shutdown);
+        let sent = serde_json::to_vec(&self.snapshot())
+            .map_err(ReportError::Encode)
+            .and_then(|body| {
+                let fast = Duration::from_millis(500);
+                let c = Client::new(&self.master, self.credentials(), fast, 2 * fast)?;
+                Ok(c.post_json(&format!("/v1/servers/{}/heartbeat", self.name), body)?)
+            });
+        if let Err(e) = sent {
+            self.log.debug(
+                "SERVER-0325",
+                &format!("Could not tell the Master that this server stopped: {e}"),
+            );
+        }
     }
 
     /// Does one effect; returns the event it produced, if it is one that does (`None` also when
@@ -332,8 +382,12 @@ impl Control {
                 self.note(note);
                 None
             }
-            Effect::Restart(RestartReason::Auto | RestartReason::Rolling) => {
-                self.restart_self();
+            Effect::Restart(reason) => {
+                self.restart_self(reason);
+                None
+            }
+            Effect::Stop => {
+                self.stop_self();
                 None
             }
         }
@@ -353,9 +407,15 @@ impl Control {
                 return None;
             }
             self.poll_retry();
-            if let Ok(pin) = woken.recv_timeout(Duration::from_millis(50)) {
-                // Only the latest announcement matters.
-                return Some(Event::Announced(woken.try_iter().last().unwrap_or(pin)));
+            if let Ok(first) = woken.recv_timeout(Duration::from_millis(50)) {
+                // Only the latest pin matters; an order (empty) only asks for a report, which
+                // a pin's resync ends with anyway.
+                let pin = std::iter::once(first)
+                    .chain(woken.try_iter())
+                    .filter(|p| !p.is_empty())
+                    .last()
+                    .unwrap_or_default();
+                return Some(Event::Announced(pin));
             }
         }
         Some(Event::Due)
@@ -394,6 +454,16 @@ impl Control {
             Note::RollingTurn => self.log.info(
                 "SERVER-0322",
                 "The Master orders a restart (restart-policy rolling): it is this server's turn.",
+            ),
+            Note::Ordered { rollout, action } => self.log.info(
+                "SERVER-0324",
+                &format!(
+                    "The Master orders this server to {} (rollout {rollout}).",
+                    match action {
+                        reconciler::wire::OrderAction::Restart => "restart",
+                        reconciler::wire::OrderAction::Stop => "stop",
+                    }
+                ),
             ),
             Note::Applied {
                 commit,
@@ -453,10 +523,12 @@ impl Control {
 }
 
 /// Follows the Master's `/v1/events` and wakes the loop on every `pinned` event, so a push
-/// reaches the server in one round trip instead of at the next heartbeat. Reconnects forever;
+/// reaches the server in one round trip instead of at the next heartbeat, and on an `order` for
+/// this server (sent as an empty pin: report now, the answer carries the order). Reconnects forever;
 /// the heartbeat stays the safety net for missed events.
 fn watch_pins(
     master: &str,
+    me: &str,
     creds: Option<&(String, String)>,
     wake: &mpsc::Sender<String>,
     stop: &AtomicBool,
@@ -472,6 +544,11 @@ fn watch_pins(
                 match next {
                     Next::Event(e) if e.kind == "pinned" => {
                         if wake.send(e.id).is_err() {
+                            return;
+                        }
+                    }
+                    Next::Event(e) if e.kind == "order" && e.id == me => {
+                        if wake.send(String::new()).is_err() {
                             return;
                         }
                     }

@@ -203,6 +203,9 @@ fn boot(
         failed_applications: serving.failed().keys().cloned().collect(),
         older_images: older_images(&serving),
         last_error: serving.failure_summary(),
+        pid: Some(std::process::id()),
+        // When the process started, to the second: `started` is this process's own clock.
+        started_at: Some(reconciler::pin::now_rfc3339()),
     }));
     let handle = rt.handle().clone();
     let control = opts.master_url.as_ref().map(|master| {
@@ -221,6 +224,7 @@ fn boot(
             serving,
             handle,
             reporter: std::sync::OnceLock::new(),
+            dependent: false,
             apply_live: Box::new(move |target: &schema::Loaded| {
                 if let Some(s) = target.domain.config.servers.get(&me) {
                     apply_logging(&apply_log, s);
@@ -409,7 +413,9 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         ),
     }
     if let Some(c) = control {
-        let _ = tokio::task::spawn_blocking(move || c.join()).await;
+        if let Ok(Ok(c)) = tokio::task::spawn_blocking(move || c.join()).await {
+            let _ = tokio::task::spawn_blocking(move || c.farewell()).await;
+        }
     }
     crate::process::remove_pid(a.home, pid);
     Ok(())

@@ -26,6 +26,7 @@ pub mod launch;
 pub mod log;
 mod mirror;
 mod push;
+mod rollouts;
 
 mod routes;
 mod servers;
@@ -57,6 +58,8 @@ pub enum MasterError {
     Decide(#[from] reconciler::decide::DecideError),
     #[error(transparent)]
     Pin(#[from] reconciler::pin::PinError),
+    #[error(transparent)]
+    Hold(#[from] reconciler::hold::HoldError),
     #[error("[master.tls] of the pinned commit {commit}: {error}")]
     Tls {
         commit: String,
@@ -198,8 +201,9 @@ async fn serve(opts: Options) -> Result<()> {
         return Err(MasterError::NotADomainHome(home));
     }
     let _lock = lock_home(&home.join("config"))?;
-    let (store, current, last, upstream, branch) = {
+    let (store, current, last, upstream, branch, hold) = {
         let store2 = store.clone();
+        let home2 = home.clone();
         let opts = opts.clone();
         tokio::task::spawn_blocking(move || -> Result<_> {
             // A crash between moving the ref and writing its record: write the record now.
@@ -216,6 +220,7 @@ async fn serve(opts: Options) -> Result<()> {
                 );
             }
             let current = load_pinned(&store2)?;
+            let hold = reconciler::hold::read(&home2)?;
             let (upstream, branch) = upstream_of(&opts, &current.domain);
             // The branch head is already decided if a record settled it (a rejection, or a
             // rollback away from it); otherwise the first decision below handles it.
@@ -228,7 +233,7 @@ async fn serve(opts: Options) -> Result<()> {
                     .history()
                     .is_ok_and(|hist| hist.iter().rev().any(|r| r.decided_head() == hex))
             });
-            Ok((store2, current, last, upstream, branch))
+            Ok((store2, current, last, upstream, branch, hold))
         })
         .await
         .map_err(|e| MasterError::Runtime(std::io::Error::other(e)))??
@@ -268,6 +273,9 @@ async fn serve(opts: Options) -> Result<()> {
         servers: servers::Registry::default(),
         rolling: reconciler::rolling::Rolling::default(),
         mirror: upstream.map(mirror::Mirror::new),
+        rollouts: rollouts::Rollouts::default(),
+        url: std::sync::OnceLock::new(),
+        hold: std::sync::Mutex::new(hold),
     });
 
     // Commits that arrived while the Master was down.
@@ -295,6 +303,8 @@ async fn serve(opts: Options) -> Result<()> {
         .map_err(|error| MasterError::Listen { addr, error })?;
     let local = listener.local_addr().unwrap_or(addr);
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let _ = state.url.set(rollouts::self_url(local, tls.is_some()));
+    tokio::spawn(rollouts::drive(state.clone()));
     if tls.is_none() && !local.ip().is_loopback() {
         log::warning(
             "Master-0005",

@@ -4,7 +4,8 @@
 //! registration and at every heartbeat; the Master never polls them. A server whose last heartbeat
 //! is older than `[master] heartbeat-timeout` is shown as `UNREACHABLE`. The registry lives in
 //! memory: after a Master restart, servers reappear at their next heartbeat (a few seconds), which
-//! is simpler and never stale, unlike a persisted copy.
+//! is simpler and never stale, unlike a persisted copy. A server that stops gracefully says so
+//! in a last report (`SHUTDOWN`), and stays shown as such instead of `UNREACHABLE`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -80,7 +81,7 @@ impl Registry {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (n, e) in entries.iter_mut() {
-            if !e.lost && e.seen.elapsed() > timeout {
+            if !e.lost && e.report.state != ServerState::Shutdown && e.seen.elapsed() > timeout {
                 e.lost = true;
                 out.push(view(n, Some(e), configured(n), timeout));
             }
@@ -97,6 +98,7 @@ fn same(a: &Status, b: &Status) -> bool {
         &a.pending_restart,
         &a.failed_applications,
         &a.last_error,
+        a.pid,
     ) == (
         b.state,
         b.mode,
@@ -104,6 +106,7 @@ fn same(a: &Status, b: &Status) -> bool {
         &b.pending_restart,
         &b.failed_applications,
         &b.last_error,
+        b.pid,
     )
 }
 
@@ -120,12 +123,15 @@ fn view(name: &str, entry: Option<&Entry>, configured: bool, timeout: Duration) 
             last_heartbeat: None,
             reachable: false,
             configured,
+            pid: None,
+            started_at: None,
         };
     };
-    let reachable = e.seen.elapsed() <= timeout;
+    let down = e.report.state == ServerState::Shutdown;
+    let reachable = !down && e.seen.elapsed() <= timeout;
     View {
         name: name.to_owned(),
-        state: if reachable {
+        state: if reachable || down {
             e.report.state
         } else {
             ServerState::Unreachable
@@ -138,6 +144,8 @@ fn view(name: &str, entry: Option<&Entry>, configured: bool, timeout: Duration) 
         last_heartbeat: Some(e.seen_at.clone()),
         reachable,
         configured,
+        pid: e.report.pid,
+        started_at: e.report.started_at.clone(),
     }
 }
 

@@ -17,7 +17,7 @@ use reconciler::pin::{Outcome, PinStore, Record, Source};
 /// One message of `/v1/events`, encoded once however many subscribers there are.
 #[derive(Debug, Clone)]
 pub(super) struct Event {
-    /// SSE event name: `pinned`, `rejected` or `server`.
+    /// SSE event name: `pinned`, `rejected`, `held`, `server`, `rollout`, `order` or `domain`.
     pub(super) name: &'static str,
     /// SSE id: the commit for pins and rejections.
     pub(super) id: Option<String>,
@@ -57,6 +57,12 @@ pub(super) struct State {
     pub(super) rolling: reconciler::rolling::Rolling,
     /// Mirror mode; `None` when the Master hosts the repository.
     pub(super) mirror: Option<mirror::Mirror>,
+    /// Operators' restarts, stops and starts.
+    pub(super) rollouts: super::rollouts::Rollouts,
+    /// This Master's URL for servers it starts (set once it listens).
+    pub(super) url: std::sync::OnceLock<String>,
+    /// Mirror mode: the hold, as kept in `config/hold.json` (see [`reconciler::hold`]).
+    pub(super) hold: std::sync::Mutex<Option<reconciler::hold::Hold>>,
 }
 
 impl State {
@@ -157,7 +163,7 @@ impl State {
                 }
                 match self.reconcile(source, None, Some(guard)).await {
                     Some(r) => serde_json::json!({
-                        "outcome": match r.outcome { Outcome::Pinned => "pinned", Outcome::Rejected => "rejected" },
+                        "outcome": r.outcome.as_str(),
                         "commit": r.commit,
                         "problems": r.problems,
                     }),
@@ -188,10 +194,7 @@ impl State {
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(c),
             }
         }
-        let name = match record.outcome {
-            Outcome::Pinned => "pinned",
-            Outcome::Rejected => "rejected",
-        };
+        let name = record.outcome.as_str();
         let by = record
             .pusher
             .as_deref()
@@ -202,6 +205,15 @@ impl State {
                 "Master-0010",
                 &format!(
                     "Pinned {} (source {}{by}): {}",
+                    record.commit,
+                    record.source.as_str(),
+                    record.summary
+                ),
+            ),
+            Outcome::Held => log::info(
+                "Master-0013",
+                &format!(
+                    "Held {} (source {}{by}): valid, not pinned while the domain is held; `steward admin resume` follows the upstream again: {}",
                     record.commit,
                     record.source.as_str(),
                     record.summary
@@ -229,8 +241,69 @@ impl State {
         source: Source,
         pusher: Option<String>,
     ) -> Result<Option<(Oid, Record, Option<Current>)>> {
-        let decision = decide::decide_head(&self.store, &self.branch, last, source, pusher)?;
+        let held = self.mirror.is_some() && self.hold().is_some();
+        let decision =
+            decide::decide_head(&self.store, &self.branch, last, source, pusher, held)?;
+        if let Some(d) = &decision
+            && d.record.outcome == Outcome::Held
+        {
+            self.update_hold(|h| h.held_head = Some(d.record.commit.clone()))?;
+        }
         Ok(decision.map(|d| (d.head, d.record, d.pinned)))
+    }
+
+    pub(super) fn hold(&self) -> Option<reconciler::hold::Hold> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets or clears the hold, on disk first. Returns whether it changed.
+    pub(super) fn set_hold(&self, hold: Option<reconciler::hold::Hold>) -> Result<bool> {
+        let mut h = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_none() && hold.is_none() {
+            return Ok(false);
+        }
+        reconciler::hold::write(&self.home, hold.as_ref())?;
+        *h = hold;
+        Ok(true)
+    }
+
+    /// Changes the hold in place (when there is one).
+    fn update_hold(&self, f: impl FnOnce(&mut reconciler::hold::Hold)) -> Result<()> {
+        let mut h = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hold) = h.as_mut() {
+            f(hold);
+            reconciler::hold::write(&self.home, Some(hold))?;
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/domain`, also the `domain` event's data.
+    pub(super) fn domain_doc(&self) -> reconciler::wire::Domain {
+        use reconciler::wire::{Pinned, RepositoryMode};
+        let c = self.current();
+        reconciler::wire::Domain {
+            name: c.domain.config.domain.name.clone(),
+            pinned: Pinned {
+                commit: c.commit.to_hex(),
+                at: c.at.clone(),
+            },
+            branch: self.branch.clone(),
+            mode: if self.mirror.is_some() {
+                RepositoryMode::Mirror
+            } else {
+                RepositoryMode::Hosted
+            },
+            upstream: self.mirror.as_ref().map(|m| m.status()),
+            hold: self.hold(),
+            master: self.vitals(),
+        }
+    }
+
+    /// Tells subscribers the domain document changed (a hold set or cleared).
+    pub(super) fn announce_domain(&self) {
+        let _ = self
+            .events
+            .send(Arc::new(Event::new("domain", None, &self.domain_doc())));
     }
 
     /// The blocking part of `POST /v1/domain/pin`: hosted mode writes a commit that restores

@@ -12,28 +12,13 @@ use crate::master::MasterError;
 use crate::master::state::{Rollback, State};
 use reconciler::decide::DecideError;
 use reconciler::pin::PinError;
-use reconciler::wire::{Domain, PinReply, Pinned, RepositoryMode};
+use reconciler::wire::{Hold, PinReply, Pinned};
 
 pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
     if let Err(r) = require(&state, &headers, "domain:read").await {
         return r;
     }
-    let c = state.current();
-    axum::Json(Domain {
-        name: c.domain.config.domain.name.clone(),
-        pinned: Pinned {
-            commit: c.commit.to_hex(),
-            at: c.at.clone(),
-        },
-        branch: state.branch.clone(),
-        mode: if state.mirror.is_some() {
-            RepositoryMode::Mirror
-        } else {
-            RepositoryMode::Hosted
-        },
-        upstream: state.mirror.as_ref().map(|m| m.status()),
-        master: state.vitals(),
-    })
+    axum::Json(state.domain_doc())
     .into_response()
 }
 
@@ -86,8 +71,9 @@ pub(super) struct PinRequest {
 /// Hosted mode ([`revert`]): the Master owns the branch, so the rollback is a new commit on it,
 /// with the older commit's tree, and that commit is pinned: the branch and the pin agree, and the
 /// next push builds on the rollback instead of silently bringing the rolled-back change back.
-/// Mirror mode: the upstream owns the branch, so the older commit itself is pinned and the branch
-/// head at that moment counts as decided; the pin holds until the next commit arrives upstream.
+/// Mirror mode: the upstream owns the branch, so the older commit itself is pinned, the branch
+/// head at that moment counts as decided, and the domain is held: later upstream heads are
+/// recorded as held, not pinned, until an operator resumes.
 pub(super) async fn pin(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
@@ -153,6 +139,22 @@ pub(super) async fn pin(
     };
     *decided = head;
     drop(decided);
+    if state.mirror.is_some() {
+        let hold = Hold {
+            since: record.at.clone(),
+            by: record.pusher.clone().unwrap_or_default(),
+            reason: "rollback".into(),
+            held_head: None,
+        };
+        if let Err(e) = state.set_hold(Some(hold)) {
+            // The rollback itself stands; say that the hold did not.
+            return internal(&format!(
+                "rolled back to {}, but the hold could not be kept: {e}",
+                record.commit
+            ));
+        }
+        state.announce_domain();
+    }
     let body = PinReply {
         pinned: Pinned {
             commit: record.commit.clone(),
@@ -163,4 +165,76 @@ pub(super) async fn pin(
     };
     state.publish(record, Some(current));
     axum::Json(body).into_response()
+}
+
+/// `POST /v1/domain/hold` (mirror mode): stop pinning new upstream heads; they are validated and
+/// recorded as held.
+pub(super) async fn hold(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+    let user = match require(&state, &headers, "domain:pin").await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if state.mirror.is_none() {
+        return hosted_conflict();
+    }
+    if state.hold().is_none() {
+        let hold = Hold {
+            since: reconciler::pin::now_rfc3339(),
+            by: user.clone(),
+            reason: "hold".into(),
+            held_head: None,
+        };
+        // Under the decision lock, so no decision in flight pins past the hold.
+        let guard = state.decided.clone().lock_owned().await;
+        let set = state.set_hold(Some(hold));
+        drop(guard);
+        if let Err(e) = set {
+            return internal(&e.to_string());
+        }
+        crate::master::log::info(
+            "Master-0014",
+            &format!("The domain is held by {user}: new upstream heads are recorded as held, not pinned."),
+        );
+        state.announce_domain();
+    }
+    axum::Json(state.domain_doc()).into_response()
+}
+
+/// `POST /v1/domain/resume` (mirror mode): clear the hold and decide on the upstream head now
+/// (pinned if valid, whatever was decided about it before).
+pub(super) async fn resume(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+    let user = match require(&state, &headers, "domain:pin").await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if state.mirror.is_none() {
+        return hosted_conflict();
+    }
+    let mut guard = state.decided.clone().lock_owned().await;
+    match state.set_hold(None) {
+        Ok(false) => {
+            drop(guard);
+            return axum::Json(state.domain_doc()).into_response();
+        }
+        Ok(true) => {}
+        Err(e) => return internal(&e.to_string()),
+    }
+    crate::master::log::info(
+        "Master-0015",
+        &format!("{user} resumed following the upstream."),
+    );
+    // Whatever was decided about the upstream head before (the head a rollback left), it is
+    // decided again now, after a fetch of the newest.
+    *guard = None;
+    drop(guard);
+    state.sync(reconciler::pin::Source::Resume).await;
+    state.announce_domain();
+    axum::Json(state.domain_doc()).into_response()
+}
+
+fn hosted_conflict() -> Response {
+    error(
+        StatusCode::CONFLICT,
+        "the Master hosts this domain's repository: nothing arrives on its own to hold; a rollback already writes a commit on the branch",
+    )
 }

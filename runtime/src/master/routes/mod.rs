@@ -5,6 +5,7 @@ mod domain;
 mod events;
 mod git;
 mod hooks;
+mod rollouts;
 mod servers;
 
 use std::sync::Arc;
@@ -27,12 +28,19 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/domain", get(domain::domain))
         .route("/v1/domain/history", get(domain::history))
         .route("/v1/domain/pin", post(domain::pin))
+        .route("/v1/domain/hold", post(domain::hold))
+        .route("/v1/domain/resume", post(domain::resume))
+        .route("/v1/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/v1/rollouts/{id}", get(rollouts::get))
+        .route("/v1/servers/{name}/register", post(servers::register))
+        .route("/v1/servers/{name}/heartbeat", post(servers::heartbeat))
+        .route("/v1/servers/{name}/restart", post(rollouts::restart))
+        .route("/v1/servers/{name}/stop", post(rollouts::stop))
+        .route("/v1/servers/{name}/start", post(rollouts::start_one))
         .route("/v1/hooks/git", post(hooks::webhook))
         .route("/v1/events", get(events::events))
         .route("/v1/servers", get(servers::list_servers))
         .route("/v1/servers/{name}", get(servers::one_server))
-        .route("/v1/servers/{name}/register", post(servers::register))
-        .route("/v1/servers/{name}/heartbeat", post(servers::heartbeat))
         .route("/git/domain.git/{*rest}", any(git::git))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))

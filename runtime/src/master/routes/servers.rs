@@ -147,6 +147,7 @@ pub(super) async fn report(
         let _ = state
             .events
             .send(Arc::new(Event::new("server", None, &view)));
+        state.rollouts.poke();
     }
     let m = &c.domain.config.master;
     let pinned = c.commit.to_hex();
@@ -170,8 +171,23 @@ pub(super) async fn report(
         }
         None => false,
     };
+    let order = state.rollouts.take_order(&name);
+    if let Some(o) = &order {
+        log::info(
+            "Master-0074",
+            &format!(
+                "Ordering {name} to {} (rollout {}).",
+                match o.action {
+                    reconciler::wire::OrderAction::Restart => "restart",
+                    reconciler::wire::OrderAction::Stop => "stop",
+                },
+                o.rollout
+            ),
+        );
+    }
     axum::Json(ReportReply {
-        restart,
+        restart: restart && order.is_none(),
+        order,
         pinned: Pinned {
             commit: pinned,
             at: c.at.clone(),
