@@ -27,6 +27,12 @@ pub enum ClientError {
     Connect { addr: String, error: String },
     #[error("{addr}: {error}")]
     Http { addr: String, error: String },
+    #[error("{addr}: GET {path} answered {status}")]
+    Status {
+        addr: String,
+        path: String,
+        status: u16,
+    },
 }
 
 /// A response: status and body.
@@ -119,9 +125,10 @@ impl Client {
         let req = self.request(reqwest::Method::GET, path, "text/event-stream");
         let resp = req.send().map_err(|e| self.classify(&e))?;
         if !resp.status().is_success() {
-            return Err(ClientError::Http {
+            return Err(ClientError::Status {
                 addr: self.host_port.clone(),
-                error: format!("GET {path} answered {}", resp.status().as_u16()),
+                path: path.to_owned(),
+                status: resp.status().as_u16(),
             });
         }
         Ok(Events {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod action;
+mod admin;
 mod diff;
 mod docs;
 mod hardening;

@@ -563,34 +563,6 @@ fn servers_register_heartbeat_and_become_unreachable() {
     );
 }
 
-/// A bare "upstream" repository (no steward hook, like GitHub) and a work tree pushing to it.
-fn upstream(tmp: &TempDir) -> (PathBuf, PathBuf) {
-    let bare = tmp.path().join("upstream.git");
-    let work = tmp.path().join("upstream-work");
-    git_ok(
-        tmp.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            bare.to_str().expect("utf-8"),
-        ],
-    );
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git_ok(&work, &["init", "-q", "-b", "main"]);
-    write_domain(&work);
-    git_ok(&work, &["add", "-A"]);
-    git_ok(&work, &["commit", "-qm", "upstream: first"]);
-    git_ok(
-        &work,
-        &["remote", "add", "origin", bare.to_str().expect("utf-8")],
-    );
-    git_ok(&work, &["push", "-q", "origin", "main"]);
-    (bare, work)
-}
-
 fn domain_json(master: &Master) -> serde_json::Value {
     serde_json::from_str(&master.get("/v1/domain").body).expect("json")
 }

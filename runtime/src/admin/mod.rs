@@ -1,8 +1,11 @@
 //! `steward admin`, the console tool (jeusadmin's counterpart): everything it does goes through
 //! a Master's HTTP API (docs/api.md) or, for configuration edits, through a commit pushed to the
-//! Master. This module holds what every admin command shares: where the Master is and whose
-//! credentials to use.
+//! Master. [`connection`]: where the Master is and whose credentials to use; [`api`]: the
+//! Master's routes as typed calls; [`render`]: what people read.
 
+pub mod api;
 pub mod connection;
+pub mod render;
 
+pub use api::{Api, ApiError};
 pub use connection::{Connection, ConnectionError};

@@ -312,3 +312,31 @@ pub fn pid_of(home: &Path, server: &str) -> String {
     .trim()
     .to_owned()
 }
+
+/// A bare "upstream" repository (no steward hook, like GitHub) and a work tree pushing to it.
+pub fn upstream(tmp: &TempDir) -> (PathBuf, PathBuf) {
+    let bare = tmp.path().join("upstream.git");
+    let work = tmp.path().join("upstream-work");
+    git_ok(
+        tmp.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            bare.to_str().expect("utf-8"),
+        ],
+    );
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git_ok(&work, &["init", "-q", "-b", "main"]);
+    write_domain(&work);
+    git_ok(&work, &["add", "-A"]);
+    git_ok(&work, &["commit", "-qm", "upstream: first"]);
+    git_ok(
+        &work,
+        &["remote", "add", "origin", bare.to_str().expect("utf-8")],
+    );
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+    (bare, work)
+}
