@@ -211,7 +211,7 @@ impl State {
                 ),
             ),
             Outcome::Held => log::info(
-                "Master-0013",
+                "Master-0015",
                 &format!(
                     "Held {} (source {}{by}): valid, not pinned while the domain is held; `steward admin resume` follows the upstream again: {}",
                     record.commit,

@@ -192,7 +192,7 @@ pub(super) async fn hold(AxState(state): AxState<Arc<State>>, headers: HeaderMap
             return internal(&e.to_string());
         }
         crate::master::log::info(
-            "Master-0014",
+            "Master-0016",
             &format!("The domain is held by {user}: new upstream heads are recorded as held, not pinned."),
         );
         state.announce_domain();
@@ -220,7 +220,7 @@ pub(super) async fn resume(AxState(state): AxState<Arc<State>>, headers: HeaderM
         Err(e) => return internal(&e.to_string()),
     }
     crate::master::log::info(
-        "Master-0015",
+        "Master-0017",
         &format!("{user} resumed following the upstream."),
     );
     // Whatever was decided about the upstream head before (the head a rollback left), it is
