@@ -125,7 +125,10 @@ pub enum Note {
     /// Rolling restarts: this server's turn.
     RollingTurn,
     /// An operator ordered this server to restart or stop (rollout `rollout`).
-    Ordered { rollout: String, action: OrderAction },
+    Ordered {
+        rollout: String,
+        action: OrderAction,
+    },
     /// A commit was applied.
     Applied {
         commit: String,

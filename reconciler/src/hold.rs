@@ -57,12 +57,15 @@ pub fn write(home: &Path, hold: Option<&Hold>) -> Result<(), HoldError> {
     };
     let Some(hold) = hold else {
         return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("cannot remove", &path)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io("cannot remove", &path)(e))
+            }
             _ => sync_dir(&path).map_err(io("cannot sync the directory of", &path)),
         };
     };
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let body = serde_json::to_vec_pretty(hold).map_err(|e| io("cannot encode", &path)(std::io::Error::other(e)))?;
+    let body = serde_json::to_vec_pretty(hold)
+        .map_err(|e| io("cannot encode", &path)(std::io::Error::other(e)))?;
     let mut f = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
     f.write_all(&body)
         .and_then(|()| f.sync_all())

@@ -147,6 +147,8 @@ struct Track {
     begun: Option<Instant>,
     /// The run the step began with (`None`: the server was not running).
     before: Option<Run>,
+    /// Since when the step waits for an `UNKNOWN` server's first report.
+    asked: Option<Instant>,
 }
 
 /// A rollout in progress: its document and what the steps began with.
@@ -154,6 +156,10 @@ struct Track {
 pub struct Rollout {
     pub doc: Doc,
     track: Vec<Track>,
+    /// How long a step waits for a server the Master has not heard from since it started
+    /// (`UNKNOWN`: it may run and not have reported yet) before taking it for not running: the
+    /// heartbeat timeout.
+    patience: Duration,
 }
 
 /// Whether `v` serves: reporting, RUNNING on `pinned`, every application deployed.
@@ -200,6 +206,7 @@ impl Rollout {
         max_unavailable: usize,
         requested_by: String,
         at: String,
+        patience: Duration,
     ) -> Rollout {
         let track = vec![Track::default(); servers.len()];
         let steps = servers
@@ -224,6 +231,7 @@ impl Rollout {
                 error: None,
             },
             track,
+            patience,
         }
     }
 
@@ -290,10 +298,9 @@ impl Rollout {
             };
             if over {
                 let detail = match self.doc.action {
-                    RolloutAction::Stop => format!(
-                        "stopped ({})",
-                        v.map_or(ServerState::Unknown, |v| v.state)
-                    ),
+                    RolloutAction::Stop => {
+                        format!("stopped ({})", v.map_or(ServerState::Unknown, |v| v.state))
+                    }
                     _ => format!(
                         "RUNNING on {}{}",
                         short(pinned),
@@ -335,16 +342,24 @@ impl Rollout {
             }
             let server = self.doc.steps[i].server.clone();
             let v = view(&server);
+            // An UNKNOWN server may run and not have reported yet: give it until `patience`.
+            if v.is_none_or(|v| v.state == ServerState::Unknown) {
+                let asked = *self.track[i].asked.get_or_insert(now);
+                if now.duration_since(asked) < self.patience {
+                    self.doc.steps[i].detail =
+                        Some("waiting for its first report to the Master".into());
+                    busy += 1;
+                    continue;
+                }
+            }
             let running = v.is_some_and(|v| {
                 v.reachable && matches!(v.state, ServerState::Running | ServerState::Starting)
             });
             let mut begin = |cmd: Command, detail: &str, me: &mut Rollout| {
                 me.doc.steps[i].state = StepState::InProgress;
                 me.doc.steps[i].detail = Some(detail.to_owned());
-                me.track[i] = Track {
-                    begun: Some(now),
-                    before: v.filter(|_| running).map(Run::of),
-                };
+                me.track[i].begun = Some(now);
+                me.track[i].before = v.filter(|_| running).map(Run::of);
                 commands.push(cmd);
             };
             match self.doc.action {
@@ -390,12 +405,7 @@ impl Rollout {
             }
             busy += 1;
         }
-        if self
-            .doc
-            .steps
-            .iter()
-            .all(|s| s.state == StepState::Done)
-        {
+        if self.doc.steps.iter().all(|s| s.state == StepState::Done) {
             self.doc.state = RolloutState::Succeeded;
             self.doc.finished_at = Some(at.to_owned());
         }
@@ -470,7 +480,11 @@ mod tests {
             view("s2", ServerState::Running, 2, PIN),
             view("s3", ServerState::Running, 3, PIN),
         ];
-        let named = select(&req(|r| r.servers = vec!["s3".into(), "s1".into(), "s3".into()]), &d, &views);
+        let named = select(
+            &req(|r| r.servers = vec!["s3".into(), "s1".into(), "s3".into()]),
+            &d,
+            &views,
+        );
         assert_eq!(named.expect("named").1, ["s3", "s1"]);
         let cluster = select(&req(|r| r.cluster = Some("c1".into())), &d, &views);
         assert_eq!(cluster.expect("cluster").1, ["s2", "s1"]);
@@ -484,7 +498,11 @@ mod tests {
     #[test]
     fn refuses_unknown_names_with_a_suggestion_and_ambiguous_requests() {
         let d = domain();
-        let e = select(&req(|r| r.servers = vec!["s4x".into(), "sever1".into()]), &d, &[]);
+        let e = select(
+            &req(|r| r.servers = vec!["s4x".into(), "sever1".into()]),
+            &d,
+            &[],
+        );
         assert!(matches!(e, Err(SelectError::UnknownServer { ref name, .. }) if name == "s4x"));
         let e = select(&req(|r| r.servers = vec!["sl".into()]), &d, &[]).expect_err("unknown");
         assert_eq!(
@@ -512,6 +530,7 @@ mod tests {
             max,
             "admin".into(),
             "t0".into(),
+            Duration::from_secs(10),
         )
     }
 
@@ -586,7 +605,10 @@ mod tests {
         assert_eq!(r.doc.steps[0].state, StepState::Failed);
         assert_eq!(r.doc.steps[1].state, StepState::Skipped);
         let e = r.doc.error.as_deref().expect("why");
-        assert!(e.contains("s1") && e.contains("0ld") && e.contains("a413986"), "{e}");
+        assert!(
+            e.contains("s1") && e.contains("0ld") && e.contains("a413986"),
+            "{e}"
+        );
         // A failed rollout does nothing more.
         assert!(r.advance(&views, PIN, later, "t9").is_empty());
     }
@@ -601,12 +623,19 @@ mod tests {
         let mut r = rollout(RolloutAction::Start, &["s1", "s2"], 1);
         assert_eq!(
             r.advance(&views, PIN, t0, "t"),
-            [Command::Launch { server: "s2".into() }]
+            [Command::Launch {
+                server: "s2".into()
+            }]
         );
         assert_eq!(r.doc.steps[0].detail.as_deref(), Some("already RUNNING"));
         r.launch_failed("s2", "port 9751 is busy", "t1");
         assert_eq!(r.doc.state, RolloutState::Failed);
-        assert!(r.doc.error.as_deref().is_some_and(|e| e.contains("port 9751 is busy")));
+        assert!(
+            r.doc
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("port 9751 is busy"))
+        );
 
         let mut r = rollout(RolloutAction::Stop, &["s1", "s2"], 1);
         assert_eq!(
@@ -619,7 +648,48 @@ mod tests {
         views[0] = view("s1", ServerState::Shutdown, 1, PIN);
         assert!(r.advance(&views, PIN, t0, "t").is_empty());
         assert_eq!(r.doc.state, RolloutState::Succeeded);
-        assert_eq!(r.doc.steps[1].detail.as_deref(), Some("not running (SHUTDOWN)"));
+        assert_eq!(
+            r.doc.steps[1].detail.as_deref(),
+            Some("not running (SHUTDOWN)")
+        );
+    }
+
+    #[test]
+    fn an_unknown_server_gets_until_the_heartbeat_timeout_to_report() {
+        let t0 = Instant::now();
+        let mut r = rollout(RolloutAction::Stop, &["s1"], 1);
+        let unknown = View {
+            state: ServerState::Unknown,
+            reachable: false,
+            ..view("s1", ServerState::Running, 1, PIN)
+        };
+        assert!(
+            r.advance(std::slice::from_ref(&unknown), PIN, t0, "t")
+                .is_empty()
+        );
+        assert_eq!(r.doc.steps[0].state, StepState::Waiting);
+        // It reports: it runs, so it is ordered to stop.
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(
+            r.advance(&[view("s1", ServerState::Running, 1, PIN)], PIN, later, "t"),
+            [Command::Order {
+                server: "s1".into(),
+                action: OrderAction::Stop
+            }]
+        );
+        // One that stays silent is taken for not running.
+        let mut r = rollout(RolloutAction::Restart, &["s1"], 1);
+        assert!(
+            r.advance(std::slice::from_ref(&unknown), PIN, t0, "t")
+                .is_empty()
+        );
+        let after = t0 + Duration::from_secs(11);
+        assert_eq!(
+            r.advance(&[unknown], PIN, after, "t"),
+            [Command::Launch {
+                server: "s1".into()
+            }]
+        );
     }
 
     #[test]
@@ -628,7 +698,9 @@ mod tests {
         let views = vec![view("s2", ServerState::Shutdown, 2, PIN)];
         assert_eq!(
             r.advance(&views, PIN, Instant::now(), "t"),
-            [Command::Launch { server: "s2".into() }]
+            [Command::Launch {
+                server: "s2".into()
+            }]
         );
     }
 }

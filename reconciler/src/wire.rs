@@ -438,7 +438,9 @@ mod tests {
             ],
             "error": null
         }));
-        round_trip::<RolloutRequest>(json!({ "action": "restart", "cluster": "cluster1", "max_unavailable": 2 }));
+        round_trip::<RolloutRequest>(
+            json!({ "action": "restart", "cluster": "cluster1", "max_unavailable": 2 }),
+        );
         round_trip::<PinReply>(json!({
             "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
             "changed": true,

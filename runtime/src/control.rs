@@ -252,10 +252,8 @@ impl Control {
         // Its own session: the stop it asks for must not take it down too.
         crate::process::detach(&mut cmd);
         if let Err(e) = cmd.spawn() {
-            self.log.severe(
-                "SERVER-0321",
-                &format!("Cannot run the launcher: {e}"),
-            );
+            self.log
+                .severe("SERVER-0321", &format!("Cannot run the launcher: {e}"));
         }
     }
 

@@ -412,10 +412,10 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
             "In-flight requests did not finish within stop-timeout; stopping anyway.",
         ),
     }
-    if let Some(c) = control {
-        if let Ok(Ok(c)) = tokio::task::spawn_blocking(move || c.join()).await {
-            let _ = tokio::task::spawn_blocking(move || c.farewell()).await;
-        }
+    if let Some(c) = control
+        && let Ok(Ok(c)) = tokio::task::spawn_blocking(move || c.join()).await
+    {
+        let _ = tokio::task::spawn_blocking(move || c.farewell()).await;
     }
     crate::process::remove_pid(a.home, pid);
     Ok(())

@@ -254,7 +254,9 @@ fn applications_serve_and_live_changes_drop_no_request() {
     assert_eq!(pid, pid_of(&home, "server1"));
 
     // A graceful stop stops the process applications too.
-    let api_image = "servers/server3/.workspace/deployed/api";
+    // The whole path: another domain's api (a `steward up` elsewhere) is not this one.
+    let api_image = home.join("servers/server3/.workspace/deployed/api");
+    let api_image = api_image.to_str().unwrap();
     assert!(
         !crate::util::processes_with(api_image).is_empty(),
         "the api runs"
@@ -494,7 +496,8 @@ fn a_graceful_stop_finishes_requests_in_flight_then_stops_the_applications() {
     let home = d.home.clone();
     let _servers = Servers(&home, &["server1"]);
     start_server(&home, "server1", mport);
-    let image = "servers/server1/.workspace/deployed/slow";
+    let image = home.join("servers/server1/.workspace/deployed/slow");
+    let image = image.to_str().unwrap();
     assert!(
         !crate::util::processes_with(image).is_empty(),
         "the slow app runs"

@@ -23,7 +23,10 @@ pub enum ApiError {
     #[error(
         "user `{user}` lacks the permission `{permission}` (403): an administrator can grant it to one of the user's roles in security/policies.toml"
     )]
-    Forbidden { user: String, permission: &'static str },
+    Forbidden {
+        user: String,
+        permission: &'static str,
+    },
     #[error("{what}: {message}")]
     Refused {
         what: String,
@@ -88,7 +91,11 @@ impl Api {
         }
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str, permission: &'static str) -> Result<T, ApiError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        permission: &'static str,
+    ) -> Result<T, ApiError> {
         let resp = self.client.get(path)?;
         self.answer(&format!("GET {path}"), permission, resp)
     }
@@ -154,17 +161,13 @@ impl Api {
         let c = self.conn.client(idle)?;
         match c.events("/v1/events") {
             Ok(e) => Ok(e),
-            Err(ClientError::Status { status: 401, .. }) => {
-                Err(ApiError::Unauthorized {
-                    user: self.conn.user.clone(),
-                })
-            }
-            Err(ClientError::Status { status: 403, .. }) => {
-                Err(ApiError::Forbidden {
-                    user: self.conn.user.clone(),
-                    permission: "events:read",
-                })
-            }
+            Err(ClientError::Status { status: 401, .. }) => Err(ApiError::Unauthorized {
+                user: self.conn.user.clone(),
+            }),
+            Err(ClientError::Status { status: 403, .. }) => Err(ApiError::Forbidden {
+                user: self.conn.user.clone(),
+                permission: "events:read",
+            }),
             Err(e) => Err(e.into()),
         }
     }

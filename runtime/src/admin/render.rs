@@ -216,7 +216,10 @@ pub fn history(records: &[Record]) -> String {
             ]
         })
         .collect();
-    table(&["AT", "OUTCOME", "COMMIT", "SOURCE", "BY", "SUMMARY"], &rows)
+    table(
+        &["AT", "OUTCOME", "COMMIT", "SOURCE", "BY", "SUMMARY"],
+        &rows,
+    )
 }
 
 /// A validation problem as `steward validate` prints it: `file:line:col: severity[code]:
@@ -231,7 +234,11 @@ pub fn problem(p: &serde_json::Value) -> String {
     let _ = writeln!(
         out,
         "{place}: {}[{}]: {}",
-        if s("severity").is_empty() { "error" } else { s("severity") },
+        if s("severity").is_empty() {
+            "error"
+        } else {
+            s("severity")
+        },
         s("code"),
         s("message")
     );

@@ -87,13 +87,18 @@ impl Rollouts {
             max_unavailable,
             user,
             reconciler::pin::now_rfc3339(),
+            state.current().domain.config.master.heartbeat_timeout.0,
         );
         {
             let mut inner = self.lock();
             inner.rollouts.push_back(rollout);
             while inner.rollouts.len() > KEEP {
                 // Forget the oldest finished one; running ones stay.
-                match inner.rollouts.iter().position(|r| !r.doc.state.is_running()) {
+                match inner
+                    .rollouts
+                    .iter()
+                    .position(|r| !r.doc.state.is_running())
+                {
                     Some(i) => {
                         inner.rollouts.remove(i);
                     }
@@ -172,7 +177,11 @@ fn advance(state: &Arc<State>) {
     {
         let mut inner = state.rollouts.lock();
         let mut orders = Vec::new();
-        for r in inner.rollouts.iter_mut().filter(|r| r.doc.state.is_running()) {
+        for r in inner
+            .rollouts
+            .iter_mut()
+            .filter(|r| r.doc.state.is_running())
+        {
             let before = r.doc.clone();
             for cmd in r.advance(&views, &pinned, now, &at) {
                 match cmd {

@@ -242,8 +242,7 @@ impl State {
         pusher: Option<String>,
     ) -> Result<Option<(Oid, Record, Option<Current>)>> {
         let held = self.mirror.is_some() && self.hold().is_some();
-        let decision =
-            decide::decide_head(&self.store, &self.branch, last, source, pusher, held)?;
+        let decision = decide::decide_head(&self.store, &self.branch, last, source, pusher, held)?;
         if let Some(d) = &decision
             && d.record.outcome == Outcome::Held
         {

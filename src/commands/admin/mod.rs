@@ -162,7 +162,9 @@ fn watch(api: &Api, json: bool) -> anyhow::Result<ExitCode> {
         let text = render::status(domain, servers, now);
         if terminal {
             // Redraw in place.
-            out(&format!("\x1b[2J\x1b[H{text}\n(watching; {why}; Ctrl-C to stop)\n"))?;
+            out(&format!(
+                "\x1b[2J\x1b[H{text}\n(watching; {why}; Ctrl-C to stop)\n"
+            ))?;
         } else {
             out(&format!("--- {} {why}\n{text}", render::stamp(now)))?;
         }
@@ -187,7 +189,9 @@ fn watch(api: &Api, json: bool) -> anyhow::Result<ExitCode> {
                         serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null);
                     match e.kind.as_str() {
                         "server" => {
-                            if let Ok(v) = serde_json::from_value::<reconciler::wire::View>(data.clone()) {
+                            if let Ok(v) =
+                                serde_json::from_value::<reconciler::wire::View>(data.clone())
+                            {
                                 match servers.iter_mut().find(|s| s.name == v.name) {
                                     Some(s) => *s = v,
                                     None => servers.push(v),
@@ -206,7 +210,10 @@ fn watch(api: &Api, json: bool) -> anyhow::Result<ExitCode> {
                         _ => {}
                     }
                     if json {
-                        out(&format!("{}\n", serde_json::json!({ "event": e.kind, "data": data })))?;
+                        out(&format!(
+                            "{}\n",
+                            serde_json::json!({ "event": e.kind, "data": data })
+                        ))?;
                     } else if e.kind != "order" {
                         show(&domain, &servers, &format!("event: {}", e.kind))?;
                     }
@@ -264,19 +271,20 @@ fn rollout(api: &Api, action: RolloutAction, r: Rollout, json: bool) -> anyhow::
         ))?;
     }
     let mut shown: Vec<String> = Vec::new();
-    let progress = |doc: &reconciler::wire::Rollout, shown: &mut Vec<String>| -> anyhow::Result<()> {
-        shown.resize(doc.steps.len(), String::new());
-        for i in 0..doc.steps.len() {
-            let line = render::step(doc, i);
-            if line != shown[i] && doc.steps[i].state != reconciler::wire::StepState::Waiting {
-                if !json {
-                    out(&format!("  {line}\n"))?;
+    let progress =
+        |doc: &reconciler::wire::Rollout, shown: &mut Vec<String>| -> anyhow::Result<()> {
+            shown.resize(doc.steps.len(), String::new());
+            for (i, (step, seen)) in doc.steps.iter().zip(shown.iter_mut()).enumerate() {
+                let line = render::step(doc, i);
+                if line != *seen && step.state != reconciler::wire::StepState::Waiting {
+                    if !json {
+                        out(&format!("  {line}\n"))?;
+                    }
+                    *seen = line;
                 }
-                shown[i] = line;
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     progress(&doc, &mut shown)?;
     if !r.no_wait {
         // The Master times each step out; this only guards against a Master that went away.

@@ -18,8 +18,7 @@ pub(super) async fn domain(AxState(state): AxState<Arc<State>>, headers: HeaderM
     if let Err(r) = require(&state, &headers, "domain:read").await {
         return r;
     }
-    axum::Json(state.domain_doc())
-    .into_response()
+    axum::Json(state.domain_doc()).into_response()
 }
 
 /// Records a history answer holds by default, and at most (`?limit=`).
@@ -193,7 +192,9 @@ pub(super) async fn hold(AxState(state): AxState<Arc<State>>, headers: HeaderMap
         }
         crate::master::log::info(
             "Master-0016",
-            &format!("The domain is held by {user}: new upstream heads are recorded as held, not pinned."),
+            &format!(
+                "The domain is held by {user}: new upstream heads are recorded as held, not pinned."
+            ),
         );
         state.announce_domain();
     }
