@@ -320,6 +320,30 @@ fn hosted_rollback_history_and_show() {
             clone.to_str().unwrap(),
         ],
     );
+    // `status --watch` sees the push without asking again.
+    let mut watch = steward_cmd(&["admin", "status", "--watch", "--format", "json"])
+        .env("STEWARD_MASTER", format!("http://127.0.0.1:{port}"))
+        .env("STEWARD_USER", "admin")
+        .env("STEWARD_PASSWORD", "admin")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first_line: serde_json::Value =
+        serde_json::from_str(&lines.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap();
+    assert_eq!(first_line["event"], "status", "{first_line}");
     set_toml(
         &clone.join("domain.toml"),
         "servers.server1.listen",
@@ -327,6 +351,14 @@ fn hosted_rollback_history_and_show() {
     );
     let second = commit_and_push(&clone);
     assert_eq!(master.pinned(), second);
+    let seen = eventually("the watch prints the pin", 20, || {
+        let line = lines.recv_timeout(Duration::from_secs(1)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        (v["event"] == "pinned").then_some(v)
+    });
+    assert_eq!(seen["data"]["commit"], second.as_str());
+    let _ = watch.kill();
+    let _ = watch.wait();
 
     // An invalid push is refused; `show` prints every problem as validate does.
     std::fs::write(
