@@ -18,3 +18,4 @@ mod serving;
 mod up;
 mod util;
 mod validate;
+mod webadmin;

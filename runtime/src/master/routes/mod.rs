@@ -1,6 +1,7 @@
 //! The Master's HTTP API (docs/api.md), one module per concern; what they share: the router,
 //! error answers, and the routes that need no state of their own.
 
+mod commits;
 mod domain;
 mod events;
 mod git;
@@ -25,6 +26,11 @@ use super::{auth, log};
 pub(super) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(super::webadmin::page))
+        .route("/webadmin.js", get(super::webadmin::script))
+        .route("/webadmin.css", get(super::webadmin::style))
+        .route("/v1/me", get(super::webadmin::me))
+        .route("/v1/commits/{rev}/plan", get(commits::plan))
         .route("/v1/domain", get(domain::domain))
         .route("/v1/domain/history", get(domain::history))
         .route("/v1/domain/pin", post(domain::pin))
@@ -75,6 +81,10 @@ async fn gate(
         Err(refused) => {
             servers::refused_report(&state, req.method(), req.uri().path(), refused.status());
             refused
+        }
+        // A signed webhook is proven by its signature, not by credentials a browser could send.
+        Ok(_) if !open && let Err(refused) = super::csrf::check(req.method(), req.headers()) => {
+            csrf_refusal(refused)
         }
         Ok(user) => {
             req.extensions_mut().insert(ConnectInfo(peer.addr));
@@ -202,6 +212,14 @@ pub(super) fn unauthorized() -> Response {
         HeaderValue::from_static("Basic realm=\"steward\""),
     );
     r
+}
+
+fn csrf_refusal(refused: super::csrf::Refused) -> Response {
+    let status = match refused {
+        super::csrf::Refused::CrossSite => StatusCode::FORBIDDEN,
+        super::csrf::Refused::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    };
+    error(status, &refused.to_string())
 }
 
 pub(super) fn error(status: StatusCode, message: &str) -> Response {
