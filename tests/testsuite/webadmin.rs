@@ -207,6 +207,7 @@ fn requests_from_other_sites_and_simple_content_types_are_refused() {
     let r = pin(&[JSON, ("Origin", &own), ("Sec-Fetch-Site", "same-origin")]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(json(&r.body)["changed"], false);
+    assert!(master.log().contains("[Master-0080]"), "{}", master.log());
     let r = pin(&[("Content-Type", "application/json; charset=utf-8")]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(master.pinned(), pinned);
@@ -232,7 +233,7 @@ fn cell(b: &WebDriver, server: &str, cell: &str) -> String {
 #[test]
 fn in_a_real_browser_pushes_appear_live_and_a_restart_comes_back() {
     let tmp = TempDir::new("webadmin-browser");
-    let (master, home, _) = crate::admin::example_domain("webadmin-browser-repo", &tmp);
+    let (master, home, ports) = crate::admin::example_domain("webadmin-browser-repo", &tmp);
     let port = master.port;
     let _servers = Servers(&home, &["server1"]);
     start_server(&home, "server1", port);
@@ -320,6 +321,23 @@ fn in_a_real_browser_pushes_appear_live_and_a_restart_comes_back() {
         b.script("return window.stewardMarker || null;", json!([])),
         "kept"
     );
+
+    // Another site's page — here the shop server1 serves, on another port of the same host — makes
+    // this logged-in browser POST to the Master as a form could: the browser sends the cached
+    // credentials (the Master authenticates them, and says so), and the Master refuses it.
+    let rollouts = || json(&request(port, "GET", "/v1/rollouts", ADMIN).unwrap().body);
+    let before = rollouts();
+    b.goto(&format!("http://127.0.0.1:{}/shop/", ports[4]));
+    b.script(
+        "fetch(arguments[0], { method: 'POST', mode: 'no-cors', credentials: 'include',
+                               body: '{\"action\": \"restart\", \"servers\": [\"server1\"]}' });
+         return null;",
+        json!([format!("http://127.0.0.1:{port}/v1/rollouts")]),
+    );
+    crate::util::eventually("the cross-site POST refused", 20, || {
+        master.log().contains("[Master-0080]").then_some(())
+    });
+    assert_eq!(rollouts(), before, "no rollout was started");
     drop(b);
 
     // A read-only user sees the domain and its servers, and no button to change anything.

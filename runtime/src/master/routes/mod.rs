@@ -83,8 +83,10 @@ async fn gate(
             refused
         }
         // A signed webhook is proven by its signature, not by credentials a browser could send.
-        Ok(_) if !open && let Err(refused) = super::csrf::check(req.method(), req.headers()) => {
-            csrf_refusal(refused)
+        Ok(ref user)
+            if !open && let Err(refused) = super::csrf::check(req.method(), req.headers()) =>
+        {
+            csrf_refusal(refused, &req, user.as_deref().unwrap_or(""))
         }
         Ok(user) => {
             req.extensions_mut().insert(ConnectInfo(peer.addr));
@@ -214,9 +216,21 @@ pub(super) fn unauthorized() -> Response {
     r
 }
 
-fn csrf_refusal(refused: super::csrf::Refused) -> Response {
+fn csrf_refusal(refused: super::csrf::Refused, req: &Request, user: &str) -> Response {
     let status = match refused {
-        super::csrf::Refused::CrossSite => StatusCode::FORBIDDEN,
+        super::csrf::Refused::CrossSite => {
+            // Someone's page tried to use a logged-in browser: worth an operator's attention.
+            log::limited(
+                log::Level::Warning,
+                "Master-0080",
+                &format!(
+                    "Refused a cross-site {} {} with the credentials of {user}: a page of another site made a logged-in browser send it.",
+                    req.method(),
+                    req.uri().path()
+                ),
+            );
+            StatusCode::FORBIDDEN
+        }
         super::csrf::Refused::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
     };
     error(status, &refused.to_string())
