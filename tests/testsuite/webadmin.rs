@@ -247,6 +247,12 @@ fn in_a_real_browser_pushes_appear_live_and_a_restart_comes_back() {
         json!([]),
     );
     assert_eq!(marks, 1);
+    // The stylesheet applies under the page's Content-Security-Policy.
+    let header = b.script(
+        "return getComputedStyle(document.querySelector('header')).backgroundColor;",
+        json!([]),
+    );
+    assert_eq!(header, "rgb(29, 36, 48)");
     // Set in this page: still there later means the page was never reloaded.
     b.script("window.stewardMarker = 'kept'; return null;", json!([]));
 

@@ -295,13 +295,20 @@ mod tests {
     use serde_json::json;
 
     fn page(may: &[&'static str], servers: Option<&[Value]>) -> String {
-        let domain = json!({
-            "name": "d<1>",
-            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
-            "mode": "hosted",
-            "upstream": null,
-            "hold": null,
-        });
+        page_of(
+            json!({
+                "name": "d<1>",
+                "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "2026-11-24T05:19:52Z" },
+                "mode": "hosted",
+                "upstream": null,
+                "hold": null,
+            }),
+            may,
+            servers,
+        )
+    }
+
+    fn page_of(domain: Value, may: &[&'static str], servers: Option<&[Value]>) -> String {
         let members = vec!["server1".to_owned()];
         render(&Page {
             user: "admin",
@@ -345,8 +352,29 @@ mod tests {
         );
         assert!(operator.contains("class=\"restart\" data-server=\"server1\""));
         assert!(operator.contains("data-cluster=\"cluster1\""));
+        assert!(
+            !operator.contains("hold-button"),
+            "hosted mode has nothing to hold"
+        );
         let blind = page(&["domain:read"], None);
         assert!(blind.contains("servers:read"));
         assert!(!blind.contains("<table"));
+    }
+
+    #[test]
+    fn a_held_mirror_says_so_and_offers_resume_to_pinners() {
+        let domain = json!({
+            "name": "d1",
+            "pinned": { "commit": "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5", "at": "" },
+            "mode": "mirror",
+            "upstream": { "url": "https://git.example/d.git", "branch": "main" },
+            "hold": { "since": "2026-11-24T05:19:52Z", "by": "alice", "reason": "rollback" },
+        });
+        let html = page_of(domain.clone(), &["domain:read", "domain:pin"], None);
+        assert!(html.contains("held since 2026-11-24T05:19:52Z by alice (rollback)"));
+        assert!(html.contains("id=\"hold-button\"") && html.contains("id=\"resume-button\""));
+        assert!(html.contains("<code>https://git.example/d.git</code> (main)"));
+        let viewer = page_of(domain, &["domain:read"], None);
+        assert!(!viewer.contains("resume-button"));
     }
 }
