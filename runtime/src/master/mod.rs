@@ -18,6 +18,7 @@
 //! first ([`auth`] bounds the password checks); [`conn`] caps and times out connections;
 //! [`tasks`] the background work (ref watcher, mirror polling, heartbeat watch, signals).
 
+mod advert;
 mod auth;
 mod cgi;
 mod conn;
@@ -276,6 +277,7 @@ async fn serve(opts: Options) -> Result<()> {
         rollouts: rollouts::Rollouts::default(),
         url: std::sync::OnceLock::new(),
         hold: std::sync::Mutex::new(hold),
+        adverts: advert::Adverts::default(),
     });
 
     // Commits that arrived while the Master was down.

@@ -426,6 +426,9 @@ async fn drive(d: Drive) {
         tail.extend_from_slice(b"0000");
     }
     let _ = tx.send(Bytes::from(tail)).await;
+    drop(tx);
+    // The housekeeping `receive-pack` is told not to do while the client waits.
+    cgi::maintain(state.store.git_dir());
 }
 
 /// After git accepted a push the Master could not pin (`error`): moves the branch back to where

@@ -63,6 +63,8 @@ pub(super) struct State {
     pub(super) url: std::sync::OnceLock<String>,
     /// Mirror mode: the hold, as kept in `config/hold.json` (see [`reconciler::hold`]).
     pub(super) hold: std::sync::Mutex<Option<reconciler::hold::Hold>>,
+    /// Ref advertisements kept while the refs stay as they were.
+    pub(super) adverts: super::advert::Adverts,
 }
 
 impl State {

@@ -83,6 +83,19 @@ pub(super) async fn git(
     if rest.split('/').any(|c| c == ".." || c == ".") || rest.starts_with('/') {
         return StatusCode::NOT_FOUND.into_response();
     }
+    // The ref advertisement that starts every clone, fetch and push, from memory while the refs
+    // stay as they were (see `master::advert`).
+    let ask = if rest == "info/refs" && request.method() == axum::http::Method::GET {
+        match state
+            .adverts
+            .answer(state.store.git_dir(), &query, request.headers())
+        {
+            Ok(kept) => return kept,
+            Err(ask) => Some(ask),
+        }
+    } else {
+        None
+    };
     let (parts, body) = request.into_parts();
     let config = state.home.join("config");
     let req = cgi::CgiRequest {
@@ -110,7 +123,10 @@ pub(super) async fn git(
             cgi::kill_group(&child);
         }
     });
-    response
+    match ask {
+        Some(ask) => state.adverts.keep(ask, response),
+        None => response,
+    }
 }
 
 #[cfg(test)]
