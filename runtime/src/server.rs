@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use reconciler::cache::Cache;
@@ -115,47 +117,57 @@ impl Management {
         }
     }
 
-    /// The user of the request if they hold one of `permissions` in the applied commit, else
-    /// the answer to send (401, 403, or 429/503 while password checks are bounded).
-    async fn require(
-        &self,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-        permissions: &[&str],
-    ) -> Result<String, Response> {
+    /// Whether `user` holds one of `permissions` in the applied commit.
+    fn permits(&self, user: &str, permissions: &[&str]) -> bool {
         let domain = self.domain();
-        let user = crate::auth::authenticate(&self.auth, &domain, headers, Some(peer.ip())).await?;
-        if !permissions.iter().any(|p| domain.permits(&user, p)) {
-            return Err(StatusCode::FORBIDDEN.into_response());
-        }
-        Ok(user)
+        permissions.iter().any(|p| domain.permits(user, p))
     }
 }
 
-async fn status(
+/// The user [`gate`] authenticated.
+#[derive(Clone)]
+struct User(String);
+
+/// In front of every route of the management API: authenticates against the applied commit's
+/// accounts before a route is chosen, so without valid credentials every method and path gets
+/// the same 401 (or 429/503 while password checks are bounded; see [`crate::auth`]).
+async fn gate(
     State(m): State<Arc<Management>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    mut req: Request,
+    next: Next,
 ) -> Response {
-    // Operators (`servers:read`) and servers' launchers (`servers:register`, the one permission
-    // of their account that concerns servers).
-    match m
-        .require(&headers, peer, &["servers:read", "servers:register"])
-        .await
-    {
-        Ok(_) => axum::Json(m.snapshot()).into_response(),
+    let domain = m.domain();
+    match crate::auth::authenticate(&m.auth, &domain, req.headers(), Some(peer.ip())).await {
+        Ok(user) => {
+            req.extensions_mut().insert(User(user));
+            next.run(req).await
+        }
         Err(r) => r,
     }
+}
+
+/// Who may read a server's status: operators (`servers:read`) and the servers' launchers
+/// (`servers:register`, the one permission of their account that concerns servers).
+const STATUS_READERS: &[&str] = &["servers:read", "servers:register"];
+
+async fn status(
+    State(m): State<Arc<Management>>,
+    Extension(User(user)): Extension<User>,
+) -> Response {
+    if !m.permits(&user, STATUS_READERS) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    axum::Json(m.snapshot()).into_response()
 }
 
 /// `GET /metrics` (docs/metrics.md).
 async fn metrics(
     State(m): State<Arc<Management>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(User(user)): Extension<User>,
 ) -> Response {
-    if let Err(r) = m.require(&headers, peer, &["metrics:read"]).await {
-        return r;
+    if !m.permits(&user, &["metrics:read"]) {
+        return StatusCode::FORBIDDEN.into_response();
     }
     let s = m.snapshot();
     let body = crate::server_metrics::render(
@@ -170,21 +182,6 @@ async fn metrics(
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     r
-}
-
-/// Any other path: credentials first, so probing does not map the API.
-async fn not_found(
-    State(m): State<Arc<Management>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    match m
-        .require(&headers, peer, &["servers:read", "servers:register"])
-        .await
-    {
-        Ok(_) => StatusCode::NOT_FOUND.into_response(),
-        Err(r) => r,
-    }
 }
 
 fn level(l: schema::model::LogLevel) -> Level {
@@ -430,7 +427,12 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
+        // Behind the gate too: an unknown path answers 404 only to valid credentials.
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn_with_state(
+            a.management.clone(),
+            gate,
+        ))
         .with_state(a.management.clone())
         .into_make_service_with_connect_info::<SocketAddr>();
     a.log.info(

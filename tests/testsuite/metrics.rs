@@ -160,6 +160,13 @@ fn master_and_server_metrics_follow_a_push_and_requests() {
         request(s1, "GET", "/v1/status", VIEWER).unwrap().status,
         200
     );
+    // Credentials come before the route: no path or method is revealed to a stranger.
+    assert_eq!(request(s1, "GET", "/nowhere", None).unwrap().status, 401);
+    assert_eq!(
+        request(s1, "DELETE", "/v1/status", None).unwrap().status,
+        401
+    );
+    assert_eq!(request(s1, "GET", "/nowhere", ADMIN).unwrap().status, 404);
 
     let before = scrape(mport, SCRAPER).1.expect("master metrics");
     assert_eq!(kind(&before, "steward_master_pins"), "counter");
