@@ -349,22 +349,6 @@ pub async fn authenticate(
     }
 }
 
-/// [`authenticate`], then 403 when the user lacks `permission` in `domain`. Neither answer says
-/// which part was wrong.
-pub async fn require(
-    auth: &Auth,
-    domain: &schema::model::Domain,
-    headers: &HeaderMap,
-    from: Option<IpAddr>,
-    permission: &str,
-) -> Result<String, Response> {
-    let user = authenticate(auth, domain, headers, from).await?;
-    if !domain.permits(&user, permission) {
-        return Err(StatusCode::FORBIDDEN.into_response());
-    }
-    Ok(user)
-}
-
 /// `status` with `Retry-After` in whole seconds (at least 1).
 pub fn retry_after(status: StatusCode, wait: Duration) -> Response {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -456,6 +440,42 @@ mod tests {
         assert_eq!(addr_key(a), addr_key(b));
         let v4: IpAddr = "127.0.0.1".parse().expect("ip");
         assert_eq!(addr_key(v4), Key::Addr(v4));
+    }
+
+    #[tokio::test]
+    async fn authenticates_against_a_domains_accounts() {
+        let auth = Auth::with_slots(1);
+        let mut domain = schema::model::Domain::default();
+        domain.accounts.users.insert(
+            "scraper".into(),
+            schema::model::User {
+                password: schema::security::hash_password("pw").expect("hash"),
+                groups: Vec::new(),
+                description: String::new(),
+            },
+        );
+        let mut h = HeaderMap::new();
+        let refused = authenticate(&auth, &domain, &h, None)
+            .await
+            .expect_err("401");
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(refused.headers().contains_key(WWW_AUTHENTICATE));
+        // base64("scraper:pw")
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic c2NyYXBlcjpwdw=="),
+        );
+        let user = authenticate(&auth, &domain, &h, None).await.ok();
+        assert_eq!(user.as_deref(), Some("scraper"));
+        // base64("scraper:no")
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic c2NyYXBlcjpubw=="),
+        );
+        let refused = authenticate(&auth, &domain, &h, None)
+            .await
+            .expect_err("401");
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]
