@@ -14,6 +14,7 @@ mod hook;
 mod launcher;
 mod managed_server;
 mod master;
+mod metrics;
 mod serving;
 mod up;
 mod util;
