@@ -42,6 +42,8 @@ pub enum EditError {
     },
     #[error("`{path}` is a table of settings; set its keys one at a time (`{path}.KEY=VALUE`)")]
     NotAValue { path: String },
+    #[error("`{app}` is a new application: name its targets (servers or clusters)")]
+    NoTargets { app: String },
     #[error("`{path}` is not set in domain.toml: nothing to unset")]
     NotSet { path: String },
     #[error("`{path}`: `{at}` is written as a value in domain.toml, not as a table")]
@@ -416,6 +418,9 @@ pub fn deploy(doc: &mut DocumentMut, d: &Deploy) -> Result<(), EditError> {
         .get("applications")
         .and_then(|a| a.get(&d.app))
         .is_some();
+    if !exists && d.targets.is_empty() {
+        return Err(EditError::NoTargets { app: d.app.clone() });
+    }
     let table = table_at(doc, &["applications", &d.app], &path)?;
     let kind = d
         .kind
