@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::master::{Master, init, init_home};
-use crate::util::{Run, TempDir, example_dir, git_ok, steward_cmd, text};
+use crate::util::master::{Master, Servers, init, init_home, start_server};
+use crate::util::{Repo, Run, TempDir, eventually, example_dir, git_ok, steward_cmd, text};
 
 /// `steward admin ARGS` against the Master on `port` as `user`, its work clone under `cache`.
 fn admin_in(cache: &Path, port: u16, user: &str, password: &str, args: &[&str]) -> Run {
@@ -470,4 +470,103 @@ fn a_concurrent_push_is_rebased_and_both_changes_land() {
         "{domain}"
     );
     assert_eq!(master.pinned(), git_ok(&clone, &["rev-parse", "HEAD"]));
+}
+
+#[test]
+fn deploy_of_a_directory_serves_it_and_undeploy_takes_it_away() {
+    let tmp = TempDir::new("admin-edit-deploy");
+    let repo = Repo::example("admin-edit-deploy-repo");
+    let ports = crate::util::example_on_free_ports(&repo);
+    repo.commit("on free ports");
+    let home = tmp.path().join("home");
+    init(&home, repo.path());
+    let master = Master::start_on(&home, ports[0]);
+    let cache = tmp.path().join("cache");
+    let _servers = Servers(&home, &["server1"]);
+    start_server(&home, "server1", master.port);
+    let web = ports[4];
+    let page = |path: &str| crate::util::http::get(web, path).ok();
+    eventually("server1 serves the shop", 20, || {
+        page("/shop/index.html").filter(|r| r.status == 200)
+    });
+
+    let site = tmp.path().join("site");
+    std::fs::create_dir_all(site.join("css")).unwrap();
+    std::fs::write(site.join("index.html"), "hello from the blog\n").unwrap();
+    std::fs::write(site.join("css/blog.css"), "body {}\n").unwrap();
+    let run = |args: &[&str]| admin_in(&cache, master.port, "admin", "admin", args);
+
+    // A target that does not exist: the validator's message, nothing pushed.
+    let site_arg = site.to_str().unwrap();
+    let r = run(&[
+        "deploy", "blog", "--source", site_arg, "--target", "sever1", "--yes",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("`sever1`"), "{}", r.stderr);
+    assert!(r.stderr.contains("server1"), "{}", r.stderr);
+
+    let r = run(&[
+        "deploy", "blog", "--source", site_arg, "--target", "server1", "--yes",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("server server1\n  + deploy application blog  [REDEPLOY]\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("the Master pinned it."), "{}", r.stdout);
+    let body = eventually("server1 serves the blog", 20, || {
+        page("/blog/index.html").filter(|r| r.status == 200)
+    })
+    .body;
+    assert_eq!(body, "hello from the blog\n");
+    let clone = fresh_clone(&master, &tmp, "fresh");
+    assert_eq!(
+        std::fs::read_to_string(clone.join("apps/blog/css/blog.css")).unwrap(),
+        "body {}\n"
+    );
+    let domain = std::fs::read_to_string(clone.join("domain.toml")).unwrap();
+    assert!(
+        domain.ends_with(
+            "[applications.blog]\nkind = \"static\"\nsource = \"apps/blog\"\ncontext-path = \"/blog\"\ntargets = [\"server1\"]\n"
+        ),
+        "{domain}"
+    );
+
+    // New content for the same application: a redeploy of it alone; a removed file goes.
+    std::fs::write(site.join("index.html"), "second edition\n").unwrap();
+    std::fs::remove_file(site.join("css/blog.css")).unwrap();
+    let r = run(&["deploy", "blog", "--source", site_arg, "--yes"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(
+            "  ~ redeploy application blog (content of `apps/blog` changed)  [REDEPLOY]\n"
+        ),
+        "{}",
+        r.stdout
+    );
+    eventually("server1 serves the second edition", 20, || {
+        page("/blog/index.html").filter(|r| r.body == "second edition\n")
+    });
+
+    let r = run(&["undeploy", "blog", "--yes"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("  - undeploy application blog  [REDEPLOY]\n"),
+        "{}",
+        r.stdout
+    );
+    eventually("the blog is gone", 20, || {
+        page("/blog/index.html").filter(|r| r.status == 404)
+    });
+    git_ok(&clone, &["pull", "-q"]);
+    assert!(!clone.join("apps/blog").exists());
+    let after = std::fs::read_to_string(clone.join("domain.toml")).unwrap();
+    let original = std::fs::read_to_string(example_dir().join("domain.toml")).unwrap();
+    assert!(!after.contains("blog"), "{after}");
+    // Back to the example with its ports moved: nothing else left behind.
+    assert_eq!(after.lines().count(), original.lines().count(), "{after}");
+    assert!(page("/shop/index.html").is_some_and(|r| r.status == 200));
 }
