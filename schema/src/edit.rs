@@ -76,6 +76,8 @@ pub struct Deploy {
     pub targets: Vec<String>,
     /// `None` keeps an existing application's context path (a new one gets `/APP`).
     pub context_path: Option<String>,
+    /// A process application's program, inside its content; `None` keeps the existing one.
+    pub command: Option<String>,
 }
 
 /// One change to `domain.toml`.
@@ -437,6 +439,9 @@ pub fn deploy(doc: &mut DocumentMut, d: &Deploy) -> Result<(), EditError> {
     if let Some(c) = context {
         put(table, "context-path", Value::from(c));
     }
+    if let Some(c) = &d.command {
+        put(table, "command", Value::from(c.clone()));
+    }
     if !d.targets.is_empty() {
         put(
             table,
@@ -715,6 +720,7 @@ targets = ["c1"]
             source: "apps/blog".into(),
             targets: vec!["server2".into()],
             context_path: None,
+            command: None,
         };
         let out = apply(DOMAIN, &[Op::Deploy(d.clone())]).unwrap().text;
         assert!(

@@ -45,6 +45,9 @@ pub struct DeployArgs {
     /// `static` or `process` (default for a new application: `static`).
     #[arg(long)]
     kind: Option<String>,
+    /// A process application's program, a path inside its content (`bin/api`).
+    #[arg(long)]
+    command: Option<String>,
 }
 
 /// What to edit, as the subcommand said it.
@@ -138,6 +141,7 @@ pub fn run(api: &Api, what: What, flags: EditFlags, json: bool) -> anyhow::Resul
                 source: replace,
                 targets: d.targets,
                 context_path: d.context_path,
+                command: d.command,
             }));
         }
         What::Undeploy(app) => req.ops.push(Op::Undeploy { app }),
