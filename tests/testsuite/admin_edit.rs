@@ -570,3 +570,89 @@ fn deploy_of_a_directory_serves_it_and_undeploy_takes_it_away() {
     assert_eq!(after.lines().count(), original.lines().count(), "{after}");
     assert!(page("/shop/index.html").is_some_and(|r| r.status == 200));
 }
+
+#[test]
+fn a_push_the_masters_validation_refuses_prints_its_problems() {
+    let tmp = TempDir::new("admin-edit-refused");
+    let (master, cache) = example_master(&tmp);
+    let pin = master.pinned();
+    // A Master whose validation disagrees with this client's (a newer Steward, a site policy):
+    // its hook refuses every push with a problem in the validator's format.
+    let hook = tmp.path().join("home/config/domain.git/hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncat >/dev/null\necho 'domain.toml:8:1: error[policy]: every change needs a ticket (help: name it in the message)' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let r = admin_in(
+        &cache,
+        master.port,
+        "admin",
+        "admin",
+        &["set", "servers.server1.logging.level=debug", "--yes"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("[LIVE]"), "{}", r.stdout);
+    let (head, problems) = r
+        .stderr
+        .split_once(":\n")
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(
+        head.starts_with("error: the Master refused "),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        problems,
+        "domain.toml:8:1: error[policy]: every change needs a ticket\n  = help: name it in the message\n"
+    );
+    assert_eq!(master.pinned(), pin);
+    assert_eq!(master.history()[0]["outcome"], "rejected");
+}
+
+#[test]
+fn on_a_terminal_it_asks_before_committing() {
+    let tmp = TempDir::new("admin-edit-ask");
+    let (master, cache) = example_master(&tmp);
+    let pin = master.pinned();
+    // `script` gives the command a terminal; the answer comes on it.
+    let ask = |answer: &str| -> String {
+        use std::io::Write;
+        let cmdline = format!(
+            "'{}' admin set servers.server1.logging.level=debug",
+            env!("CARGO_BIN_EXE_steward")
+        );
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &cmdline, "/dev/null"])
+            .env(
+                "STEWARD_MASTER",
+                format!("http://127.0.0.1:{}", master.port),
+            )
+            .env("STEWARD_USER", "admin")
+            .env("STEWARD_PASSWORD", "admin")
+            .env("STEWARD_CREDENTIALS", "/nonexistent/steward-credentials")
+            .env("XDG_CACHE_HOME", &cache)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script(1) runs");
+        let mut stdin = child.stdin.take().unwrap();
+        // After the plan is printed: the prompt reads a line from the terminal.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        stdin.write_all(answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        text(&out.stdout).replace('\r', "")
+    };
+    let no = ask("n\n");
+    assert!(no.contains("[LIVE]"), "{no}");
+    assert!(
+        no.contains("Commit this change and push it to the Master? [y/N]"),
+        "{no}"
+    );
+    assert!(no.contains("Nothing was committed."), "{no}");
+    assert_eq!(master.pinned(), pin);
+    let yes = ask("y\n");
+    assert!(yes.contains("the Master pinned it."), "{yes}");
+    assert_ne!(master.pinned(), pin);
+}
