@@ -137,6 +137,14 @@ impl WorkClone {
     /// Fetches the branch and puts the checkout exactly at its head (reset and clean: anything
     /// left from an earlier edit goes). Returns the head.
     pub fn sync(&self) -> Result<Oid> {
+        // Left by a git killed mid-way; nobody else uses this checkout while we hold the lock.
+        let stale = self.dir.join(".git/index.lock");
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(|source| WorkCloneError::Io {
+                path: stale.clone(),
+                source,
+            })?;
+        }
         let head = self.fetch()?;
         self.git(&[
             "checkout",

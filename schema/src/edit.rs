@@ -5,6 +5,9 @@
 //! A value is typed from the classification table ([`settings`]): `5` becomes an integer where an
 //! integer is expected and the string `"5"` where a string is. A value that is not of the expected
 //! type is written as a string, so the validator reports it with its own message and position.
+//!
+//! Over 600 lines because of its unit tests: every edit is checked against the exact text it
+//! leaves, comments included.
 
 use std::fmt;
 

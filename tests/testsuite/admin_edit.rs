@@ -1,6 +1,7 @@
 //! `steward admin set/unset/deploy/undeploy` end to end: the real binary edits the commented
 //! example domain through its work clone, validates, plans, commits as the operator and pushes to
 //! a real Master; a concurrent push is rebased; bad input and a missing permission are refused.
+//! Long because each test checks the whole text an operator sees and the repository it leaves.
 
 use std::path::{Path, PathBuf};
 

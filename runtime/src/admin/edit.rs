@@ -41,6 +41,8 @@ pub enum EditError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("validating the running revision panicked")]
+    Panicked,
     #[error("{path}: not a file or directory to deploy")]
     NotContent { path: PathBuf },
     #[error(
@@ -163,13 +165,6 @@ pub fn run(api: &Api, req: &Request, ui: &mut dyn Ui) -> Result<Outcome, EditErr
         if !clone.changed()? {
             return Ok(Outcome::Unchanged);
         }
-        let proposed = schema::validate(&WorkTree::new(clone.path()));
-        let Some(new) = proposed.loaded else {
-            ui.invalid(&proposed.report);
-            return Ok(Outcome::Invalid {
-                report: proposed.report.to_json(),
-            });
-        };
         // From what runs: the pin (in hosted mode the head, unless a push is being decided).
         let pin = match attempt {
             1 => domain.pinned.commit.clone(),
@@ -183,8 +178,23 @@ pub fn run(api: &Api, req: &Request, ui: &mut dyn Ui) -> Result<Outcome, EditErr
                 (pin, format!("the pinned commit {}", pin.short()))
             }
         };
-        let repo = Repo::open(clone.path())?;
-        let running = schema::validate(&repo.tree(base)?).loaded;
+        // The two revisions validate on two threads, as `steward diff` does; trees are not
+        // `Send`, so the second thread opens the repository itself.
+        let (proposed, running) = std::thread::scope(|s| {
+            let running = s.spawn(|| -> Result<Option<schema::Loaded>, EditError> {
+                let repo = Repo::open(clone.path())?;
+                Ok(schema::validate(&repo.tree(base)?).loaded)
+            });
+            let proposed = schema::validate(&WorkTree::new(clone.path()));
+            (proposed, running.join())
+        });
+        let Some(new) = proposed.loaded else {
+            ui.invalid(&proposed.report);
+            return Ok(Outcome::Invalid {
+                report: proposed.report.to_json(),
+            });
+        };
+        let running = running.map_err(|_| EditError::Panicked)??;
         let mut plan = schema::plan::plan(running.as_ref(), &new);
         plan.from = base.short();
         plan.to = "this change".into();
