@@ -78,7 +78,6 @@ pub enum Pushed {
 #[derive(Debug)]
 pub struct WorkClone {
     dir: PathBuf,
-    url: String,
     branch: String,
     credentials: Credentials,
     /// Held for the life of this value: two `steward admin` edits never share the checkout.
@@ -107,7 +106,6 @@ impl WorkClone {
         lock.lock().map_err(io(&lock_path))?;
         let clone = WorkClone {
             dir: dir.to_owned(),
-            url: url.to_owned(),
             // The Master names it as a ref (`refs/heads/main`).
             branch: branch.trim_start_matches("refs/heads/").to_owned(),
             credentials,
@@ -192,11 +190,19 @@ impl WorkClone {
     pub fn commit(&self, author: &str, message: &str) -> Result<Oid> {
         let (name, mail) = split_author(author);
         self.git(&["add", "-A"])?;
-        self.command(&["commit", "-q", "--no-verify", "--author", author, "-F", "-"])
-            .env("GIT_COMMITTER_NAME", name)
-            .env("GIT_COMMITTER_EMAIL", mail)
-            .stdin(Stdio::piped())
-            .run_with_input(message.as_bytes(), &self.dir)?;
+        let args = [
+            "commit",
+            "-q",
+            "--no-verify",
+            "--author",
+            author,
+            "-m",
+            message,
+        ];
+        let mut cmd = self.command(&args);
+        cmd.env("GIT_COMMITTER_NAME", name)
+            .env("GIT_COMMITTER_EMAIL", mail);
+        self.run(&mut cmd, &args)?;
         self.rev("HEAD")
     }
 
@@ -249,51 +255,18 @@ impl WorkClone {
     }
 
     fn git(&self, args: &[&str]) -> Result<Output> {
-        let out = self.command(args).output().map_err(WorkCloneError::Spawn)?;
+        self.run(&mut self.command(args), args)
+    }
+
+    /// Runs `cmd` (made by [`Self::command`] with `args`); its output if it succeeded.
+    fn run(&self, cmd: &mut Command, args: &[&str]) -> Result<Output> {
+        let out = cmd.output().map_err(WorkCloneError::Spawn)?;
         if out.status.success() {
             Ok(out)
         } else {
             Err(WorkCloneError::Git {
                 args: args.join(" "),
                 dir: self.dir.clone(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
-    }
-
-    /// The URL this checkout follows (no credentials in it).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-}
-
-trait RunWithInput {
-    fn run_with_input(&mut self, input: &[u8], dir: &Path) -> Result<Output>;
-}
-
-impl RunWithInput for Command {
-    fn run_with_input(&mut self, input: &[u8], dir: &Path) -> Result<Output> {
-        use std::io::Write;
-        let mut child = self
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(WorkCloneError::Spawn)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(input)
-                .map_err(|source| WorkCloneError::Io {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-        }
-        let out = child.wait_with_output().map_err(WorkCloneError::Spawn)?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(WorkCloneError::Git {
-                args: "commit".into(),
-                dir: dir.to_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             })
         }

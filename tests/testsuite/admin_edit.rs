@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::master::{Master, Servers, init, init_home, start_server};
+use crate::util::master::{Master, Servers, init, init_home, start_server, upstream};
 use crate::util::{Repo, Run, TempDir, eventually, example_dir, git_ok, steward_cmd, text};
 
 /// `steward admin ARGS` against the Master on `port` as `user`, its work clone under `cache`.
@@ -336,6 +336,24 @@ fn bad_input_is_refused_with_what_to_do_and_nothing_is_pushed() {
         r.stderr
     );
 
+    // An author git would take for a search pattern.
+    let r = run(
+        "admin",
+        "admin",
+        &[
+            "set",
+            "servers.server1.logging.level=debug",
+            "--yes",
+            "--author",
+            "alice",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "error: --author \"alice\": write it as `Name <mail>`\n"
+    );
+
     // No terminal and no --yes: refused before anything is done.
     let r = run(
         "admin",
@@ -394,6 +412,33 @@ fn a_user_who_may_not_push_gets_403_and_a_clear_error() {
         r.stderr
     );
     assert_eq!(master.pinned(), pin);
+}
+
+#[test]
+fn a_mirrored_domain_is_changed_upstream_not_through_the_master() {
+    let tmp = TempDir::new("admin-edit-mirror");
+    let (bare, _work) = upstream(&tmp);
+    let home = init_home(&tmp);
+    let master = Master::start_with(
+        &home,
+        tmp.path().join("master.log"),
+        &["--upstream", bare.to_str().unwrap()],
+    );
+    let r = admin_in(
+        &tmp.path().join("cache"),
+        master.port,
+        "admin",
+        "admin",
+        &["set", "servers.server1.logging.level=debug", "--dry-run"],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: the domain mirrors {} (mirror mode): its configuration changes there, not through the Master\n",
+            bare.display()
+        )
+    );
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub enum EditError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--author {0:?}: write it as `Name <mail>`")]
+    Author(String),
     #[error("validating the running revision panicked")]
     Panicked,
     #[error("{path}: not a file or directory to deploy")]
@@ -138,6 +140,15 @@ pub fn run(api: &Api, req: &Request, ui: &mut dyn Ui) -> Result<Outcome, EditErr
             url: domain.upstream.map(|u| u.url).unwrap_or_default(),
         });
     }
+    let author = req
+        .author
+        .clone()
+        .unwrap_or_else(|| format!("{0} <{0}@{1}>", api.connection().user, domain.name));
+    // Git would take a bare name for a pattern to search earlier authors with.
+    let (name, mail) = reconciler::workclone::split_author(&author);
+    if name.is_empty() || mail.is_empty() || !author.trim_end().ends_with('>') {
+        return Err(EditError::Author(author));
+    }
     // Refusals as the API's own errors (which permission is missing), before any git runs.
     api.git_access(false)?;
     if !req.dry_run {
@@ -150,10 +161,6 @@ pub fn run(api: &Api, req: &Request, ui: &mut dyn Ui) -> Result<Outcome, EditErr
         &domain.branch,
         Credentials::basic(&conn.user, &conn.password),
     )?;
-    let author = req
-        .author
-        .clone()
-        .unwrap_or_else(|| format!("{0} <{0}@{1}>", conn.user, domain.name));
     let message = req
         .message
         .clone()
