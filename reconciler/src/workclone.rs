@@ -315,6 +315,104 @@ mod tests {
         );
     }
 
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Other")
+            .env("GIT_AUTHOR_EMAIL", "other@example.com")
+            .env("GIT_COMMITTER_NAME", "Other")
+            .env("GIT_COMMITTER_EMAIL", "other@example.com")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A bare `origin` with one commit on `main`, and a second clone of it for "another
+    /// operator".
+    fn origin(tmp: &Path) -> (PathBuf, PathBuf) {
+        let bare = tmp.join("origin.git");
+        let other = tmp.join("other");
+        git(
+            tmp,
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        );
+        git(
+            tmp,
+            &[
+                "clone",
+                "-q",
+                bare.to_str().unwrap(),
+                other.to_str().unwrap(),
+            ],
+        );
+        std::fs::write(other.join("domain.toml"), "# first\n").unwrap();
+        git(&other, &["add", "-A"]);
+        git(&other, &["commit", "-qm", "first"]);
+        git(&other, &["push", "-q", "origin", "HEAD:main"]);
+        (bare, other)
+    }
+
+    #[test]
+    fn sync_commit_push_and_a_lost_race() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (bare, other) = origin(tmp.path());
+        let dir = tmp.path().join("cache/work");
+        let url = bare.to_str().unwrap();
+        let clone =
+            WorkClone::open(&dir, url, "refs/heads/main", Credentials::basic("a", "b")).unwrap();
+        let first = clone.sync().unwrap();
+        assert_eq!(first.to_hex(), git(&other, &["rev-parse", "HEAD"]));
+        assert!(!clone.changed().unwrap());
+
+        // Anything left in the checkout goes at the next sync: it is a cache.
+        std::fs::write(dir.join("stray.txt"), "x").unwrap();
+        std::fs::write(dir.join("domain.toml"), "# edited\n").unwrap();
+        assert!(clone.changed().unwrap());
+        assert_eq!(clone.sync().unwrap(), first);
+        assert!(!dir.join("stray.txt").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("domain.toml")).unwrap(),
+            "# first\n"
+        );
+
+        std::fs::write(dir.join("domain.toml"), "# second\n").unwrap();
+        let ours = clone
+            .commit("Alice Doe <alice@example.com>", "steward admin: second")
+            .unwrap();
+        assert_eq!(clone.push().unwrap(), Pushed::Accepted);
+        assert_eq!(
+            git(&bare, &["log", "-1", "--format=%H %an <%ae> %cn %s"]),
+            format!(
+                "{} Alice Doe <alice@example.com> Alice Doe steward admin: second",
+                ours.to_hex()
+            )
+        );
+
+        // Another push lands first: ours is refused, and a fetch shows the branch moved.
+        git(&other, &["pull", "-q", "origin", "main"]);
+        std::fs::write(other.join("domain.toml"), "# theirs\n").unwrap();
+        git(&other, &["commit", "-qam", "theirs"]);
+        git(&other, &["push", "-q", "origin", "HEAD:main"]);
+        std::fs::write(dir.join("domain.toml"), "# third\n").unwrap();
+        clone
+            .commit("Alice Doe <alice@example.com>", "third")
+            .unwrap();
+        assert!(matches!(clone.push().unwrap(), Pushed::Refused { .. }));
+        let theirs = clone.fetch().unwrap();
+        assert_eq!(theirs.to_hex(), git(&other, &["rev-parse", "HEAD"]));
+        assert_eq!(clone.sync().unwrap(), theirs);
+        assert!(clone.has(&ours.to_hex()));
+        // A second user of the checkout waits for the lock: held by `clone` until dropped.
+        drop(clone);
+        assert!(WorkClone::open(&dir, url, "main", Credentials::basic("a", "b")).is_ok());
+    }
+
     #[test]
     fn credentials_never_print() {
         let c = Credentials::basic("alice", "s3cret");
