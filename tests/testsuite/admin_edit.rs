@@ -318,6 +318,12 @@ fn bad_input_is_refused_with_what_to_do_and_nothing_is_pushed() {
     );
     assert!(
         r.stderr
+            .contains("error: this change is invalid: 1 error, 0 warnings\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
             .ends_with("error: this change would make the configuration invalid (above); nothing was committed\n"),
         "{}",
         r.stderr

@@ -192,7 +192,7 @@ pub fn run(api: &Api, req: &Request, ui: &mut dyn Ui) -> Result<Outcome, EditErr
                 let repo = Repo::open(clone.path())?;
                 Ok(schema::validate(&repo.tree(base)?).loaded)
             });
-            let proposed = schema::validate(&WorkTree::new(clone.path()));
+            let proposed = schema::validate(&Proposed(WorkTree::new(clone.path())));
             (proposed, running.join())
         });
         let Some(new) = proposed.loaded else {
@@ -254,6 +254,24 @@ pub fn run(api: &Api, req: &Request, ui: &mut dyn Ui) -> Result<Outcome, EditErr
         branch: domain.branch,
         attempts: MAX_ATTEMPTS,
     })
+}
+
+/// The work clone's files, named as the operator knows them in messages (`this change is
+/// invalid`, not `working tree is invalid`).
+struct Proposed(WorkTree);
+
+impl schema::tree::Tree for Proposed {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, schema::tree::TreeError> {
+        self.0.read(path)
+    }
+
+    fn entry(&self, path: &str) -> Result<Option<schema::tree::Entry>, schema::tree::TreeError> {
+        self.0.entry(path)
+    }
+
+    fn label(&self) -> String {
+        "this change".into()
+    }
 }
 
 /// The edit itself, on a checkout at the branch head: content first, then `domain.toml`, then
