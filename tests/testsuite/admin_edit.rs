@@ -602,6 +602,40 @@ fn deploy_of_a_directory_serves_it_and_undeploy_takes_it_away() {
         page("/blog/index.html").filter(|r| r.body == "second edition\n")
     });
 
+    // An archive, named through a link: `apps/docs.tar`, unpacked on the server.
+    let tar = tmp.path().join("docs.tar");
+    std::fs::write(
+        &tar,
+        crate::util::tar_with(&[("index.html", b"the manual\n".as_slice())]),
+    )
+    .unwrap();
+    let link = tmp.path().join("latest.tar");
+    std::os::unix::fs::symlink(&tar, &link).unwrap();
+    let r = run(&[
+        "deploy",
+        "docs",
+        "--source",
+        link.to_str().unwrap(),
+        "--target",
+        "server1",
+        "--context-path",
+        "/manual",
+        "--yes",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    eventually("server1 serves the manual", 20, || {
+        page("/manual/index.html").filter(|r| r.body == "the manual\n")
+    });
+    git_ok(&clone, &["pull", "-q"]);
+    assert!(clone.join("apps/docs.tar").is_file());
+    assert!(
+        std::fs::read_to_string(clone.join("domain.toml"))
+            .unwrap()
+            .contains("[applications.docs]\nkind = \"static\"\nsource = \"apps/docs.tar\"\ncontext-path = \"/manual\"\n")
+    );
+    let r = run(&["undeploy", "docs", "--yes"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
     let r = run(&["undeploy", "blog", "--yes"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(

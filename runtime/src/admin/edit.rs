@@ -279,7 +279,10 @@ impl schema::tree::Tree for Proposed {
 fn apply(clone: &WorkClone, req: &Request) -> Result<(), EditError> {
     for c in &req.copies {
         remove(&clone.path().join(&c.replace))?;
-        copy(&c.from, &clone.path().join(&c.to))?;
+        // The source named on the command line may be a link to the content; links inside it
+        // are content and stay links.
+        let from = std::fs::canonicalize(&c.from).map_err(io(&c.from))?;
+        copy(&from, &clone.path().join(&c.to))?;
     }
     let file = clone.path().join(schema::edit::FILE);
     let text = std::fs::read_to_string(&file).map_err(|source| EditError::Io {
