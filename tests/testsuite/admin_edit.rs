@@ -329,6 +329,25 @@ fn bad_input_is_refused_with_what_to_do_and_nothing_is_pushed() {
         r.stderr
     );
     assert!(r.stdout.is_empty(), "{}", r.stdout);
+    // For scripts: the validation report, as `steward validate --format json` gives it.
+    let r = run(
+        "admin",
+        "admin",
+        &[
+            "set",
+            "servers.server1.process.runtime-threads=many",
+            "--yes",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["outcome"], "invalid", "{v}");
+    let p = &v["report"]["problems"][0];
+    assert_eq!(p["code"], "wrong-type", "{v}");
+    assert_eq!(p["file"], "domain.toml", "{v}");
+    assert_eq!(p["line"], 30, "{v}");
     // An invalid value the validator checks semantically: every problem, as validate prints it.
     let r = run(
         "admin",
