@@ -591,6 +591,25 @@ targets = ["c1"]
     }
 
     #[test]
+    fn below_a_dotted_key_the_new_key_is_dotted_too() {
+        let text =
+            "[servers.server1]\nlisten = \"127.0.0.1:9741\"\nweb.access-log.enabled = true # on\n";
+        let out = apply(
+            text,
+            &[
+                Op::parse_assignment("servers.server1.web.access-log.format=json").unwrap(),
+                Op::parse_assignment("servers.server1.web.access-log.enabled=false").unwrap(),
+            ],
+        )
+        .unwrap()
+        .text;
+        assert_eq!(
+            out,
+            "[servers.server1]\nlisten = \"127.0.0.1:9741\"\nweb.access-log.enabled = false # on\nweb.access-log.format = \"json\"\n"
+        );
+    }
+
+    #[test]
     fn values_are_typed_from_the_settings_table() {
         let out = set1("servers.server1.process.runtime-threads", "5").unwrap();
         assert!(out.contains("runtime-threads = 5\n"), "{out}");
