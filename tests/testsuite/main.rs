@@ -7,6 +7,7 @@
 
 mod action;
 mod admin;
+mod admin_edit;
 mod diff;
 mod docs;
 mod hardening;
