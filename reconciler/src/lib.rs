@@ -2,6 +2,7 @@
 //! Git server hook, and the pure deciders the Master and the servers act on; the wire API they share.
 
 pub mod cache;
+pub mod commit_plan;
 pub mod control;
 pub mod decide;
 pub mod git;

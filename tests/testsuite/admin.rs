@@ -41,7 +41,7 @@ fn json(r: &Run) -> serde_json::Value {
 
 /// The example domain on free ports, cluster1's members waiting for an operator
 /// (`restart-policy = "manual"`), with a read-only `viewer`; initialised and its Master started.
-fn example_domain(name: &str, tmp: &TempDir) -> (Master, PathBuf, Vec<u16>) {
+pub(crate) fn example_domain(name: &str, tmp: &TempDir) -> (Master, PathBuf, Vec<u16>) {
     let repo = Repo::example(name);
     for s in ["server1", "server2"] {
         repo.set(

@@ -20,3 +20,4 @@ mod serving;
 mod up;
 mod util;
 mod validate;
+mod webadmin;

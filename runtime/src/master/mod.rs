@@ -21,6 +21,7 @@
 mod advert;
 mod cgi;
 mod conn;
+mod csrf;
 mod https;
 pub mod launch;
 pub mod log;
@@ -35,6 +36,7 @@ pub use servers::ServerState;
 mod sniff;
 mod state;
 mod tasks;
+mod webadmin;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

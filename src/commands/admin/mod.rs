@@ -279,7 +279,9 @@ fn show(api: &Api, commit: &str, json: bool) -> anyhow::Result<ExitCode> {
     // A commit refused at the door never entered the repository: no plan to make.
     let plan = match api.plan(commit) {
         Ok(p) => Some(p),
-        Err(runtime::admin::ApiError::Refused { status: 404, .. }) => None,
+        Err(runtime::admin::ApiError::Refused {
+            status: 404 | 422, ..
+        }) => None,
         Err(e) => return Err(e.into()),
     };
     if records.is_empty() && plan.is_none() {

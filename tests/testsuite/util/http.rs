@@ -32,6 +32,16 @@ pub struct Response {
     pub body: String,
 }
 
+impl Response {
+    /// The first header `name` (any case), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+}
+
 pub fn basic(user: &str, password: &str) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let input = format!("{user}:{password}");
@@ -125,6 +135,36 @@ pub fn request(
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     send_request(&mut stream, port, method, path, auth)?;
     read_response(stream)
+}
+
+/// One request with any extra `headers` (`Content-Type` among them when there is a body: none is
+/// added) and `Connection: close`.
+pub fn request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some((u, p)) = auth {
+        req.push_str(&format!("Authorization: Basic {}\r\n", basic(u, p)));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).expect("send");
+    read_response(stream).expect("response")
 }
 
 pub fn read_response(mut stream: TcpStream) -> std::io::Result<Response> {

@@ -1,6 +1,7 @@
 //! The Master's HTTP API (docs/api.md), one module per concern; what they share: the router,
 //! error answers, and the routes that need no state of their own.
 
+mod commits;
 mod domain;
 mod events;
 mod git;
@@ -27,6 +28,11 @@ use crate::auth;
 pub(super) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(super::webadmin::page))
+        .route("/webadmin.js", get(super::webadmin::script))
+        .route("/webadmin.css", get(super::webadmin::style))
+        .route("/v1/me", get(super::webadmin::me))
+        .route("/v1/commits/{rev}/plan", get(commits::plan))
         .route("/v1/domain", get(domain::domain))
         .route("/v1/domain/history", get(domain::history))
         .route("/v1/domain/pin", post(domain::pin))
@@ -78,6 +84,12 @@ async fn gate(
         Err(refused) => {
             servers::refused_report(&state, req.method(), req.uri().path(), refused.status());
             refused
+        }
+        // A signed webhook is proven by its signature, not by credentials a browser could send.
+        Ok(ref user)
+            if !open && let Err(refused) = super::csrf::check(req.method(), req.headers()) =>
+        {
+            csrf_refusal(refused, &req, user.as_deref().unwrap_or(""))
         }
         Ok(user) => {
             req.extensions_mut().insert(ConnectInfo(peer.addr));
@@ -166,6 +178,26 @@ pub(super) async fn require(
 }
 
 pub(super) use crate::auth::unauthorized;
+
+fn csrf_refusal(refused: super::csrf::Refused, req: &Request, user: &str) -> Response {
+    let status = match refused {
+        super::csrf::Refused::CrossSite => {
+            // Someone's page tried to use a logged-in browser: worth an operator's attention.
+            log::limited(
+                log::Level::Warning,
+                "Master-0080",
+                &format!(
+                    "Refused a cross-site {} {} with the credentials of {user}: a page of another site made a logged-in browser send it.",
+                    req.method(),
+                    req.uri().path()
+                ),
+            );
+            StatusCode::FORBIDDEN
+        }
+        super::csrf::Refused::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    };
+    error(status, &refused.to_string())
+}
 
 pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
