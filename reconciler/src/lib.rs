@@ -16,3 +16,4 @@ pub mod rollout;
 pub mod time;
 pub mod tls;
 pub mod wire;
+pub mod workclone;

@@ -3,6 +3,7 @@
 //! sd_notify protocol, and pid handling.
 
 pub mod admin;
+pub mod auth;
 pub mod background;
 pub mod client;
 pub mod clock;
@@ -14,9 +15,11 @@ pub mod layout;
 pub mod logfile;
 pub mod logging;
 pub mod master;
+pub mod metrics;
 pub mod notify;
 pub mod process;
 pub mod server;
+pub mod server_metrics;
 pub mod serving;
 pub mod signals;
 pub mod up;

@@ -11,8 +11,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use reconciler::cache::Cache;
 use reconciler::git::Oid;
@@ -88,12 +92,96 @@ pub fn older_images(serving: &crate::serving::Serving) -> BTreeMap<String, Strin
 
 type Shared = Arc<RwLock<Status>>;
 
-async fn status(State(s): State<Shared>) -> axum::Json<Status> {
-    let snapshot = s
-        .read()
-        .map(|g| g.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
-    axum::Json(snapshot)
+/// What the management API (`/v1/status`, `/metrics`) reads.
+struct Management {
+    status: Shared,
+    engine: crate::engine::web::WebEngine,
+    deploys: Arc<crate::server_metrics::DeployStats>,
+    auth: crate::auth::Auth,
+    /// The accounts and policies of the applied commit (live: updated with each commit applied).
+    domain: Arc<RwLock<Arc<schema::model::Domain>>>,
+}
+
+impl Management {
+    fn snapshot(&self) -> Status {
+        self.status
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn domain(&self) -> Arc<schema::model::Domain> {
+        match self.domain.read() {
+            Ok(d) => d.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Whether `user` holds one of `permissions` in the applied commit.
+    fn permits(&self, user: &str, permissions: &[&str]) -> bool {
+        let domain = self.domain();
+        permissions.iter().any(|p| domain.permits(user, p))
+    }
+}
+
+/// The user [`gate`] authenticated.
+#[derive(Clone)]
+struct User(String);
+
+/// In front of every route of the management API: authenticates against the applied commit's
+/// accounts before a route is chosen, so without valid credentials every method and path gets
+/// the same 401 (or 429/503 while password checks are bounded; see [`crate::auth`]).
+async fn gate(
+    State(m): State<Arc<Management>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let domain = m.domain();
+    match crate::auth::authenticate(&m.auth, &domain, req.headers(), Some(peer.ip())).await {
+        Ok(user) => {
+            req.extensions_mut().insert(User(user));
+            next.run(req).await
+        }
+        Err(r) => r,
+    }
+}
+
+/// Who may read a server's status: operators (`servers:read`) and the servers' launchers
+/// (`servers:register`, the one permission of their account that concerns servers).
+const STATUS_READERS: &[&str] = &["servers:read", "servers:register"];
+
+async fn status(
+    State(m): State<Arc<Management>>,
+    Extension(User(user)): Extension<User>,
+) -> Response {
+    if !m.permits(&user, STATUS_READERS) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    axum::Json(m.snapshot()).into_response()
+}
+
+/// `GET /metrics` (docs/metrics.md).
+async fn metrics(
+    State(m): State<Arc<Management>>,
+    Extension(User(user)): Extension<User>,
+) -> Response {
+    if !m.permits(&user, &["metrics:read"]) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let s = m.snapshot();
+    let body = crate::server_metrics::render(
+        &m.engine,
+        &m.deploys,
+        s.pending_restart.len(),
+        s.failed_applications.len(),
+    );
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    r
 }
 
 fn level(l: schema::model::LogLevel) -> Level {
@@ -194,6 +282,8 @@ fn boot(
         &opts.name, home, log, &loaded, commit,
     ))?;
     let engine = serving.engine().clone();
+    let deploys = serving.deploy_stats().clone();
+    let domain = Arc::new(RwLock::new(Arc::new(loaded.domain.clone())));
     let status: Shared = Arc::new(RwLock::new(Status {
         name: opts.name.clone(),
         state: crate::master::ServerState::Starting,
@@ -212,6 +302,7 @@ fn boot(
         let apply_log = log.clone();
         let me = opts.name.clone();
         let live_stop_timeout = stop_timeout.clone();
+        let live_domain = domain.clone();
         crate::control::Control {
             name: opts.name.clone(),
             domain_home: home.domain_home.clone(),
@@ -226,6 +317,12 @@ fn boot(
             reporter: std::sync::OnceLock::new(),
             dependent: false,
             apply_live: Box::new(move |target: &schema::Loaded| {
+                // Accounts and policies are live: the management API checks the applied ones.
+                let d = Arc::new(target.domain.clone());
+                match live_domain.write() {
+                    Ok(mut w) => *w = d,
+                    Err(p) => *p.into_inner() = d,
+                }
                 if let Some(s) = target.domain.config.servers.get(&me) {
                     apply_logging(&apply_log, s);
                     live_stop_timeout.store(
@@ -239,12 +336,19 @@ fn boot(
     rt.block_on(serve(ServeArgs {
         home,
         log,
-        status,
+        status: status.clone(),
         listen: server.listen,
         stop_timeout,
         mode: opts.mode,
         started,
         control,
+        management: Arc::new(Management {
+            status: status.clone(),
+            engine: engine.clone(),
+            deploys,
+            auth: crate::auth::Auth::new(),
+            domain,
+        }),
         engine,
     }))
 }
@@ -300,6 +404,7 @@ struct ServeArgs<'a> {
     mode: Mode,
     started: Instant,
     control: Option<crate::control::Control>,
+    management: Arc<Management>,
     engine: crate::engine::web::WebEngine,
 }
 
@@ -321,11 +426,19 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
     let app = Router::new()
         .route("/v1/status", get(status))
-        .with_state(a.status.clone());
+        .route("/metrics", get(metrics))
+        // Behind the gate too: an unknown path answers 404 only to valid credentials.
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn_with_state(
+            a.management.clone(),
+            gate,
+        ))
+        .with_state(a.management.clone())
+        .into_make_service_with_connect_info::<SocketAddr>();
     a.log.info(
         "SERVER-0010",
         &format!(
-            "Listening on {} (management API: GET /v1/status).",
+            "Listening on {} (management API: GET /v1/status, GET /metrics).",
             a.listen
         ),
     );
@@ -423,7 +536,8 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
 
 /// The stop-timeout the server at `argv` runs with now. `stop-timeout` is live, so this asks the
 /// server for its applied commit (`GET /v1/status` on its base address, which is restart-class
-/// and so still the boot commit's); if it cannot answer, the boot commit (`--commit`) decides.
+/// and so still the boot commit's, as the servers' account: [`local_credentials`]); if it cannot
+/// answer, the boot commit (`--commit`) decides.
 pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
     let boot = Oid::from_hex(crate::process::arg_value(argv, "--commit")?).ok()?;
     let cache = Cache::open_shared(&home.domain_home).ok()?;
@@ -433,11 +547,14 @@ pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
         loaded.domain.config.servers.get(&home.name).cloned()
     };
     let at_boot = server_of(boot)?;
+    let credentials = local_credentials(&home.domain_home);
     let applied = crate::client::Client::new(
         &at_boot.listen.to_string(),
-        None,
+        credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
         Duration::from_millis(500),
-        Duration::from_secs(2),
+        // The first request of these credentials pays an Argon2 check: milliseconds in a
+        // release build, seconds in a debug build on a busy machine.
+        Duration::from_secs(10),
     )
     .and_then(|c| c.get("/v1/status"))
     .ok()
@@ -448,4 +565,17 @@ pub fn stop_timeout_of(home: &ServerHome, argv: &[String]) -> Option<Duration> {
     .filter(|c| *c != boot)
     .and_then(server_of);
     Some(applied.unwrap_or(at_boot).stop_timeout.0)
+}
+
+/// The credentials this machine's launchers use (STEWARD_USER and STEWARD_PASSWORD, else the
+/// domain home's `config/server-credentials`), to read a local server's `GET /v1/status`: the
+/// servers' account holds `servers:register`, which that route accepts.
+pub fn local_credentials(domain_home: &std::path::Path) -> Option<(String, String)> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (env("STEWARD_USER"), env("STEWARD_PASSWORD")) {
+        (Some(u), Some(p)) => Some((u, p)),
+        _ => crate::launcher::credentials::read(domain_home)
+            .ok()
+            .flatten(),
+    }
 }

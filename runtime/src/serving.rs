@@ -31,6 +31,7 @@ use crate::deploy::{self, DeployContext, DeployError, Deployment, GitSource};
 use crate::engine::web::{AppSpec, EngineContext, WebConfig, WebEngine, WebError};
 use crate::layout::ServerHome;
 use crate::logfile::{Logger, Rotation};
+use crate::server_metrics::DeployStats;
 
 /// Errors of serving applications. A single application's failure is not one of them: it is
 /// reported in [`Serving::failed`].
@@ -189,6 +190,8 @@ pub struct Serving {
     /// The commit each served image was deployed from (or found unchanged at).
     images: BTreeMap<String, Oid>,
     retry: Retry,
+    /// Deployments and applies, for `GET /metrics`.
+    stats: Arc<DeployStats>,
 }
 
 /// The background retry of failed deployments.
@@ -249,6 +252,8 @@ impl Serving {
             .servers
             .get(name)
             .ok_or_else(|| ServingError::NoSuchServer(name.to_owned()))?;
+        let began = Instant::now();
+        let stats = Arc::new(DeployStats::default());
         let apps = apps_of(loaded, name);
         let deployed = {
             let (home, apps, log) = (home.clone(), apps.clone(), log.clone());
@@ -259,7 +264,7 @@ impl Serving {
         let mut specs = BTreeMap::new();
         let mut images = BTreeMap::new();
         for (app, result) in deployed {
-            log_deployment(log, &app, result.as_ref(), commit);
+            log_deployment(log, &stats, &app, result.as_ref(), commit);
             match result {
                 Ok(deployment) => {
                     images.insert(app.clone(), commit);
@@ -311,7 +316,9 @@ impl Serving {
             want: apps,
             images,
             retry,
+            stats,
         };
+        serving.stats.applied(began.elapsed());
         serving.note_unhealthy();
         log.info("SERVER-0511", &serving.summary());
         Ok(serving)
@@ -320,6 +327,11 @@ impl Serving {
     /// The web engine (a handle: clones are the same engine).
     pub fn engine(&self) -> &WebEngine {
         &self.engine
+    }
+
+    /// Deployments and applies so far (shared: the management API reads them).
+    pub fn deploy_stats(&self) -> &Arc<DeployStats> {
+        &self.stats
     }
 
     /// Applications that failed, with why.
@@ -480,7 +492,7 @@ impl Serving {
         let mut config = self.current.clone();
         let mut fixed = Vec::new();
         for (name, result) in deployed {
-            log_deployment(&self.log, &name, result.as_ref(), self.commit);
+            log_deployment(&self.log, &self.stats, &name, result.as_ref(), self.commit);
             match result {
                 Ok(d) => {
                     if let Some(app) = self.want.get(&name) {
@@ -583,6 +595,19 @@ impl Serving {
         commit: Oid,
         apps: &Apps,
     ) -> Result<Applied, ServingError> {
+        let began = Instant::now();
+        let result = self.apply_timed(handle, target, commit, apps);
+        self.stats.applied(began.elapsed());
+        result
+    }
+
+    fn apply_timed(
+        &mut self,
+        handle: &tokio::runtime::Handle,
+        target: &Loaded,
+        commit: Oid,
+        apps: &Apps,
+    ) -> Result<Applied, ServingError> {
         let server = target
             .domain
             .config
@@ -603,7 +628,7 @@ impl Serving {
             let previous = self.current.apps.get(name);
             match (apps.steps.get(name), deployed.get(name)) {
                 (Some(AppStep::Deploy), Some(Ok(d))) => {
-                    log_deployment(&self.log, name, Ok(d), commit);
+                    log_deployment(&self.log, &self.stats, name, Ok(d), commit);
                     images.insert(name.clone(), commit);
                     if !d.reused {
                         rewritten.push(name.clone());
@@ -618,7 +643,7 @@ impl Serving {
                     );
                 }
                 (Some(AppStep::Deploy), Some(Err(why))) => {
-                    log_deployment(&self.log, name, Err(why), commit);
+                    log_deployment(&self.log, &self.stats, name, Err(why), commit);
                     failed.insert(name.clone(), why.to_string());
                     retry.insert(name.clone());
                     // A failed redeployment left the image untouched: the previous version
@@ -807,7 +832,15 @@ fn keep_bound(
         .collect()
 }
 
-fn log_deployment(log: &Logger, app: &str, result: Result<&Deployment, &AppError>, commit: Oid) {
+/// Logs a deployment's outcome and counts it for `GET /metrics`.
+fn log_deployment(
+    log: &Logger,
+    stats: &DeployStats,
+    app: &str,
+    result: Result<&Deployment, &AppError>,
+    commit: Oid,
+) {
+    stats.deployed(app, result.is_ok());
     match result {
         Ok(d) => {
             let how = if d.reused {

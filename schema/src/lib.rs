@@ -5,6 +5,7 @@
 //! shared by `steward diff` and the Managed Server's reconcile loop.
 
 pub mod diag;
+pub mod edit;
 pub mod fasthash;
 pub mod load;
 pub mod model;

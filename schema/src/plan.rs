@@ -303,6 +303,23 @@ impl Plan {
 
     /// The plan as an operator reads it in a terminal.
     pub fn render_human(&self) -> String {
+        self.render_text(false)
+    }
+
+    /// The plan as `steward admin` prints it before a change: each change and application marked
+    /// `[LIVE]`, `[REDEPLOY]` or `[RESTART]` (jeusadmin's `[DYNAMIC]`).
+    pub fn render_marked(&self) -> String {
+        self.render_text(true)
+    }
+
+    fn render_text(&self, marked: bool) -> String {
+        let mark = |e: Effect| {
+            if marked {
+                e.as_str().to_ascii_uppercase()
+            } else {
+                e.as_str().to_owned()
+            }
+        };
         let mut out = self.header(false);
         for w in &self.warnings {
             let _ = writeln!(out, "\nWarning: {}", w.message);
@@ -316,7 +333,13 @@ impl Plan {
             };
             let _ = writeln!(out, "\nserver {}{state}", s.name);
             for c in &s.changes {
-                let _ = writeln!(out, "  ~ {}  {}  [{}]", c.path, c.describe(), c.effect);
+                let _ = writeln!(
+                    out,
+                    "  ~ {}  {}  [{}]",
+                    c.path,
+                    c.describe(),
+                    mark(c.effect)
+                );
             }
             for a in &s.applications {
                 let verb = match a.action {
@@ -330,9 +353,20 @@ impl Plan {
                 } else {
                     format!(" ({})", a.reasons.join("; "))
                 };
-                let _ = writeln!(out, "  {verb} application {}{why}", a.name);
+                let app_mark = match (marked, a.action) {
+                    (false, _) => String::new(),
+                    (true, AppAction::Update) => "  [LIVE]".into(),
+                    (true, _) => "  [REDEPLOY]".into(),
+                };
+                let _ = writeln!(out, "  {verb} application {}{why}{app_mark}", a.name);
                 for c in &a.changes {
-                    let _ = writeln!(out, "      {}  {}  [{}]", c.path, c.describe(), c.effect);
+                    let _ = writeln!(
+                        out,
+                        "      {}  {}  [{}]",
+                        c.path,
+                        c.describe(),
+                        mark(c.effect)
+                    );
                 }
             }
         }
@@ -342,7 +376,13 @@ impl Plan {
             }
             let _ = writeln!(out, "\n{title}");
             for c in changes {
-                let _ = writeln!(out, "  ~ {}  {}  [{}]", c.path, c.describe(), c.effect);
+                let _ = writeln!(
+                    out,
+                    "  ~ {}  {}  [{}]",
+                    c.path,
+                    c.describe(),
+                    mark(c.effect)
+                );
             }
         }
         let restarts = self.restarts();

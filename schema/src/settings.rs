@@ -141,6 +141,7 @@ pub const PERMISSIONS: &[&str] = &[
     "servers:control",
     "servers:register",
     "events:read",
+    "metrics:read",
 ];
 
 pub const RESTART_POLICIES: &[&str] = &["manual", "auto", "rolling"];
@@ -727,7 +728,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::PermissionList,
         Live,
         "[]",
-        "What the role may do: `*` or any of `domain:read`, `domain:pin`, `git:read`, `git:push`, `servers:read`, `servers:control`, `servers:register`, `events:read`.",
+        "What the role may do: `*` or any of `domain:read`, `domain:pin`, `git:read`, `git:push`, `servers:read`, `servers:control`, `servers:register`, `events:read`, `metrics:read`.",
     ),
     s(
         Policies,

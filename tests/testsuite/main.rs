@@ -7,6 +7,7 @@
 
 mod action;
 mod admin;
+mod admin_edit;
 mod diff;
 mod docs;
 mod hardening;
@@ -14,6 +15,7 @@ mod hook;
 mod launcher;
 mod managed_server;
 mod master;
+mod metrics;
 mod serving;
 mod up;
 mod util;

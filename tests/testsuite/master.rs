@@ -257,6 +257,25 @@ fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
     let master = Master::start(&home, tmp.path().join("master.log"));
     let events = Events::subscribe(master.port);
     let initial = master.pinned();
+    // What HTTP clients are told the branch is: the Master answers ref advertisements from memory
+    // while the refs stay as they were (runtime::master::advert), so this also checks that moves
+    // made behind its back reach them.
+    let url = master.url("admin", "admin");
+    let advertised = |service: &str| {
+        let out = git_ok(
+            tmp.path(),
+            &[
+                "-c",
+                &format!("protocol.version={service}"),
+                "ls-remote",
+                &url,
+                "refs/heads/main",
+            ],
+        );
+        out.split_whitespace().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(advertised("0"), initial);
+    assert_eq!(advertised("0"), initial, "answered again, from memory");
 
     // A push by file path goes through the same hook; the Master notices the ref and pins.
     let wc = tmp.path().join("wc");
@@ -286,6 +305,12 @@ fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
     // The ref watcher pinned it (not the safety poll): no clock needed to tell.
     assert_eq!(data["source"], "watch");
     assert_eq!(master.pinned(), good);
+    assert_eq!(
+        advertised("0"),
+        good,
+        "protocol v0 after a push by file path"
+    );
+    assert_eq!(advertised("2"), good, "protocol v2");
     // The pin ref is hidden from pushes by file path too.
     let out = git(&wc, &["push", "origin", "HEAD~1:refs/steward/pinned"]);
     assert!(!out.success(), "{}", out.stderr.clone());
@@ -306,6 +331,7 @@ fn commits_arriving_another_way_are_validated_and_pinned_or_rejected() {
         ],
     );
     git_ok(&bare, &["update-ref", "refs/heads/main", &bad]);
+    assert_eq!(advertised("0"), bad, "a ref moved directly");
     let (name, data) = events.next(Duration::from_secs(10));
     assert_eq!(name, "rejected", "{data}");
     assert_eq!(data["commit"], bad.as_str());

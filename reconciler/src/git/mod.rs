@@ -16,6 +16,7 @@ mod oid;
 mod repo;
 mod revision;
 mod source;
+pub mod stamp;
 mod tree;
 mod worktree;
 
@@ -53,6 +54,11 @@ pub enum GitError {
     InvalidId { input: String },
     #[error("cannot write a commit: {cause}")]
     WriteCommit { cause: String },
+    #[error("{path}: cannot read the refs' metadata: {cause}")]
+    Stamp {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 }
 
 type Result<T, E = GitError> = std::result::Result<T, E>;

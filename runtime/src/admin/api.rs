@@ -69,25 +69,52 @@ impl Api {
                 what: what.to_owned(),
                 error,
             }),
-            401 => Err(ApiError::Unauthorized {
+            _ => Err(self.refusal(what, permission, &resp)),
+        }
+    }
+
+    /// The error for an answer that is not a success.
+    fn refusal(
+        &self,
+        what: &str,
+        permission: &'static str,
+        resp: &crate::client::Response,
+    ) -> ApiError {
+        match resp.status {
+            401 => ApiError::Unauthorized {
                 user: self.conn.user.clone(),
-            }),
-            403 => Err(ApiError::Forbidden {
+            },
+            403 => ApiError::Forbidden {
                 user: self.conn.user.clone(),
                 permission,
-            }),
+            },
             status => {
                 let body: serde_json::Value =
                     serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null);
-                Err(ApiError::Refused {
+                ApiError::Refused {
                     what: what.to_owned(),
                     status,
                     message: body["error"]
                         .as_str()
                         .map_or_else(|| format!("the Master answered {status}"), str::to_owned),
                     problems: body["problems"].as_array().cloned().unwrap_or_default(),
-                })
+                }
             }
+        }
+    }
+
+    /// Whether this user may fetch (`git:read`) or, with `push`, push (`git:push`) the domain
+    /// repository: the service's ref advertisement, which the Master authorizes as the service.
+    pub fn git_access(&self, push: bool) -> Result<(), ApiError> {
+        let (service, permission) = match push {
+            true => ("git-receive-pack", "git:push"),
+            false => ("git-upload-pack", "git:read"),
+        };
+        let path = format!("/git/domain.git/info/refs?service={service}");
+        let resp = self.client.get(&path)?;
+        match resp.status {
+            200..=299 => Ok(()),
+            _ => Err(self.refusal(&format!("GET {path}"), permission, &resp)),
         }
     }
 

@@ -24,6 +24,7 @@ pub mod pool;
 pub mod proxy;
 mod route;
 mod serve;
+mod stats;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,7 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     connections: AtomicUsize,
     idle: Notify,
+    stats: stats::Stats,
 }
 
 /// The running web engine. Cheap to clone; every clone is the same engine.
@@ -125,6 +127,7 @@ impl WebEngine {
             shutdown,
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
+            stats: stats::Stats::default(),
         });
         let engine = WebEngine { inner };
         // Accept at once: static applications are served while process applications start.
@@ -193,6 +196,25 @@ impl WebEngine {
     /// Waits for the access log writer to catch up (tests, shutdown).
     pub fn flush_access_log(&self) {
         self.inner.access.flush();
+    }
+
+    /// Writes the engine's metrics (requests per application, the listeners' pools) for a scrape.
+    pub fn render_metrics(&self, t: &mut crate::metrics::Text) {
+        let readings: Vec<stats::ListenerReading<'_>> = self
+            .inner
+            .listeners
+            .iter()
+            .map(|l| {
+                let capacity = l.pool.capacity();
+                stats::ListenerReading {
+                    name: &l.name,
+                    capacity,
+                    in_use: capacity.saturating_sub(l.pool.sem.available_permits()),
+                    rejected: l.pool.rejected.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        stats::render(t, &self.inner.stats, &readings);
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {

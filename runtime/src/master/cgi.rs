@@ -5,8 +5,10 @@
 //! through [`super::push`], which drives the same backend under the decision lock.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -53,8 +55,14 @@ pub enum CgiError {
 /// with everything it started (`receive-pack`, the pre-receive hook and its children): see
 /// [`kill_group`].
 pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
-    let mut cmd = Command::new("git");
-    cmd.arg("http-backend");
+    let mut cmd = match backend() {
+        Some(exe) => Command::new(exe),
+        None => {
+            let mut c = Command::new("git");
+            c.arg("http-backend");
+            c
+        }
+    };
     // A clean environment: an inherited GIT_DIR or similar would make the backend serve the wrong
     // repository. PATH finds git's helpers (and the pre-receive hook's interpreter).
     cmd.env_clear();
@@ -72,9 +80,13 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
     cmd.env("GIT_PROJECT_ROOT", req.project_root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         // Receiving is off by default for unauthenticated backends; we authenticate in front.
-        .env("GIT_CONFIG_COUNT", "2")
+        .env("GIT_CONFIG_COUNT", "3")
         .env("GIT_CONFIG_KEY_0", "http.receivepack")
         .env("GIT_CONFIG_VALUE_0", "true")
+        // Not `git maintenance run --auto` inside every push: the client would wait for it. The
+        // Master runs it after the push is answered ([`maintain`]).
+        .env("GIT_CONFIG_KEY_2", "receive.autogc")
+        .env("GIT_CONFIG_VALUE_2", "false")
         // Only the Master moves the pin: a push to refs/steward/* would bypass validation of the
         // decision, its compare-and-swap and its history. Hidden refs refuse pushes; fetching
         // them (what launchers do) still works.
@@ -107,6 +119,64 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
         .process_group(0)
         .kill_on_drop(true);
     cmd.spawn().map_err(CgiError::Spawn)
+}
+
+/// `git-http-backend` in git's exec path, found once: started directly, it saves the `git`
+/// process that would only find and start it (one per request). `None`: `git http-backend` it is.
+fn backend() -> Option<&'static std::path::Path> {
+    static BACKEND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let out = std::process::Command::new("git")
+                .arg("--exec-path")
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            let dir = String::from_utf8(out.stdout).ok()?;
+            let exe = PathBuf::from(dir.trim_end()).join("git-http-backend");
+            exe.is_file().then_some(exe)
+        })
+        .as_deref()
+}
+
+/// Git's housekeeping of the repository `git_dir` (packing loose objects and refs when there are
+/// enough of them: `git maintenance run --auto`), in the background after a push was answered,
+/// instead of inside `receive-pack` while the client waits. One at a time; a push that finds one
+/// running leaves the next check to the next push.
+pub fn maintain(git_dir: &std::path::Path) {
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir")
+        .arg(git_dir)
+        .args(["maintenance", "run", "--auto", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    match cmd.spawn() {
+        Ok(mut child) => {
+            let stderr = child.stderr.take();
+            tokio::spawn(async move {
+                if let Some(e) = stderr {
+                    log_lines("git maintenance", e).await;
+                }
+                let _ = child.wait().await;
+                RUNNING.store(false, Ordering::Release);
+            });
+        }
+        Err(e) => {
+            RUNNING.store(false, Ordering::Release);
+            super::log::warning(
+                "Master-0030",
+                &format!("cannot run `git maintenance run --auto`: {e}"),
+            );
+        }
+    }
 }
 
 /// Stops the backend `child` and every process of its group (see [`spawn`]).
@@ -151,12 +221,16 @@ pub async fn run(req: CgiRequest<'_>, body: Body) -> Result<(Response, Child), C
 }
 
 /// The backend's own complaints (a missing repository, a bad request) belong in the Master's log.
-pub async fn log_stderr(mut stderr: impl AsyncRead + Unpin) {
+pub async fn log_stderr(stderr: impl AsyncRead + Unpin) {
+    log_lines("git http-backend", stderr).await;
+}
+
+async fn log_lines(what: &str, mut stderr: impl AsyncRead + Unpin) {
     let mut text = Vec::new();
     let _ = stderr.read_to_end(&mut text).await;
     let text = String::from_utf8_lossy(&text);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        super::log::warning("Master-0030", &format!("git http-backend: {line}"));
+        super::log::warning("Master-0030", &format!("{what}: {line}"));
     }
 }
 

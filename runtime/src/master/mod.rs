@@ -15,16 +15,17 @@
 //! Layout: this file runs the Master ([`launch`]: `master`, `start-master`, `stop-master`);
 //! [`state`] holds what it knows and calls the decisions under the lock;
 //! [`routes`] has one module per concern of the HTTP API, behind one gate that authenticates
-//! first ([`auth`] bounds the password checks); [`conn`] caps and times out connections;
+//! first ([`crate::auth`] bounds the password checks); [`conn`] caps and times out connections;
 //! [`tasks`] the background work (ref watcher, mirror polling, heartbeat watch, signals).
 
-mod auth;
+mod advert;
 mod cgi;
 mod conn;
 mod csrf;
 mod https;
 pub mod launch;
 pub mod log;
+mod metrics;
 mod mirror;
 mod push;
 mod rollouts;
@@ -268,7 +269,7 @@ async fn serve(opts: Options) -> Result<()> {
         current: RwLock::new(Arc::new(current)),
         events,
         decided: Arc::new(Mutex::new(last)),
-        auth: auth::Auth::new(),
+        auth: crate::auth::Auth::new(),
         wakeups: std::sync::atomic::AtomicU64::new(0),
         connections: registry.clone(),
         pre_receive_timeout: opts.pre_receive_timeout,
@@ -278,6 +279,8 @@ async fn serve(opts: Options) -> Result<()> {
         rollouts: rollouts::Rollouts::default(),
         url: std::sync::OnceLock::new(),
         hold: std::sync::Mutex::new(hold),
+        adverts: advert::Adverts::default(),
+        metrics: metrics::Metrics::default(),
     });
 
     // Commits that arrived while the Master was down.

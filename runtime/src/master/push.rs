@@ -291,6 +291,8 @@ async fn drive(d: Drive) {
     let mut lock = Some(lock);
     let mut guard: Option<Guard> = None;
     let mut until: Option<Instant> = None;
+    // When the upload ended (the lock was ours): the start of the push's validation.
+    let mut locked_at: Option<Instant> = None;
     let mut stop = None;
     let mut pending = first;
     let mut buf = vec![0u8; 64 * 1024];
@@ -324,7 +326,9 @@ async fn drive(d: Drive) {
                 lock = None;
                 if let Ok(g) = g {
                     guard = Some(g);
-                    until = Some(Instant::now() + deadline);
+                    let now = Instant::now();
+                    locked_at = Some(now);
+                    until = Some(now + deadline);
                 }
             }
             () = expiry => {
@@ -420,12 +424,18 @@ async fn drive(d: Drive) {
                 more_problems: demux.more_problems,
             };
             state.record_refusal(refusal, user).await;
+            if let Some(t) = locked_at {
+                state.metrics.push_validated(t.elapsed());
+            }
         }
     }
     if demux.flush {
         tail.extend_from_slice(b"0000");
     }
     let _ = tx.send(Bytes::from(tail)).await;
+    drop(tx);
+    // The housekeeping `receive-pack` is told not to do while the client waits.
+    cgi::maintain(state.store.git_dir());
 }
 
 /// After git accepted a push the Master could not pin (`error`): moves the branch back to where

@@ -8,7 +8,8 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use tokio::sync::{Mutex, OwnedMutexGuard, broadcast};
 
-use super::{MasterError, Result, auth, log, mirror, servers, sniff};
+use super::{MasterError, Result, log, mirror, servers, sniff};
+use crate::auth;
 use reconciler::decide;
 pub(super) use reconciler::decide::{Pinned as Current, Rollback, describe, load_pinned};
 use reconciler::git::Oid;
@@ -63,6 +64,10 @@ pub(super) struct State {
     pub(super) url: std::sync::OnceLock<String>,
     /// Mirror mode: the hold, as kept in `config/hold.json` (see [`reconciler::hold`]).
     pub(super) hold: std::sync::Mutex<Option<reconciler::hold::Hold>>,
+    /// Ref advertisements kept while the refs stay as they were.
+    pub(super) adverts: super::advert::Adverts,
+    /// What `GET /metrics` reports.
+    pub(super) metrics: super::metrics::Metrics,
 }
 
 impl State {
@@ -194,6 +199,7 @@ impl State {
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(c),
             }
         }
+        self.metrics.decided(record.outcome, record.source);
         let name = record.outcome.as_str();
         let by = record
             .pusher

@@ -12,6 +12,8 @@ use runtime::admin::{Api, Connection, render};
 
 use super::out;
 
+mod edit;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The Master: `http://HOST:PORT` or `https://HOST:PORT` (default: STEWARD_MASTER, else
@@ -62,6 +64,35 @@ pub enum AdminCommand {
     Hold,
     /// Mirror mode: follow the upstream again; its head is pinned if valid.
     Resume,
+    /// Change settings of domain.toml (`PATH=VALUE`…), keeping its comments: shows the plan,
+    /// then commits and pushes to the Master.
+    Set {
+        #[arg(required = true, value_name = "PATH=VALUE")]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        flags: edit::EditFlags,
+    },
+    /// Remove settings from domain.toml (they take their defaults again).
+    Unset {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+        #[command(flatten)]
+        flags: edit::EditFlags,
+    },
+    /// Put an application's content into the domain repository and deploy it (or redeploy an
+    /// existing one).
+    Deploy {
+        #[command(flatten)]
+        deploy: edit::DeployArgs,
+        #[command(flatten)]
+        flags: edit::EditFlags,
+    },
+    /// Remove an application and its content from the domain.
+    Undeploy {
+        app: String,
+        #[command(flatten)]
+        flags: edit::EditFlags,
+    },
 }
 
 #[derive(clap::Args)]
@@ -108,6 +139,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     d.name
                 )
             })
+        }
+        AdminCommand::Set { assignments, flags } => {
+            edit::run(&api, edit::What::Set(assignments), flags, json)
+        }
+        AdminCommand::Unset { paths, flags } => {
+            edit::run(&api, edit::What::Unset(paths), flags, json)
+        }
+        AdminCommand::Deploy { deploy, flags } => {
+            edit::run(&api, edit::What::Deploy(deploy), flags, json)
+        }
+        AdminCommand::Undeploy { app, flags } => {
+            edit::run(&api, edit::What::Undeploy(app), flags, json)
         }
         AdminCommand::Resume => {
             let d = api.resume()?;

@@ -216,6 +216,7 @@ impl WebEngine {
                 prefix: HeaderValue::try_from(context).unwrap_or(HeaderValue::from_static("/")),
                 app: name.clone(),
                 handler,
+                stats: self.inner.stats.app(name),
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.context.len()));

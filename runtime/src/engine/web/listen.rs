@@ -2,6 +2,7 @@
 //! restart), each with a capacity that follows `thread-pool.max` live.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use schema::model::Listener;
@@ -14,6 +15,8 @@ use super::{WebConfig, WebError};
 pub(super) struct Capacity {
     pub(super) sem: Arc<Semaphore>,
     pub(super) capacity: Mutex<usize>,
+    /// Requests answered 503 for want of a slot within queue-timeout.
+    pub(super) rejected: AtomicU64,
 }
 
 impl Capacity {
@@ -21,7 +24,13 @@ impl Capacity {
         Capacity {
             sem: Arc::new(Semaphore::new(n)),
             capacity: Mutex::new(n),
+            rejected: AtomicU64::new(0),
         }
+    }
+
+    /// The configured size (while a shrink is under way, slots still held count as in use).
+    pub(super) fn capacity(&self) -> usize {
+        *self.capacity.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Grows at once; shrinks by taking permits out of circulation as requests return them, so

@@ -30,6 +30,8 @@ pub(super) struct Route {
     pub(super) prefix: HeaderValue,
     pub(super) app: String,
     pub(super) handler: Handler,
+    /// The application's request counters (the same across applies).
+    pub(super) stats: Arc<super::stats::AppStats>,
 }
 
 /// Everything a request reads, swapped whole by `apply`.

@@ -123,14 +123,20 @@ async fn handle(
         };
     let log = snap.access_log.enabled.then(|| RequestLine::of(&req));
     let (resp, app) = match permit {
-        None => (unavailable(), None),
+        None => {
+            listener.pool.rejected.fetch_add(1, Ordering::Relaxed);
+            (unavailable(), None)
+        }
         Some(permit) => {
             let route = snap
                 .routes
                 .iter()
                 .find(|r| under(req.uri().path(), &r.context));
             match route {
-                None => (plain(StatusCode::NOT_FOUND), None),
+                None => {
+                    inner.stats.unrouted();
+                    (plain(StatusCode::NOT_FOUND), None)
+                }
                 Some(route) => {
                     let timed_out = matches!(&route.handler, Handler::Process(_))
                         .then(|| (req.method().clone(), req.uri().clone()));
@@ -149,6 +155,9 @@ async fn handle(
                             plain(StatusCode::GATEWAY_TIMEOUT)
                         }
                     };
+                    route
+                        .stats
+                        .record(resp.status().as_u16(), started.elapsed());
                     (
                         resp.map(|b| b.with_permit(Some(permit))),
                         Some(route.app.as_str()),

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::error;
 use super::require;
 use crate::master::conn::Conn;
+use crate::master::metrics::GitOutcome;
 use crate::master::state::State;
 use crate::master::{cgi, push};
 
@@ -66,8 +67,29 @@ pub(super) async fn git(
 ) -> Response {
     let query = request.uri().query().unwrap_or("").to_owned();
     let push = rest == "git-receive-pack" || asks_to_push(&query);
+    let response = serve(&state, remote, conn, rest, query, push, request).await;
+    let service = if push {
+        "git-receive-pack"
+    } else {
+        "git-upload-pack"
+    };
+    state
+        .metrics
+        .git_request(service, GitOutcome::of(response.status().as_u16()));
+    response
+}
+
+async fn serve(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    conn: Arc<Conn>,
+    rest: String,
+    query: String,
+    push: bool,
+    request: Request,
+) -> Response {
     let permission = if push { "git:push" } else { "git:read" };
-    let user = match require(&state, request.headers(), permission).await {
+    let user = match require(state, request.headers(), permission).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -83,6 +105,19 @@ pub(super) async fn git(
     if rest.split('/').any(|c| c == ".." || c == ".") || rest.starts_with('/') {
         return StatusCode::NOT_FOUND.into_response();
     }
+    // The ref advertisement that starts every clone, fetch and push, from memory while the refs
+    // stay as they were (see `master::advert`).
+    let ask = if rest == "info/refs" && request.method() == axum::http::Method::GET {
+        match state
+            .adverts
+            .answer(state.store.git_dir(), &query, request.headers())
+        {
+            Ok(kept) => return kept,
+            Err(ask) => Some(ask),
+        }
+    } else {
+        None
+    };
     let (parts, body) = request.into_parts();
     let config = state.home.join("config");
     let req = cgi::CgiRequest {
@@ -110,7 +145,10 @@ pub(super) async fn git(
             cgi::kill_group(&child);
         }
     });
-    response
+    match ask {
+        Some(ask) => state.adverts.keep(ask, response),
+        None => response,
+    }
 }
 
 #[cfg(test)]

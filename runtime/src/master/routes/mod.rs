@@ -7,6 +7,7 @@ mod events;
 mod git;
 mod hooks;
 mod rollouts;
+mod scrape;
 mod servers;
 
 use std::sync::Arc;
@@ -14,14 +15,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State as AxState};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 
 use super::conn::Peer;
+use super::log;
 use super::state::State;
-use super::{auth, log};
+use crate::auth;
 
 pub(super) fn router(state: Arc<State>) -> Router {
     Router::new()
@@ -48,6 +50,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/servers", get(servers::list_servers))
         .route("/v1/servers/{name}", get(servers::one_server))
         .route("/git/domain.git/{*rest}", any(git::git))
+        .route("/metrics", get(scrape::metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
@@ -152,29 +155,7 @@ pub(super) async fn authenticate(
     headers: &HeaderMap,
     from: Option<std::net::IpAddr>,
 ) -> Result<String, Response> {
-    let Some((user, password)) = auth::parse_basic(headers) else {
-        return Err(unauthorized());
-    };
-    let current = state.current();
-    let hash = current
-        .domain
-        .accounts
-        .users
-        .get(&user)
-        .map(|u| &u.password);
-    match state
-        .auth
-        .check(from, &user, &password, hash.map(String::as_str))
-        .await
-    {
-        auth::Verdict::Valid => Ok(user),
-        auth::Verdict::Invalid => Err(unauthorized()),
-        auth::Verdict::Busy => Err(retry_after(
-            StatusCode::SERVICE_UNAVAILABLE,
-            std::time::Duration::from_secs(1),
-        )),
-        auth::Verdict::Throttled(wait) => Err(retry_after(StatusCode::TOO_MANY_REQUESTS, wait)),
-    }
+    auth::authenticate(&state.auth, &state.current().domain, headers, from).await
 }
 
 /// The authenticated user, or the response to send instead: the user the router's gate
@@ -196,25 +177,7 @@ pub(super) async fn require(
     Ok(user)
 }
 
-/// `status` with `Retry-After` in whole seconds (at least 1).
-fn retry_after(status: StatusCode, wait: std::time::Duration) -> Response {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut r = status.into_response();
-    r.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from(secs.max(1)),
-    );
-    r
-}
-
-pub(super) fn unauthorized() -> Response {
-    let mut r = StatusCode::UNAUTHORIZED.into_response();
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"steward\""),
-    );
-    r
-}
+pub(super) use crate::auth::unauthorized;
 
 fn csrf_refusal(refused: super::csrf::Refused, req: &Request, user: &str) -> Response {
     let status = match refused {

@@ -1,5 +1,6 @@
-//! HTTP Basic authentication against the pinned commit's `security/accounts.toml`, bounded so that
-//! a flood of password guesses can exhaust neither memory nor CPU.
+//! HTTP Basic authentication against a commit's `security/accounts.toml` (the Master's pinned
+//! commit, a Managed Server's applied one), bounded so that a flood of password guesses can
+//! exhaust neither memory nor CPU.
 //!
 //! Argon2 is slow and memory-hard on purpose (tens of milliseconds, about 19 MiB each), so:
 //! - successful verifications are cached, keyed by a BLAKE2b digest of (user, password, stored
@@ -21,8 +22,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64ct::{Base64, Encoding};
 use blake2::{Blake2b512, Digest};
 use tokio::sync::oneshot;
@@ -210,6 +212,12 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, dummy: Arc<OnceLock<String>>) {
     }
 }
 
+impl Default for Auth {
+    fn default() -> Auth {
+        Auth::new()
+    }
+}
+
 impl Auth {
     /// Starts the verification pool: one thread per core, at most 4 (each Argon2 state is large).
     pub fn new() -> Auth {
@@ -313,6 +321,53 @@ impl Auth {
     }
 }
 
+/// The authenticated user of a request against the users of `domain`, or the response to send
+/// instead: 401 without valid credentials, 503 or 429 (with `Retry-After`) while verifications
+/// are bounded (see the module's comment). `from`: the client's address, whose failures count.
+pub async fn authenticate(
+    auth: &Auth,
+    domain: &schema::model::Domain,
+    headers: &HeaderMap,
+    from: Option<IpAddr>,
+) -> Result<String, Response> {
+    let Some((user, password)) = parse_basic(headers) else {
+        return Err(unauthorized());
+    };
+    let hash = domain
+        .accounts
+        .users
+        .get(&user)
+        .map(|u| u.password.as_str());
+    match auth.check(from, &user, &password, hash).await {
+        Verdict::Valid => Ok(user),
+        Verdict::Invalid => Err(unauthorized()),
+        Verdict::Busy => Err(retry_after(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(1),
+        )),
+        Verdict::Throttled(wait) => Err(retry_after(StatusCode::TOO_MANY_REQUESTS, wait)),
+    }
+}
+
+/// `status` with `Retry-After` in whole seconds (at least 1).
+pub fn retry_after(status: StatusCode, wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = status.into_response();
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
+
+/// 401 with the challenge that makes clients send Basic credentials.
+pub fn unauthorized() -> Response {
+    let mut r = StatusCode::UNAUTHORIZED.into_response();
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"steward\""),
+    );
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +440,42 @@ mod tests {
         assert_eq!(addr_key(a), addr_key(b));
         let v4: IpAddr = "127.0.0.1".parse().expect("ip");
         assert_eq!(addr_key(v4), Key::Addr(v4));
+    }
+
+    #[tokio::test]
+    async fn authenticates_against_a_domains_accounts() {
+        let auth = Auth::with_slots(1);
+        let mut domain = schema::model::Domain::default();
+        domain.accounts.users.insert(
+            "scraper".into(),
+            schema::model::User {
+                password: schema::security::hash_password("pw").expect("hash"),
+                groups: Vec::new(),
+                description: String::new(),
+            },
+        );
+        let mut h = HeaderMap::new();
+        let refused = authenticate(&auth, &domain, &h, None)
+            .await
+            .expect_err("401");
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(refused.headers().contains_key(WWW_AUTHENTICATE));
+        // base64("scraper:pw")
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic c2NyYXBlcjpwdw=="),
+        );
+        let user = authenticate(&auth, &domain, &h, None).await.ok();
+        assert_eq!(user.as_deref(), Some("scraper"));
+        // base64("scraper:no")
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic c2NyYXBlcjpubw=="),
+        );
+        let refused = authenticate(&auth, &domain, &h, None)
+            .await
+            .expect_err("401");
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]
