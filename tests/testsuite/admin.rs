@@ -72,29 +72,39 @@ pub(crate) fn example_domain(name: &str, tmp: &TempDir) -> (Master, PathBuf, Vec
 
 /// GETs `/shop/` on one of `ports` as a load balancer does (nginx's default `proxy_next_upstream
 /// error timeout`): a server that refuses the connection or closes it before answering anything
-/// (it is stopping) is skipped for the next; an answer that is not a 200 counts as a failure, and
-/// so does no server answering at all.
-fn balanced_get(ports: &[u16], turn: usize) -> bool {
+/// (it is stopping) is skipped for the next; an answer that is not a 200 is a failure, and so is
+/// no server answering at all. `Err`: what went wrong, for the assertion's message.
+fn balanced_get(ports: &[u16], turn: usize) -> Result<(), String> {
     use std::io::{Read, Write};
+    let mut skipped = Vec::new();
     for k in 0..ports.len() {
         let port = ports[(turn + k) % ports.len()];
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            continue;
+        let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => s,
+            Err(e) => {
+                skipped.push(format!(":{port} connect: {e}"));
+                continue;
+            }
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        if s.write_all(b"GET /shop/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .is_err()
+        if let Err(e) = s.write_all(b"GET /shop/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         {
+            skipped.push(format!(":{port} write: {e}"));
             continue;
         }
         let mut body = Vec::new();
-        let _ = s.read_to_end(&mut body);
+        let read = s.read_to_end(&mut body);
         if body.is_empty() {
+            skipped.push(format!(":{port} closed without an answer ({read:?})"));
             continue;
         }
-        return body.starts_with(b"HTTP/1.1 200");
+        if body.starts_with(b"HTTP/1.1 200") {
+            return Ok(());
+        }
+        let head = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(format!(":{port} answered {head:?}"));
     }
-    false
+    Err(format!("no server answered: {skipped:?}"))
 }
 
 #[test]
@@ -171,20 +181,23 @@ fn status_and_a_restart_of_pending_servers_through_the_master_drop_no_request() 
     // Under load through both members (as a load balancer would spread it), restart what pends.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let web = [ports[4], ports[5]];
     let load = {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let first_failure = first_failure.clone();
         std::thread::spawn(move || {
             let mut turn = 0;
             // Bounded: stops by itself after 3 minutes whatever happens.
             let end = std::time::Instant::now() + Duration::from_secs(180);
             while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < end {
-                let counter = if balanced_get(&web, turn) {
-                    &ok
-                } else {
-                    &failed
+                match balanced_get(&web, turn) {
+                    Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(why) => {
+                        first_failure.lock().unwrap().get_or_insert(why);
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
                 };
-                counter.fetch_add(1, Ordering::SeqCst);
                 turn += 1;
             }
         })
@@ -200,7 +213,12 @@ fn status_and_a_restart_of_pending_servers_through_the_master_drop_no_request() 
     assert_ne!(pid_of(&home, "server2"), p2);
     let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     assert!(ok > 20, "the load ran: {ok} requests");
-    assert_eq!(failed, 0, "failed requests during the restart ({ok} ok)");
+    assert_eq!(
+        failed,
+        0,
+        "failed requests during the restart ({ok} ok); the first: {:?}",
+        first_failure.lock().unwrap()
+    );
     let v = json(&admin(mport, &["status", "--format", "json"]));
     for s in &v["servers"].as_array().unwrap()[..2] {
         assert_eq!(s["pending_restart"], serde_json::json!([]), "{s}");
