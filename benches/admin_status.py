@@ -54,6 +54,24 @@ def request(port, method, path, body=None):
     return data
 
 
+def master_with_servers(exe, tmp, n):
+    """A Master of a generated domain of `n` servers, each reported RUNNING on the pin by a
+    heartbeat (with a pid and a start an hour ago), as 200 real servers would leave it.
+    Returns (port, master process, pinned commit)."""
+    src = os.path.join(tmp, "src")
+    make_domain(src, n)
+    _, port, master = start_master(exe, src, tmp, subprocess.DEVNULL)
+    pin = json.loads(request(port, "GET", "/v1/domain"))["pinned"]["commit"]
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    for i in range(n):
+        body = json.dumps({"name": f"s{i:03}", "state": "RUNNING", "mode": "DEPENDENT",
+                           "applied_commit": pin, "pending_restart": [],
+                           "failed_applications": [], "last_error": None,
+                           "pid": 10000 + i, "started_at": started})
+        request(port, "POST", f"/v1/servers/s{i:03}/heartbeat", body)
+    return port, master, pin
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--servers", type=int, default=200)
@@ -65,17 +83,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="steward-admin-bench-")
     master = None
     try:
-        src = os.path.join(tmp, "src")
-        make_domain(src, a.servers)
-        _, port, master = start_master(exe, src, tmp, subprocess.DEVNULL)
-        pin = json.loads(request(port, "GET", "/v1/domain"))["pinned"]["commit"]
-        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
-        for i in range(a.servers):
-            body = json.dumps({"name": f"s{i:03}", "state": "RUNNING", "mode": "DEPENDENT",
-                               "applied_commit": pin, "pending_restart": [],
-                               "failed_applications": [], "last_error": None,
-                               "pid": 10000 + i, "started_at": started})
-            request(port, "POST", f"/v1/servers/s{i:03}/heartbeat", body)
+        port, master, _ = master_with_servers(exe, tmp, a.servers)
         env = dict(os.environ, STEWARD_MASTER=f"http://127.0.0.1:{port}", STEWARD_USER="admin",
                    STEWARD_PASSWORD="admin")
 

@@ -14,8 +14,8 @@ runs, so both routes are answered from the Master's cache of verified passwords.
 import argparse, base64, http.client, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from admin_status import make_domain, request  # noqa: E402
-from master_pin import start_master, steward_exe  # noqa: E402
+from admin_status import master_with_servers, request  # noqa: E402
+from master_pin import steward_exe  # noqa: E402
 
 SCRAPER = "Basic " + base64.b64encode(b"scraper:scraper").decode()
 ADMIN = "Basic " + base64.b64encode(b"admin:admin").decode()
@@ -45,15 +45,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="steward-metrics-bench-")
     master = None
     try:
-        src = os.path.join(tmp, "src")
-        make_domain(src, a.servers)
-        _, port, master = start_master(exe, src, tmp, subprocess.DEVNULL)
-        pin = json.loads(request(port, "GET", "/v1/domain"))["pinned"]["commit"]
-        for i in range(a.servers):
-            body = json.dumps({"name": f"s{i:03}", "state": "RUNNING", "mode": "DEPENDENT",
-                               "applied_commit": pin, "pending_restart": [],
-                               "failed_applications": [], "last_error": None})
-            request(port, "POST", f"/v1/servers/s{i:03}/heartbeat", body)
+        port, master, _ = master_with_servers(exe, tmp, a.servers)
         # Warm up: the first check of each password pays Argon2; later ones hit the cache.
         _, metrics = timed_get(port, "/metrics", SCRAPER)
         _, servers = timed_get(port, "/v1/servers", ADMIN)

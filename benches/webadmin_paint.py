@@ -16,8 +16,8 @@ import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from admin_status import make_domain, request  # noqa: E402
-from master_pin import start_master, steward_exe  # noqa: E402
+from admin_status import master_with_servers, request  # noqa: E402
+from master_pin import steward_exe  # noqa: E402
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
@@ -97,15 +97,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="steward-webadmin-bench-")
     master = driver = None
     try:
-        src = os.path.join(tmp, "src")
-        make_domain(src, a.servers)
-        _, port, master = start_master(exe, src, tmp, subprocess.DEVNULL)
-        pin = json.loads(request(port, "GET", "/v1/domain"))["pinned"]["commit"]
-        for i in range(a.servers):
-            body = json.dumps({"name": f"s{i:03}", "state": "RUNNING", "mode": "DEPENDENT",
-                               "applied_commit": pin, "pending_restart": [],
-                               "failed_applications": [], "last_error": None})
-            request(port, "POST", f"/v1/servers/s{i:03}/heartbeat", body)
+        port, master, _ = master_with_servers(exe, tmp, a.servers)
 
         driver = Driver()
         url = f"http://admin:admin@127.0.0.1:{port}/"
