@@ -477,7 +477,12 @@ fn banner(domain: &Domain, home: &Path, master: SocketAddr, servers: Credentials
             cfg.domain.name,
             home.display()
         ),
-        format!("Master        http://{master}/v1/domain   events: http://{master}/v1/events"),
+        format!(
+            "WebAdmin      http://{master}/   (the domain in a browser: servers live, history, plans, restarts)"
+        ),
+        format!(
+            "Master        http://{master}/v1/domain   events: http://{master}/v1/events   metrics: http://{master}/metrics"
+        ),
     ];
     // The example's documented administrator, offered only while its password is still `admin`.
     let admin = domain
@@ -490,7 +495,7 @@ fn banner(domain: &Domain, home: &Path, master: SocketAddr, servers: Credentials
             "push URL      http://admin:admin@{master}/git/domain.git"
         ));
         lines.push(
-            "credentials   admin / admin (the example's administrator: change the password before exposing the Master)".into(),
+            "credentials   admin / admin (the example's administrator: change the password before exposing the Master); every URL here asks for a user of security/accounts.toml".into(),
         );
     } else {
         lines.push(format!(

@@ -98,6 +98,10 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
         "{all}"
     );
     assert!(all.contains("credentials   admin / admin"), "{all}");
+    assert!(
+        all.contains(&format!("WebAdmin      http://127.0.0.1:{}/ ", ports[0])),
+        "{all}"
+    );
     // The servers use their own account, from a file only its owner can read.
     let creds = home.join("config/server-credentials");
     assert!(
