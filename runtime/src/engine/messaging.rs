@@ -155,21 +155,11 @@ impl MessagingEngine {
         Ok(MessagingEngine { inner })
     }
 
-    /// Applies a new configuration: destinations added, limits changed (messages kept);
-    /// returns the setting paths that need a restart (a changed listener), named for `server`.
-    pub fn apply(&self, server: &str, cfg: &Messaging) -> Vec<String> {
+    /// Applies a new configuration: destinations added, limits changed (messages kept), removed
+    /// destinations drained. A changed listener is not applied: it is restart-class, and the
+    /// plan reports it as pending restart.
+    pub fn apply(&self, cfg: &Messaging) {
         self.inner.broker().apply(cfg);
-        let mut restart = Vec::new();
-        let (old, new) = (&self.inner.listener, &cfg.listener);
-        let addr = |l: &Option<MessagingListener>| l.as_ref().map(|l| l.address);
-        let port = |l: &Option<MessagingListener>| l.as_ref().map(|l| l.port);
-        if addr(old) != addr(new) {
-            restart.push(format!("servers.{server}.messaging.listener.address"));
-        }
-        if port(old) != port(new) {
-            restart.push(format!("servers.{server}.messaging.listener.port"));
-        }
-        restart
     }
 
     /// The bound listener's address (none without a listener).

@@ -150,6 +150,7 @@ fn ctx(h: &ServerHome) -> EngineContext {
         logs_dir: h.logs(),
         rotation: Default::default(),
         logger: None,
+        env: Default::default(),
     }
 }
 

@@ -124,6 +124,15 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
     let mut ticker = tokio::time::interval(tick.max(Duration::from_millis(50)));
     let result: Result<(), Fatal> = async {
         loop {
+            // Frames already read (the CONNECT frame's packet may hold more) are handled first.
+            while !s.closing {
+                match decode(&mut buf, MAX_BODY) {
+                    Ok(None) => break,
+                    Ok(Some(Decoded::HeartBeat)) => {}
+                    Ok(Some(Decoded::Frame(f))) => s.handle(f, &outbox)?,
+                    Err(e) => return Err(fatal(e.to_string(), None)),
+                }
+            }
             if !s.out.is_empty() {
                 stream
                     .write_all(&s.out)
@@ -140,14 +149,6 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
                     match read {
                         Ok(0) | Err(_) => return Ok(()),
                         Ok(_) => last_read = Instant::now(),
-                    }
-                    while !s.closing {
-                        match decode(&mut buf, MAX_BODY) {
-                            Ok(None) => break,
-                            Ok(Some(Decoded::HeartBeat)) => {}
-                            Ok(Some(Decoded::Frame(f))) => s.handle(f, &outbox)?,
-                            Err(e) => return Err(fatal(e.to_string(), None)),
-                        }
                     }
                 }
                 d = rx.recv() => {
