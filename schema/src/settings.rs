@@ -555,7 +555,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Port,
         Restart,
         "",
-        "Port of the messaging listener; without it, messaging is in-process only.",
+        "Port of the STOMP 1.2 listener (docs/messaging.md); without it, messaging is in-process only: the engine runs, no client can connect.",
     )),
     s(
         Domain,
@@ -574,7 +574,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Bool,
         Live,
         "true",
-        "Keep queued messages across restarts (`.workspace/tmlog`).",
+        "Keep queued messages across restarts (`.workspace/tmlog`). Not yet honoured: messages are held in memory in this release (docs/messaging.md).",
     ),
     s(
         Domain,
