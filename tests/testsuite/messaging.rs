@@ -2,9 +2,9 @@
 //! listener, spoken to by a client nobody here wrote (Python's `stomp.py`, run as a subprocess
 //! by [`stomp`]), and by hand over a raw socket for frames no client would send.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -116,6 +116,41 @@ elif mode == 'refused':
     c.subscribe('/queue/orders', id='v', headers={'receipt': 'sub'})
     l.wait('the refusal', lambda s: s.errors)
     out['no_permission'] = l.errors
+elif mode == 'transaction':
+    c, l = conn()
+    subscribe(c, l, '/queue/jobs', 't', ack='client-individual')
+    c.begin('t1')
+    c.send('/queue/jobs', 'aborted', headers={'transaction': 't1'})
+    c.abort('t1')
+    c.begin('t2')
+    c.send('/queue/jobs', 'committed', headers={'transaction': 't2'})
+    c.commit('t2', headers={'receipt': 'c2'})
+    l.wait('the committed message', lambda s: len(s.messages) == 1 and 'c2' in s.receipts)
+    ack = l.messages[0].headers['ack']
+    # An ACK in an aborted transaction acknowledges nothing: it is still in flight.
+    c.begin('t3')
+    c.ack(ack, transaction='t3')
+    c.abort('t3', headers={'receipt': 'a3'})
+    l.wait('the abort', lambda s: 'a3' in s.receipts)
+    print(json.dumps({'bodies': bodies(l)}), flush=True)
+    sys.stdin.readline()
+    c.begin('t4')
+    c.ack(ack, transaction='t4')
+    c.commit('t4', headers={'receipt': 'c4'})
+    l.wait('the commit', lambda s: 'c4' in s.receipts)
+    sys.exit(0)
+elif mode == 'dead-letter':
+    c, l = conn()
+    subscribe(c, l, '/queue/jobs', 'p', ack='client-individual')
+    c.send('/queue/jobs', 'poison')
+    for n in range(1, 7):
+        l.wait('delivery %d' % n, lambda s: len(s.messages) == n)
+        c.nack(l.messages[-1].headers['ack'])
+    d, ld = conn()
+    subscribe(d, ld, '/queue/jobs.dlq', 'd')
+    ld.wait('the dead letter', lambda s: len(s.messages) == 1)
+    out = {'deliveries': len(l.messages), 'redelivered': [m.headers.get('redelivered') for m in l.messages],
+           'dead': bodies(ld)}
 elif mode == 'added':
     c, l = conn()
     subscribe(c, l, '/queue/added', 'a')
@@ -262,6 +297,51 @@ max-subscribers = 10
     assert_eq!(orders["redelivered"], 1, "{orders}");
     assert_eq!(orders["depth"], 0, "{orders}");
     assert_eq!(destination(s1, "/queue/jobs")["redelivered"], 1);
+
+    // Transactions: an aborted SEND never arrives, a committed one does; an ACK takes effect
+    // at COMMIT only.
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT, "transaction", &stomp_port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(strings(&v["bodies"]), ["committed"], "{v}");
+    let jobs = destination(s1, "/queue/jobs");
+    assert_eq!(
+        (jobs["depth"].clone(), jobs["in_flight"].clone()),
+        (1.into(), 1.into()),
+        "{jobs}"
+    );
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(destination(s1, "/queue/jobs")["depth"], 0);
+
+    // NACKed past the redelivery limit: into the dead-letter queue.
+    let v = stomp("dead-letter", stomp_port, &[]);
+    assert_eq!(v["deliveries"], 6, "{v}");
+    assert_eq!(
+        v["redelivered"],
+        serde_json::json!([null, "true", "true", "true", "true", "true"])
+    );
+    assert_eq!(strings(&v["dead"]), ["poison"]);
+    let jobs = destination(s1, "/queue/jobs");
+    assert_eq!(
+        (jobs["dead_lettered"].clone(), jobs["depth"].clone()),
+        (1.into(), 0.into()),
+        "{jobs}"
+    );
+    assert_eq!(destination(s1, "/queue/jobs.dlq")["enqueued"], 1);
 
     // max-depth: the third message to `small` is refused with an ERROR naming the queue.
     let v = stomp("full", stomp_port, &["2"]);

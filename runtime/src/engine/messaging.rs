@@ -213,3 +213,20 @@ async fn accept_loop(inner: Arc<Inner>, tcp: tokio::net::TcpListener) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applications_reach_a_wildcard_listener_on_the_loopback_address() {
+        let l = |a: &str| MessagingListener {
+            address: a.parse().unwrap(),
+            port: 61613,
+        };
+        assert_eq!(url_of(&l("0.0.0.0")), "stomp://127.0.0.1:61613");
+        assert_eq!(url_of(&l("::")), "stomp://127.0.0.1:61613");
+        assert_eq!(url_of(&l("10.1.2.3")), "stomp://10.1.2.3:61613");
+        assert_eq!(url_of(&l("::1")), "stomp://[::1]:61613");
+    }
+}
