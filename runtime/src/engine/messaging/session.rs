@@ -284,27 +284,6 @@ fn negotiate(cx: u64, cy: u64) -> (Option<Duration>, Option<Duration>) {
     (send, expect)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heart_beats_are_the_slower_of_both_offers_and_zero_means_none() {
-        let s = |ms| Some(Duration::from_millis(ms));
-        assert_eq!(negotiate(0, 0), (None, None));
-        assert_eq!(negotiate(1000, 0), (None, s(HEART_BEAT_MS)));
-        assert_eq!(negotiate(0, 30_000), (s(30_000), None));
-        assert_eq!(negotiate(60_000, 500), (s(HEART_BEAT_MS), s(60_000)));
-    }
-
-    #[test]
-    fn heart_beat_headers_are_two_numbers() {
-        assert_eq!(parse_heart_beat("100, 200").ok(), Some((100, 200)));
-        assert!(parse_heart_beat("100").is_err());
-        assert!(parse_heart_beat("a,1").is_err());
-    }
-}
-
 fn parse_heart_beat(v: &str) -> Result<(u64, u64), Fatal> {
     let bad = || fatal(format!("heart-beat {v:?} is not two numbers"), None);
     let (a, b) = v.split_once(',').ok_or_else(bad)?;
@@ -569,5 +548,26 @@ impl Session {
         }
         f.body = d.message.body.clone();
         f.encode(&mut self.out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heart_beats_are_the_slower_of_both_offers_and_zero_means_none() {
+        let s = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(negotiate(0, 0), (None, None));
+        assert_eq!(negotiate(1000, 0), (None, s(HEART_BEAT_MS)));
+        assert_eq!(negotiate(0, 30_000), (s(30_000), None));
+        assert_eq!(negotiate(60_000, 500), (s(HEART_BEAT_MS), s(60_000)));
+    }
+
+    #[test]
+    fn heart_beat_headers_are_two_numbers() {
+        assert_eq!(parse_heart_beat("100, 200").ok(), Some((100, 200)));
+        assert!(parse_heart_beat("100").is_err());
+        assert!(parse_heart_beat("a,1").is_err());
     }
 }
