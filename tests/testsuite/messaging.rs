@@ -386,6 +386,11 @@ max-subscribers = 10
         answer.contains("ERROR\n") && answer.contains("exceeds"),
         "{answer:?}"
     );
+    let answer = raw(
+        stomp_port,
+        &[&login[..], b"ACK\nid:99999999\n\n\0"].concat(),
+    );
+    assert!(answer.contains("unknown delivery 99999999"), "{answer:?}");
     let answer = raw(stomp_port, b"SEND\nbad\\escape:x\n\n\0");
     assert!(answer.starts_with("ERROR\n"), "{answer:?}");
 

@@ -2,6 +2,9 @@
 //! consumer, redelivery and dead letters) and topics (every subscriber gets each message). All
 //! of it is plain data behind the engine's one lock; deliveries leave through each connection's
 //! bounded outbox ([`Outbox`]), never blocking the lock.
+//!
+//! Over 600 lines because its last third is unit tests: queue and topic semantics are decided here
+//! and tested here, without sockets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

@@ -58,8 +58,12 @@ struct Session {
     conn: u64,
     user: String,
     subs: BTreeMap<String, Subscription>,
-    /// Which subscription each outstanding `ack` id belongs to.
+    /// Which subscription each outstanding queue `ack` id belongs to.
     acks: HashMap<u64, String>,
+    /// The highest `ack` id given to this connection: an ACK or NACK of a lower id that is not
+    /// outstanding (settled already, or a topic message: topics keep nothing to settle) changes
+    /// nothing; of a higher one is an error.
+    max_ack: u64,
     transactions: HashMap<String, Vec<Frame>>,
     out: Vec<u8>,
     closing: bool,
@@ -107,6 +111,7 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
         user,
         subs: BTreeMap::new(),
         acks: HashMap::new(),
+        max_ack: 0,
         transactions: HashMap::new(),
         out: Vec::new(),
         closing: false,
@@ -490,7 +495,13 @@ impl Session {
         let raw = required(f, "id")?;
         let unknown = || fatal(format!("{} of unknown delivery {raw}", f.command), Some(f));
         let id: u64 = raw.parse().map_err(|_| unknown())?;
-        let sub_id = self.acks.get(&id).cloned().ok_or_else(unknown)?;
+        let Some(sub_id) = self.acks.get(&id).cloned() else {
+            return if id <= self.max_ack {
+                Ok(())
+            } else {
+                Err(unknown())
+            };
+        };
         let Some(sub) = self.subs.get_mut(&sub_id) else {
             return Err(unknown());
         };
@@ -532,8 +543,13 @@ impl Session {
             .header("destination", d.message.destination.clone());
         if let Some(a) = d.ack {
             f = f.header("ack", a.to_string());
-            sub.unacked.push_back(a);
-            self.acks.insert(a, d.subscription.clone());
+            self.max_ack = self.max_ack.max(a);
+            // Only queue deliveries are tracked: what a topic delivered has nothing to settle,
+            // and tracking it would grow without bound for a client that never acknowledges.
+            if d.queue.is_some() {
+                sub.unacked.push_back(a);
+                self.acks.insert(a, d.subscription.clone());
+            }
         }
         if d.redelivered {
             f = f.header("redelivered", "true");
