@@ -249,8 +249,16 @@ impl QueueState {
     }
 }
 
+/// Whether `c` may take one more message: client modes up to their window of unacknowledged
+/// messages; `auto` up to its window of messages handed to the connection and not yet written
+/// (those are returned to the queue if the connection ends: [`Broker::unsent`]).
 fn has_room(c: &Consumer) -> bool {
-    c.out.tx.capacity() > 0 && (c.ack == AckMode::Auto || c.unacked < c.window)
+    let waiting = c.out.tx.max_capacity() - c.out.tx.capacity();
+    c.out.tx.capacity() > 0
+        && match c.ack {
+            AckMode::Auto => waiting < c.window,
+            _ => c.unacked < c.window,
+        }
 }
 
 impl Broker {
@@ -537,6 +545,32 @@ impl Broker {
         }
     }
 
+    /// Takes back `auto` queue deliveries that were never written to their connection (it
+    /// ended, or their subscription did): first in line again, in their order, not counted as
+    /// redelivered. Other deliveries are ignored (client-mode ones are in flight and come back
+    /// with [`Broker::unsubscribe`] or [`Broker::disconnect`]; topics keep nothing).
+    pub fn unsent(&mut self, deliveries: Vec<Delivery>) {
+        let mut by_queue: BTreeMap<String, Vec<Arc<Message>>> = BTreeMap::new();
+        for d in deliveries {
+            if let (None, Some(q)) = (d.ack, d.queue) {
+                by_queue.entry(q).or_default().push(d.message);
+            }
+        }
+        for (name, msgs) in by_queue {
+            let Some(q) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            for msg in msgs.into_iter().rev() {
+                q.counts.dequeued = q.counts.dequeued.saturating_sub(1);
+                q.ready.push_front(Held {
+                    msg,
+                    redeliveries: 0,
+                });
+            }
+            q.dispatch(&name, &mut self.next_id);
+        }
+    }
+
     /// Hands waiting messages of the queues `conn` consumes to it (its outbox has room again).
     pub fn pump(&mut self, conn: u64) {
         for (name, q) in &mut self.queues {
@@ -772,6 +806,32 @@ mod tests {
         assert_eq!(bodies(&mut r2).len(), 1);
         b.pump(2);
         assert_eq!(bodies(&mut r2).len(), 1);
+    }
+
+    #[test]
+    fn auto_deliveries_never_written_go_back_first_in_line() {
+        let mut b = Broker::default();
+        b.apply(&cfg(100, 10));
+        let (o1, mut r1) = outbox(1, 16);
+        b.subscribe(o1, "s", &q(), AckMode::Auto, 3).unwrap();
+        for i in 0..5 {
+            send(&mut b, &q(), &i.to_string()).unwrap();
+        }
+        // The window bounds what waits in the outbox.
+        let mut pending = Vec::new();
+        while let Ok(d) = r1.try_recv() {
+            pending.push(d);
+        }
+        assert_eq!(pending.len(), 3);
+        b.disconnect(1);
+        b.unsent(pending);
+        let (o2, mut r2) = outbox(2, 16);
+        b.subscribe(o2, "s", &q(), AckMode::Auto, PREFETCH).unwrap();
+        let got = bodies(&mut r2);
+        let order: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(order, ["0", "1", "2", "3", "4"]);
+        assert!(got.iter().all(|g| !g.1), "never written: not redelivered");
+        assert_eq!(b.report()[0].counts.dequeued, 5);
     }
 
     #[test]

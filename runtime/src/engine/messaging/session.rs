@@ -67,6 +67,8 @@ struct Session {
     transactions: HashMap<String, Vec<Frame>>,
     out: Vec<u8>,
     closing: bool,
+    /// Deliveries to subscriptions that ended before they were written.
+    unsent: Vec<Delivery>,
 }
 
 /// Serves one accepted connection to its end; never panics on input.
@@ -115,6 +117,7 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
         transactions: HashMap::new(),
         out: Vec::new(),
         closing: false,
+        unsent: Vec::new(),
     };
     connected.encode(&mut s.out);
     let mut shutdown = inner.shutdown.subscribe();
@@ -171,7 +174,9 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
                         }
                     }
                     if queue_delivery {
-                        s.inner.broker().pump(conn);
+                        let mut broker = s.inner.broker();
+                        broker.unsent(std::mem::take(&mut s.unsent));
+                        broker.pump(conn);
                     }
                 }
                 _ = overflow.notified() => {
@@ -205,7 +210,16 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
         let _ = stream.write_all(&s.out).await;
         send_error(&mut stream, &e).await;
     }
-    s.inner.broker().disconnect(conn);
+    // Under one lock: once its consumers are gone nothing new reaches the outbox, and what
+    // waits there unwritten goes back to its queue.
+    let mut broker = s.inner.broker();
+    broker.disconnect(conn);
+    rx.close();
+    let mut unsent = s.unsent;
+    while let Ok(d) = rx.try_recv() {
+        unsent.push(d);
+    }
+    broker.unsent(unsent);
 }
 
 async fn first_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<Frame>, String> {
@@ -531,10 +545,12 @@ impl Session {
         Ok(())
     }
 
-    /// Writes a MESSAGE frame for `d` (a subscription ended meanwhile: dropped; the broker
-    /// redelivers what it held).
+    /// Writes a MESSAGE frame for `d`. If its subscription ended meanwhile, an `auto` queue
+    /// delivery goes back to the queue ([`super::broker::Broker::unsent`]); the broker
+    /// redelivers what client-mode subscriptions held.
     fn deliver(&mut self, d: Delivery) {
         let Some(sub) = self.subs.get_mut(&d.subscription) else {
+            self.unsent.push(d);
             return;
         };
         let mut f = Frame::new("MESSAGE")
