@@ -199,7 +199,7 @@ impl Control {
         self.log.debug(
             "SERVER-0332",
             &format!(
-                "Applied the settings outside the web engine (log level, rotation, stop-timeout, messaging destinations) of commit {}.",
+                "Applied the settings outside the web engine (log level, rotation, stop-timeout) of commit {}.",
                 commit.short()
             ),
         );
