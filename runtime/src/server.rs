@@ -48,6 +48,8 @@ pub enum ServerError {
     Process(#[from] crate::process::ProcessError),
     #[error(transparent)]
     Serving(#[from] crate::serving::ServingError),
+    #[error(transparent)]
+    Messaging(#[from] crate::engine::messaging::MessagingError),
 }
 
 /// Why the boot commit cannot be read.
@@ -97,7 +99,8 @@ struct Management {
     status: Shared,
     engine: crate::engine::web::WebEngine,
     deploys: Arc<crate::server_metrics::DeployStats>,
-    auth: crate::auth::Auth,
+    messaging: crate::engine::messaging::MessagingEngine,
+    auth: Arc<crate::auth::Auth>,
     /// The accounts and policies of the applied commit (live: updated with each commit applied).
     domain: Arc<RwLock<Arc<schema::model::Domain>>>,
 }
@@ -159,6 +162,18 @@ async fn status(
         return StatusCode::FORBIDDEN.into_response();
     }
     axum::Json(m.snapshot()).into_response()
+}
+
+/// `GET /v1/messaging` (docs/messaging.md): the destinations and their counters; readable by
+/// whoever may read the status.
+async fn messaging(
+    State(m): State<Arc<Management>>,
+    Extension(User(user)): Extension<User>,
+) -> Response {
+    if !m.permits(&user, STATUS_READERS) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    axum::Json(m.messaging.report()).into_response()
 }
 
 /// `GET /metrics` (docs/metrics.md).
@@ -284,6 +299,20 @@ fn boot(
     let engine = serving.engine().clone();
     let deploys = serving.deploy_stats().clone();
     let domain = Arc::new(RwLock::new(Arc::new(loaded.domain.clone())));
+    let auth = Arc::new(crate::auth::Auth::new());
+    let messaging = match rt.block_on(crate::engine::messaging::MessagingEngine::start(
+        &server.messaging,
+        domain.clone(),
+        auth.clone(),
+        Some(log.clone()),
+    )) {
+        Ok(m) => m,
+        Err(e) => {
+            // The process applications already run: they must not outlive a failed start.
+            rt.block_on(engine.shutdown(Duration::ZERO));
+            return Err(e.into());
+        }
+    };
     let status: Shared = Arc::new(RwLock::new(Status {
         name: opts.name.clone(),
         state: crate::master::ServerState::Starting,
@@ -303,6 +332,7 @@ fn boot(
         let me = opts.name.clone();
         let live_stop_timeout = stop_timeout.clone();
         let live_domain = domain.clone();
+        let live_messaging = messaging.clone();
         crate::control::Control {
             name: opts.name.clone(),
             domain_home: home.domain_home.clone(),
@@ -325,6 +355,8 @@ fn boot(
                 }
                 if let Some(s) = target.domain.config.servers.get(&me) {
                     apply_logging(&apply_log, s);
+                    // Destinations and their limits; the listener is restart-class.
+                    live_messaging.apply(&s.messaging);
                     live_stop_timeout.store(
                         s.stop_timeout.0.as_millis() as u64,
                         std::sync::atomic::Ordering::SeqCst,
@@ -346,7 +378,8 @@ fn boot(
             status: status.clone(),
             engine: engine.clone(),
             deploys,
-            auth: crate::auth::Auth::new(),
+            messaging: messaging.clone(),
+            auth,
             domain,
         }),
         engine,
@@ -427,6 +460,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/v1/messaging", get(messaging))
         // Behind the gate too: an unknown path answers 404 only to valid credentials.
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
@@ -438,7 +472,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     a.log.info(
         "SERVER-0010",
         &format!(
-            "Listening on {} (management API: GET /v1/status, GET /metrics).",
+            "Listening on {} (management API: GET /v1/status, GET /v1/messaging, GET /metrics).",
             a.listen
         ),
     );
@@ -511,6 +545,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         ),
     );
     let _ = tx.send(signal_name);
+    a.management.messaging.shutdown();
     stop_control.store(true, std::sync::atomic::Ordering::SeqCst);
     // The web engine drains its requests (up to stop-timeout) and then stops the process
     // applications, while the management API drains its own.

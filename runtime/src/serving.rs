@@ -289,6 +289,19 @@ impl Serving {
             logs_dir: home.logs(),
             rotation: rotation_of(server),
             logger: Some(log.clone()),
+            // The messaging listener is bound once (restart-class): its address at boot is the
+            // one applications keep until the restart.
+            env: server
+                .messaging
+                .listener
+                .iter()
+                .map(|l| {
+                    (
+                        "STEWARD_MESSAGING_URL".to_owned(),
+                        crate::engine::messaging::url_of(l),
+                    )
+                })
+                .collect(),
         };
         let (engine, report) = WebEngine::start(config.clone(), ctx).await?;
         for (listener, addr) in engine.local_addrs() {

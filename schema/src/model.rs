@@ -520,7 +520,9 @@ impl Domain {
         out
     }
 
-    /// Whether `user` holds `permission` through a role (directly or by a group).
+    /// Whether `user` holds `permission` through a role (directly or by a group). A granted
+    /// permission ending in `*` covers every permission it is a prefix of
+    /// (`messaging:send:/queue/orders.*`, `messaging:*`); `*` alone covers everything.
     pub fn permits(&self, user: &str, permission: &str) -> bool {
         let Some(u) = self.accounts.users.get(user) else {
             return false;
@@ -528,7 +530,37 @@ impl Domain {
         self.policies.roles.values().any(|role| {
             let holds = role.users.iter().any(|x| x == user)
                 || role.groups.iter().any(|g| u.groups.contains(g));
-            holds && role.permissions.iter().any(|p| p == "*" || p == permission)
+            holds && role.permissions.iter().any(|p| grants(p, permission))
         })
+    }
+}
+
+/// Whether granted permission `granted` covers `wanted`.
+fn grants(granted: &str, wanted: &str) -> bool {
+    match granted.strip_suffix('*') {
+        Some(prefix) => wanted.starts_with(prefix),
+        None => granted == wanted,
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::grants;
+
+    #[test]
+    fn a_trailing_star_grants_by_prefix() {
+        assert!(grants("*", "git:push"));
+        assert!(grants("messaging:send:/queue/a", "messaging:send:/queue/a"));
+        assert!(!grants(
+            "messaging:send:/queue/a",
+            "messaging:send:/queue/ab"
+        ));
+        assert!(grants(
+            "messaging:send:/queue/a*",
+            "messaging:send:/queue/ab"
+        ));
+        assert!(grants("messaging:*", "messaging:receive:/topic/t"));
+        assert!(!grants("messaging:send:*", "messaging:receive:/queue/a"));
+        assert!(!grants("git:read", "git:*"));
     }
 }

@@ -144,6 +144,73 @@ pub const PERMISSIONS: &[&str] = &[
     "metrics:read",
 ];
 
+/// Whether a role may grant `s`: one of [`PERMISSIONS`], or a messaging permission
+/// (docs/messaging.md): `messaging:*`, `messaging:send:*`, `messaging:receive:*`, or
+/// `messaging:send:` / `messaging:receive:` and a destination, `/queue/NAME` or `/topic/NAME`,
+/// whose name may end in `*` (every name with that prefix).
+pub fn is_permission(s: &str) -> bool {
+    if PERMISSIONS.contains(&s) {
+        return true;
+    }
+    let Some(rest) = s.strip_prefix("messaging:") else {
+        return false;
+    };
+    if rest == "*" {
+        return true;
+    }
+    let Some(dest) = rest
+        .strip_prefix("send:")
+        .or_else(|| rest.strip_prefix("receive:"))
+    else {
+        return false;
+    };
+    if dest == "*" {
+        return true;
+    }
+    let Some(name) = dest
+        .strip_prefix("/queue/")
+        .or_else(|| dest.strip_prefix("/topic/"))
+    else {
+        return false;
+    };
+    let stem = name.strip_suffix('*').unwrap_or(name);
+    (!stem.is_empty() || name == "*")
+        && !stem.contains(['*', '/'])
+        && !stem.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::is_permission;
+
+    #[test]
+    fn messaging_permissions_name_an_action_and_a_destination() {
+        for ok in [
+            "git:push",
+            "messaging:*",
+            "messaging:send:*",
+            "messaging:receive:/queue/orders",
+            "messaging:send:/topic/news",
+            "messaging:send:/queue/orders.*",
+            "messaging:receive:/queue/*",
+        ] {
+            assert!(is_permission(ok), "{ok}");
+        }
+        for bad in [
+            "git:*",
+            "messaging:",
+            "messaging:read:/queue/a",
+            "messaging:send:/queue/",
+            "messaging:send:/exchange/a",
+            "messaging:send:/queue/a*b",
+            "messaging:send:/queue/a/b",
+            "messaging:send:queue/a",
+        ] {
+            assert!(!is_permission(bad), "{bad}");
+        }
+    }
+}
+
 pub const RESTART_POLICIES: &[&str] = &["manual", "auto", "rolling"];
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 pub const APP_KINDS: &[&str] = &["static", "process"];
@@ -488,7 +555,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Port,
         Restart,
         "",
-        "Port of the messaging listener; without it, messaging is in-process only.",
+        "Port of the STOMP 1.2 listener (docs/messaging.md); without it, messaging is in-process only: the engine runs, no client can connect.",
     )),
     s(
         Domain,
@@ -507,7 +574,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Bool,
         Live,
         "true",
-        "Keep queued messages across restarts (`.workspace/tmlog`).",
+        "Keep queued messages across restarts (`.workspace/tmlog`). Not yet honoured: messages are held in memory in this release (docs/messaging.md).",
     ),
     s(
         Domain,

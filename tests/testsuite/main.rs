@@ -15,6 +15,7 @@ mod hook;
 mod launcher;
 mod managed_server;
 mod master;
+mod messaging;
 mod metrics;
 mod serving;
 mod up;

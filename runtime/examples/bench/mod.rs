@@ -65,6 +65,7 @@ pub fn engine(
         logs_dir: logs,
         rotation: Default::default(),
         logger: None,
+        env: Default::default(),
     };
     Ok((config, ctx))
 }

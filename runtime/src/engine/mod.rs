@@ -2,4 +2,5 @@
 //! "engines are always started"); each takes its part of the server's configuration and applies
 //! later changes to it live.
 
+pub mod messaging;
 pub mod web;

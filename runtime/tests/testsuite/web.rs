@@ -150,6 +150,14 @@ fn ctx(h: &ServerHome) -> EngineContext {
         logs_dir: h.logs(),
         rotation: Default::default(),
         logger: None,
+        // What a server with a messaging listener gives; an application's own `env` wins.
+        env: [
+            ("STEWARD_MESSAGING_URL", "stomp://127.0.0.1:61613"),
+            ("GREETING", "from the engine"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
     }
 }
 
@@ -518,6 +526,7 @@ async fn proxies_a_process_app_isolated_and_restarts_it() {
     );
     let env = v["env"].as_object().expect("env");
     assert_eq!(env["GREETING"], "hello");
+    assert_eq!(env["STEWARD_MESSAGING_URL"], "stomp://127.0.0.1:61613");
     assert_eq!(env["STEWARD_APP"], "api");
     let image = h.root.join(".workspace/deployed/api");
     assert_eq!(env["STEWARD_DEPLOY_DIR"], image.display().to_string());

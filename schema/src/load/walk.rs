@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::Cx;
 use crate::diag::Problem;
-use crate::settings::{FileKind, Kind, Node, PERMISSIONS};
+use crate::settings::{FileKind, Kind, Node, PERMISSIONS, is_permission};
 use crate::values;
 
 pub(super) struct Walker<'a, 'b> {
@@ -307,10 +307,13 @@ impl Walker<'_, '_> {
             let check = match kind {
                 Kind::IdentList => values::check_ident(s),
                 Kind::RepoPathList => values::check_repo_path(s),
-                Kind::PermissionList if !PERMISSIONS.contains(&s) => {
+                Kind::PermissionList if !is_permission(s) => {
                     let hint = match values::did_you_mean(s, PERMISSIONS.iter().copied()) {
                         Some(m) => format!("did you mean `{m}`?"),
-                        None => format!("use one of: {}", quote_list(PERMISSIONS)),
+                        None => format!(
+                            "use one of: {}, or `messaging:send:` / `messaging:receive:` and `/queue/NAME` or `/topic/NAME` (docs/messaging.md)",
+                            quote_list(PERMISSIONS)
+                        ),
                     };
                     Err(format!("unknown permission `{s}`; {hint}").into())
                 }

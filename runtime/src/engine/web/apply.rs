@@ -107,7 +107,14 @@ impl WebEngine {
                         app: name.clone(),
                         command,
                         args: spec.app.args.clone(),
-                        env: spec.app.env.clone(),
+                        env: self
+                            .inner
+                            .ctx
+                            .env
+                            .iter()
+                            .chain(&spec.app.env)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
                         deployment: spec.deployment.clone(),
                     };
                     let live = ProcLive {

@@ -46,6 +46,9 @@ pub struct EngineContext {
     pub rotation: Rotation,
     /// The server log, for application lifecycle lines (`WEB-02xx`).
     pub logger: Option<Logger>,
+    /// Environment every process application gets, fixed for the engine's life (the messaging
+    /// engine's `STEWARD_MESSAGING_URL`); an application's own `env` wins.
+    pub env: BTreeMap<String, String>,
 }
 
 /// What [`WebEngine::apply`] did.

@@ -1,0 +1,232 @@
+//! The messaging engine: queues and topics in the Managed Server's process, spoken to over
+//! STOMP 1.2 on `messaging.listener`. Started at every boot: with no listener configured the
+//! destinations exist (and are reported) but no client can reach them. Messages are held in
+//! memory in this phase (`persistent` is reported, not yet honoured): see `docs/messaging.md`.
+//!
+//! The parts: [`frame`] the codec, [`broker`] the destinations behind one lock, `session` one
+//! client connection. Live configuration: [`MessagingEngine::apply`] creates destinations and
+//! changes limits at once; the listener is bound once (restart-class).
+
+pub mod broker;
+pub mod frame;
+mod session;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use schema::model::{Domain, Messaging, MessagingListener};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::logfile::Logger;
+
+pub use broker::DestinationReport;
+
+/// Client connections served at once; more are refused with an ERROR frame.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessagingError {
+    #[error("messaging listener: cannot bind {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// The accounts and policies of the applied commit, shared with the management API (live).
+pub type SharedDomain = Arc<RwLock<Arc<Domain>>>;
+
+struct Inner {
+    broker: Mutex<broker::Broker>,
+    domain: SharedDomain,
+    auth: Arc<Auth>,
+    shutdown: watch::Sender<bool>,
+    next_conn: AtomicU64,
+    connections: AtomicUsize,
+    /// The listener as bound at start (restart-class).
+    listener: Option<MessagingListener>,
+    local: Option<SocketAddr>,
+}
+
+impl Inner {
+    fn broker(&self) -> MutexGuard<'_, broker::Broker> {
+        self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn domain(&self) -> Arc<Domain> {
+        match self.domain.read() {
+            Ok(d) => d.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The running engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct MessagingEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MessagingEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingEngine")
+            .field("local", &self.inner.local)
+            .finish()
+    }
+}
+
+/// `GET /v1/messaging`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `stomp://host:port` clients connect to; absent without a listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub connections: usize,
+    pub destinations: Vec<DestinationReport>,
+}
+
+/// The address applications on this machine connect to: the listener's, with a wildcard
+/// address replaced by the loopback one.
+pub fn url_of(l: &MessagingListener) -> String {
+    let host = if l.address.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        l.address
+    };
+    format!("stomp://{}", SocketAddr::new(host, l.port))
+}
+
+impl MessagingEngine {
+    /// Creates the configured destinations and, when a listener is configured, binds it and
+    /// serves STOMP on it.
+    pub async fn start(
+        cfg: &Messaging,
+        domain: SharedDomain,
+        auth: Arc<Auth>,
+        log: Option<Logger>,
+    ) -> Result<MessagingEngine, MessagingError> {
+        let mut broker = broker::Broker::default();
+        broker.apply(cfg);
+        let bound = match &cfg.listener {
+            Some(l) => {
+                let addr = SocketAddr::new(l.address, l.port);
+                let tcp = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| MessagingError::Bind { addr, error })?;
+                let local = tcp.local_addr().unwrap_or(addr);
+                Some((tcp, local))
+            }
+            None => None,
+        };
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            broker: Mutex::new(broker),
+            domain,
+            auth,
+            shutdown,
+            next_conn: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            listener: cfg.listener.clone(),
+            local: bound.as_ref().map(|(_, a)| *a),
+        });
+        if let Some(log) = &log {
+            let n = cfg.queues.len() + cfg.topics.len();
+            match &bound {
+                Some((_, a)) => log.info(
+                    "MSG-0001",
+                    &format!("The messaging engine listens on {a} (STOMP 1.2); {n} destination(s)."),
+                ),
+                None => log.info(
+                    "MSG-0002",
+                    &format!("The messaging engine runs without a listener (messaging.listener is not set); {n} destination(s)."),
+                ),
+            }
+        }
+        if let Some((tcp, _)) = bound {
+            tokio::spawn(accept_loop(inner.clone(), tcp));
+        }
+        Ok(MessagingEngine { inner })
+    }
+
+    /// Applies a new configuration: destinations added, limits changed (messages kept), removed
+    /// destinations drained. A changed listener is not applied: it is restart-class, and the
+    /// plan reports it as pending restart.
+    pub fn apply(&self, cfg: &Messaging) {
+        self.inner.broker().apply(cfg);
+    }
+
+    /// The bound listener's address (none without a listener).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local
+    }
+
+    pub fn report(&self) -> Report {
+        Report {
+            url: self.inner.listener.as_ref().map(url_of),
+            connections: self.inner.connections.load(Ordering::Relaxed),
+            destinations: self.inner.broker().report(),
+        }
+    }
+
+    /// Stops accepting and closes every connection with an ERROR frame; unacknowledged
+    /// messages stay in their queues (in memory, so until the process exits).
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, tcp: tokio::net::TcpListener) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = tcp.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((mut stream, peer)) = accepted else {
+            // Out of descriptors and the like: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        if inner.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            inner.connections.fetch_sub(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut out = Vec::new();
+                frame::Frame::new("ERROR")
+                    .header("message", "too many connections")
+                    .encode(&mut out);
+                let _ = stream.write_all(&out).await;
+            });
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            session::serve(inner.clone(), stream, peer).await;
+            inner.connections.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applications_reach_a_wildcard_listener_on_the_loopback_address() {
+        let l = |a: &str| MessagingListener {
+            address: a.parse().unwrap(),
+            port: 61613,
+        };
+        assert_eq!(url_of(&l("0.0.0.0")), "stomp://127.0.0.1:61613");
+        assert_eq!(url_of(&l("::")), "stomp://127.0.0.1:61613");
+        assert_eq!(url_of(&l("10.1.2.3")), "stomp://10.1.2.3:61613");
+        assert_eq!(url_of(&l("::1")), "stomp://[::1]:61613");
+    }
+}
