@@ -43,7 +43,7 @@ pub use body::Body;
 pub use config::{AppSpec, ApplyReport, EngineContext, WebConfig};
 use listen::ListenerRt;
 use route::{Handler, Limits, Route, Snapshot};
-use serve::{accept_loop, plain, unavailable};
+use serve::{plain, unavailable};
 use supervisor::ProcState;
 
 /// Errors of the web engine.
@@ -80,6 +80,11 @@ struct Inner {
     connections: AtomicUsize,
     idle: Notify,
     stats: stats::Stats,
+    /// The bound listeners until the first snapshot with routes is published: their accept
+    /// loops start then ([`WebEngine::swap`]), so no request is answered from the empty
+    /// snapshot (a 404 for an application about to be routed). Connections that arrive before
+    /// wait in the kernel's backlog.
+    unaccepted: std::sync::Mutex<Vec<tokio::net::TcpListener>>,
 }
 
 /// The running web engine. Cheap to clone; every clone is the same engine.
@@ -128,12 +133,11 @@ impl WebEngine {
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
             stats: stats::Stats::default(),
+            unaccepted: std::sync::Mutex::new(bound),
         });
         let engine = WebEngine { inner };
-        // Accept at once: static applications are served while process applications start.
-        for (index, tcp) in bound.into_iter().enumerate() {
-            tokio::spawn(accept_loop(Arc::clone(&engine.inner), index, tcp));
-        }
+        // Accepting starts with the first routes (static applications are served while process
+        // applications start: see `apply`).
         match engine.apply(config).await {
             Ok(report) => Ok((engine, report)),
             Err(e) => {

@@ -255,6 +255,21 @@ impl WebEngine {
             .snapshot
             .write()
             .unwrap_or_else(|p| p.into_inner()) = snapshot;
+        // The first routes are in place: accept (once).
+        let bound = std::mem::take(
+            &mut *self
+                .inner
+                .unaccepted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (index, tcp) in bound.into_iter().enumerate() {
+            tokio::spawn(super::serve::accept_loop(
+                Arc::clone(&self.inner),
+                index,
+                tcp,
+            ));
+        }
     }
 }
 
