@@ -36,17 +36,7 @@ fn example_master(tmp: &TempDir) -> (Master, PathBuf) {
 
 /// A fresh clone of the Master's repository in `tmp/name`.
 fn fresh_clone(master: &Master, tmp: &TempDir, name: &str) -> PathBuf {
-    let dir = tmp.path().join(name);
-    git_ok(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &master.url("admin", "admin"),
-            dir.to_str().unwrap(),
-        ],
-    );
-    dir
+    crate::util::master::clone_domain(master.port, tmp.path().join(name))
 }
 
 /// Lines only in `new`, and lines only in `old` (as multisets, in order).

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::util::http::{ADMIN, request, status};
-use crate::util::master::{Master, Servers, push_edits, server_log, start_server};
+use crate::util::master::{Master, Servers, clone_domain, push_edits, server_log, start_server};
 use crate::util::{Repo, TempDir, eventually, git};
 
 /// Edits `file` in the clone, commits and pushes; returns the new commit.
@@ -40,12 +40,7 @@ fn servers_follow_the_master() {
             .filter(|r| r.body.contains("\"reachable\":true"))
     });
 
-    let clone = tmp.path().join("clone");
-    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
-    assert_eq!(
-        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
-        0
-    );
+    let clone = clone_domain(mport, tmp.path().join("clone"));
 
     // A live change: applied in place, nothing pending.
     let live = push(
@@ -173,12 +168,7 @@ fn rolling_restarts_one_server_of_a_cluster_at_a_time() {
     };
     let (p1, p2) = (pid_of("server1"), pid_of("server2"));
 
-    let clone = tmp.path().join("clone");
-    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
-    assert_eq!(
-        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
-        0
-    );
+    let clone = clone_domain(mport, tmp.path().join("clone"));
     // One commit that needs both members of cluster1 (restart-policy rolling) restarted.
     let pin = push_edits(
         &clone,
@@ -341,12 +331,7 @@ fn with_server1(name: &str, body: impl FnOnce(&Path, &Path, u16)) {
     let _m = Master::start_on(&home, mport);
     let _servers = Servers(&home, &["server1"]);
     start_server(&home, "server1", mport);
-    let clone = tmp.path().join("clone");
-    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
-    assert_eq!(
-        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
-        0
-    );
+    let clone = clone_domain(mport, tmp.path().join("clone"));
     body(&home, &clone, s1);
 }
 

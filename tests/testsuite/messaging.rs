@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::http::{ADMIN, request};
-use crate::util::master::{Master, Servers, hashes, push_edits, start_server};
-use crate::util::{Repo, TempDir, eventually, free_ports_besides, git};
+use crate::util::master::{Master, Servers, clone_domain, hashes, push_edits, start_server};
+use crate::util::{Repo, TempDir, eventually, free_ports_besides};
 
 /// The client side of each scenario, in stomp.py; prints one JSON object.
 const SCRIPT: &str = r#"
@@ -407,12 +407,7 @@ max-subscribers = 10
     );
 
     // Live: a new queue and a larger max-depth apply without a restart; `small` keeps its two.
-    let clone = tmp.path().join("clone");
-    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
-    assert_eq!(
-        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
-        0
-    );
+    let clone = clone_domain(mport, tmp.path().join("clone"));
     let pushed = push_edits(
         &clone,
         "domain.toml",

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::util::http::{ADMIN, HttpConn, request};
-use crate::util::master::{Master, Servers, hashes, push_edits, start_server};
-use crate::util::{Repo, TempDir, eventually, git};
+use crate::util::master::{Master, Servers, clone_domain, hashes, push_edits, start_server};
+use crate::util::{Repo, TempDir, eventually};
 
 const SCRAPER: Option<(&str, &str)> = Some(("scraper", "scraper"));
 const VIEWER: Option<(&str, &str)> = Some(("viewer", "reader"));
@@ -178,12 +178,7 @@ fn master_and_server_metrics_follow_a_push_and_requests() {
     );
 
     // A push (a live change of server1), applied by server1.
-    let clone = tmp.path().join("clone");
-    let url = format!("http://admin:admin@127.0.0.1:{mport}/git/domain.git");
-    assert_eq!(
-        git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
-        0
-    );
+    let clone = clone_domain(mport, tmp.path().join("clone"));
     let pushed = push_edits(
         &clone,
         "domain.toml",

@@ -161,12 +161,7 @@ fn up_follows_restarts_refuses_a_second_up_and_stops_everything() {
     // their logs.
     let old = crate::util::master::pid_of(&home, "server3");
     let old1 = crate::util::master::pid_of(&home, "server1");
-    let clone = tmp.path().join("clone");
-    let url = format!("http://admin:admin@127.0.0.1:{}/git/domain.git", ports[0]);
-    assert_eq!(
-        crate::util::git(tmp.path(), &["clone", "-q", &url, clone.to_str().unwrap()]).code,
-        0
-    );
+    let clone = crate::util::master::clone_domain(ports[0], tmp.path().join("clone"));
     let toml = std::fs::read_to_string(clone.join("domain.toml")).unwrap();
     let toml = toml.replace(
         "[servers.server3.component.timer-service]",

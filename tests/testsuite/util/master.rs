@@ -250,6 +250,14 @@ pub fn push_edits(clone: &Path, file: &str, edits: &[(&str, &str)]) -> String {
 }
 
 /// Commits everything in the clone and pushes it; returns the new commit.
+/// Clones the domain repository of the Master on `port` (as `admin`) into `dir`; returns `dir`.
+pub fn clone_domain(port: u16, dir: PathBuf) -> PathBuf {
+    let url = format!("http://admin:admin@127.0.0.1:{port}/git/domain.git");
+    let parent = dir.parent().expect("a directory inside the test's own");
+    git_ok(parent, &["clone", "-q", &url, dir.to_str().expect("utf-8")]);
+    dir
+}
+
 pub fn commit_and_push(clone: &Path) -> String {
     git_ok(clone, &["add", "-A"]);
     git_ok(clone, &["commit", "-qm", "change"]);

@@ -261,6 +261,16 @@ fn has_room(c: &Consumer) -> bool {
         }
 }
 
+/// Destination `name` of `dest`'s kind, or the error a client gets for one that does not exist.
+fn existing<'a, T>(
+    map: &'a mut BTreeMap<String, T>,
+    name: &str,
+    dest: &Dest,
+) -> Result<&'a mut T, BrokerError> {
+    map.get_mut(name)
+        .ok_or_else(|| BrokerError::NoSuchDestination(dest.to_string()))
+}
+
 impl Broker {
     /// Creates destinations that are new in `cfg` and applies the limits of those that exist
     /// (kept messages stay). A destination no longer configured refuses new messages and
@@ -333,10 +343,7 @@ impl Broker {
         });
         match dest {
             Dest::Queue(name) => {
-                let q = self
-                    .queues
-                    .get_mut(name)
-                    .ok_or_else(|| BrokerError::NoSuchDestination(dest.to_string()))?;
+                let q = existing(&mut self.queues, name, dest)?;
                 if !q.configured {
                     return Err(BrokerError::Removed(dest.to_string()));
                 }
@@ -354,10 +361,7 @@ impl Broker {
                 q.dispatch(name, &mut self.next_id);
             }
             Dest::Topic(name) => {
-                let t = self
-                    .topics
-                    .get_mut(name)
-                    .ok_or_else(|| BrokerError::NoSuchDestination(dest.to_string()))?;
+                let t = existing(&mut self.topics, name, dest)?;
                 if !t.configured {
                     return Err(BrokerError::Removed(dest.to_string()));
                 }
@@ -404,19 +408,13 @@ impl Broker {
         };
         match dest {
             Dest::Queue(name) => {
-                let q = self
-                    .queues
-                    .get_mut(name)
-                    .ok_or_else(|| BrokerError::NoSuchDestination(dest.to_string()))?;
+                let q = existing(&mut self.queues, name, dest)?;
                 // A removed queue still takes consumers: that is how it drains.
                 q.consumers.push(consumer);
                 q.dispatch(name, &mut self.next_id);
             }
             Dest::Topic(name) => {
-                let t = self
-                    .topics
-                    .get_mut(name)
-                    .ok_or_else(|| BrokerError::NoSuchDestination(dest.to_string()))?;
+                let t = existing(&mut self.topics, name, dest)?;
                 if !t.configured {
                     return Err(BrokerError::Removed(dest.to_string()));
                 }
