@@ -14,6 +14,7 @@ pub mod resync;
 pub mod rolling;
 pub mod rollout;
 pub mod time;
+pub mod timer;
 pub mod tls;
 pub mod wire;
 pub mod workclone;

@@ -57,6 +57,10 @@ impl ServerHome {
     pub fn deployed(&self) -> PathBuf {
         self.workspace().join("deployed")
     }
+    /// `.workspace/ejbtimerdb`: the component engine's timer store.
+    pub fn ejbtimerdb(&self) -> PathBuf {
+        self.workspace().join("ejbtimerdb")
+    }
     pub fn tmp(&self) -> PathBuf {
         self.workspace().join("tmp")
     }

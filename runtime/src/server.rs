@@ -50,6 +50,8 @@ pub enum ServerError {
     Serving(#[from] crate::serving::ServingError),
     #[error(transparent)]
     Messaging(#[from] crate::engine::messaging::MessagingError),
+    #[error(transparent)]
+    Component(#[from] crate::engine::component::ComponentError),
 }
 
 /// Why the boot commit cannot be read.
@@ -100,6 +102,7 @@ struct Management {
     engine: crate::engine::web::WebEngine,
     deploys: Arc<crate::server_metrics::DeployStats>,
     messaging: crate::engine::messaging::MessagingEngine,
+    component: crate::engine::component::ComponentEngine,
     auth: Arc<crate::auth::Auth>,
     /// The accounts and policies of the applied commit (live: updated with each commit applied).
     domain: Arc<RwLock<Arc<schema::model::Domain>>>,
@@ -174,6 +177,18 @@ async fn messaging(
         return StatusCode::FORBIDDEN.into_response();
     }
     axum::Json(m.messaging.report()).into_response()
+}
+
+/// `GET /v1/components` (docs/components.md): the component applications and their timers;
+/// readable by whoever may read the status.
+async fn components(
+    State(m): State<Arc<Management>>,
+    Extension(User(user)): Extension<User>,
+) -> Response {
+    if !m.permits(&user, STATUS_READERS) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    axum::Json(m.component.report()).into_response()
 }
 
 /// `GET /metrics` (docs/metrics.md).
@@ -292,11 +307,32 @@ fn boot(
     let stop_timeout = Arc::new(std::sync::atomic::AtomicU64::new(
         server.stop_timeout.0.as_millis() as u64,
     ));
-    // Applications before READY: a server reported RUNNING serves what it can.
-    let serving = rt.block_on(crate::serving::Serving::start(
-        &opts.name, home, log, &loaded, commit,
+    // The component engine first: its timer service's address and tokens are in the
+    // environment of the component applications the web engine starts.
+    let component = rt.block_on(crate::engine::component::ComponentEngine::start(
+        &home.ejbtimerdb(),
+        &server.component,
+        crate::engine::component::components(&crate::serving::apps_of(&loaded, &opts.name)),
+        Some(log.clone()),
     ))?;
+    // Applications before READY: a server reported RUNNING serves what it can.
+    let serving = match rt.block_on(crate::serving::Serving::start(
+        &opts.name,
+        home,
+        log,
+        &loaded,
+        commit,
+        Some(component.component_env()),
+    )) {
+        Ok(s) => s,
+        Err(e) => {
+            component.shutdown();
+            return Err(e.into());
+        }
+    };
     let engine = serving.engine().clone();
+    // Timers fire from now on, to the components the web engine supervises.
+    rt.block_on(async { component.attach(engine.clone()) });
     let deploys = serving.deploy_stats().clone();
     let domain = Arc::new(RwLock::new(Arc::new(loaded.domain.clone())));
     let auth = Arc::new(crate::auth::Auth::new());
@@ -309,6 +345,7 @@ fn boot(
         Ok(m) => m,
         Err(e) => {
             // The process applications already run: they must not outlive a failed start.
+            component.shutdown();
             rt.block_on(engine.shutdown(Duration::ZERO));
             return Err(e.into());
         }
@@ -333,6 +370,7 @@ fn boot(
         let live_stop_timeout = stop_timeout.clone();
         let live_domain = domain.clone();
         let live_messaging = messaging.clone();
+        let live_component = component.clone();
         crate::control::Control {
             name: opts.name.clone(),
             domain_home: home.domain_home.clone(),
@@ -357,6 +395,11 @@ fn boot(
                     apply_logging(&apply_log, s);
                     // Destinations and their limits; the listener is restart-class.
                     live_messaging.apply(&s.messaging);
+                    // Timer settings and declared timers; undeployed components' timers go.
+                    live_component.apply(
+                        &s.component,
+                        crate::engine::component::components(&crate::serving::apps_of(target, &me)),
+                    );
                     live_stop_timeout.store(
                         s.stop_timeout.0.as_millis() as u64,
                         std::sync::atomic::Ordering::SeqCst,
@@ -379,6 +422,7 @@ fn boot(
             engine: engine.clone(),
             deploys,
             messaging: messaging.clone(),
+            component: component.clone(),
             auth,
             domain,
         }),
@@ -461,6 +505,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/v1/messaging", get(messaging))
+        .route("/v1/components", get(components))
         // Behind the gate too: an unknown path answers 404 only to valid credentials.
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
@@ -472,7 +517,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     a.log.info(
         "SERVER-0010",
         &format!(
-            "Listening on {} (management API: GET /v1/status, GET /v1/messaging, GET /metrics).",
+            "Listening on {} (management API: GET /v1/status, GET /v1/messaging, GET /v1/components, GET /metrics).",
             a.listen
         ),
     );
@@ -546,6 +591,8 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     );
     let _ = tx.send(signal_name);
     a.management.messaging.shutdown();
+    // No timer fires into applications that are stopping.
+    a.management.component.shutdown();
     stop_control.store(true, std::sync::atomic::Ordering::SeqCst);
     // The web engine drains its requests (up to stop-timeout) and then stops the process
     // applications, while the management API drains its own.

@@ -98,6 +98,14 @@ pub fn retry_delay(attempt: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
+/// Where an application is served, for the log: its context path, or that it is an unrouted
+/// component.
+fn served_at(app: &Application) -> &str {
+    app.context_path
+        .as_deref()
+        .unwrap_or("component, not routed")
+}
+
 /// Logs a step at the `debug` level.
 /// Deploys `apps` from `commit` of the machine's cache, each on its own: one failing does not
 /// stop the others; `cancel` stops what remains (those are left out of the result). Blocking
@@ -237,7 +245,8 @@ impl std::fmt::Debug for Serving {
 
 impl Serving {
     /// At boot: deploys the applications of `loaded` that server `name` runs (on a blocking
-    /// thread) and starts the web engine with those that deployed. Only a listener that cannot
+    /// thread) and starts the web engine with those that deployed (components get
+    /// `component_env` besides the rest). Only a listener that cannot
     /// be bound fails the start; failed applications are in [`Serving::failed`].
     pub async fn start(
         name: &str,
@@ -245,6 +254,7 @@ impl Serving {
         log: &Logger,
         loaded: &Loaded,
         commit: Oid,
+        component_env: Option<crate::engine::web::ComponentEnv>,
     ) -> Result<Serving, ServingError> {
         let server = loaded
             .domain
@@ -302,6 +312,7 @@ impl Serving {
                     )
                 })
                 .collect(),
+            component_env,
         };
         let (engine, report) = WebEngine::start(config.clone(), ctx).await?;
         for (listener, addr) in engine.local_addrs() {
@@ -393,10 +404,10 @@ impl Serving {
             .map(|(n, s)| match older.get(n) {
                 Some(c) => format!(
                     "{n} ({}) with its older image from commit {}",
-                    s.app.context_path,
+                    served_at(&s.app),
                     c.short()
                 ),
-                None => format!("{n} ({})", s.app.context_path),
+                None => format!("{n} ({})", served_at(&s.app)),
             })
             .collect();
         let failed: Vec<String> = self
@@ -1045,8 +1056,10 @@ targets = ["s1"]
         let f = fixture("B2");
         block(&f.home, "b");
         let mut serving =
-            f.rt.block_on(Serving::start("s1", &f.home, &f.log, &f.running, f.c1))
-                .unwrap();
+            f.rt.block_on(Serving::start(
+                "s1", &f.home, &f.log, &f.running, f.c1, None,
+            ))
+            .unwrap();
         let addr = serving.engine().local_addrs()["http"];
         assert_eq!(serving.failed().keys().collect::<Vec<_>>(), ["b"]);
         assert!(serving.older_images().is_empty());
@@ -1109,8 +1122,10 @@ targets = ["s1"]
     fn a_refused_configuration_returns_to_the_previous_one() {
         let f = fixture("B1");
         let mut serving =
-            f.rt.block_on(Serving::start("s1", &f.home, &f.log, &f.running, f.c1))
-                .unwrap();
+            f.rt.block_on(Serving::start(
+                "s1", &f.home, &f.log, &f.running, f.c1, None,
+            ))
+            .unwrap();
         let addr = serving.engine().local_addrs()["http"];
         assert!(get(addr, "/a/").ends_with("A1"));
 

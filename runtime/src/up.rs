@@ -522,10 +522,9 @@ fn banner(domain: &Domain, home: &Path, master: SocketAddr, servers: Credentials
         for l in server.web.listeners.values() {
             let at = reachable(SocketAddr::new(l.address, l.port));
             for app in deployments.get(name.as_str()).into_iter().flatten() {
-                web.push(format!(
-                    "http://{at}{}",
-                    cfg.applications[*app].context_path
-                ));
+                if let Some(ctx) = &cfg.applications[*app].context_path {
+                    web.push(format!("http://{at}{ctx}"));
+                }
             }
         }
         let web = if web.is_empty() {

@@ -288,7 +288,10 @@ pub fn typed(kind: Kind, raw: &str) -> Value {
         | Kind::ContextPath
         | Kind::FsPath
         | Kind::EnvName
-        | Kind::PasswordHash => string(),
+        | Kind::PasswordHash
+        | Kind::Cron
+        | Kind::TimeZone
+        | Kind::Instant => string(),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod redact;
 pub mod security;
 pub mod settings;
 pub mod syntax;
+pub mod timer;
 pub mod tree;
 pub mod validate;
 pub mod values;

@@ -376,6 +376,9 @@ pub struct Cluster {
 pub enum AppKind {
     Static,
     Process,
+    /// A supervised process like `process`, run by the component engine: routed only when it
+    /// has a `context-path`, and the one kind that may have timers (docs/components.md).
+    Component,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -383,7 +386,10 @@ pub enum AppKind {
 pub struct Application {
     pub kind: AppKind,
     pub source: String,
-    pub context_path: String,
+    /// Required for `static` and `process` (the loader checks it); a `component` without one
+    /// is not routed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_path: Option<String>,
     #[serde(default)]
     pub targets: Vec<String>,
     #[serde(default)]
@@ -404,6 +410,83 @@ pub struct Application {
     pub start_timeout: Dur,
     #[serde(default = "default_max_unpacked_size")]
     pub max_unpacked_size: ByteSize,
+    /// Declared timers of a `component` application, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub timers: BTreeMap<String, Timer>,
+}
+
+/// `[applications.X.timers.NAME]`: exactly one of `schedule`, `interval`, `at` (the loader
+/// checks it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Timer {
+    /// A 5-field cron expression read in `time-zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default = "utc")]
+    pub time_zone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
+    /// An RFC 3339 instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    #[serde(default = "yes")]
+    pub persistent: bool,
+    #[serde(default)]
+    pub misfire: Misfire,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// What a timer does about firings that came due while the server was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Misfire {
+    /// Fire once for all of them.
+    #[default]
+    FireOnce,
+    /// Fire none; wait for the next.
+    Skip,
+    /// Fire each (up to a bound).
+    FireAll,
+}
+
+impl Misfire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Misfire::FireOnce => "fire-once",
+            Misfire::Skip => "skip",
+            Misfire::FireAll => "fire-all",
+        }
+    }
+}
+
+impl Timer {
+    /// The schedule of a declared timer created at `anchor` (intervals count from it). Errors
+    /// only for values the loader would have refused.
+    pub fn schedule(
+        &self,
+        anchor: jiff::Timestamp,
+    ) -> Result<crate::timer::Schedule, crate::values::ValueError> {
+        use crate::timer::Schedule;
+        match (&self.schedule, self.interval, &self.at) {
+            (Some(expr), None, None) => Ok(Schedule::Cron {
+                cron: crate::timer::Cron::parse(expr)?,
+                tz: crate::timer::time_zone(&self.time_zone)?,
+            }),
+            (None, Some(every), None) => Ok(Schedule::Every {
+                anchor,
+                every: every.0,
+            }),
+            (None, None, Some(at)) => Ok(Schedule::At(crate::timer::instant(at)?)),
+            _ => Err("write exactly one of `schedule`, `interval`, `at`".into()),
+        }
+    }
 }
 
 fn default_index() -> String {

@@ -95,6 +95,12 @@ pub enum Kind {
     EnvName,
     /// A PHC-format Argon2 hash (`$argon2id$v=19$…`).
     PasswordHash,
+    /// A 5-field cron expression (`0 3 * * *`).
+    Cron,
+    /// An IANA time zone name (`Asia/Seoul`).
+    TimeZone,
+    /// An RFC 3339 instant (`2027-01-01T00:00:00Z`).
+    Instant,
     PermissionList,
 }
 
@@ -125,6 +131,9 @@ impl Kind {
             Kind::FsPath => "file path".into(),
             Kind::EnvName => "environment variable name".into(),
             Kind::PasswordHash => "Argon2 PHC hash (`$argon2id$…`)".into(),
+            Kind::Cron => "cron expression (`0 3 * * *`)".into(),
+            Kind::TimeZone => "time zone (`UTC`, `Asia/Seoul`)".into(),
+            Kind::Instant => "RFC 3339 instant (`2027-01-01T00:00:00Z`)".into(),
             Kind::PermissionList => "array of permissions".into(),
         }
     }
@@ -213,7 +222,8 @@ mod permission_tests {
 
 pub const RESTART_POLICIES: &[&str] = &["manual", "auto", "rolling"];
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
-pub const APP_KINDS: &[&str] = &["static", "process"];
+pub const APP_KINDS: &[&str] = &["static", "process", "component"];
+pub const MISFIRE_POLICIES: &[&str] = &["fire-once", "skip", "fire-all"];
 pub const ACCESS_LOG_FORMATS: &[&str] = &["common", "combined", "json"];
 pub const LOG_FORMATS: &[&str] = &["jeus", "json"];
 
@@ -506,7 +516,7 @@ pub static SETTINGS: &[Setting] = &[
         POOL,
         Live,
         "2",
-        "Component workers always available.",
+        "Accepted for JEUS compatibility and checked against `max`; the asynchronous component engine keeps no idle workers.",
     ),
     s(
         Domain,
@@ -514,7 +524,7 @@ pub static SETTINGS: &[Setting] = &[
         POOL,
         Live,
         "32",
-        "Most component invocations at once.",
+        "Most timer callbacks in flight at once; more wait for a slot.",
     ),
     s(
         Domain,
@@ -522,7 +532,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Bool,
         Live,
         "true",
-        "Run the persistent timer service (`.workspace/ejbtimerdb`).",
+        "Fire timers (stored in `.workspace/ejbtimerdb`); `false` pauses firing, timers are kept.",
     ),
     s(
         Domain,
@@ -530,7 +540,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Int { min: 0, max: 100 },
         Live,
         "3",
-        "Retries of a failed timer callback.",
+        "Retries of a failed timer callback before it is recorded as failed.",
     ),
     s(
         Domain,
@@ -655,7 +665,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Enum(APP_KINDS),
         Redeploy,
         "",
-        "`static`: files served by the web engine; `process`: a supervised child process behind the web engine.",
+        "`static`: files served by the web engine; `process`: a supervised child process behind the web engine; `component`: a supervised child process run by the component engine, with timers, routed only when it has a `context-path` (docs/components.md).",
     )),
     req(s(
         Domain,
@@ -665,14 +675,14 @@ pub static SETTINGS: &[Setting] = &[
         "",
         "Directory or archive (`.tar`, `.tar.gz`, `.zip`) in this repository; its content is the deploy image.",
     )),
-    req(s(
+    s(
         Domain,
         "applications.*.context-path",
         Kind::ContextPath,
         Live,
         "",
-        "URL prefix the web engine routes to the application.",
-    )),
+        "URL prefix the web engine routes to the application. Required for `static` and `process`; a `component` without one gets no route.",
+    ),
     s(
         Domain,
         "applications.*.targets",
@@ -695,7 +705,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::StrMap,
         Redeploy,
         "{}",
-        "Environment of a `process` application.",
+        "Environment of a `process` or `component` application.",
     ),
     s(
         Domain,
@@ -703,7 +713,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Str,
         Redeploy,
         "",
-        "`process`: program to run, relative to the deploy image (required for `process`).",
+        "`process`, `component`: program to run, relative to the deploy image (required for them).",
     ),
     s(
         Domain,
@@ -752,6 +762,55 @@ pub static SETTINGS: &[Setting] = &[
         Redeploy,
         "\"2GiB\"",
         "Archive sources: most bytes the archive may unpack to; a larger one is refused.",
+    ),
+    // [applications.<name>.timers.<name>] (component applications)
+    s(
+        Domain,
+        "applications.*.timers.*.schedule",
+        Kind::Cron,
+        Live,
+        "",
+        "`component`: fire on this 5-field cron schedule (minute hour day-of-month month day-of-week) in `time-zone`. Exactly one of `schedule`, `interval`, `at`.",
+    ),
+    s(
+        Domain,
+        "applications.*.timers.*.time-zone",
+        Kind::TimeZone,
+        Live,
+        "\"UTC\"",
+        "Time zone `schedule` is read in.",
+    ),
+    s(
+        Domain,
+        "applications.*.timers.*.interval",
+        Kind::Duration,
+        Live,
+        "",
+        "`component`: fire every this long, counted from when the timer was created.",
+    ),
+    s(
+        Domain,
+        "applications.*.timers.*.at",
+        Kind::Instant,
+        Live,
+        "",
+        "`component`: fire once, at this instant.",
+    ),
+    s(
+        Domain,
+        "applications.*.timers.*.persistent",
+        Kind::Bool,
+        Live,
+        "true",
+        "Keep the timer's schedule in `.workspace/ejbtimerdb` across restarts, so firings missed while the server was down are handled by `misfire`.",
+    ),
+    s(
+        Domain,
+        "applications.*.timers.*.misfire",
+        Kind::Enum(MISFIRE_POLICIES),
+        Live,
+        "\"fire-once\"",
+        "Firings that came due while the server was down: `fire-once` fires once for all, `skip` fires none, `fire-all` fires each (at most 1000).",
     ),
     // security/accounts.toml
     Setting {

@@ -351,12 +351,15 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
             }
         }
         match (app.kind, &app.command) {
-            (AppKind::Process, None) => {
+            (AppKind::Process | AppKind::Component, None) => {
                 c.error(
                     "missing-key",
                     D,
                     &format!("{base}.kind"),
-                    format!("process application `{aname}` has no `command`"),
+                    format!(
+                        "{} application `{aname}` has no `command`",
+                        kind_name(app.kind)
+                    ),
                 )
                 .hint =
                     Some("add `command = \"bin/app\"` (a program inside the deploy image)".into());
@@ -371,6 +374,21 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
             }
             _ => {}
         }
+        if app.context_path.is_none() && app.kind != AppKind::Component {
+            c.error(
+                "missing-key",
+                D,
+                &base,
+                format!(
+                    "{} application `{aname}` has no `context-path`",
+                    kind_name(app.kind)
+                ),
+            )
+            .hint = Some(format!(
+                "add `context-path = \"/{aname}\"` (the URL prefix it is served under)"
+            ));
+        }
+        timers(c, aname, app);
         let mut fingerprint = String::new();
         let source_path = format!("{base}.source");
         match tree.entry(&app.source) {
@@ -444,16 +462,92 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
     content
 }
 
+fn kind_name(kind: AppKind) -> &'static str {
+    match kind {
+        AppKind::Static => "static",
+        AppKind::Process => "process",
+        AppKind::Component => "component",
+    }
+}
+
+/// Declared timers: only on `component` applications, each with exactly one of `schedule`,
+/// `interval`, `at` (their values were checked by the loader).
+fn timers(c: &mut Checker<'_>, aname: &str, app: &crate::model::Application) {
+    for (tname, t) in &app.timers {
+        let base = format!("applications.{aname}.timers.{tname}");
+        if app.kind != AppKind::Component {
+            c.error(
+                "timer-not-component",
+                D,
+                &base,
+                format!(
+                    "timer `{tname}` is declared on {} application `{aname}`; only `component` applications have timers",
+                    kind_name(app.kind)
+                ),
+            )
+            .hint = Some("set `kind = \"component\"`, or remove the timer".into());
+            continue;
+        }
+        let given: Vec<&str> = [
+            ("schedule", t.schedule.is_some()),
+            ("interval", t.interval.is_some()),
+            ("at", t.at.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        match given.as_slice() {
+            [_] => {}
+            [] => {
+                c.error(
+                    "timer-schedule",
+                    D,
+                    &base,
+                    format!("timer `{tname}` of `{aname}` says nothing about when it fires"),
+                )
+                .hint = Some(
+                    "add one of `schedule = \"0 3 * * *\"`, `interval = \"5m\"`, `at = \"2027-01-01T00:00:00Z\"`"
+                        .into(),
+                );
+            }
+            [_, second, ..] => {
+                c.error(
+                    "timer-schedule",
+                    D,
+                    &format!("{base}.{second}"),
+                    format!(
+                        "timer `{tname}` of `{aname}` has {}; a timer has exactly one",
+                        given
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                )
+                .hint = Some("keep one of `schedule`, `interval`, `at`".into());
+            }
+        }
+        if t.interval.is_some_and(|d| d.0.is_zero()) {
+            c.error(
+                "invalid-value",
+                D,
+                &format!("{base}.interval"),
+                format!("timer `{tname}` of `{aname}` has a zero interval"),
+            )
+            .hint = Some("write a duration of at least `1ms`, e.g. `5m`".into());
+        }
+    }
+}
+
 /// Two applications conflict when they share a context path and a server. Grouping by context
 /// path first keeps this linear in applications, not in (server, application) pairs.
 fn context_paths(c: &mut Checker<'_>) {
     let apps = &c.domain.config.applications;
     let mut by_path: FastMap<&str, Vec<&str>> = FastMap::default();
     for (name, app) in apps {
-        by_path
-            .entry(app.context_path.as_str())
-            .or_default()
-            .push(name);
+        if let Some(ctx) = &app.context_path {
+            by_path.entry(ctx.as_str()).or_default().push(name);
+        }
     }
     let mut groups: Vec<(&str, Vec<&str>)> =
         by_path.into_iter().filter(|(_, v)| v.len() > 1).collect();

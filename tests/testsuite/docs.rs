@@ -56,7 +56,15 @@ fn every_message_id_is_documented() {
 /// `"PREFIX-NNNN"` string literals, for the prefixes Steward logs with.
 fn message_ids(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for prefix in ["Launcher-", "SERVER-", "Master-", "Domain-", "WEB-", "MSG-"] {
+    for prefix in [
+        "Launcher-",
+        "SERVER-",
+        "Master-",
+        "Domain-",
+        "WEB-",
+        "MSG-",
+        "COMP-",
+    ] {
         let needle = format!("\"{prefix}");
         let mut rest = text;
         while let Some(i) = rest.find(&needle) {

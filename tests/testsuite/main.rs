@@ -8,6 +8,7 @@
 mod action;
 mod admin;
 mod admin_edit;
+mod components;
 mod diff;
 mod docs;
 mod hardening;

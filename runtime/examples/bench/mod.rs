@@ -37,7 +37,7 @@ pub fn engine(
     let app = Application {
         kind,
         source: "bench".into(),
-        context_path: "/".into(),
+        context_path: Some("/".into()),
         targets: vec![],
         description: String::new(),
         env,
@@ -48,6 +48,7 @@ pub fn engine(
         health_path: "/".into(),
         start_timeout: Dur::secs(30),
         max_unpacked_size: schema::model::default_max_unpacked_size(),
+        timers: BTreeMap::new(),
     };
     let mut listener = Listener::on_port(port);
     listener.address = "127.0.0.1".parse()?;
@@ -66,6 +67,7 @@ pub fn engine(
         rotation: Default::default(),
         logger: None,
         env: Default::default(),
+        component_env: None,
     };
     Ok((config, ctx))
 }

@@ -32,6 +32,7 @@ impl Deployer<'_> {
         let kind = match app.kind {
             AppKind::Static => "static",
             AppKind::Process => "process",
+            AppKind::Component => "component",
         };
         let mut fp = format!("{kind}:{}", src.id);
         for lib in &app.libraries {

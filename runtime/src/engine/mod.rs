@@ -2,5 +2,6 @@
 //! "engines are always started"); each takes its part of the server's configuration and applies
 //! later changes to it live.
 
+pub mod component;
 pub mod messaging;
 pub mod web;

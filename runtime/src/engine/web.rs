@@ -40,11 +40,11 @@ use crate::logfile::Rotation;
 
 use apply::Applied;
 pub use body::Body;
-pub use config::{AppSpec, ApplyReport, EngineContext, WebConfig};
+pub use config::{AppSpec, ApplyReport, ComponentEnv, EngineContext, WebConfig};
 use listen::ListenerRt;
 use route::{Handler, Limits, Route, Snapshot};
 use serve::{plain, unavailable};
-use supervisor::ProcState;
+pub use supervisor::ProcState;
 
 /// Errors of the web engine.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,7 @@ impl WebEngine {
         let (listeners, bound) = listen::bind(&config).await?;
         let empty = Snapshot {
             routes: Vec::new(),
+            procs: BTreeMap::new(),
             limits: listeners
                 .iter()
                 .map(|l| Limits {
@@ -156,29 +157,32 @@ impl WebEngine {
             .collect()
     }
 
-    /// The pid of a process application's running child.
+    /// The pid of a process or component application's running child.
     pub fn app_pid(&self, app: &str) -> Option<u32> {
-        let snap = self.snapshot();
-        snap.routes
-            .iter()
-            .find(|r| r.app == app)
-            .and_then(|r| match &r.handler {
-                Handler::Process(p) => p.supervisor.pid(),
-                Handler::Static(_) => None,
-            })
+        self.snapshot().procs.get(app)?.supervisor.pid()
     }
 
-    /// Whether a process application is healthy and receiving traffic (static: always true
-    /// once routed).
+    /// The local port of a process or component application, while it is healthy.
+    pub fn app_port(&self, app: &str) -> Option<u16> {
+        self.snapshot().procs.get(app)?.supervisor.port()
+    }
+
+    /// Where a process or component application's supervisor is.
+    pub fn app_state(&self, app: &str) -> Option<ProcState> {
+        Some(self.snapshot().procs.get(app)?.supervisor.state())
+    }
+
+    /// Whether an application is healthy: a process or component one answers its health path
+    /// (and receives traffic, if routed); a static one is routed.
     pub fn app_ready(&self, app: &str) -> bool {
         let snap = self.snapshot();
-        snap.routes.iter().any(|r| {
-            r.app == app
-                && match &r.handler {
-                    Handler::Process(p) => p.supervisor.port().is_some(),
-                    Handler::Static(_) => true,
-                }
-        })
+        match snap.procs.get(app) {
+            Some(p) => p.supervisor.port().is_some(),
+            None => snap
+                .routes
+                .iter()
+                .any(|r| r.app == app && matches!(r.handler, Handler::Static(_))),
+        }
     }
 
     /// The configuration last applied.
@@ -255,6 +259,7 @@ impl WebEngine {
                 .unwrap_or_else(|p| p.into_inner());
             *s = Arc::new(Snapshot {
                 routes: Vec::new(),
+                procs: BTreeMap::new(),
                 limits: Vec::new(),
                 access_log: AccessLogSettings {
                     enabled: false,

@@ -144,7 +144,7 @@ pub fn verify_webhook(headers: &axum::http::HeaderMap, body: &[u8], secret: &str
     None
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

@@ -26,7 +26,7 @@ mod https;
 pub mod launch;
 pub mod log;
 mod metrics;
-mod mirror;
+pub(crate) mod mirror;
 mod push;
 mod rollouts;
 

@@ -39,7 +39,7 @@ pub fn application(kind: AppKind, context: &str) -> Application {
     Application {
         kind,
         source: "src".to_owned(),
-        context_path: context.to_owned(),
+        context_path: Some(context.to_owned()),
         targets: vec![],
         description: String::new(),
         env: BTreeMap::new(),
@@ -50,5 +50,6 @@ pub fn application(kind: AppKind, context: &str) -> Application {
         health_path: "/".to_owned(),
         start_timeout: Dur::secs(10),
         max_unpacked_size: schema::model::default_max_unpacked_size(),
+        timers: BTreeMap::new(),
     }
 }

@@ -158,6 +158,7 @@ fn ctx(h: &ServerHome) -> EngineContext {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect(),
+        component_env: None,
     }
 }
 

@@ -190,6 +190,9 @@ impl Walker<'_, '_> {
             Kind::RepoPath => check_str(self, values::check_repo_path),
             Kind::ContextPath => check_str(self, values::check_context_path),
             Kind::PasswordHash => check_str(self, values::check_password_hash),
+            Kind::Cron => check_str(self, |s| crate::timer::Cron::parse(s).map(drop)),
+            Kind::TimeZone => check_str(self, |s| crate::timer::time_zone(s).map(drop)),
+            Kind::Instant => check_str(self, |s| crate::timer::instant(s).map(drop)),
             Kind::Duration => check_str(self, |s| values::parse_duration(s).map(drop)),
             Kind::SocketAddr => check_str(self, |s| {
                 match s.parse::<std::net::SocketAddr>() {

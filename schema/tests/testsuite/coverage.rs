@@ -112,7 +112,7 @@ fn maximal() -> Domain {
                 Application {
                     kind: AppKind::Process,
                     source: "apps/a".into(),
-                    context_path: "/a".into(),
+                    context_path: Some("/a".into()),
                     targets: vec!["c1".into()],
                     description: "d".into(),
                     env: one("K", "v".into()),
@@ -123,6 +123,18 @@ fn maximal() -> Domain {
                     health_path: "/h".into(),
                     start_timeout: Dur::secs(1),
                     max_unpacked_size: ByteSize(1 << 20),
+                    // Every key at once (the loader allows one of schedule/interval/at).
+                    timers: one(
+                        "t1",
+                        Timer {
+                            schedule: Some("0 3 * * *".into()),
+                            time_zone: "Asia/Seoul".into(),
+                            interval: Some(Dur::secs(60)),
+                            at: Some("2027-01-01T00:00:00Z".into()),
+                            persistent: false,
+                            misfire: Misfire::FireAll,
+                        },
+                    ),
                 },
             ),
         },
@@ -230,6 +242,8 @@ fn table_defaults_match_the_model() {
         kind = "static"
         source = "a"
         context-path = "/a"
+        [applications.a1.timers.t1]
+        interval = "1m"
         "#,
     )
     .unwrap();

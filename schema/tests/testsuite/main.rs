@@ -9,3 +9,4 @@ mod coverage;
 mod example;
 mod fuzz;
 mod plan;
+mod timers;

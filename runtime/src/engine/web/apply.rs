@@ -49,7 +49,9 @@ impl WebEngine {
         }
         let mut contexts: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, spec) in &config.apps {
-            let ctx = normalize_context(&spec.app.context_path);
+            let Some(ctx) = spec.app.context_path.as_deref().map(normalize_context) else {
+                continue;
+            };
             if let Some(first) = contexts.insert(ctx, name) {
                 return Err(WebError::DuplicateContext {
                     path: ctx.to_owned(),
@@ -96,7 +98,7 @@ impl WebEngine {
                         (spec.deployment.clone(), spec.app.index.clone(), app),
                     );
                 }
-                AppKind::Process => {
+                AppKind::Process | AppKind::Component => {
                     let Some(command) = spec.app.command.clone() else {
                         report
                             .failed
@@ -107,14 +109,7 @@ impl WebEngine {
                         app: name.clone(),
                         command,
                         args: spec.app.args.clone(),
-                        env: self
-                            .inner
-                            .ctx
-                            .env
-                            .iter()
-                            .chain(&spec.app.env)
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
+                        env: self.app_env(name, &spec.app),
                         deployment: spec.deployment.clone(),
                     };
                     let live = ProcLive {
@@ -200,6 +195,28 @@ impl WebEngine {
         Ok(report)
     }
 
+    /// A process or component application's environment: the engine's, then its own, then (for
+    /// a component) the component engine's.
+    fn app_env(
+        &self,
+        name: &str,
+        app: &schema::model::Application,
+    ) -> std::collections::BTreeMap<String, String> {
+        let ctx = &self.inner.ctx;
+        let mut env: std::collections::BTreeMap<String, String> = ctx
+            .env
+            .iter()
+            .chain(&app.env)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if app.kind == AppKind::Component
+            && let Some(extra) = &ctx.component_env
+        {
+            env.extend((extra.0)(name));
+        }
+        env
+    }
+
     /// Builds the snapshot for `config` with these application objects, resizes the pools, and
     /// makes it the one new requests read.
     pub(super) fn swap(
@@ -217,7 +234,9 @@ impl WebEngine {
             } else {
                 continue;
             };
-            let context = normalize_context(&spec.app.context_path);
+            let Some(context) = spec.app.context_path.as_deref().map(normalize_context) else {
+                continue;
+            };
             routes.push(Route {
                 context: context.to_owned(),
                 prefix: HeaderValue::try_from(context).unwrap_or(HeaderValue::from_static("/")),
@@ -246,6 +265,7 @@ impl WebEngine {
         }
         let snapshot = Arc::new(Snapshot {
             routes,
+            procs: procs.clone(),
             limits,
             access_log: config.access_log.clone(),
         });

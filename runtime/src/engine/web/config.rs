@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use schema::model::{AccessLog as AccessLogSettings, Application, Listener, Server};
 
@@ -49,6 +50,20 @@ pub struct EngineContext {
     /// Environment every process application gets, fixed for the engine's life (the messaging
     /// engine's `STEWARD_MESSAGING_URL`); an application's own `env` wins.
     pub env: BTreeMap<String, String>,
+    /// What a `component` application gets besides `env` (the component engine's timer service
+    /// address and the application's token); Steward's values win over its own `env`.
+    pub component_env: Option<ComponentEnv>,
+}
+
+/// The environment of one `component` application, by its name.
+#[derive(Clone)]
+pub struct ComponentEnv(pub Arc<dyn Fn(&str) -> BTreeMap<String, String> + Send + Sync>);
+
+impl std::fmt::Debug for ComponentEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The values include a token: never printed.
+        f.write_str("ComponentEnv(..)")
+    }
 }
 
 /// What [`WebEngine::apply`] did.

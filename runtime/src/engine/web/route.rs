@@ -39,6 +39,8 @@ pub(super) struct Route {
 pub(super) struct Snapshot {
     /// Longest context path first.
     pub(super) routes: Vec<Route>,
+    /// Every process and component application, routed or not, by name.
+    pub(super) procs: std::collections::BTreeMap<String, Arc<ProcessApp>>,
     pub(super) limits: Vec<Limits>,
     pub(super) access_log: AccessLogSettings,
 }

@@ -5,7 +5,8 @@
 //! what Steward gives it: `PORT` (a free port on 127.0.0.1 chosen for each start),
 //! `STEWARD_APP`, `STEWARD_DEPLOY_DIR`, `STEWARD_GENERATED_DIR`, `STEWARD_WORK_DIR` and
 //! `STEWARD_LIBRARY_PATH`; and, when the messaging engine has a listener, `STEWARD_MESSAGING_URL`
-//! (an application's own `env` may set it otherwise). Its working directory is its work dir; it is the leader of its own
+//! (an application's own `env` may set it otherwise); a `component` application also gets
+//! `STEWARD_TIMER_URL` and `STEWARD_TIMER_TOKEN` (`engine::component`). Its working directory is its work dir; it is the leader of its own
 //! process group, so stopping it (SIGTERM, then SIGKILL after [`STOP_GRACE`]) reaches its
 //! children too. Its stdout and stderr go to `logs/app_<name>_<YYYYMMDD>.log<NNNNN>`.
 //!

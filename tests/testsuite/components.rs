@@ -1,0 +1,548 @@
+//! The component engine end to end (docs/components.md): a real Master and server1 running two
+//! component applications written in Python (stdlib `http.server`, [`COMPONENT`]) that record
+//! every timer callback they get. Declared and run-time timers, the local API and its token,
+//! retries of a failing callback, kill -9 of the server with each misfire policy, a redeploy, a
+//! rename and an undeploy. Counts and scheduled instants are asserted, never how long anything
+//! took; every wait is bounded.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::http::{ADMIN, request, request_with};
+use crate::util::master::{
+    Master, Servers, clone_domain, pid_of, push_edits, server_log, start_server,
+};
+use crate::util::{Repo, TempDir, eventually};
+
+/// The component: answers its health check, records each timer callback as a JSON line in
+/// `$CALLS`, answers 500 to callbacks of timers named `flaky…`, and (for the test, through its
+/// route) creates and cancels run-time timers with its own token. It exits when its server dies,
+/// as a real component should not outlive it.
+const COMPONENT: &str = r#"#!/usr/bin/env python3
+import json, os, threading, time, urllib.request, urllib.error, urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CALLS = os.environ["CALLS"]
+lock = threading.Lock()
+parent = os.getppid()
+
+def watch_parent():
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)
+
+threading.Thread(target=watch_parent, daemon=True).start()
+
+def timers(method, path, body=None):
+    req = urllib.request.Request(
+        os.environ["STEWARD_TIMER_URL"] + path, method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + os.environ["STEWARD_TIMER_TOKEN"],
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+class Handler(BaseHTTPRequestHandler):
+    def reply(self, status, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        url = urllib.parse.urlparse(self.path)
+        q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+        if url.path.endswith("/create"):
+            body = {k: v for k, v in q.items() if k != "info"}
+            if "info" in q:
+                body["info"] = json.loads(q["info"])
+            status, text = timers("POST", "/timers", body)
+            self.reply(200, {"status": status, "body": text})
+        elif url.path.endswith("/cancel"):
+            status, text = timers("DELETE", "/timers/" + urllib.parse.quote(q["id"]))
+            self.reply(200, {"status": status, "body": text})
+        elif url.path.endswith("/list"):
+            status, text = timers("GET", "/timers")
+            self.reply(200, {"status": status, "body": text})
+        else:
+            self.reply(200, {"app": os.environ["STEWARD_APP"]})
+
+    def do_POST(self):
+        name = self.path[len("/timers/"):] if self.path.startswith("/timers/") else None
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length) or b"null")
+        if name is None:
+            return self.reply(404, {})
+        line = dict(body, app=os.environ["STEWARD_APP"], path=name, pid=os.getpid())
+        with lock, open(CALLS, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.reply(500 if name.startswith("flaky") else 200, {})
+
+    def log_message(self, *args):
+        pass
+
+if os.environ.get("CREATE_AT_START"):
+    # A run-time timer made at each start; 409 once it exists (it is persistent).
+    threading.Timer(0.5, lambda: timers("POST", "/timers", {
+        "id": os.environ["CREATE_AT_START"], "interval": "1h"})).start()
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+/// Every callback recorded so far.
+fn calls(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The callbacks of timer `id` of `app`.
+fn calls_of(file: &Path, app: &str, id: &str) -> Vec<Value> {
+    calls(file)
+        .into_iter()
+        .filter(|c| c["app"] == app && c["id"] == id)
+        .collect()
+}
+
+fn instant(v: &Value) -> jiff::Timestamp {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {v}"))
+}
+
+/// The distinct scheduled instants of `calls`, sorted, and whether one came twice.
+fn scheduled(calls: &[Value]) -> (Vec<jiff::Timestamp>, bool) {
+    let mut all: Vec<jiff::Timestamp> = calls.iter().map(|c| instant(&c["scheduled"])).collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    let twice = all.len() != n;
+    (all, twice)
+}
+
+/// How many instants `every` apart are missing between the first and the last of `sorted`.
+fn gaps(sorted: &[jiff::Timestamp], every: Duration) -> u64 {
+    let every = every.as_millis() as i64;
+    sorted
+        .windows(2)
+        .map(|w| {
+            let d = w[1].as_millisecond() - w[0].as_millisecond();
+            assert_eq!(d % every, 0, "instants off the interval: {w:?}");
+            (d / every - 1) as u64
+        })
+        .sum()
+}
+
+fn components(port: u16) -> Value {
+    let r = request(port, "GET", "/v1/components", ADMIN).expect("GET /v1/components");
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).expect("json")
+}
+
+fn component(report: &Value, app: &str) -> Option<Value> {
+    report["components"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == app)
+        .cloned()
+}
+
+fn timer(report: &Value, app: &str, id: &str) -> Option<Value> {
+    component(report, app)?["timers"]
+        .as_array()?
+        .iter()
+        .find(|t| t["id"] == id)
+        .cloned()
+}
+
+/// `GET path` on the web listener; the component's JSON answer.
+fn web(port: u16, path: &str) -> Value {
+    let r = request(port, "GET", path, None).expect("GET");
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    serde_json::from_str(&r.body).expect("json")
+}
+
+/// The numbers of the `COMP-0010` line about timer `app/id`: (missed, fired, skipped).
+fn misfire_line(log: &str, app: &str, id: &str) -> Option<(u64, u64, u64)> {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("COMP-0010") && l.contains(&format!("Timer {app}/{id} ")))?;
+    let num = |after: &str| -> u64 {
+        let rest = &line[line.find(after).expect(after) + after.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().expect("a number")
+    };
+    Some((num("missed "), num("firing "), num("skipping ")))
+}
+
+#[test]
+fn component_timers_fire_persist_and_follow_the_domain() {
+    let repo = Repo::example("components-repo");
+    let ports = crate::util::example_on_free_ports(&repo);
+    let (mport, s1, web1) = (ports[0], ports[1], ports[4]);
+    let tmp = TempDir::new("components-home");
+    let log = tmp.path().join("calls.jsonl");
+    for app in ["jobs", "quiet"] {
+        let file = repo.path().join(format!("apps/{app}/bin/component"));
+        repo.write(&format!("apps/{app}/bin/component"), COMPONENT);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let domain = repo.read("domain.toml");
+    let calls_env = log.display();
+    repo.write(
+        "domain.toml",
+        &format!(
+            "{domain}
+[servers.server1.component.timer-service]
+max-retries = 2
+retry-delay = \"200ms\"
+
+[applications.jobs]
+kind = \"component\"
+source = \"apps/jobs\"
+context-path = \"/jobs\"
+targets = [\"server1\"]
+command = \"bin/component\"
+env = {{ CALLS = \"{calls_env}\" }}
+
+[applications.jobs.timers.tick]
+interval = \"300ms\"
+
+[applications.jobs.timers.calendar]
+schedule = \"*/5 * * * *\"
+time-zone = \"Asia/Seoul\"
+
+[applications.jobs.timers.m-once]
+interval = \"1s\"
+
+[applications.jobs.timers.m-skip]
+interval = \"1s\"
+misfire = \"skip\"
+
+[applications.jobs.timers.m-all]
+interval = \"1s\"
+misfire = \"fire-all\"
+
+[applications.quiet]
+kind = \"component\"
+source = \"apps/quiet\"
+targets = [\"server1\"]
+command = \"bin/component\"
+env = {{ CALLS = \"{calls_env}\", CREATE_AT_START = \"q-rt\" }}
+
+[applications.quiet.timers.q-tick]
+interval = \"1h\"
+"
+        ),
+    );
+    repo.commit("two components on server1");
+    let home = tmp.path().join("domain1");
+    let r = crate::util::steward(
+        repo.path(),
+        &["init", home.to_str().unwrap(), "--from", "."],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let _m = Master::start_on(&home, mport);
+    let _servers = Servers(&home, &["server1"]);
+    start_server(&home, "server1", mport);
+    eventually("server1 runs", 60, || {
+        request(s1, "GET", "/v1/status", ADMIN)
+            .ok()
+            .filter(|r| r.body.contains("\"state\":\"RUNNING\""))
+    });
+
+    // Both components run; only the one with a context path is routed.
+    let report = eventually("the run-time timer quiet made at its start", 30, || {
+        let r = components(s1);
+        timer(&r, "quiet", "q-rt").map(|_| r)
+    });
+    let jobs = component(&report, "jobs").expect("jobs");
+    assert_eq!(jobs["state"], "ready", "{report}");
+    assert_eq!(jobs["context_path"], "/jobs");
+    let quiet = component(&report, "quiet").expect("quiet");
+    assert_eq!(quiet["state"], "ready", "{report}");
+    assert!(quiet.get("context_path").is_none(), "{quiet}");
+    assert_eq!(web(web1, "/jobs/")["app"], "jobs");
+    assert_eq!(request(web1, "GET", "/quiet/", None).unwrap().status, 404);
+    let q_tick = timer(&report, "quiet", "q-tick").expect("q-tick");
+    assert_eq!(q_tick["declared"], true, "{q_tick}");
+    assert_eq!(timer(&report, "quiet", "q-rt").unwrap()["declared"], false);
+
+    // The calendar timer: read in Seoul (UTC+9, no daylight saving), its next firing is the
+    // next 5-minute boundary.
+    let next = instant(&timer(&report, "jobs", "calendar").expect("calendar")["next"]);
+    let now = jiff::Timestamp::now();
+    assert_eq!(next.as_second() % 300, 0, "{next}");
+    assert!(
+        next > now && next.as_second() - now.as_second() <= 300,
+        "{next}"
+    );
+
+    // The local API is loopback-only and takes only a component's own token.
+    let url = report["timer_service"]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let api_port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let body = r#"{"id":"x","interval":"1s"}"#;
+    let ct = ("Content-Type", "application/json");
+    for auth in [None, Some("Bearer jobs.00"), Some("Bearer nobody")] {
+        let headers: Vec<(&str, &str)> = auth
+            .map(|a| vec![ct, ("Authorization", a)])
+            .unwrap_or(vec![ct]);
+        let r = request_with(api_port, "POST", "/timers", None, &headers, body);
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.body);
+    }
+
+    // A timer created by the component through the local API, with its info.
+    let made = web(
+        web1,
+        "/jobs/create?id=rt-1&name=runtime&interval=250ms&info=%7B%22order%22%3A42%7D",
+    );
+    assert_eq!(made["status"], 201, "{made}");
+    let again = web(web1, "/jobs/create?id=rt-1&interval=1s");
+    assert_eq!(again["status"], 409, "{again}");
+    let bad = web(web1, "/jobs/create?id=bad&schedule=61+*+*+*+*");
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert!(bad["body"].as_str().unwrap().contains("minute 61"), "{bad}");
+    let mine = web(web1, "/jobs/list");
+    assert!(mine["body"].as_str().unwrap().contains("rt-1"), "{mine}");
+    assert!(!mine["body"].as_str().unwrap().contains("q-rt"), "{mine}");
+    let rt = eventually("rt-1 fires 3 times", 30, || {
+        Some(calls_of(&log, "jobs", "rt-1")).filter(|c| c.len() >= 3)
+    });
+    assert!(
+        rt.iter()
+            .all(|c| c["path"] == "runtime" && c["info"] == serde_json::json!({"order": 42})),
+        "{rt:?}"
+    );
+
+    // The interval timer: every firing once, none skipped, none twice.
+    let ticks = eventually("tick fires 5 times", 30, || {
+        Some(calls_of(&log, "jobs", "tick")).filter(|c| c.len() >= 5)
+    });
+    let (instants, twice) = scheduled(&ticks);
+    assert!(!twice, "{ticks:?}");
+    assert_eq!(gaps(&instants, Duration::from_millis(300)), 0, "{ticks:?}");
+
+    // A failing callback: retried max-retries (2) times, 200ms apart, then recorded failed.
+    let made = web(web1, "/jobs/create?id=flaky&interval=2s");
+    assert_eq!(made["status"], 201, "{made}");
+    let flaky = eventually("a firing of flaky recorded failed", 30, || {
+        timer(&components(s1), "jobs", "flaky")
+            .filter(|t| t["failed"].as_u64() >= Some(1) && t["last"]["result"] == "failed")
+    });
+    assert_eq!(flaky["last"]["attempts"], 3, "{flaky}");
+    assert_eq!(flaky["last"]["status"], 500, "{flaky}");
+    let first = flaky["last"]["scheduled"].clone();
+    let attempts: Vec<Value> = calls_of(&log, "jobs", "flaky")
+        .into_iter()
+        .filter(|c| c["scheduled"] == first)
+        .map(|c| c["attempt"].clone())
+        .collect();
+    assert_eq!(attempts, [0, 1, 2], "{flaky}");
+    let cancelled = web(web1, "/jobs/cancel?id=flaky");
+    assert_eq!(cancelled["status"], 204, "{cancelled}");
+    assert!(timer(&components(s1), "jobs", "flaky").is_none());
+    let declared = web(web1, "/jobs/cancel?id=tick");
+    assert_eq!(declared["status"], 409, "{declared}");
+
+    // kill -9 with firings due during the outage; on start, each misfire policy.
+    let pid = pid_of(&home, "server1");
+    let before = calls(&log).len();
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually("server1 is down", 20, || {
+        request(s1, "GET", "/v1/status", ADMIN)
+            .is_err()
+            .then_some(())
+    });
+    // The outage: at least two firings of each 1s timer come due.
+    std::thread::sleep(Duration::from_millis(3500));
+    start_server(&home, "server1", mport);
+    eventually("server1 runs again", 60, || {
+        request(s1, "GET", "/v1/status", ADMIN)
+            .ok()
+            .filter(|r| r.body.contains("\"state\":\"RUNNING\""))
+    });
+    let server_log = server_log(&home, "server1");
+    let once = misfire_line(&server_log, "jobs", "m-once").expect("m-once misfired");
+    let skip = misfire_line(&server_log, "jobs", "m-skip").expect("m-skip misfired");
+    let all = misfire_line(&server_log, "jobs", "m-all").expect("m-all misfired");
+    assert!(
+        once.0 >= 2 && skip.0 >= 2 && all.0 >= 2,
+        "{once:?} {skip:?} {all:?}"
+    );
+    assert_eq!((once.1, once.2), (1, once.0 - 1), "fire-once");
+    assert_eq!((skip.1, skip.2), (0, skip.0), "skip");
+    assert_eq!((all.1, all.2), (all.0, 0), "fire-all");
+    // What the component got agrees: the instants missing from each timer's sequence are the
+    // skipped ones, none twice. (One more may be missing: a firing whose callback was in
+    // flight at the kill; the schedule's progress is stored before the callback is sent.)
+    let new_pid = eventually("jobs runs again", 30, || {
+        component(&components(s1), "jobs")
+            .map(|c| c["pid"].clone())
+            .filter(|p| !p.is_null())
+    });
+    for (id, skipped) in [("m-once", once.2), ("m-skip", skip.2), ("m-all", all.2)] {
+        let got = eventually(&format!("{id} fires after the restart"), 30, || {
+            let c = calls_of(&log, "jobs", id);
+            let (s, _) = scheduled(&c);
+            let missing = gaps(&s, Duration::from_secs(1));
+            let after = c.iter().filter(|c| c["pid"] == new_pid).count() as u64;
+            // Into the new process: every catch-up firing (fire-all: all of them), and a
+            // regular one after them.
+            let caught_up = if id == "m-all" { all.1 } else { 0 };
+            let arrived = after > caught_up;
+            Some(c).filter(|_| arrived && (missing == skipped || missing == skipped + 1))
+        });
+        let (_, twice) = scheduled(&got);
+        assert!(!twice, "{id}: {got:?}");
+    }
+    // Persistent timers survived: the run-time one fires into the new process.
+    eventually("rt-1 fires into the restarted component", 30, || {
+        calls(&log)[before..]
+            .iter()
+            .find(|c| c["id"] == "rt-1" && c["pid"] == new_pid)
+            .cloned()
+    });
+
+    // Live: a declared one-shot timer pushed with an instant written in Seoul's offset fires
+    // once, at that instant.
+    let clone = clone_domain(mport, tmp.path().join("clone"));
+    let at = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(15))
+        .unwrap()
+        .round(jiff::Unit::Second)
+        .unwrap();
+    let seoul = at
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Seoul").unwrap())
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string();
+    let pushed = push_edits(
+        &clone,
+        "domain.toml",
+        &[(
+            "[applications.jobs.timers.tick]",
+            &format!(
+                "[applications.jobs.timers.once]\nat = \"{seoul}\"\n\n[applications.jobs.timers.tick]"
+            ),
+        )],
+    );
+    eventually("server1 applies the timer", 30, || {
+        Some(crate::util::http::status(s1)).filter(|s| s["applied_commit"] == pushed.as_str())
+    });
+    assert_eq!(
+        crate::util::http::status(s1)["pending_restart"],
+        serde_json::json!([])
+    );
+    let once = eventually("once fires", 40, || {
+        Some(calls_of(&log, "jobs", "once")).filter(|c| !c.is_empty())
+    });
+    assert_eq!(instant(&once[0]["scheduled"]), at, "{once:?}");
+
+    // A redeploy (a changed env) restarts the process and keeps the run-time timer.
+    let old_pid = component(&components(s1), "jobs").unwrap()["pid"].clone();
+    let pushed = push_edits(
+        &clone,
+        "domain.toml",
+        &[("env = { CALLS = ", "env = { REDEPLOYED = \"1\", CALLS = ")],
+    );
+    eventually("server1 applies the redeploy", 30, || {
+        Some(crate::util::http::status(s1)).filter(|s| s["applied_commit"] == pushed.as_str())
+    });
+    let new_pid = eventually("jobs runs a new process", 30, || {
+        component(&components(s1), "jobs")
+            .map(|c| c["pid"].clone())
+            .filter(|p| !p.is_null() && *p != old_pid)
+    });
+    assert!(timer(&components(s1), "jobs", "rt-1").is_some());
+    eventually("rt-1 fires into the redeployed component", 30, || {
+        calls_of(&log, "jobs", "rt-1")
+            .into_iter()
+            .find(|c| c["pid"] == new_pid)
+    });
+    assert_eq!(
+        calls_of(&log, "jobs", "once").len(),
+        1,
+        "a one-shot fires once"
+    );
+
+    // A rename (same source, new name): the old name's timers are orphaned, not fired.
+    let pushed = push_edits(
+        &clone,
+        "domain.toml",
+        &[
+            ("[applications.quiet]", "[applications.quiet2]"),
+            (
+                "[applications.quiet.timers.q-tick]",
+                "[applications.quiet2.timers.q-tick]",
+            ),
+        ],
+    );
+    eventually("server1 applies the rename", 30, || {
+        Some(crate::util::http::status(s1)).filter(|s| s["applied_commit"] == pushed.as_str())
+    });
+    let report = components(s1);
+    let orphaned: Vec<(String, String)> = report["orphaned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["renamed_to"], "quiet2", "{t}");
+            (
+                t["app"].as_str().unwrap().into(),
+                t["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        orphaned,
+        [
+            ("quiet".to_owned(), "q-rt".to_owned()),
+            ("quiet".to_owned(), "q-tick".to_owned())
+        ],
+        "{report}"
+    );
+    assert!(component(&report, "quiet").is_none());
+    eventually("quiet2 has its timers", 30, || {
+        let r = components(s1);
+        timer(&r, "quiet2", "q-rt").and(timer(&r, "quiet2", "q-tick"))
+    });
+
+    // An undeploy removes the application's timers.
+    let pushed = push_edits(
+        &clone,
+        "domain.toml",
+        &[(
+            "[applications.quiet2]\nkind = \"component\"\nsource = \"apps/quiet\"\ntargets = [\"server1\"]",
+            "[applications.quiet2]\nkind = \"component\"\nsource = \"apps/quiet\"\ntargets = []",
+        )],
+    );
+    eventually("server1 applies the undeploy", 30, || {
+        Some(crate::util::http::status(s1)).filter(|s| s["applied_commit"] == pushed.as_str())
+    });
+    let report = components(s1);
+    assert!(component(&report, "quiet2").is_none(), "{report}");
+    let all_ids: Vec<String> = report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["timers"].as_array().unwrap().iter())
+        .map(|t| format!("{}/{}", t["app"], t["id"]))
+        .collect();
+    assert!(all_ids.iter().all(|t| !t.contains("quiet2")), "{all_ids:?}");
+}
