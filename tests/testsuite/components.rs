@@ -378,10 +378,14 @@ interval = \"1h\"
             .ok()
             .filter(|r| r.body.contains("\"state\":\"RUNNING\""))
     });
-    let server_log = server_log(&home, "server1");
-    let once = misfire_line(&server_log, "jobs", "m-once").expect("m-once misfired");
-    let skip = misfire_line(&server_log, "jobs", "m-skip").expect("m-skip misfired");
-    let all = misfire_line(&server_log, "jobs", "m-all").expect("m-all misfired");
+    let (once, skip, all) = eventually("the misfire decisions in the log", 30, || {
+        let log = server_log(&home, "server1");
+        Some((
+            misfire_line(&log, "jobs", "m-once")?,
+            misfire_line(&log, "jobs", "m-skip")?,
+            misfire_line(&log, "jobs", "m-all")?,
+        ))
+    });
     assert!(
         once.0 >= 2 && skip.0 >= 2 && all.0 >= 2,
         "{once:?} {skip:?} {all:?}"

@@ -449,7 +449,9 @@ impl ComponentEngine {
         });
         let engine = ComponentEngine { inner };
         engine.load(records, &apps);
-        engine.reconcile(apps, None);
+        // Declared timers are reconciled when firing starts (`attach`): a new one counts from
+        // then, not from before its component was started.
+        engine.inner.state().apps = apps;
         engine.inner.flush()?;
         let (n, orphans) = {
             let st = engine.inner.state();
@@ -459,7 +461,7 @@ impl ComponentEngine {
         engine.inner.info(
             "COMP-0001",
             &format!(
-                "The component engine runs; timer service on http://{api} with {n} timer(s){}.",
+                "The component engine runs; timer service on http://{api} with {n} stored timer(s){}.",
                 if orphans > 0 {
                     format!(", {orphans} orphaned")
                 } else {
@@ -471,12 +473,11 @@ impl ComponentEngine {
         Ok(engine)
     }
 
-    /// Stored timers: misfire policies applied; those of applications not deployed here either
-    /// orphaned (seemingly renamed) or removed.
+    /// Stored timers; those of applications not deployed here are orphaned (seemingly renamed)
+    /// or removed.
     fn load(&self, records: Vec<Record>, apps: &Apps) {
-        let now = Timestamp::now();
         let mut st = self.inner.state();
-        for mut r in records {
+        for r in records {
             let schedule = match schedule_of(&r.spec, r.anchor_ms) {
                 Ok(s) => s,
                 Err(why) => {
@@ -491,52 +492,14 @@ impl ComponentEngine {
                     continue;
                 }
             };
-            let mut fire = Vec::new();
-            let stored_next = r.next_ms;
-            if let Some(due) = r
-                .next_ms
-                .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-            {
-                let c = catch_up(&schedule, due, now, r.misfire);
-                if !c.fire.is_empty() || c.skipped > 0 {
-                    self.inner.info(
-                        "COMP-0010",
-                        &format!(
-                            "Timer {}/{} missed {} firing(s) while the server was down; misfire policy {}: firing {}, skipping {}.",
-                            r.app,
-                            r.id,
-                            c.fire.len() as u64 + c.skipped,
-                            r.misfire.as_str(),
-                            c.fire.len(),
-                            c.skipped
-                        ),
-                    );
-                }
-                r.next_ms = c.next.map(|t| t.as_millisecond());
-                fire = c.fire;
-            }
             let key = r.key();
             let app_gone = !apps.contains_key(&r.app);
             let source = r.source.clone();
-            let moved = r.next_ms != stored_next;
+            // Queued at its stored next firing: once firing starts, one that came due while the
+            // server was down follows the misfire policy (`take_due`).
             st.insert(r, schedule);
-            if !moved {
-                // As stored: nothing to write.
-                st.dirty.remove(&key);
-            }
-            let generation = st.entries.get(&key).map_or(0, |e| e.generation);
-            for at in fire {
-                st.push(
-                    now,
-                    Job {
-                        key: key.clone(),
-                        generation,
-                        scheduled: at,
-                        attempt: 0,
-                        regular: false,
-                    },
-                );
-            }
+            // As stored: nothing to write.
+            st.dirty.remove(&key);
             if app_gone {
                 match renamed_target(apps, &source) {
                     Some(to) => {
@@ -714,6 +677,9 @@ impl ComponentEngine {
     pub fn attach(&self, web: WebEngine) {
         let _ = self.inner.web.set(web);
         if !self.inner.started.swap(true, Ordering::SeqCst) {
+            let apps = self.inner.state().apps.clone();
+            self.reconcile(apps, None);
+            let _ = self.inner.flush();
             tokio::spawn(scheduler(self.inner.clone()));
         }
     }
@@ -935,7 +901,9 @@ async fn scheduler(inner: Arc<Inner>) {
 }
 
 /// The jobs due at `now` (regular ones move their timer to its next instant), and when the
-/// next job is due. Nothing is taken while the timer service is disabled.
+/// next job is due. A regular firing later than [`reconciler::timer::MISFIRE_THRESHOLD`] (the
+/// server was down, or the service paused or overloaded) follows its timer's misfire policy.
+/// Nothing is taken while the timer service is disabled.
 fn take_due(inner: &Inner, now: Timestamp) -> (Vec<(Job, Record)>, Option<i64>) {
     let mut st = inner.state();
     if !st.settings.timer_service.enabled {
@@ -958,19 +926,45 @@ fn take_due(inner: &Inner, now: Timestamp) -> (Vec<(Job, Record)>, Option<i64>) 
             // Kept, not fired: looked at again when the application is back.
             continue;
         }
+        let mut fire = vec![job.clone()];
         let mut follow = None;
         if job.regular {
-            // From now when late (the service was paused): one firing for what came due.
-            let next = e.schedule.next_after(job.scheduled.max(now));
-            e.record.next_ms = next.map(|t| t.as_millisecond());
-            follow = next;
+            let c = catch_up(&e.schedule, job.scheduled, now, e.record.misfire);
+            if c.next == Some(job.scheduled) {
+                // On time.
+                follow = e.schedule.next_after(job.scheduled);
+            } else {
+                inner.info(
+                    "COMP-0010",
+                    &format!(
+                        "Timer {}/{} missed {} firing(s) (the server was down, or the timer service was paused or overloaded); misfire policy {}: firing {}, skipping {}.",
+                        e.record.app,
+                        e.record.id,
+                        c.fire.len() as u64 + c.skipped,
+                        e.record.misfire.as_str(),
+                        c.fire.len(),
+                        c.skipped
+                    ),
+                );
+                fire = c
+                    .fire
+                    .iter()
+                    .map(|t| Job {
+                        scheduled: *t,
+                        regular: false,
+                        ..job.clone()
+                    })
+                    .collect();
+                follow = c.next;
+            }
+            e.record.next_ms = follow.map(|t| t.as_millisecond());
         }
         if job.attempt == 0 {
-            e.pending += 1;
+            e.pending += fire.len() as u32;
         }
         let record = e.record.clone();
         let (key, generation) = (job.key.clone(), e.generation);
-        if job.regular || job.attempt == 0 {
+        if job.regular {
             st.mark(&key);
         }
         if let Some(next) = follow {
@@ -985,7 +979,7 @@ fn take_due(inner: &Inner, now: Timestamp) -> (Vec<(Job, Record)>, Option<i64>) 
                 },
             );
         }
-        out.push((job, record));
+        out.extend(fire.into_iter().map(|j| (j, record.clone())));
     }
     let next_due = st.queue.keys().next().map(|(ms, _)| *ms);
     (out, next_due)
