@@ -1134,7 +1134,7 @@ targets = ["s1"]
         let mut target = f.running.clone();
         target.content.insert("a".into(), "changed".into());
         if let Some(b) = target.domain.config.applications.get_mut("b") {
-            b.context_path = "/a".into();
+            b.context_path = Some("/a".into());
         }
         let r = apply(&mut serving, &f, &f.running, &target);
         assert!(matches!(r, Err(ServingError::RolledBack { .. })), "{r:?}");

@@ -717,7 +717,7 @@ async fn applies_twenty_live_changes_under_load_without_a_failed_request() {
         if i >= 10
             && let Some(d) = cfg.apps.get_mut("docs")
         {
-            d.app.context_path = "/manual".to_owned();
+            d.app.context_path = Some("/manual".to_owned());
         }
         let before = done.load(Ordering::Relaxed);
         engine.apply(cfg.clone()).await.expect("apply");
@@ -823,7 +823,7 @@ async fn live_changes_keep_the_process_and_a_redeploy_replaces_only_it() {
     // Context path and health path are live: same process, new route.
     let mut cfg = base.clone();
     if let Some(a) = cfg.apps.get_mut("api") {
-        a.app.context_path = "/v2".to_owned();
+        a.app.context_path = Some("/v2".to_owned());
         a.app.health_path = "/v2/health".to_owned();
     }
     let report = engine.apply(cfg.clone()).await.expect("apply");

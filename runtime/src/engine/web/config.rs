@@ -55,9 +55,12 @@ pub struct EngineContext {
     pub component_env: Option<ComponentEnv>,
 }
 
-/// The environment of one `component` application, by its name.
+/// The environment of one `component` application, given its name.
+pub type EnvOf = dyn Fn(&str) -> BTreeMap<String, String> + Send + Sync;
+
+/// [`EnvOf`], shared.
 #[derive(Clone)]
-pub struct ComponentEnv(pub Arc<dyn Fn(&str) -> BTreeMap<String, String> + Send + Sync>);
+pub struct ComponentEnv(pub Arc<EnvOf>);
 
 impl std::fmt::Debug for ComponentEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
