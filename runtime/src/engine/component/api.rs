@@ -202,3 +202,53 @@ pub(super) async fn serve(engine: ComponentEngine, tcp: tokio::net::TcpListener)
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> CreateTimer {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_run_time_timer_has_exactly_one_schedule_and_a_usable_name() {
+        let (spec, name) = req(r#"{"id": "order-7", "interval": "30s"}"#)
+            .check()
+            .unwrap();
+        assert_eq!(spec, Spec::Interval { every_ms: 30_000 });
+        assert_eq!(name, "order-7");
+        let (spec, _) = req(r#"{"id": "n", "schedule": "0 3 * * *", "time-zone": "Asia/Seoul"}"#)
+            .check()
+            .unwrap();
+        assert_eq!(
+            spec,
+            Spec::Schedule {
+                schedule: "0 3 * * *".into(),
+                time_zone: "Asia/Seoul".into()
+            }
+        );
+        for (bad, says) in [
+            (r#"{"id": "a"}"#, "exactly one of"),
+            (
+                r#"{"id": "a", "interval": "1s", "at": "2027-01-01T00:00:00Z"}"#,
+                "exactly one of",
+            ),
+            (r#"{"id": "a/b", "interval": "1s"}"#, "without `/`"),
+            (r#"{"id": "", "interval": "1s"}"#, "1 to 200"),
+            (
+                r#"{"id": "a", "name": "no/slash", "interval": "1s"}"#,
+                "`name`",
+            ),
+            (r#"{"id": "a", "interval": "0ms"}"#, "at least `1ms`"),
+            (r#"{"id": "a", "at": "tomorrow"}"#, "RFC 3339"),
+            (
+                r#"{"id": "a", "interval": "1s", "time-zone": "UTC"}"#,
+                "goes with `schedule`",
+            ),
+        ] {
+            let e = req(bad).check().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
