@@ -3,7 +3,9 @@
 //! applications and starts the web engine with them (`crate::serving`), answers
 //! `GET /v1/status` on its base `listen` address, signals READY over sd_notify, and stops
 //! gracefully on SIGTERM/SIGINT (in-flight requests get up to `stop-timeout`, then the process
-//! applications stop).
+//! applications stop). The component and messaging engines start around the web engine.
+//!
+//! Long because the boot sequence, the management API and the stop path share their state here.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -3,6 +3,8 @@
 //! Values reach these types only after the loader has checked every key and type against the
 //! classification table, so deserialization here does not fail on user input in practice; the
 //! table and these structs are kept in step by tests in `settings_coverage.rs`.
+//!
+//! Long because every section of the three files is a struct here, with its defaults.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

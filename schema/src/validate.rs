@@ -2,6 +2,8 @@
 //! together. They run on everything that parsed and matched the schema; what did not is a
 //! [`Holes`] entry, and no check reports what a hole could explain (an application targeting a
 //! server whose table has an error is not "targeting an unknown server").
+//!
+//! Long because each cross-file rule is a function here, sharing the one [`Checker`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
