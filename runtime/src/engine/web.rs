@@ -13,6 +13,7 @@
 //! capacity, `route` the snapshot every request reads, `apply` the one transaction that
 //! replaces it; requests are served in `serve`, static files in [`files`], process applications
 //! supervised in [`supervisor`] and proxied in [`proxy`] over the connections of [`pool`].
+//! Connections are served on the engine's own threads, one runtime each (`workers`).
 
 pub mod access;
 mod apply;
@@ -26,6 +27,7 @@ mod route;
 mod serve;
 mod stats;
 pub mod supervisor;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -67,6 +69,8 @@ pub enum WebError {
     App { app: String, message: String },
     #[error("the web engine is shut down")]
     ShutDown,
+    #[error("cannot start the web engine's serving threads: {0}")]
+    Workers(std::io::Error),
 }
 
 #[derive(Debug)]
@@ -80,6 +84,8 @@ struct Inner {
     connections: AtomicUsize,
     idle: Notify,
     stats: stats::Stats,
+    /// The threads connections are served on.
+    workers: workers::Workers,
     /// The bound listeners until the first snapshot with routes is published: their accept
     /// loops start then ([`WebEngine::swap`]), so no request is answered from the empty
     /// snapshot (a 404 for an application about to be routed). Connections that arrive before
@@ -111,6 +117,9 @@ impl WebEngine {
         ctx: EngineContext,
     ) -> Result<(WebEngine, ApplyReport), WebError> {
         let (listeners, bound) = listen::bind(&config).await?;
+        // As many serving threads as the runtime starting the engine has workers.
+        let threads = tokio::runtime::Handle::current().metrics().num_workers();
+        let workers = workers::Workers::start(threads).map_err(WebError::Workers)?;
         let empty = Snapshot {
             routes: Vec::new(),
             limits: listeners
@@ -133,6 +142,7 @@ impl WebEngine {
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
             stats: stats::Stats::default(),
+            workers,
             unaccepted: std::sync::Mutex::new(bound),
         });
         let engine = WebEngine { inner };
@@ -241,6 +251,8 @@ impl WebEngine {
                 break;
             }
         }
+        // Connections still open after the deadline end with their threads.
+        self.inner.workers.stop().await;
         let applied = self.inner.applied.lock().await.take();
         if let Some(a) = applied {
             for p in a.procs.into_values() {

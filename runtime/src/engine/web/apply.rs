@@ -136,8 +136,12 @@ impl WebEngine {
                                 self.inner.ctx.rotation,
                                 self.inner.ctx.logger.clone(),
                             );
-                            let app =
-                                Arc::new(ProcessApp::new(name, sup, self.inner.ctx.logger.clone()));
+                            let app = Arc::new(ProcessApp::new(
+                                name,
+                                sup,
+                                self.inner.ctx.logger.clone(),
+                                self.inner.workers.len(),
+                            ));
                             starting.push((name.clone(), app, previous, timeout));
                         }
                     }

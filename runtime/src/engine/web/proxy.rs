@@ -97,11 +97,17 @@ impl ProxyError {
 }
 
 impl ProcessApp {
-    pub fn new(name: &str, supervisor: Supervisor, logger: Option<Logger>) -> ProcessApp {
+    /// `threads`: the engine's serving threads (one shard of upstream connections each).
+    pub fn new(
+        name: &str,
+        supervisor: Supervisor,
+        logger: Option<Logger>,
+        threads: usize,
+    ) -> ProcessApp {
         ProcessApp {
             name: name.to_owned(),
             supervisor: Arc::new(supervisor),
-            upstream: Upstream::new(),
+            upstream: Upstream::new(threads),
             logger,
             last_warning: Mutex::new(None),
         }
