@@ -13,7 +13,6 @@
 //! capacity, `route` the snapshot every request reads, `apply` the one transaction that
 //! replaces it; requests are served in `serve`, static files in [`files`], process applications
 //! supervised in [`supervisor`] and proxied in [`proxy`] over the connections of [`pool`].
-//! Connections are served on the engine's own threads, one runtime each (`workers`).
 
 pub mod access;
 mod apply;
@@ -27,7 +26,6 @@ mod route;
 mod serve;
 mod stats;
 pub mod supervisor;
-mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -69,8 +67,6 @@ pub enum WebError {
     App { app: String, message: String },
     #[error("the web engine is shut down")]
     ShutDown,
-    #[error("cannot start the web engine's serving threads: {0}")]
-    Workers(std::io::Error),
 }
 
 #[derive(Debug)]
@@ -84,8 +80,6 @@ struct Inner {
     connections: AtomicUsize,
     idle: Notify,
     stats: stats::Stats,
-    /// The threads connections are served on.
-    workers: workers::Workers,
     /// The bound listeners until the first snapshot with routes is published: their accept
     /// loops start then ([`WebEngine::swap`]), so no request is answered from the empty
     /// snapshot (a 404 for an application about to be routed). Connections that arrive before
@@ -117,9 +111,6 @@ impl WebEngine {
         ctx: EngineContext,
     ) -> Result<(WebEngine, ApplyReport), WebError> {
         let (listeners, bound) = listen::bind(&config).await?;
-        // As many serving threads as the runtime starting the engine has workers.
-        let threads = tokio::runtime::Handle::current().metrics().num_workers();
-        let workers = workers::Workers::start(threads).map_err(WebError::Workers)?;
         let empty = Snapshot {
             routes: Vec::new(),
             limits: listeners
@@ -142,7 +133,6 @@ impl WebEngine {
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
             stats: stats::Stats::default(),
-            workers,
             unaccepted: std::sync::Mutex::new(bound),
         });
         let engine = WebEngine { inner };
@@ -251,8 +241,6 @@ impl WebEngine {
                 break;
             }
         }
-        // Connections still open after the deadline end with their threads.
-        self.inner.workers.stop().await;
         let applied = self.inner.applied.lock().await.take();
         if let Some(a) = applied {
             for p in a.procs.into_values() {

@@ -136,12 +136,8 @@ impl WebEngine {
                                 self.inner.ctx.rotation,
                                 self.inner.ctx.logger.clone(),
                             );
-                            let app = Arc::new(ProcessApp::new(
-                                name,
-                                sup,
-                                self.inner.ctx.logger.clone(),
-                                self.inner.workers.len(),
-                            ));
+                            let app =
+                                Arc::new(ProcessApp::new(name, sup, self.inner.ctx.logger.clone()));
                             starting.push((name.clone(), app, previous, timeout));
                         }
                     }

@@ -1,14 +1,10 @@
 //! Upstream keep-alive connections to one process application: HTTP/1.1 connections to
 //! `127.0.0.1:<PORT>` kept open between requests, so a proxied request costs no connect.
 //!
-//! Each [`ProcessApp`](super) has its own pool, in one shard per serving thread
-//! ([`super::workers`]): a request takes a connection from its thread's shard and gives it back
-//! there, so the connection's task (spawned on the thread that opened it) and the request run on
-//! the same thread; only when its own shard is empty does a request take another thread's idle
-//! connection rather than open one. A connection goes back to the pool only once its response
-//! body has been read to the end (see [`Lease`]); the most recently used is taken first, so under
-//! light load a few connections stay warm and the rest expire. Bounds: at most [`MAX_IDLE`] idle
-//! connections in all (shared evenly by the shards), each closed after [`IDLE_TIMEOUT`] unused. The pool belongs to
+//! Each [`ProcessApp`](super) has its own pool. A connection goes back to the pool only once its
+//! response body has been read to the end (see [`Lease`]); the most recently used is taken first,
+//! so under light load a few connections stay warm and the rest expire. Bounds: at most
+//! [`MAX_IDLE`] idle connections, each closed after [`IDLE_TIMEOUT`] unused. The pool belongs to
 //! one port: when the supervisor restarts the application on a new port, every idle connection to
 //! the old one is dropped at the next checkout (a redeployed application gets a new pool with its
 //! new `ProcessApp`).
@@ -23,8 +19,6 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-
-use super::workers;
 
 /// Idle connections kept per application: above `wrk -c50`-style concurrency, so a steady load
 /// never churns connections; bounded so a burst cannot leave thousands of sockets open.
@@ -56,17 +50,15 @@ pub enum ConnectError {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Upstream {
-    /// One per serving thread.
-    shards: Box<[Mutex<Idle>]>,
-    /// Idle connections each shard keeps.
-    per_shard: usize,
+    idle: Mutex<Idle>,
 }
 
 #[derive(Default)]
 struct Idle {
     port: u16,
+    /// Oldest first; taken from the back.
     /// Oldest first: taken from the back (the warmest), dropped and reaped from the front.
     conns: VecDeque<(Sender, Instant)>,
     reaper: bool,
@@ -91,47 +83,30 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Back to the pool, in the shard of the thread the response ended on.
     pub fn release(self) {
-        self.pool.put(workers::current(), self.port, self.send);
+        self.pool.put(self.port, self.send);
     }
 }
 
 impl Upstream {
-    /// A pool of `shards` shards (one per serving thread).
-    pub fn new(shards: usize) -> Arc<Upstream> {
-        let shards = shards.max(1);
-        Arc::new(Upstream {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
-            per_shard: (MAX_IDLE / shards).max(1),
-        })
+    pub fn new() -> Arc<Upstream> {
+        Arc::new(Upstream::default())
     }
 
-    /// An idle connection to `port`, ready for a request, if the pool has one: from this
-    /// thread's shard, else from another's.
+    /// An idle connection to `port`, ready for a request, if the pool has one.
     pub async fn take(&self, port: u16) -> Option<Sender> {
-        let own = workers::current() % self.shards.len();
-        let order = (0..self.shards.len()).map(|i| (own + i) % self.shards.len());
-        for shard in order {
-            while let Some(mut send) = self.pop(shard, port) {
-                // Given back as soon as its response ended: its connection task may not have
-                // turned idle yet. Closed (by the application, or after `Connection: close`):
-                // next.
-                if send.ready().await.is_ok() {
-                    return Some(send);
-                }
+        loop {
+            let mut send = self.pop(port)?;
+            // Given back as soon as its response ended: its connection task may not have
+            // turned idle yet. Closed (by the application, or after `Connection: close`): next.
+            if send.ready().await.is_ok() {
+                return Some(send);
             }
         }
-        None
     }
 
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Idle> {
-        let m = &self.shards[shard % self.shards.len()];
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn pop(&self, shard: usize, port: u16) -> Option<Sender> {
-        let mut idle = self.lock(shard);
+    fn pop(&self, port: u16) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.port != port {
             // Restarted on a new port: connections to the old process are useless.
             idle.conns.clear();
@@ -174,12 +149,11 @@ impl Upstream {
         }
     }
 
-    fn put(self: &Arc<Self>, shard: usize, port: u16, send: Sender) {
+    fn put(self: &Arc<Self>, port: u16, send: Sender) {
         if send.is_closed() {
             return;
         }
-        let shard = shard % self.shards.len();
-        let mut idle = self.lock(shard);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.port != port {
             if !idle.conns.is_empty() {
                 // A late return from a process replaced since: keep the newer ones.
@@ -187,35 +161,33 @@ impl Upstream {
             }
             idle.port = port;
         }
-        if idle.conns.len() >= self.per_shard {
+        if idle.conns.len() >= MAX_IDLE {
             // Full: drop the oldest (the least likely to be taken before it expires).
             idle.conns.pop_front();
         }
         idle.conns.push_back((send, Instant::now()));
         if !idle.reaper {
             idle.reaper = true;
-            tokio::spawn(reap(Arc::downgrade(self), shard));
+            tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
 
-    /// Idle connections now, in all shards (tests).
+    /// Idle connections now (tests).
     #[cfg(test)]
     fn idle_len(&self) -> usize {
-        (0..self.shards.len())
-            .map(|s| self.lock(s).conns.len())
-            .sum()
+        self.idle.lock().map(|i| i.conns.len()).unwrap_or(0)
     }
 }
 
-/// Closes connections idle for longer than [`IDLE_TIMEOUT`] while the shard has any; ends when
-/// the shard is empty or the pool gone (a new one is started by the next return).
-async fn reap(pool: Weak<Upstream>, shard: usize) {
+/// Closes connections idle for longer than [`IDLE_TIMEOUT`] while the pool has any; ends when the
+/// pool is empty or gone (a new one is started by the next return).
+async fn reap(pool: Weak<Upstream>) {
     loop {
         tokio::time::sleep(IDLE_TIMEOUT / 2).await;
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let mut idle = pool.lock(shard);
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = idle
             .conns
             .iter()
@@ -278,7 +250,7 @@ mod tests {
     #[tokio::test]
     async fn returned_connections_are_reused_and_dropped_on_a_new_port() {
         let (port, accepted) = backend().await;
-        let pool = Upstream::new(1);
+        let pool = Upstream::new();
         assert!(pool.take(port).await.is_none());
         let mut send = Upstream::connect(port).await.expect("connect");
         assert_eq!(get(&mut send).await, 204);
@@ -294,22 +266,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_thread_without_idle_connections_takes_another_threads() {
-        let (port, accepted) = backend().await;
-        let pool = Upstream::new(2);
-        let send = Upstream::connect(port).await.expect("connect");
-        // Given back on serving thread 1; this test runs as thread 0.
-        pool.put(1, port, send);
-        let mut again = pool.take(port).await.expect("from the other shard");
-        assert_eq!(get(&mut again).await, 204);
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(pool.idle_len(), 0);
-    }
-
-    #[tokio::test]
     async fn the_idle_count_is_bounded() {
         let (port, _) = backend().await;
-        let pool = Upstream::new(1);
+        let pool = Upstream::new();
         for _ in 0..MAX_IDLE + 3 {
             let send = Upstream::connect(port).await.expect("connect");
             pool.lease(port, send).release();

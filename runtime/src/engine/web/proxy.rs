@@ -97,17 +97,11 @@ impl ProxyError {
 }
 
 impl ProcessApp {
-    /// `threads`: the engine's serving threads (one shard of upstream connections each).
-    pub fn new(
-        name: &str,
-        supervisor: Supervisor,
-        logger: Option<Logger>,
-        threads: usize,
-    ) -> ProcessApp {
+    pub fn new(name: &str, supervisor: Supervisor, logger: Option<Logger>) -> ProcessApp {
         ProcessApp {
             name: name.to_owned(),
             supervisor: Arc::new(supervisor),
-            upstream: Upstream::new(threads),
+            upstream: Upstream::new(),
             logger,
             last_warning: Mutex::new(None),
         }

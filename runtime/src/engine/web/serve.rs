@@ -33,35 +33,14 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net
             }
         };
         let _ = stream.set_nodelay(true);
-        // Out of this runtime's reactor, into the serving thread's.
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
-        let open = Open::new(&inner);
-        inner.workers.next().spawn(async move {
-            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-                serve_connection(&open.0, index, stream, peer).await;
+        inner.connections.fetch_add(1, Ordering::SeqCst);
+        let inner = Arc::clone(&inner);
+        tokio::spawn(async move {
+            serve_connection(&inner, index, stream, peer).await;
+            if inner.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+                inner.idle.notify_waiters();
             }
         });
-    }
-}
-
-/// A connection being served, counted in `Inner::connections` until dropped (also when its
-/// task is: a serving thread stopped at the shutdown deadline).
-struct Open(Arc<Inner>);
-
-impl Open {
-    fn new(inner: &Arc<Inner>) -> Open {
-        inner.connections.fetch_add(1, Ordering::SeqCst);
-        Open(Arc::clone(inner))
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        if self.0.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
     }
 }
 
