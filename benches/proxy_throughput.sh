@@ -17,7 +17,9 @@
 # Installs `nginx` and `wrk` with apt-get when missing. Builds the example with
 # `cargo build --release` (BUILD=hot: see benches/static_throughput.sh; BUILD_ARGS/PROFILE_DIR
 # override both). SERVE_PROXY=path runs that binary instead of building one (e.g. a copy of a
-# previous build, to compare two versions in the same conditions).
+# previous build, to compare two versions in the same conditions). NICE=-15 runs every process
+# of the measurement (both proxies, the backend, wrk) at that niceness, so other work on a shared
+# machine disturbs it less (a negative value needs root).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +29,8 @@ CONNECTIONS=${CONNECTIONS:-50}
 WORKERS=${WORKERS:-2}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 RUNS=${RUNS:-3}
+NICED=()
+[ -n "${NICE:-}" ] && NICED=(nice -n "$NICE")
 OURS_PORT=${OURS_PORT:-18191}
 NGINX_PORT=${NGINX_PORT:-18192}
 # The build profile and the load tools, as both throughput benches set them up.
@@ -93,7 +97,7 @@ exec "$NGINX" -p "$WORK/backend" -c "$WORK/backend/nginx.conf"
 SH
 chmod 755 "$WORK/app/run.sh"
 
-"$OURS" "$WORK/app" run.sh "$OURS_PORT" --threads "$WORKERS" >"$WORK/ours.log" 2>&1 &
+"${NICED[@]}" "$OURS" "$WORK/app" run.sh "$OURS_PORT" --threads "$WORKERS" >"$WORK/ours.log" 2>&1 &
 PIDS+=($!)
 
 wait_port() {
@@ -138,7 +142,7 @@ http {
     }
 }
 CONF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.out" 2>&1 &
+"${NICED[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.out" 2>&1 &
 PIDS+=($!)
 wait_port "$NGINX_PORT"
 cmp <(curl -fsS "http://127.0.0.1:$OURS_PORT/index.html") \
@@ -147,13 +151,13 @@ echo "--- steward's response head" >&2
 curl -sS -o /dev/null -D - "http://127.0.0.1:$OURS_PORT/index.html" >&2
 
 run() { # name port n -> prints req/s, keeps wrk's output
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$2/index.html" \
+    "${NICED[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$2/index.html" \
         >"$WORK/$1.$3.wrk" 2>&1
     awk '/Requests\/sec/ {print $2}' "$WORK/$1.$3.wrk"
 }
 # Warm both (connections, caches) before measuring.
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$OURS_PORT/index.html" >/dev/null 2>&1
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/index.html" >/dev/null 2>&1
+"${NICED[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$OURS_PORT/index.html" >/dev/null 2>&1
+"${NICED[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/index.html" >/dev/null 2>&1
 OURS_ALL=()
 NGINX_ALL=()
 for i in $(seq 1 "$RUNS"); do
