@@ -269,6 +269,9 @@ def main():
     if not NICE:
         print("not root: brokers and generator run at normal priority (nice -n -10 needs root)")
     tmp = tempfile.mkdtemp(prefix="steward-msg-bench-")
+    # RabbitMQ starts Erlang's port mapper daemon when none runs; stopped at the end if so
+    # (`epmd -kill` refuses while another node is registered).
+    epmd_was_running = subprocess.run(["epmd", "-names"], capture_output=True).returncode == 0
     brokers = {}
     try:
         brokers["steward"] = Steward(exe, tmp)
@@ -344,6 +347,8 @@ def main():
     finally:
         for b in brokers.values():
             b.stop()
+        if not epmd_was_running:
+            subprocess.run(["epmd", "-kill"], capture_output=True)
         if os.environ.get("KEEP"):
             print(f"kept {tmp}")
         else:
