@@ -16,7 +16,7 @@ The client is `runtime/examples/stomp_load.rs` (compiled, one thread), for both 
   its backlog, not its latency.
 - fill: each broker restarted, then FILL (100000) messages with receipts into a queue nobody
   consumes, and the broker process's resident memory (VmRSS of /proc/PID/status) before and
-  after. FILL=1000000 is the issue's figure (RabbitMQ takes about 10 minutes for it here).
+  after. FILL=1000000 is the issue's figure (RabbitMQ takes 5 to 15 minutes for it here).
 Runs alternate between the brokers (the order flips each round); medians of RUNS are printed.
 
 What each broker does before the receipt of a SEND:
