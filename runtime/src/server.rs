@@ -204,6 +204,7 @@ async fn metrics(
     let s = m.snapshot();
     let body = crate::server_metrics::render(
         &m.engine,
+        &m.messaging.report(),
         &m.deploys,
         s.pending_restart.len(),
         s.failed_applications.len(),

@@ -1,11 +1,13 @@
 //! A Managed Server's metrics (`GET /metrics` on its base address, docs/metrics.md): the web
-//! engine's (requests, pools), its deployments and applies (counted here, by `serving`), and
-//! what its status says (pending restarts).
+//! engine's (requests, pools), the messaging engine's (its `GET /v1/messaging` report, per
+//! destination), its deployments and applies (counted here, by `serving`), and what its status
+//! says (pending restarts).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::engine::messaging;
 use crate::engine::web::WebEngine;
 use crate::metrics::{Histogram, Kind, TASK_BUCKETS, Text};
 
@@ -80,15 +82,88 @@ impl DeployStats {
     }
 }
 
+/// The messaging engine's series, from its report (the same numbers as `GET /v1/messaging`):
+/// gauges and counters per destination, and the connections.
+fn render_messaging(t: &mut Text, report: &messaging::Report) {
+    let name = "steward_server_messaging_connections";
+    t.family(name, Kind::Gauge, "STOMP connections open now.");
+    t.sample(name, &[], report.connections as u64);
+    type Field = fn(&messaging::DestinationReport) -> u64;
+    let series: [(&str, Kind, &str, Field); 9] = [
+        (
+            "steward_server_messaging_depth",
+            Kind::Gauge,
+            "Messages a destination holds: waiting, plus delivered and not yet acknowledged (what max-depth bounds).",
+            |d| d.depth,
+        ),
+        (
+            "steward_server_messaging_in_flight",
+            Kind::Gauge,
+            "Messages delivered to a consumer and not yet acknowledged.",
+            |d| d.in_flight,
+        ),
+        (
+            "steward_server_messaging_consumers",
+            Kind::Gauge,
+            "Subscriptions to a destination now.",
+            |d| d.consumers,
+        ),
+        (
+            "steward_server_messaging_enqueued_total",
+            Kind::Counter,
+            "Messages a destination accepted (a topic: published).",
+            |d| d.counts.enqueued,
+        ),
+        (
+            "steward_server_messaging_dequeued_total",
+            Kind::Counter,
+            "Messages consumed: acknowledged, or handed over in auto mode (a topic: copies handed to subscribers).",
+            |d| d.counts.dequeued,
+        ),
+        (
+            "steward_server_messaging_redelivered_total",
+            Kind::Counter,
+            "Deliveries put back for redelivery (NACK, unsubscribe or disconnect without ACK).",
+            |d| d.counts.redelivered,
+        ),
+        (
+            "steward_server_messaging_dead_lettered_total",
+            Kind::Counter,
+            "Messages moved to the dead-letter queue after too many redeliveries.",
+            |d| d.counts.dead_lettered,
+        ),
+        (
+            "steward_server_messaging_discarded_total",
+            Kind::Counter,
+            "Dead letters dropped because the dead-letter queue was full.",
+            |d| d.counts.discarded,
+        ),
+        (
+            "steward_server_messaging_draining",
+            Kind::Gauge,
+            "1 for a destination removed from the configuration and kept until it is empty.",
+            |d| u64::from(d.draining),
+        ),
+    ];
+    for (name, kind, help, field) in series {
+        t.family(name, kind, help);
+        for d in &report.destinations {
+            t.sample(name, &[("destination", &d.destination)], field(d));
+        }
+    }
+}
+
 /// The whole scrape of a server: `pending_restart` and `failed` from its status now.
 pub fn render(
     engine: &WebEngine,
+    messaging: &messaging::Report,
     deploys: &DeployStats,
     pending_restart: usize,
     failed_applications: usize,
 ) -> String {
     let mut t = Text::new();
     engine.render_metrics(&mut t);
+    render_messaging(&mut t, messaging);
     deploys.render(&mut t);
     let name = "steward_server_pending_restart_settings";
     t.family(

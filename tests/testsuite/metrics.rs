@@ -357,3 +357,181 @@ fn master_and_server_metrics_follow_a_push_and_requests() {
         0.0
     );
 }
+
+/// The client side of [`messaging_series_follow_the_engine`], in stomp.py (a client nobody here
+/// wrote): three messages sent with receipts; the first refused (NACK) until it is
+/// dead-lettered, the second acknowledged, the third kept in flight; then it prints `ready` and
+/// holds its connection and subscription open until its stdin closes.
+const STOMP_SCRIPT: &str = r#"
+import sys, threading
+import stomp
+
+class L(stomp.ConnectionListener):
+    def __init__(self):
+        self.messages, self.receipts, self.cond = [], set(), threading.Condition()
+    def on_message(self, f):
+        with self.cond:
+            self.messages.append(f); self.cond.notify_all()
+    def on_receipt(self, f):
+        with self.cond:
+            self.receipts.add(f.headers['receipt-id']); self.cond.notify_all()
+    def on_error(self, f):
+        sys.exit('ERROR ' + f.headers.get('message', ''))
+    def wait(self, pred):
+        with self.cond:
+            if not self.cond.wait_for(lambda: pred(self), timeout=20):
+                sys.exit('timed out: %d messages, receipts %r' % (len(self.messages), self.receipts))
+
+c = stomp.Connection12([('127.0.0.1', int(sys.argv[1]))], heartbeats=(0, 0))
+l = L()
+c.set_listener('l', l)
+c.connect('admin', 'admin', wait=True)
+for i in range(3):
+    c.send('/queue/orders', 'm%d' % i, headers={'receipt': 's%d' % i})
+l.wait(lambda s: len(s.receipts) == 3)
+c.subscribe('/queue/orders', id='x', ack='client-individual')
+l.wait(lambda s: len(s.messages) == 3)
+# MAX_REDELIVERIES (5) redeliveries, then the sixth NACK moves m0 to the dead-letter queue.
+for n in range(6):
+    m0 = [m for m in l.messages if m.body == 'm0'][-1]
+    c.nack(m0.headers['ack'])
+    if n < 5:
+        l.wait(lambda s: sum(m.body == 'm0' for m in s.messages) == n + 2)
+m1 = [m for m in l.messages if m.body == 'm1'][0]
+c.ack(m1.headers['ack'], receipt='acked')
+l.wait(lambda s: 'acked' in s.receipts)
+print('ready', flush=True)
+sys.stdin.readline()
+c.disconnect()
+"#;
+
+#[test]
+fn messaging_series_follow_the_engine() {
+    let repo = Repo::example("metrics-messaging-repo");
+    let ports = crate::util::example_on_free_ports(&repo);
+    let (mport, s1) = (ports[0], ports[1]);
+    let stomp_port = crate::util::free_ports_besides(1, &ports)[0];
+    let domain = repo.read("domain.toml");
+    repo.write(
+        "domain.toml",
+        &format!(
+            "{domain}\n[servers.server1.messaging.listener]\naddress = \"127.0.0.1\"\nport = {stomp_port}\n\n[servers.server1.messaging.queues.orders]\n\n[servers.server1.messaging.topics.news]\n"
+        ),
+    );
+    repo.commit("messaging on server1");
+    let tmp = TempDir::new("metrics-messaging-home");
+    let home = tmp.path().join("domain1");
+    let r = crate::util::steward(
+        repo.path(),
+        &["init", home.to_str().unwrap(), "--from", "."],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let _m = Master::start_on(&home, mport);
+    let _servers = Servers(&home, &["server1"]);
+    start_server(&home, "server1", mport);
+    eventually("server1 runs", 30, || {
+        request(s1, "GET", "/v1/status", ADMIN)
+            .ok()
+            .filter(|r| r.body.contains("\"state\":\"RUNNING\""))
+    });
+
+    // Before any client: every destination is written, at zero.
+    let s = scrape(s1, SCRAPER).1.expect("server metrics");
+    let connections = "steward_server_messaging_connections";
+    assert_eq!(kind(&s, connections), "gauge");
+    assert_eq!(value(&s, connections, connections, &[]), 0.0);
+    for dest in ["/queue/orders", "/queue/orders.dlq", "/topic/news"] {
+        let at = [("destination", dest)];
+        let enqueued = "steward_server_messaging_enqueued";
+        assert_eq!(kind(&s, enqueued), "counter");
+        assert_eq!(value(&s, enqueued, &format!("{enqueued}_total"), &at), 0.0);
+        let depth = "steward_server_messaging_depth";
+        assert_eq!(value(&s, depth, depth, &at), 0.0);
+    }
+
+    let mut client = Command::new("python3")
+        .args(["-c", STOMP_SCRIPT, &stomp_port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    if line.trim() != "ready" {
+        let out = client.wait_with_output().expect("client");
+        panic!("stomp.py: {line}{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // The client holds its connection, its subscription and m2 in flight.
+    let s = scrape(s1, SCRAPER).1.expect("server metrics");
+    let r = request(s1, "GET", "/v1/messaging", ADMIN).expect("GET /v1/messaging");
+    let report: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    let series = |family: &str, dest: &str| {
+        let sample = match kind(&s, family) {
+            "counter" => format!("{family}_total"),
+            _ => family.to_owned(),
+        };
+        value(&s, family, &sample, &[("destination", dest)])
+    };
+    let m = |family: &str| format!("steward_server_messaging_{family}");
+    assert_eq!(value(&s, connections, connections, &[]), 1.0);
+    let orders = [
+        ("depth", 1.0),
+        ("in_flight", 1.0),
+        ("consumers", 1.0),
+        ("enqueued", 3.0),
+        ("dequeued", 1.0),
+        ("redelivered", 5.0),
+        ("dead_lettered", 1.0),
+        ("discarded", 0.0),
+        ("draining", 0.0),
+    ];
+    for (field, want) in orders {
+        assert_eq!(series(&m(field), "/queue/orders"), want, "{field}");
+    }
+    assert_eq!(series(&m("depth"), "/queue/orders.dlq"), 1.0);
+    assert_eq!(series(&m("enqueued"), "/queue/orders.dlq"), 1.0);
+    // Every series is the report's number, for every destination.
+    for d in report["destinations"].as_array().expect("destinations") {
+        let dest = d["destination"].as_str().expect("destination");
+        for (field, _) in orders {
+            let want = match &d[field] {
+                serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
+                v => v.as_f64().unwrap_or_else(|| panic!("{field} of {d}")),
+            };
+            assert_eq!(series(&m(field), dest), want, "{field} of {dest}");
+        }
+    }
+    drop(client.stdin.take());
+    let out = client.wait_with_output().expect("client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The client gone (the server notices the close after the DISCONNECT's receipt): m2 went
+    // back to the queue, counted as redelivered.
+    let s = eventually("the client's connection is closed", 20, || {
+        scrape(s1, SCRAPER)
+            .1
+            .filter(|s| value(s, connections, connections, &[]) == 0.0)
+    });
+    let series = |family: &str| {
+        let family = m(family);
+        let sample = match kind(&s, &family) {
+            "counter" => format!("{family}_total"),
+            _ => family.clone(),
+        };
+        value(&s, &family, &sample, &[("destination", "/queue/orders")])
+    };
+    assert_eq!(series("consumers"), 0.0);
+    assert_eq!(series("in_flight"), 0.0);
+    assert_eq!(series("depth"), 1.0);
+    assert_eq!(series("redelivered"), 6.0);
+}
