@@ -580,12 +580,18 @@ impl Link {
         // `None` until the first attempt: the first success and the first failure are both news.
         let mut up: Option<bool> = None;
         let mut pause = Duration::from_secs(1);
-        let client = loop {
-            // A poll lasts at most WAIT, plus the password check (slow on purpose, slower on a
-            // loaded Master): a link cut meanwhile is noticed within this.
-            match self.client(WAIT + Duration::from_secs(10)) {
-                Ok(c) => break c,
-                Err(e) => {
+        // While connected, a poll lasts at most WAIT plus a cached password check: a link cut
+        // meanwhile is noticed within `connected`'s timeout. Until the Master has answered once,
+        // it may be checking this agent's password for the first time (slow on purpose, and
+        // slower on a loaded machine; the Master keeps the result only if the request is still
+        // there to receive it): `first` waits long enough for that.
+        let (connected, first) = loop {
+            match (
+                self.client(WAIT + Duration::from_secs(10)),
+                self.client(WAIT + Duration::from_secs(60)),
+            ) {
+                (Ok(c), Ok(f)) => break (c, f),
+                (Err(e), _) | (_, Err(e)) => {
                     self.log
                         .severe("Node-0022", &format!("Cannot reach the Master: {e}"));
                     std::thread::sleep(pause);
@@ -604,6 +610,7 @@ impl Link {
                 }
             };
             let body = serde_json::to_vec(&report).unwrap_or_default();
+            let client = if up == Some(true) { &connected } else { &first };
             let outcome = client
                 .post_json(&format!("/v1/nodes/{}/poll", self.node), body)
                 .map_err(|e| e.to_string())

@@ -54,15 +54,10 @@ pub(super) fn configured(domain: &Domain) -> BTreeMap<String, String> {
 /// The `node` event with `name`'s element of the list (it connected, or was lost).
 pub(super) fn announce(state: &super::state::State, domain: &Domain, name: &str) {
     let timeout = domain.config.master.heartbeat_timeout.0;
-    if let Some(v) = state
-        .nodes
-        .list(domain, timeout)
-        .into_iter()
-        .find(|v| v.name == name)
-    {
-        let event = super::state::Event::new("node", None, &v);
-        let _ = state.events.send(Arc::new(event));
-    }
+    let v = state.nodes.one(domain, name, timeout);
+    let _ = state
+        .events
+        .send(Arc::new(super::state::Event::new("node", None, &v)));
 }
 
 impl Nodes {
@@ -151,43 +146,92 @@ impl Nodes {
     pub(super) fn list(&self, domain: &Domain, timeout: Duration) -> Vec<NodeView> {
         let inner = self.lock();
         let configured = configured(domain);
-        let view = |name: &str, address: &str, configured: bool| {
-            let e = inner.entries.get(name);
-            // The servers the configuration puts here, as the agent reported them.
-            let servers: Vec<NodeServer> = domain
-                .config
-                .servers
-                .iter()
-                .filter(|(_, s)| s.node == name)
-                .map(|(n, _)| {
-                    e.and_then(|e| e.report.servers.iter().find(|s| s.name == *n).cloned())
-                        .unwrap_or(NodeServer {
-                            name: n.clone(),
-                            state: NodeServerState::Stopped,
-                            pid: None,
-                        })
-                })
-                .collect();
-            NodeView {
-                name: name.to_owned(),
-                address: address.to_owned(),
-                connected: e.is_some_and(|e| e.seen.elapsed() <= timeout),
-                last_seen: e.map(|e| e.seen_at.clone()),
-                pid: e.map(|e| e.report.pid),
-                started_at: e.map(|e| e.report.started_at.clone()),
-                commit: e.and_then(|e| e.report.commit.clone()),
-                servers,
-                configured,
-                declared: domain.config.nodes.contains_key(name),
-            }
-        };
-        let mut out: Vec<NodeView> = configured.iter().map(|(n, a)| view(n, a, true)).collect();
-        for n in inner.entries.keys() {
+        // One pass over the servers, not one per node: a domain has hundreds of each.
+        let mut by_node: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+        for (n, s) in &domain.config.servers {
+            by_node.entry(s.node.as_str()).or_default().push(n);
+        }
+        let servers = |name: &str| by_node.get(name).cloned().unwrap_or_default();
+        let mut out: Vec<NodeView> = configured
+            .iter()
+            .map(|(n, a)| {
+                view(
+                    inner.entries.get(n),
+                    domain,
+                    n,
+                    a,
+                    true,
+                    servers(n),
+                    timeout,
+                )
+            })
+            .collect();
+        for (n, e) in &inner.entries {
             if !configured.contains_key(n) {
-                out.push(view(n, n, false));
+                out.push(view(Some(e), domain, n, n, false, Vec::new(), timeout));
             }
         }
         out
+    }
+
+    /// `name`'s element of [`Nodes::list`], computed alone.
+    pub(super) fn one(&self, domain: &Domain, name: &str, timeout: Duration) -> NodeView {
+        let inner = self.lock();
+        let configured = configured(domain);
+        let servers = domain
+            .config
+            .servers
+            .iter()
+            .filter(|(_, s)| s.node == name)
+            .map(|(n, _)| n)
+            .collect();
+        let address = configured.get(name).map_or(name, String::as_str);
+        let e = inner.entries.get(name);
+        view(
+            e,
+            domain,
+            name,
+            address,
+            configured.contains_key(name),
+            servers,
+            timeout,
+        )
+    }
+}
+
+/// A node's element of `GET /v1/nodes`: `servers`, those the configuration puts on it, as its
+/// agent last reported them.
+fn view(
+    e: Option<&Entry>,
+    domain: &Domain,
+    name: &str,
+    address: &str,
+    configured: bool,
+    servers: Vec<&String>,
+    timeout: Duration,
+) -> NodeView {
+    let servers = servers
+        .into_iter()
+        .map(|n| {
+            e.and_then(|e| e.report.servers.iter().find(|s| s.name == *n).cloned())
+                .unwrap_or(NodeServer {
+                    name: n.clone(),
+                    state: NodeServerState::Stopped,
+                    pid: None,
+                })
+        })
+        .collect();
+    NodeView {
+        name: name.to_owned(),
+        address: address.to_owned(),
+        connected: e.is_some_and(|e| e.seen.elapsed() <= timeout),
+        last_seen: e.map(|e| e.seen_at.clone()),
+        pid: e.map(|e| e.report.pid),
+        started_at: e.map(|e| e.report.started_at.clone()),
+        commit: e.and_then(|e| e.report.commit.clone()),
+        servers,
+        configured,
+        declared: domain.config.nodes.contains_key(name),
     }
 }
 
