@@ -48,6 +48,9 @@ enum Command {
     StartServer(commands::launcher::StartArgs),
     /// Stop a server gracefully (SIGTERM, then SIGKILL after its stop-timeout).
     StopServer(commands::launcher::StopArgs),
+    /// The node agent of this machine (Node Manager): dials out to the Master, starts, stops and
+    /// restarts the servers of its node through the launcher, restarts those that die.
+    Node(commands::node::Args),
     /// The quick start: the Master and every server of a domain directory on this machine, in
     /// the foreground, with one combined log; Ctrl-C stops everything.
     Up(commands::up::Args),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::StartServer(args) => commands::launcher::start(args),
         Command::StopServer(args) => commands::launcher::stop(args),
         Command::Server(args) => commands::server::run(args),
+        Command::Node(args) => commands::node::run(args),
         Command::Up(args) => commands::up::run(args),
         Command::Admin(args) => commands::admin::run(args),
     };

@@ -13,6 +13,7 @@ pub mod pin;
 pub mod resync;
 pub mod rolling;
 pub mod rollout;
+pub mod supervise;
 pub mod time;
 pub mod timer;
 pub mod tls;

@@ -35,6 +35,32 @@ pub enum Command {
     Launch { server: String },
 }
 
+/// Where a [`Command`] is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// By the node agent of the server's machine, through the launcher there.
+    Node,
+    /// By the server itself (an order in the answer to its report): it runs and reports, and no
+    /// agent of its machine is connected.
+    Server,
+    /// By the launcher on the Master's own machine.
+    Here,
+    /// Nowhere: the server's machine has no connected node agent. The step fails saying so.
+    NotConnected,
+}
+
+/// Where `command` goes: the node agent of the server's machine when one is connected (it
+/// supervises the server, so it must be the one that stops it), else the server itself for an
+/// order, else the Master's own launcher for a server of the Master's machine.
+pub fn route(command: &Command, node_connected: bool, on_master_machine: bool) -> Route {
+    match command {
+        _ if node_connected => Route::Node,
+        Command::Order { .. } => Route::Server,
+        Command::Launch { .. } if on_master_machine => Route::Here,
+        Command::Launch { .. } => Route::NotConnected,
+    }
+}
+
 /// A request that names no server it can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
@@ -235,12 +261,13 @@ impl Rollout {
         }
     }
 
-    /// The launcher of `server` failed (its message says why).
-    pub fn launch_failed(&mut self, server: &str, error: &str, at: &str) {
+    /// The step of `server` could not be carried out (`why`: its launcher failed, its node is
+    /// not connected, …).
+    pub fn step_failed(&mut self, server: &str, why: &str, at: &str) {
         if let Some(i) = self.doc.steps.iter().position(|s| {
             s.server == server && s.state == StepState::InProgress && self.doc.state.is_running()
         }) {
-            self.fail(i, format!("its launcher failed: {error}"), at);
+            self.fail(i, why.to_owned(), at);
         }
     }
 
@@ -426,6 +453,22 @@ mod tests {
     use schema::model::{Cluster, Server};
 
     const PIN: &str = "a4139862fb20bcc2958eb7cc8479a8007dbbb8d5";
+
+    #[test]
+    fn commands_go_to_the_node_agent_when_one_is_connected() {
+        let order = Command::Order {
+            server: "s1".into(),
+            action: OrderAction::Stop,
+        };
+        let launch = Command::Launch {
+            server: "s1".into(),
+        };
+        assert_eq!(route(&order, true, false), Route::Node);
+        assert_eq!(route(&launch, true, true), Route::Node);
+        assert_eq!(route(&order, false, false), Route::Server);
+        assert_eq!(route(&launch, false, true), Route::Here);
+        assert_eq!(route(&launch, false, false), Route::NotConnected);
+    }
 
     fn domain() -> Domain {
         let mut d = Domain::default();
@@ -628,7 +671,7 @@ mod tests {
             }]
         );
         assert_eq!(r.doc.steps[0].detail.as_deref(), Some("already RUNNING"));
-        r.launch_failed("s2", "port 9751 is busy", "t1");
+        r.step_failed("s2", "its launcher failed: port 9751 is busy", "t1");
         assert_eq!(r.doc.state, RolloutState::Failed);
         assert!(
             r.doc

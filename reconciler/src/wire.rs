@@ -359,6 +359,107 @@ pub struct View {
     pub started_at: Option<String>,
 }
 
+/// What a node agent sees of one server of its machine (`GET /v1/nodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeServerState {
+    /// Its process runs.
+    #[serde(rename = "RUNNING")]
+    Running,
+    /// Stopped on purpose, or never started here.
+    #[serde(rename = "STOPPED")]
+    Stopped,
+    /// It died and the agent is starting it again (after the backoff).
+    #[serde(rename = "DIED")]
+    Died,
+    /// The agent's launcher is starting (or stopping) it now.
+    #[serde(rename = "LAUNCHING")]
+    Launching,
+    /// It died more than `restart-max` times within `restart-window`: left stopped.
+    #[serde(rename = "GAVE_UP")]
+    GaveUp,
+}
+
+/// One server in a node's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeServer {
+    pub name: String,
+    pub state: NodeServerState,
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+/// `POST /v1/nodes/{name}/poll`: a node agent announces itself and what runs on its machine, and
+/// waits (up to `wait_ms`) for orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The agent's process id and start time (RFC 3339): one run of the agent from the next.
+    pub pid: u32,
+    pub started_at: String,
+    /// The commit whose configuration the agent supervises with (its cache's), if any.
+    #[serde(default)]
+    pub commit: Option<String>,
+    #[serde(default)]
+    pub servers: Vec<NodeServer>,
+    /// How long the Master may hold the request waiting for an order.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// An order for a node agent: start, stop or restart one server of its machine through the
+/// launcher there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeOrder {
+    pub id: String,
+    /// The rollout it belongs to.
+    pub rollout: String,
+    pub server: String,
+    pub action: RolloutAction,
+}
+
+/// The Master's answer to a node's poll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReply {
+    #[serde(default)]
+    pub orders: Vec<NodeOrder>,
+    pub pinned: Pinned,
+    /// `[master] heartbeat-interval`: how long the agent waits between polls when one fails.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `POST /v1/nodes/{name}/done`: how an order ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDone {
+    pub id: String,
+    pub rollout: String,
+    pub server: String,
+    pub action: RolloutAction,
+    pub ok: bool,
+    /// Why it failed (the launcher's last lines).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One element of `GET /v1/nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    /// `[nodes.NAME] address`; for an undeclared node, its name.
+    pub address: String,
+    /// Whether its agent polled within `[master] heartbeat-timeout`.
+    pub connected: bool,
+    /// RFC 3339 time of its last poll.
+    pub last_seen: Option<String>,
+    pub pid: Option<u32>,
+    pub started_at: Option<String>,
+    pub commit: Option<String>,
+    /// The servers of the pinned configuration on this node, as its agent last reported them.
+    pub servers: Vec<NodeServer>,
+    /// Whether the pinned `domain.toml` has this node.
+    pub configured: bool,
+    /// Whether it is a `[nodes.NAME]` (not only the `node` of a server).
+    pub declared: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod logfile;
 pub mod logging;
 pub mod master;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod process;
 pub mod server;

@@ -27,6 +27,10 @@ pub struct DomainFile {
     pub domain: DomainSection,
     #[serde(default)]
     pub master: Master,
+    /// The machines of the domain (`[nodes.NAME]`). Empty: every server's `node` names its
+    /// machine by itself, as before nodes were declared (docs/node.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, Node>,
     #[serde(default)]
     pub servers: BTreeMap<String, Server>,
     #[serde(default)]
@@ -93,6 +97,49 @@ fn default_branch() -> String {
 }
 fn default_poll() -> Dur {
     Dur::secs(60)
+}
+
+/// A machine of the domain, where one node agent (`steward node`) starts and supervises the
+/// servers whose `node` names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Node {
+    /// The machine's host name or address, as the Master and operators reach it.
+    pub address: String,
+    #[serde(default)]
+    pub description: String,
+    /// How many times the agent restarts a server that died within `restart-window`.
+    #[serde(default = "default_restart_max")]
+    pub restart_max: u32,
+    #[serde(default = "default_restart_window")]
+    pub restart_window: Dur,
+    /// The wait before the first restart of a dead server; doubled for each further one.
+    #[serde(default = "default_restart_backoff")]
+    pub restart_backoff: Dur,
+}
+
+impl Node {
+    /// The node an agent runs as when the domain declares no `[nodes]`: its name is the host
+    /// name servers give in `node`, and supervision takes the defaults.
+    pub fn implicit(name: &str) -> Node {
+        Node {
+            address: name.to_owned(),
+            description: String::new(),
+            restart_max: default_restart_max(),
+            restart_window: default_restart_window(),
+            restart_backoff: default_restart_backoff(),
+        }
+    }
+}
+
+fn default_restart_max() -> u32 {
+    3
+}
+fn default_restart_window() -> Dur {
+    Dur::secs(300)
+}
+fn default_restart_backoff() -> Dur {
+    Dur::secs(1)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

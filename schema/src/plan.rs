@@ -744,6 +744,12 @@ pub fn plan(old: Option<&Loaded>, new: &Loaded) -> Plan {
     );
     domain.extend(changes(
         FileKind::Domain,
+        "nodes",
+        Some(&od.nodes),
+        Some(&nd.nodes),
+    ));
+    domain.extend(changes(
+        FileKind::Domain,
         "clusters",
         Some(&od.clusters),
         Some(&nd.clusters),

@@ -149,6 +149,7 @@ pub const PERMISSIONS: &[&str] = &[
     "servers:read",
     "servers:control",
     "servers:register",
+    "nodes:register",
     "events:read",
     "metrics:read",
 ];
@@ -379,6 +380,47 @@ pub static SETTINGS: &[Setting] = &[
         "",
         "Mirror mode: environment variable holding the webhook HMAC secret or token.",
     ),
+    // [nodes.<name>]
+    req(s(
+        Domain,
+        "nodes.*.address",
+        Kind::Host,
+        Live,
+        "",
+        "The machine's host name or address. Declaring any node makes every server's `node` name one of them (docs/node.md).",
+    )),
+    s(
+        Domain,
+        "nodes.*.description",
+        Kind::Str,
+        Live,
+        "\"\"",
+        "Free text for operators.",
+    ),
+    s(
+        Domain,
+        "nodes.*.restart-max",
+        Kind::Int { min: 0, max: 1_000 },
+        Live,
+        "3",
+        "The node agent restarts a server that died at most this many times within `restart-window`, then leaves it stopped and says so; 0 never restarts.",
+    ),
+    s(
+        Domain,
+        "nodes.*.restart-window",
+        Kind::Duration,
+        Live,
+        "\"5m\"",
+        "The window `restart-max` counts restarts in.",
+    ),
+    s(
+        Domain,
+        "nodes.*.restart-backoff",
+        Kind::Duration,
+        Live,
+        "\"1s\"",
+        "The wait before restarting a server that died; doubled for each further restart within the window.",
+    ),
     // [servers.<name>]
     s(
         Domain,
@@ -386,7 +428,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Host,
         Restart,
         "\"localhost\"",
-        "Host the server runs on; its launcher runs there.",
+        "The machine the server runs on: its launcher and node agent run there. With `[nodes]`, the name of a declared node.",
     ),
     req(s(
         Domain,

@@ -137,6 +137,7 @@ pub fn check(
     };
     thread_pools(&mut c);
     clusters(&mut c);
+    nodes(&mut c);
     ports(&mut c);
     let content = applications(&mut c, tree);
     context_paths(&mut c);
@@ -229,6 +230,44 @@ fn clusters(c: &mut Checker<'_>) {
                 member_of.insert(member, (cname, path));
             }
         }
+    }
+}
+
+/// With `[nodes]` declared, every server names one of them: a typo would otherwise leave a server
+/// no node agent starts. Without `[nodes]`, `node` is a host name as before (docs/node.md).
+fn nodes(c: &mut Checker<'_>) {
+    let cfg = &c.domain.config;
+    if cfg.nodes.is_empty() {
+        return;
+    }
+    for (sname, s) in &cfg.servers {
+        if cfg.nodes.contains_key(&s.node) || c.holes.named(D, "nodes", &s.node) {
+            continue;
+        }
+        let hint = match crate::values::did_you_mean(&s.node, cfg.nodes.keys().map(String::as_str))
+        {
+            Some(m) => format!("did you mean `{m}`?"),
+            None => format!(
+                "declare it as `[nodes.{}]` with its `address`, or name one of: {}",
+                s.node,
+                cfg.nodes
+                    .keys()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let p = c.error(
+            "unknown-node",
+            D,
+            &format!("servers.{sname}.node"),
+            format!(
+                "server `{sname}` runs on node `{}`, which is not declared in `[nodes]`",
+                s.node
+            ),
+        );
+        p.label = Some("not a declared node".into());
+        p.hint = Some(hint);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod hook;
 pub mod init;
 pub mod launcher;
 pub mod master;
+pub mod node;
 pub mod server;
 pub mod up;
 pub mod validate;

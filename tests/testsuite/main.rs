@@ -18,6 +18,7 @@ mod managed_server;
 mod master;
 mod messaging;
 mod metrics;
+mod node;
 mod serving;
 mod up;
 mod util;

@@ -463,3 +463,36 @@ fn the_default_listener_binds_the_base_address() {
         r.stdout
     );
 }
+
+/// Without `[nodes]` a server's `node` is a host name (the example: all on `localhost`); once
+/// nodes are declared, every server names one of them.
+#[test]
+fn servers_run_on_declared_nodes() {
+    let repo = Repo::example("val-nodes");
+    repo.edit(
+        "domain.toml",
+        "[servers.server1]\n",
+        "[nodes.localhost]\naddress = \"127.0.0.1\"\n\n[servers.server1]\n",
+    );
+    repo.set("domain.toml", "servers.server2.node", "localhots");
+    repo.set("domain.toml", "servers.server3.node", "elsewhere");
+    let r = repo.steward(&["validate", "--worktree"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "server `server2` runs on node `localhots`, which is not declared in `[nodes]`"
+        ) && r.stdout.contains("did you mean `localhost`?"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("declare it as `[nodes.elsewhere]`"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("server1"), "{}", r.stdout);
+    repo.set("domain.toml", "servers.server2.node", "localhost");
+    repo.set("domain.toml", "servers.server3.node", "localhost");
+    let r = repo.steward(&["validate", "--worktree"]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+}

@@ -149,6 +149,10 @@ impl Api {
         self.get("/v1/servers", "servers:read")
     }
 
+    pub fn nodes(&self) -> Result<Vec<reconciler::wire::NodeView>, ApiError> {
+        self.get("/v1/nodes", "servers:read")
+    }
+
     /// Newest first.
     pub fn history(&self, limit: usize) -> Result<Vec<Record>, ApiError> {
         self.get(&format!("/v1/domain/history?limit={limit}"), "domain:read")

@@ -5,7 +5,9 @@
 use std::fmt::Write;
 
 use reconciler::pin::{Outcome, Record};
-use reconciler::wire::{Domain, RepositoryMode, Rollout, ServerState, StepState, View};
+use reconciler::wire::{
+    Domain, NodeServerState, NodeView, RepositoryMode, Rollout, ServerState, StepState, View,
+};
 
 fn short(commit: &str) -> &str {
     commit.get(..7).unwrap_or(commit)
@@ -176,6 +178,52 @@ pub fn status(domain: &Domain, views: &[View], now: jiff::Timestamp) -> String {
         &rows,
     ));
     out
+}
+
+/// One line per node and whether its agent is connected, when the domain declares nodes or an
+/// agent ever polled; empty otherwise (a one-machine domain without agents).
+pub fn nodes(nodes: &[NodeView]) -> String {
+    if !nodes.iter().any(|n| n.declared || n.last_seen.is_some()) {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let servers: Vec<String> = n
+                .servers
+                .iter()
+                .map(|s| {
+                    let state = match s.state {
+                        NodeServerState::Running => "running",
+                        NodeServerState::Stopped => "stopped",
+                        NodeServerState::Died => "died",
+                        NodeServerState::Launching => "launching",
+                        NodeServerState::GaveUp => "gave up",
+                    };
+                    format!("{} {state}", s.name)
+                })
+                .collect();
+            vec![
+                if n.configured {
+                    n.name.clone()
+                } else {
+                    format!("{} (removed)", n.name)
+                },
+                n.address.clone(),
+                if n.connected {
+                    "CONNECTED".to_owned()
+                } else {
+                    "NOT CONNECTED".to_owned()
+                },
+                n.last_seen.clone().unwrap_or_else(|| "never".into()),
+                or_dash(servers.join(", ")),
+            ]
+        })
+        .collect();
+    format!(
+        "\n{}",
+        table(&["NODE", "ADDRESS", "AGENT", "LAST POLL", "SERVERS"], &rows)
+    )
 }
 
 fn outcome(o: Outcome) -> &'static str {

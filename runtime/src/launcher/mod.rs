@@ -64,6 +64,52 @@ pub enum Outcome {
     Failed,
 }
 
+/// Why a launcher run by another process (the Master, a node agent) did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot run the launcher: {0}")]
+    Spawn(std::io::Error),
+    /// It exited non-zero: its last lines, or its exit status.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs `exe` with `args` (`start-server …`, `stop-server …`) in a session of its own, so the
+/// server it starts outlives the caller, and waits for it. Its credentials are the domain home's
+/// servers' file, never the caller's environment (the caller's account is not the servers').
+pub fn run(exe: &std::path::Path, args: &[&std::ffi::OsStr]) -> Result<(), RunError> {
+    use std::io::{Read, Seek};
+    let mut out = tempfile::tempfile().map_err(RunError::Spawn)?;
+    let err = out.try_clone().map_err(RunError::Spawn)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env_remove("STEWARD_USER")
+        .env_remove("STEWARD_PASSWORD")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    process::detach(&mut cmd);
+    let status = cmd
+        .spawn()
+        .and_then(|mut child| child.wait())
+        .map_err(RunError::Spawn)?;
+    if status.success() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let _ = out
+        .rewind()
+        .and_then(|()| out.read_to_string(&mut text).map(drop));
+    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(RunError::Failed(if tail.is_empty() {
+        format!("the launcher exited with {status}")
+    } else {
+        tail.join(" | ")
+    }))
+}
+
 fn launcher_log(home: &ServerHome, echo: Echo) -> Result<Logger, LaunchError> {
     let file = LogFile::open(&home.logs(), "launcher", Rotation::default())?;
     let log = Logger::new(Some(file), echo, "launcher");

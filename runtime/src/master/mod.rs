@@ -27,6 +27,7 @@ pub mod launch;
 pub mod log;
 mod metrics;
 pub(crate) mod mirror;
+mod nodes;
 mod push;
 mod rollouts;
 
@@ -274,6 +275,7 @@ async fn serve(opts: Options) -> Result<()> {
         connections: registry.clone(),
         pre_receive_timeout: opts.pre_receive_timeout,
         servers: servers::Registry::default(),
+        nodes: nodes::Nodes::default(),
         rolling: reconciler::rolling::Rolling::default(),
         mirror: upstream.map(mirror::Mirror::new),
         rollouts: rollouts::Rollouts::default(),

@@ -2,7 +2,9 @@
 //! [`reconciler::rollout`] step whenever a server reports (and every half second, for timeouts),
 //! and carries out what the step says: an order waits for its server's next report (and an
 //! `order` event asks the server to report at once); a start runs the server's launcher on this
-//! machine.
+//! machine. Where the server's machine has a connected node agent, every command goes to that
+//! agent instead ([`reconciler::rollout::route`]); a start on a machine without one fails the
+//! step, saying so.
 //!
 //! Rollouts live in memory: a Master that restarts forgets the ones in flight (the servers
 //! already ordered still do what they were told; nothing is ordered again).
@@ -11,8 +13,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reconciler::rollout::{Command, Rollout};
-use reconciler::wire::{self, Order, RolloutAction};
+use reconciler::rollout::{Command, Rollout, Route, route};
+use reconciler::wire::{self, Order, OrderAction, RolloutAction};
 
 use super::log;
 use super::state::{Event, State};
@@ -174,6 +176,8 @@ fn advance(state: &Arc<State>) {
     let (now, at) = (Instant::now(), reconciler::pin::now_rfc3339());
     let mut changed = Vec::new();
     let mut launches = Vec::new();
+    let mut refused = Vec::new();
+    let timeout = c.domain.config.master.heartbeat_timeout.0;
     {
         let mut inner = state.rollouts.lock();
         let mut orders = Vec::new();
@@ -184,15 +188,51 @@ fn advance(state: &Arc<State>) {
         {
             let before = r.doc.clone();
             for cmd in r.advance(&views, &pinned, now, &at) {
-                match cmd {
-                    Command::Order { server, action } => orders.push((
+                let server = match &cmd {
+                    Command::Order { server, .. } | Command::Launch { server } => server.clone(),
+                };
+                let node = c
+                    .domain
+                    .config
+                    .servers
+                    .get(&server)
+                    .map_or(String::new(), |s| s.node.clone());
+                let connected = state.nodes.connected(&node, timeout);
+                let here = node == c.domain.config.master.node;
+                match (route(&cmd, connected.is_ok(), here), cmd) {
+                    (Route::Node, cmd) => {
+                        let action = match cmd {
+                            Command::Order {
+                                action: OrderAction::Restart,
+                                ..
+                            } => RolloutAction::Restart,
+                            Command::Order {
+                                action: OrderAction::Stop,
+                                ..
+                            } => RolloutAction::Stop,
+                            Command::Launch { .. } => RolloutAction::Start,
+                        };
+                        state.nodes.order(&node, &r.doc.id, &server, action);
+                    }
+                    (Route::Server, Command::Order { server, action }) => orders.push((
                         server,
                         Order {
                             rollout: r.doc.id.clone(),
                             action,
                         },
                     )),
-                    Command::Launch { server } => launches.push((r.doc.id.clone(), server)),
+                    (Route::Here, _) => launches.push((r.doc.id.clone(), server)),
+                    (_, _) => refused.push((
+                        r.doc.id.clone(),
+                        server,
+                        format!(
+                            "its node `{node}` is not connected: no node agent polled the Master {} (start `steward node --node {node}` on that machine)",
+                            match connected {
+                                Err(Some(at)) => format!("since {at}"),
+                                _ => "since the Master started".to_owned(),
+                            }
+                        ),
+                    )),
                 }
             }
             if r.doc != before {
@@ -211,6 +251,9 @@ fn advance(state: &Arc<State>) {
     for doc in changed {
         announce(state, &doc);
     }
+    for (id, server, why) in refused {
+        failed(state, &id, &server, &why);
+    }
     for (id, server) in launches {
         let state = state.clone();
         tokio::spawn(async move {
@@ -218,22 +261,27 @@ fn advance(state: &Arc<State>) {
             let who = server.clone();
             let outcome = tokio::task::spawn_blocking(move || launch(&st, &who))
                 .await
-                .unwrap_or_else(|e| Err(LaunchError::Spawn(std::io::Error::other(e))));
+                .unwrap_or_else(|e| Err(LaunchError::Exe(std::io::Error::other(e))));
             if let Err(e) = outcome {
-                let doc = {
-                    let mut inner = state.rollouts.lock();
-                    let r = inner.rollouts.iter_mut().find(|r| r.doc.id == id);
-                    r.map(|r| {
-                        r.launch_failed(&server, &e.to_string(), &reconciler::pin::now_rfc3339());
-                        r.doc.clone()
-                    })
-                };
-                if let Some(doc) = doc {
-                    announce(&state, &doc);
-                }
+                failed(&state, &id, &server, &format!("its launcher failed: {e}"));
             }
             state.rollouts.poke();
         });
+    }
+}
+
+/// The step of `server` in rollout `id` failed (`why`): the rollout stops and says so.
+pub(super) fn failed(state: &State, id: &str, server: &str, why: &str) {
+    let doc = {
+        let mut inner = state.rollouts.lock();
+        let r = inner.rollouts.iter_mut().find(|r| r.doc.id == id);
+        r.map(|r| {
+            r.step_failed(server, why, &reconciler::pin::now_rfc3339());
+            r.doc.clone()
+        })
+    };
+    if let Some(doc) = doc {
+        announce(state, &doc);
     }
 }
 
@@ -272,10 +320,10 @@ pub(super) enum LaunchError {
     OtherNode { node: String, master: String },
     #[error("no server `{0}` in the pinned domain.toml")]
     Unknown(String),
-    #[error("cannot run the launcher: {0}")]
-    Spawn(std::io::Error),
-    #[error("{0}")]
-    Failed(String),
+    #[error("cannot find the steward executable: {0}")]
+    Exe(std::io::Error),
+    #[error(transparent)]
+    Run(#[from] crate::launcher::RunError),
 }
 
 /// Runs `steward start-server` for `server` on this machine and waits for it: it exits 0 once
@@ -301,42 +349,21 @@ fn launch(state: &State, server: &str) -> Result<(), LaunchError> {
         "Master-0073",
         &format!("Starting {server} through its launcher."),
     );
-    let exe = std::env::current_exe().map_err(LaunchError::Spawn)?;
-    let mut out = tempfile::tempfile().map_err(LaunchError::Spawn)?;
-    let err = out.try_clone().map_err(LaunchError::Spawn)?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("start-server")
-        .arg("--domain-home")
-        .arg(&state.home)
-        .arg("--server")
-        .arg(server)
-        .arg("--master-url")
-        .arg(state.url.get().map_or("127.0.0.1:9736", String::as_str))
-        .env_remove("STEWARD_USER")
-        .env_remove("STEWARD_PASSWORD")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(err);
-    crate::process::detach(&mut cmd);
-    let status = cmd
-        .spawn()
-        .and_then(|mut child| child.wait())
-        .map_err(LaunchError::Spawn)?;
-    if status.success() {
-        return Ok(());
-    }
-    use std::io::{Read, Seek};
-    let mut text = String::new();
-    let _ = out
-        .rewind()
-        .and_then(|()| out.read_to_string(&mut text).map(drop));
-    let tail: Vec<&str> = text.lines().rev().take(5).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Err(LaunchError::Failed(if tail.is_empty() {
-        format!("the launcher exited with {status}")
-    } else {
-        tail.join(" | ")
-    }))
+    let exe = std::env::current_exe().map_err(LaunchError::Exe)?;
+    let url = state.url.get().map_or("127.0.0.1:9736", String::as_str);
+    crate::launcher::run(
+        &exe,
+        &[
+            "start-server".as_ref(),
+            "--domain-home".as_ref(),
+            state.home.as_os_str(),
+            "--server".as_ref(),
+            server.as_ref(),
+            "--master-url".as_ref(),
+            url.as_ref(),
+        ],
+    )?;
+    Ok(())
 }
 
 /// The URL servers started here use to reach this Master: its own address, with an unspecified

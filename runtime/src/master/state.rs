@@ -18,7 +18,7 @@ use reconciler::pin::{Outcome, PinStore, Record, Source};
 /// One message of `/v1/events`, encoded once however many subscribers there are.
 #[derive(Debug, Clone)]
 pub(super) struct Event {
-    /// SSE event name: `pinned`, `rejected`, `held`, `server`, `rollout`, `order` or `domain`.
+    /// SSE event name: `pinned`, `rejected`, `held`, `server`, `rollout`, `order`, `node` or `domain`.
     pub(super) name: &'static str,
     /// SSE id: the commit for pins and rejections.
     pub(super) id: Option<String>,
@@ -54,6 +54,8 @@ pub(super) struct State {
     /// The deadline of a push's pre-receive step (see [`super::push`]).
     pub(super) pre_receive_timeout: std::time::Duration,
     pub(super) servers: servers::Registry,
+    /// The node agents: their reports and the orders waiting for them.
+    pub(super) nodes: super::nodes::Nodes,
     /// Rolling restarts: which server of each cluster was ordered to restart.
     pub(super) rolling: reconciler::rolling::Rolling,
     /// Mirror mode; `None` when the Master hosts the repository.

@@ -128,6 +128,15 @@ pub(super) async fn watch_heartbeats(state: Arc<State>) {
                 .events
                 .send(Arc::new(Event::new("server", None, &view)));
         }
+        for node in state.nodes.newly_lost(timeout) {
+            log::warning(
+                "Master-0093",
+                &format!(
+                    "Node {node} is not connected: its agent has not polled for {timeout:?}; its servers keep running, and starts there fail until it is back"
+                ),
+            );
+            super::nodes::announce(&state, &c.domain, &node);
+        }
         drop(c);
         // Check a few times per timeout, so "unreachable" shows promptly.
         let tick = (timeout / 4).clamp(

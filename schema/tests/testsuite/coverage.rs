@@ -99,6 +99,16 @@ fn maximal() -> Domain {
                     webhook_secret_env: Some("E".into()),
                 }),
             },
+            nodes: one(
+                "n1",
+                Node {
+                    address: "h".into(),
+                    description: "d".into(),
+                    restart_max: 1,
+                    restart_window: Dur::secs(1),
+                    restart_backoff: Dur::secs(1),
+                },
+            ),
             servers: one("s1", server),
             clusters: one(
                 "c1",
@@ -238,6 +248,8 @@ fn table_defaults_match_the_model() {
         [master.upstream]
         url = "u"
         [clusters.c1]
+        [nodes.n1]
+        address = "h"
         [applications.a1]
         kind = "static"
         source = "a"

@@ -55,7 +55,8 @@ pub enum AdminCommand {
     Restart(Rollout),
     /// Stop servers gracefully through the Master.
     Stop(Rollout),
-    /// Start servers through their launchers (servers on the Master's node).
+    /// Start servers through their launchers: on the Master's machine, or through the node agent
+    /// of theirs.
     Start(Rollout),
     /// Run an older commit's configuration (default: the pin before the current one). Hosted:
     /// a revert commit on the branch; mirror: pins it and holds the domain.
@@ -186,10 +187,11 @@ fn print(
 fn status(api: &Api, json: bool) -> anyhow::Result<ExitCode> {
     let domain = api.domain()?;
     let servers = api.servers()?;
+    let nodes = api.nodes()?;
     print(
         json,
-        serde_json::json!({ "domain": domain, "servers": servers }),
-        || render::status(&domain, &servers, render::now()),
+        serde_json::json!({ "domain": domain, "servers": servers, "nodes": nodes }),
+        || render::status(&domain, &servers, render::now()) + &render::nodes(&nodes),
     )
 }
 

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod master;
+pub mod netns;
 pub mod webdriver;
 
 use std::path::{Path, PathBuf};
@@ -69,9 +70,14 @@ impl From<Output> for Run {
 /// credential prompt either), with a fixed identity.
 pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("git");
-    cmd.args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Op Erator")
+    cmd.args(args).current_dir(dir);
+    isolated_git(&mut cmd);
+    cmd
+}
+
+/// The environment of [`git_cmd`], for a `git` started another way (on a simulated machine).
+pub fn isolated_git(cmd: &mut Command) {
+    cmd.env("GIT_AUTHOR_NAME", "Op Erator")
         .env("GIT_AUTHOR_EMAIL", "op@example.com")
         .env("GIT_COMMITTER_NAME", "Op Erator")
         .env("GIT_COMMITTER_EMAIL", "op@example.com")
@@ -80,7 +86,6 @@ pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
-    cmd
 }
 
 /// Runs git in `dir` (see [`git_cmd`]); the caller judges the outcome.
@@ -111,6 +116,15 @@ pub fn steward_cmd(args: &[&str]) -> Command {
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     cmd
+}
+
+/// Runs `program` with `args`; whether it succeeded.
+pub fn run_ok(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs the built `steward` in `dir`.

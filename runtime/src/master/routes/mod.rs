@@ -6,6 +6,7 @@ mod domain;
 mod events;
 mod git;
 mod hooks;
+mod nodes;
 mod rollouts;
 mod scrape;
 mod servers;
@@ -40,6 +41,9 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/domain/resume", post(domain::resume))
         .route("/v1/rollouts", get(rollouts::list).post(rollouts::create))
         .route("/v1/rollouts/{id}", get(rollouts::get))
+        .route("/v1/nodes", get(nodes::list))
+        .route("/v1/nodes/{name}/poll", post(nodes::poll))
+        .route("/v1/nodes/{name}/done", post(nodes::done))
         .route("/v1/servers/{name}/register", post(servers::register))
         .route("/v1/servers/{name}/heartbeat", post(servers::heartbeat))
         .route("/v1/servers/{name}/restart", post(rollouts::restart))
