@@ -1,17 +1,19 @@
 //! The messaging engine: queues and topics in the Managed Server's process, spoken to over
 //! STOMP 1.2 on `messaging.listener`. Started at every boot: with no listener configured the
-//! destinations exist (and are reported) but no client can reach them. Messages are held in
-//! memory in this phase (`persistent` is reported, not yet honoured): see `docs/messaging.md`.
+//! destinations exist (and are reported) but no client can reach them. Persistent destinations
+//! are also kept on disk ([`store`], `SERVER_HOME/.workspace/tmlog`): see `docs/messaging.md`.
 //!
-//! The parts: [`frame`] the codec, [`broker`] the destinations behind one lock, `session` one
-//! client connection. Live configuration: [`MessagingEngine::apply`] creates destinations and
+//! The parts: [`frame`] the codec, [`broker`] the destinations behind one lock, [`store`] their
+//! records and the thread that writes them, `session` one client connection. Live configuration: [`MessagingEngine::apply`] creates destinations and
 //! changes limits at once; the listener is bound once (restart-class).
 
 pub mod broker;
 pub mod frame;
 mod session;
+pub mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -34,6 +36,8 @@ pub enum MessagingError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error("{0} (move the directory aside to start with no stored messages)")]
+    Store(#[from] store::StoreError),
 }
 
 /// The accounts and policies of the applied commit, shared with the management API (live).
@@ -41,6 +45,8 @@ pub type SharedDomain = Arc<RwLock<Arc<Domain>>>;
 
 struct Inner {
     broker: Mutex<broker::Broker>,
+    /// Where persistent destinations are written; sessions wait on it for receipts.
+    store: Option<Arc<store::Store>>,
     domain: SharedDomain,
     auth: Arc<Auth>,
     shutdown: watch::Sender<bool>,
@@ -104,16 +110,41 @@ pub fn url_of(l: &MessagingListener) -> String {
 }
 
 impl MessagingEngine {
-    /// Creates the configured destinations and, when a listener is configured, binds it and
-    /// serves STOMP on it.
+    /// Creates the configured destinations, takes back what the store in `store_dir` holds
+    /// (none: memory only) and, when a listener is configured, binds it and serves STOMP on it.
     pub async fn start(
         cfg: &Messaging,
+        store_dir: Option<&Path>,
         domain: SharedDomain,
         auth: Arc<Auth>,
         log: Option<Logger>,
     ) -> Result<MessagingEngine, MessagingError> {
-        let mut broker = broker::Broker::default();
+        let (mut broker, store, recovered) = match store_dir {
+            Some(dir) => {
+                let (store, recovered) = store::Store::open(dir, log.clone())?;
+                let store = Arc::new(store);
+                (
+                    broker::Broker::with_store(store.clone()),
+                    Some(store),
+                    Some((dir, recovered)),
+                )
+            }
+            None => (broker::Broker::default(), None, None),
+        };
         broker.apply(cfg);
+        if let Some((dir, r)) = recovered {
+            let logs = r.logs.len();
+            let n = broker.recover(r);
+            if let Some(log) = &log {
+                log.info(
+                    "MSG-0003",
+                    &format!(
+                        "Recovered {n} message(s) of {logs} destination(s) and durable subscription(s) from {}.",
+                        dir.display()
+                    ),
+                );
+            }
+        }
         let bound = match &cfg.listener {
             Some(l) => {
                 let addr = SocketAddr::new(l.address, l.port);
@@ -128,6 +159,7 @@ impl MessagingEngine {
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             broker: Mutex::new(broker),
+            store,
             domain,
             auth,
             shutdown,
@@ -176,9 +208,13 @@ impl MessagingEngine {
     }
 
     /// Stops accepting and closes every connection with an ERROR frame; unacknowledged
-    /// messages stay in their queues (in memory, so until the process exits).
+    /// messages stay in their queues (persistent ones on disk), and what the store had pending
+    /// is written before this returns.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+        if let Some(s) = &self.inner.store {
+            s.close();
+        }
     }
 }
 
