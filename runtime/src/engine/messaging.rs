@@ -253,6 +253,111 @@ async fn accept_loop(inner: Arc<Inner>, tcp: tokio::net::TcpListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schema::model::{Queue, Role, User};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads from `s` until what was read contains `needle`.
+    async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&all).contains(needle) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    #[test]
+    fn receipts_and_deliveries_of_stored_messages_wait_for_the_disk() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = Messaging {
+                listener: Some(MessagingListener {
+                    address: "127.0.0.1".parse().unwrap(),
+                    port: 0,
+                }),
+                queues: [("q".to_owned(), Queue::default())].into(),
+                topics: Default::default(),
+            };
+            let mut domain = Domain::default();
+            domain.accounts.users.insert(
+                "u".into(),
+                User {
+                    password: schema::security::hash_password("pw").unwrap(),
+                    groups: Vec::new(),
+                    description: String::new(),
+                },
+            );
+            domain.policies.roles.insert(
+                "r".into(),
+                Role {
+                    permissions: vec!["messaging:*".into()],
+                    users: vec!["u".into()],
+                    ..Role::default()
+                },
+            );
+            let engine = MessagingEngine::start(
+                &cfg,
+                Some(dir.path()),
+                Arc::new(RwLock::new(Arc::new(domain))),
+                Arc::new(Auth::new()),
+                None,
+            )
+            .await
+            .unwrap();
+            let store = engine.inner.store.clone().unwrap();
+            let mut s = tokio::net::TcpStream::connect(engine.local_addr().unwrap())
+                .await
+                .unwrap();
+            s.write_all(b"CONNECT\naccept-version:1.2\nlogin:u\npasscode:pw\n\n\0")
+                .await
+                .unwrap();
+            read_until(&mut s, "CONNECTED").await;
+            let held = store.hold();
+            s.write_all(b"SEND\ndestination:/queue/q\nreceipt:r1\n\nhello\0")
+                .await
+                .unwrap();
+            // Queued, handed to the store, not yet committed: no receipt.
+            while engine.report().destinations[0].depth == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let mut buf = [0u8; 64];
+            assert!(
+                matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "a receipt before the commit"
+            );
+            assert_eq!(store.progress().durable, 0);
+            drop(held);
+            read_until(&mut s, "receipt-id:r1").await;
+            assert!(store.progress().durable >= 1);
+            // A stored message is marked as delivered on disk before its frame is written.
+            let held = store.hold();
+            s.write_all(b"SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client\n\n\0")
+                .await
+                .unwrap();
+            while engine.report().destinations[0].in_flight == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            assert!(
+                matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "a delivery before its mark is on disk"
+            );
+            drop(held);
+            read_until(&mut s, "hello").await;
+            engine.shutdown();
+        });
+    }
 
     #[test]
     fn applications_reach_a_wildcard_listener_on_the_loopback_address() {
