@@ -271,6 +271,30 @@ mod tests {
         String::from_utf8_lossy(&all).into_owned()
     }
 
+    /// Sends `frame`, waits until the engine shows its effect (`done`), and checks that nothing
+    /// was answered (the store's writer is held back).
+    async fn held_back(
+        engine: &MessagingEngine,
+        s: &mut tokio::net::TcpStream,
+        frame: &[u8],
+        done: impl Fn(&Report) -> bool,
+        what: &str,
+    ) {
+        s.write_all(frame).await.unwrap();
+        while !done(&engine.report()) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Time for a wrong answer to arrive; the right one never does while the writer waits.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{what}"
+        );
+    }
+
+    // The guard holds the store's writer back on purpose; this future runs on block_on's thread.
+    #[allow(clippy::await_holding_lock)]
     #[test]
     fn receipts_and_deliveries_of_stored_messages_wait_for_the_disk() {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -322,37 +346,34 @@ mod tests {
                 .await
                 .unwrap();
             read_until(&mut s, "CONNECTED").await;
-            let held = store.hold();
-            s.write_all(b"SEND\ndestination:/queue/q\nreceipt:r1\n\nhello\0")
-                .await
-                .unwrap();
             // Queued, handed to the store, not yet committed: no receipt.
-            while engine.report().destinations[0].depth == 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let mut buf = [0u8; 64];
-            assert!(
-                matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-                "a receipt before the commit"
-            );
+            let held = store.hold();
+            let frame = b"SEND\ndestination:/queue/q\nreceipt:r1\n\nhello\0";
+            let queued = |r: &Report| r.destinations[0].depth > 0;
+            held_back(
+                &engine,
+                &mut s,
+                frame,
+                queued,
+                "a receipt before the commit",
+            )
+            .await;
             assert_eq!(store.progress().durable, 0);
             drop(held);
             read_until(&mut s, "receipt-id:r1").await;
             assert!(store.progress().durable >= 1);
             // A stored message is marked as delivered on disk before its frame is written.
             let held = store.hold();
-            s.write_all(b"SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client\n\n\0")
-                .await
-                .unwrap();
-            while engine.report().destinations[0].in_flight == 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            assert!(
-                matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-                "a delivery before its mark is on disk"
-            );
+            let frame = b"SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client\n\n\0";
+            let handed = |r: &Report| r.destinations[0].in_flight > 0;
+            held_back(
+                &engine,
+                &mut s,
+                frame,
+                handed,
+                "a delivery before its mark is on disk",
+            )
+            .await;
             drop(held);
             read_until(&mut s, "hello").await;
             engine.shutdown();
