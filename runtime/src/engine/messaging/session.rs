@@ -65,7 +65,8 @@ struct Session {
     /// The store group the next write waits for (receipts of persistent SENDs and ACKs,
     /// deliveries of stored messages).
     wait: u64,
-    /// The store group of the frame being handled.
+    /// The last store group this connection's frames made: a receipt waits for it, so that it
+    /// also vouches for every frame before it.
     ticket: u64,
     subs: BTreeMap<String, Subscription>,
     /// Which subscription each outstanding queue `ack` id belongs to.
@@ -358,7 +359,6 @@ fn required<'a>(f: &'a Frame, name: &str) -> Result<&'a str, Fatal> {
 
 impl Session {
     fn handle(&mut self, f: Frame, outbox: &Outbox) -> Result<(), Fatal> {
-        self.ticket = 0;
         match f.command.as_str() {
             "SEND" | "ACK" | "NACK" if f.get("transaction").is_some() => {
                 let tx = required(&f, "transaction")?.to_owned();
@@ -466,18 +466,19 @@ impl Session {
                     return Err(fatal("durable subscriptions are of topics", Some(f)));
                 };
                 let client = self.client_id(f)?;
-                self.ticket = self
+                let ticket = self
                     .inner
                     .broker()
                     .remove_durable(&topic, &client, name)
                     .map_err(|e| fatal(e.to_string(), Some(f)))?;
+                self.ticket = self.ticket.max(ticket);
                 Ok(())
             }
             (None, Some(_)) => Ok(()),
-            (None, None) => Err(fatal(
-                format!("no subscription {}", f.get("id").unwrap_or_default()),
-                Some(f),
-            )),
+            (None, None) => {
+                let id = required(f, "id")?;
+                Err(fatal(format!("no subscription {id}"), Some(f)))
+            }
         }
     }
 
