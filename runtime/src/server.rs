@@ -339,8 +339,10 @@ fn boot(
     let deploys = serving.deploy_stats().clone();
     let domain = Arc::new(RwLock::new(Arc::new(loaded.domain.clone())));
     let auth = Arc::new(crate::auth::Auth::new());
+    let tmlog = home.workspace().join("tmlog");
     let messaging = match rt.block_on(crate::engine::messaging::MessagingEngine::start(
         &server.messaging,
+        Some(&tmlog),
         domain.clone(),
         auth.clone(),
         Some(log.clone()),

@@ -340,6 +340,7 @@ pub struct MessagingListener {
 pub struct Queue {
     pub max_depth: u64,
     pub persistent: bool,
+    pub max_redeliveries: u32,
 }
 
 impl Default for Queue {
@@ -347,6 +348,7 @@ impl Default for Queue {
         Queue {
             max_depth: 10_000,
             persistent: true,
+            max_redeliveries: 5,
         }
     }
 }
@@ -355,12 +357,14 @@ impl Default for Queue {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Topic {
     pub max_subscribers: u64,
+    pub persistent: bool,
 }
 
 impl Default for Topic {
     fn default() -> Self {
         Topic {
             max_subscribers: 1_000,
+            persistent: true,
         }
     }
 }

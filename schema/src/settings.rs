@@ -626,7 +626,15 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Bool,
         Live,
         "true",
-        "Keep queued messages across restarts (`.workspace/tmlog`). Not yet honoured: messages are held in memory in this release (docs/messaging.md).",
+        "Keep the queue's messages across restarts and kill -9, in `SERVER_HOME/.workspace/tmlog/messages.redb`; a SEND with a receipt is answered once the message is on disk (docs/messaging.md). Switched live: `false` drops the records and keeps the messages in memory, `true` writes the messages held.",
+    ),
+    s(
+        Domain,
+        "servers.*.messaging.queues.*.max-redeliveries",
+        Kind::Int { min: 0, max: 1000 },
+        Live,
+        "5",
+        "Redeliveries of a message (NACK, or its consumer gone without ACK) before it moves to the dead-letter queue `NAME.dlq`.",
     ),
     s(
         Domain,
@@ -637,7 +645,15 @@ pub static SETTINGS: &[Setting] = &[
         },
         Live,
         "1000",
-        "Subscribers a topic accepts.",
+        "Subscribers a topic accepts, durable subscriptions included.",
+    ),
+    s(
+        Domain,
+        "servers.*.messaging.topics.*.persistent",
+        Kind::Bool,
+        Live,
+        "true",
+        "Keep the messages of the topic's durable subscriptions (and the subscriptions) across restarts, in `.workspace/tmlog` like a persistent queue's.",
     ),
     // logging
     s(

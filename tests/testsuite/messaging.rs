@@ -39,16 +39,32 @@ class Collect(stomp.ConnectionListener):
                 raise SystemExit('timed out waiting for %s: %d messages, errors %r'
                                  % (what, len(self.messages), self.errors))
 
-def conn(user='app', password='reader'):
+def conn(user='app', password='reader', client_id=None):
     c = stomp.Connection12([('127.0.0.1', port)], heartbeats=(0, 0))
     l = Collect()
     c.set_listener('c', l)
-    c.connect(user, password, wait=True)
+    headers = {'client-id': client_id} if client_id else {}
+    c.connect(user, password, wait=True, headers=headers)
     return c, l
 
-def subscribe(c, l, dest, id, ack='auto'):
-    c.subscribe(dest, id=id, ack=ack, headers={'receipt': 'sub-' + id})
+def subscribe(c, l, dest, id, ack='auto', durable=None):
+    headers = {'receipt': 'sub-' + id}
+    if durable:
+        headers['durable-subscription-name'] = durable
+    c.subscribe(dest, id=id, ack=ack, headers=headers)
     l.wait('subscription ' + id, lambda s: 'sub-' + id in s.receipts)
+
+printing = threading.Lock()
+def emit(*words):
+    # One whole line at a time: several threads print.
+    with printing:
+        sys.stdout.write(' '.join(words) + '\n')
+        sys.stdout.flush()
+
+class Exit(stomp.ConnectionListener):
+    # The server is gone (kill -9): what was printed is the record.
+    def on_disconnected(self):
+        import os; os._exit(0)
 
 def bodies(l):
     return [m.body for m in l.messages]
@@ -143,7 +159,7 @@ elif mode == 'dead-letter':
     c, l = conn()
     subscribe(c, l, '/queue/jobs', 'p', ack='client-individual')
     c.send('/queue/jobs', 'poison')
-    for n in range(1, 7):
+    for n in range(1, int(sys.argv[3]) + 1):
         l.wait('delivery %d' % n, lambda s: len(s.messages) == n)
         c.nack(l.messages[-1].headers['ack'])
     d, ld = conn()
@@ -151,6 +167,91 @@ elif mode == 'dead-letter':
     ld.wait('the dead letter', lambda s: len(s.messages) == 1)
     out = {'deliveries': len(l.messages), 'redelivered': [m.headers.get('redelivered') for m in l.messages],
            'dead': bodies(ld)}
+elif mode == 'durable':
+    # Subscribes as client-id `auditor`, durable subscription `audit`, takes argv[3] messages,
+    # acknowledges them and leaves (the subscription stays); argv[4] == 'remove' removes it.
+    c, l = conn(client_id='auditor')
+    subscribe(c, l, '/topic/events', 'd', ack='client-individual', durable='audit')
+    want = int(sys.argv[3])
+    l.wait('%d kept messages' % want, lambda s: len(s.messages) >= want)
+    for m in l.messages:
+        c.ack(m.headers['ack'], receipt='ack-' + m.headers['ack'])
+    l.wait('the acks', lambda s: len([r for r in s.receipts if r.startswith('ack-')]) == len(l.messages))
+    if len(sys.argv) > 4 and sys.argv[4] == 'remove':
+        c.unsubscribe('d', headers={'durable-subscription-name': 'audit', 'receipt': 'gone'})
+        l.wait('the removal', lambda s: 'gone' in s.receipts)
+    out = {'bodies': bodies(l)}
+elif mode == 'publish':
+    c, l = conn()
+    for b in sys.argv[3:]:
+        c.send('/topic/events', b, headers={'receipt': b})
+    l.wait('the receipts', lambda s: len(s.receipts) == len(sys.argv) - 3)
+elif mode == 'send':
+    c, l = conn()
+    for b in sys.argv[4:]:
+        c.send(sys.argv[3], b, headers={'receipt': b})
+    l.wait('the receipts', lambda s: len(s.receipts) == len(sys.argv) - 4)
+elif mode == 'produce-consume':
+    # Four producers send to /queue/store with receipts, one after the other each; a consumer
+    # acknowledges what it gets. Prints `R body` per receipt, `C body redelivered` per message
+    # consumed, until the server goes away.
+    def produce(k):
+        c, l = conn()
+        c.set_listener('exit', Exit())
+        for i in range(1000000):
+            b = 'p%d-%06d' % (k, i)
+            c.send('/queue/store', b, headers={'receipt': b})
+            l.wait('receipt ' + b, lambda s: b in s.receipts, secs=60)
+            emit('R', b)
+    class Consume(stomp.ConnectionListener):
+        def on_message(self, frame):
+            emit('C', frame.body, frame.headers.get('redelivered', 'false'))
+            cc.ack(frame.headers['ack'])
+        def on_disconnected(self):
+            import os; os._exit(0)
+    cc = stomp.Connection12([('127.0.0.1', port)], heartbeats=(0, 0))
+    cc.set_listener('c', Consume())
+    cc.connect('app', 'reader', wait=True)
+    cc.subscribe('/queue/store', id='c', ack='client-individual')
+    for k in range(4):
+        threading.Thread(target=produce, args=(k,), daemon=True).start()
+    threading.Event().wait()
+elif mode == 'drain':
+    c, l = conn()
+    subscribe(c, l, sys.argv[3], 'd', ack='client-individual')
+    want, acked = int(sys.argv[4]), 0
+    # Acknowledged as they come: a subscription holds at most 100 unacknowledged.
+    while acked < want:
+        l.wait('%d messages' % want, lambda s: len(s.messages) > acked, secs=60)
+        got = l.messages[acked:]
+        for m in got:
+            c.ack(m.headers['ack'])
+        acked += len(got)
+    c.disconnect(receipt='bye')
+    out = {'got': [[m.body, m.headers.get('redelivered', 'false')] for m in l.messages]}
+elif mode == 'pressure':
+    # Sends to /queue/load with receipts, one at a time, reconnecting after each refusal:
+    # prints `R body` per receipt and `X` per refusal, until a line arrives on stdin.
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    i = 0
+    while not stop.is_set():
+        c, l = conn()
+        while not stop.is_set():
+            b = 'l%06d' % i
+            i += 1
+            c.send('/queue/load', b, headers={'receipt': b})
+            l.wait('an answer', lambda s: b in s.receipts or s.errors)
+            if l.errors:
+                emit('X', b)
+                break
+            emit('R', b)
+        try:
+            c.disconnect()
+        except Exception:
+            pass
+    emit('done')
+    sys.exit(0)
 elif mode == 'added':
     c, l = conn()
     subscribe(c, l, '/queue/added', 'a')
@@ -209,8 +310,20 @@ fn raw(port: u16, frames: &[u8]) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
-#[test]
-fn stomp_clients_use_queues_and_topics() {
+/// A running Master and server1 (not stopped: the caller holds `Servers`) with a STOMP
+/// listener, users `app` (every queue, `/topic/news` and `/topic/events`) and `viewer`
+/// (nothing), and the messaging settings `destinations`.
+struct Env {
+    _repo: Repo,
+    tmp: TempDir,
+    home: std::path::PathBuf,
+    _master: Master,
+    mport: u16,
+    s1: u16,
+    stomp_port: u16,
+}
+
+fn setup(name: &str, destinations: &str) -> Env {
     let repo = Repo::example("messaging-repo");
     let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1) = (ports[0], ports[1]);
@@ -223,18 +336,7 @@ fn stomp_clients_use_queues_and_topics() {
 [servers.server1.messaging.listener]
 address = \"127.0.0.1\"
 port = {stomp_port}
-
-[servers.server1.messaging.queues.orders]
-max-depth = 1000
-
-[servers.server1.messaging.queues.jobs]
-
-[servers.server1.messaging.queues.small]
-max-depth = 2
-
-[servers.server1.messaging.topics.news]
-max-subscribers = 10
-"
+{destinations}"
         ),
     );
     let reader = &hashes().1;
@@ -249,25 +351,58 @@ max-subscribers = 10
     repo.write(
         "security/policies.toml",
         &format!(
-            "{policies}\n[roles.messaging-app]\npermissions = [\"messaging:send:/queue/*\", \"messaging:receive:/queue/*\", \"messaging:send:/topic/news\", \"messaging:receive:/topic/news\"]\nusers = [\"app\"]\n"
+            "{policies}\n[roles.messaging-app]\npermissions = [\"messaging:send:/queue/*\", \"messaging:receive:/queue/*\", \"messaging:send:/topic/news\", \"messaging:receive:/topic/news\", \"messaging:send:/topic/events\", \"messaging:receive:/topic/events\"]\nusers = [\"app\"]\n"
         ),
     );
     repo.commit("messaging on server1");
-    let tmp = TempDir::new("messaging-home");
+    let tmp = TempDir::new(name);
     let home = tmp.path().join("domain1");
     let r = crate::util::steward(
         repo.path(),
         &["init", home.to_str().unwrap(), "--from", "."],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = Master::start_on(&home, mport);
-    let _servers = Servers(&home, &["server1"]);
+    let master = Master::start_on(&home, mport);
     start_server(&home, "server1", mport);
+    running(s1);
+    Env {
+        _repo: repo,
+        tmp,
+        home,
+        _master: master,
+        mport,
+        s1,
+        stomp_port,
+    }
+}
+
+fn running(s1: u16) {
     eventually("server1 runs", 30, || {
         request(s1, "GET", "/v1/status", ADMIN)
             .ok()
             .filter(|r| r.body.contains("\"state\":\"RUNNING\""))
     });
+}
+
+#[test]
+fn stomp_clients_use_queues_and_topics() {
+    let env = setup(
+        "messaging-home",
+        "
+[servers.server1.messaging.queues.orders]
+max-depth = 1000
+
+[servers.server1.messaging.queues.jobs]
+
+[servers.server1.messaging.queues.small]
+max-depth = 2
+
+[servers.server1.messaging.topics.news]
+max-subscribers = 10
+",
+    );
+    let _servers = Servers(&env.home, &["server1"]);
+    let (mport, s1, stomp_port, tmp) = (env.mport, env.s1, env.stomp_port, &env.tmp);
 
     // Two competing consumers: each message to exactly one, each consumer's share in order.
     let v = stomp("compete", stomp_port, &[]);
@@ -328,7 +463,7 @@ max-subscribers = 10
     assert_eq!(destination(s1, "/queue/jobs")["depth"], 0);
 
     // NACKed past the redelivery limit: into the dead-letter queue.
-    let v = stomp("dead-letter", stomp_port, &[]);
+    let v = stomp("dead-letter", stomp_port, &["6"]);
     assert_eq!(v["deliveries"], 6, "{v}");
     assert_eq!(
         v["redelivered"],
@@ -411,10 +546,16 @@ max-subscribers = 10
     let pushed = push_edits(
         &clone,
         "domain.toml",
-        &[(
-            "[servers.server1.messaging.queues.small]\nmax-depth = 2",
-            "[servers.server1.messaging.queues.small]\nmax-depth = 4\n\n[servers.server1.messaging.queues.added]",
-        )],
+        &[
+            (
+                "[servers.server1.messaging.queues.small]\nmax-depth = 2",
+                "[servers.server1.messaging.queues.small]\nmax-depth = 4\n\n[servers.server1.messaging.queues.added]",
+            ),
+            (
+                "[servers.server1.messaging.queues.jobs]",
+                "[servers.server1.messaging.queues.jobs]\nmax-redeliveries = 1",
+            ),
+        ],
     );
     eventually("server1 applies the push", 30, || {
         Some(crate::util::http::status(s1)).filter(|s| s["applied_commit"] == pushed.as_str())
@@ -431,4 +572,263 @@ max-subscribers = 10
         (small["depth"].clone(), small["max_depth"].clone()),
         (4.into(), 4.into())
     );
+
+    // max-redeliveries, changed live to 1: the second delivery's NACK dead-letters.
+    let v = stomp("dead-letter", stomp_port, &["2"]);
+    assert_eq!(v["redelivered"], serde_json::json!([null, "true"]), "{v}");
+    assert_eq!(strings(&v["dead"]), ["poison"]);
+    let jobs = destination(s1, "/queue/jobs");
+    assert_eq!(
+        (
+            jobs["dead_lettered"].clone(),
+            jobs["max_redeliveries"].clone()
+        ),
+        (2.into(), 1.into()),
+        "{jobs}"
+    );
+}
+
+/// Reads `R body` / `C body flag` / `X body` lines of a scenario until `until` holds; returns
+/// what was read.
+fn lines_until(
+    out: &mut impl BufRead,
+    seen: &mut Vec<String>,
+    mut until: impl FnMut(&[String]) -> bool,
+) {
+    while !until(seen) {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).expect("read");
+        assert!(n > 0, "the scenario ended early after {seen:?}");
+        seen.push(line.trim_end().to_owned());
+    }
+}
+
+fn words<'a>(lines: &'a [String], tag: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(tag))
+        .map(|r| r.split(' ').next().unwrap_or_default())
+        .collect()
+}
+
+fn kill9_server(home: &std::path::Path) {
+    let pid = crate::util::master::pid_of(home, "server1");
+    let killed = Command::new("kill")
+        .args(["-s", "KILL", pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+}
+
+fn push_live(env: &Env, clone: &std::path::Path, edits: &[(&str, &str)]) {
+    let pushed = push_edits(clone, "domain.toml", edits);
+    eventually("server1 applies the push", 30, || {
+        Some(crate::util::http::status(env.s1)).filter(|s| s["applied_commit"] == pushed.as_str())
+    });
+}
+
+#[test]
+fn persistent_messages_survive_kill_9_and_durable_subscribers_catch_up() {
+    let env = setup(
+        "messaging-store",
+        "
+[servers.server1.messaging.queues.store]
+max-depth = 1000000
+
+[servers.server1.messaging.queues.volatile]
+persistent = false
+
+[servers.server1.messaging.queues.load]
+max-depth = 1000000
+
+[servers.server1.messaging.topics.events]
+",
+    );
+    let _servers = Servers(&env.home, &["server1"]);
+    let port = env.stomp_port;
+    let clone = clone_domain(env.mport, env.tmp.path().join("clone"));
+
+    // A durable subscriber takes e0, leaves, misses e1 and e2, and gets them on return.
+    let subscriber = std::thread::spawn(move || stomp("durable", port, &["1"]));
+    eventually("the durable subscription exists", 30, || {
+        destination(env.s1, "/topic/events")["durable_subscriptions"]
+            .as_array()
+            .filter(|d| d.len() == 1 && d[0]["connected"] == true)
+            .map(|_| ())
+    });
+    stomp("publish", port, &["e0"]);
+    let v = subscriber.join().expect("subscriber");
+    assert_eq!(strings(&v["bodies"]), ["e0"]);
+    stomp("publish", port, &["e1", "e2"]);
+    let events = destination(env.s1, "/topic/events");
+    let d = &events["durable_subscriptions"][0];
+    assert_eq!(
+        (
+            d["client_id"].clone(),
+            d["name"].clone(),
+            d["depth"].clone(),
+            d["connected"].clone()
+        ),
+        ("auditor".into(), "audit".into(), 2.into(), false.into()),
+        "{events}"
+    );
+    let v = stomp("durable", port, &["2"]);
+    assert_eq!(strings(&v["bodies"]), ["e1", "e2"]);
+    // e3 is missed, and must outlive the kill below.
+    stomp("publish", port, &["e3"]);
+
+    // `volatile` is memory-only until a push makes it persistent: what it holds then is
+    // written.
+    stomp("send", port, &["/queue/volatile", "v1", "v2"]);
+    push_live(
+        &env,
+        &clone,
+        &[(
+            "[servers.server1.messaging.queues.volatile]\npersistent = false",
+            "[servers.server1.messaging.queues.volatile]\npersistent = true",
+        )],
+    );
+
+    // Four producers with receipts and a consumer with client acks; kill -9 mid-stream.
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT, "produce-consume", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut before = Vec::new();
+    lines_until(&mut out, &mut before, |l| {
+        l.iter().filter(|x| x.starts_with("R ")).count() >= 400
+    });
+    kill9_server(&env.home);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("read");
+    before.extend(rest.lines().map(str::to_owned));
+    let _ = child.wait();
+    let receipted: std::collections::BTreeSet<&str> = words(&before, "R ").into_iter().collect();
+    let consumed: std::collections::BTreeSet<&str> = words(&before, "C ").into_iter().collect();
+
+    start_server(&env.home, "server1", env.mport);
+    running(env.s1);
+    let kept = destination(env.s1, "/queue/store")["depth"]
+        .as_u64()
+        .expect("depth");
+    let v = stomp("drain", port, &["/queue/store", &kept.to_string()]);
+    let after: Vec<(String, String)> = v["got"]
+        .as_array()
+        .expect("got")
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut seen_after = std::collections::BTreeSet::new();
+    for (body, redelivered) in &after {
+        assert!(
+            seen_after.insert(body.as_str()),
+            "{body} twice after the restart"
+        );
+        if consumed.contains(body.as_str()) {
+            assert_eq!(
+                redelivered, "true",
+                "{body} was delivered before the kill: flagged"
+            );
+        }
+    }
+    let lost: Vec<&&str> = receipted
+        .iter()
+        .filter(|b| !consumed.contains(**b) && !seen_after.contains(**b))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "receipted and never delivered: {lost:?} ({} receipted, {} consumed before, {} after)",
+        receipted.len(),
+        consumed.len(),
+        after.len()
+    );
+    assert_eq!(destination(env.s1, "/queue/store")["depth"], 0);
+    assert!(
+        crate::util::master::server_log(&env.home, "server1").contains("MSG-0003"),
+        "the recovery is logged"
+    );
+
+    // Made persistent live before the kill: kept. The durable subscription and e3: kept.
+    let v = stomp("drain", port, &["/queue/volatile", "2"]);
+    assert_eq!(
+        v["got"],
+        serde_json::json!([["v1", "false"], ["v2", "false"]])
+    );
+    let v = stomp("durable", port, &["1", "remove"]);
+    assert_eq!(strings(&v["bodies"]), ["e3"]);
+    assert!(
+        destination(env.s1, "/topic/events")
+            .get("durable_subscriptions")
+            .is_none(),
+        "removed by UNSUBSCRIBE with durable-subscription-name"
+    );
+
+    // max-depth lowered and raised live under a producer: refusals start, then stop; every
+    // receipted message is there.
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT, "pressure", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut lines = Vec::new();
+    lines_until(&mut out, &mut lines, |l| l.len() >= 50);
+    push_live(
+        &env,
+        &clone,
+        &[(
+            "[servers.server1.messaging.queues.load]\nmax-depth = 1000000",
+            "[servers.server1.messaging.queues.load]\nmax-depth = 20",
+        )],
+    );
+    lines_until(&mut out, &mut lines, |l| {
+        l.iter().any(|x| x.starts_with("X "))
+    });
+    push_live(
+        &env,
+        &clone,
+        &[(
+            "[servers.server1.messaging.queues.load]\nmax-depth = 20",
+            "[servers.server1.messaging.queues.load]\nmax-depth = 1000000",
+        )],
+    );
+    let refused_at = lines.len();
+    lines_until(&mut out, &mut lines, |l| {
+        l[refused_at..].iter().any(|x| x.starts_with("R "))
+    });
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"stop\n")
+        .expect("write");
+    lines_until(&mut out, &mut lines, |l| {
+        l.last().is_some_and(|x| x == "done")
+    });
+    assert!(child.wait().expect("wait").success());
+    let receipted: Vec<&str> = words(&lines, "R ");
+    let depth = destination(env.s1, "/queue/load")["depth"]
+        .as_u64()
+        .expect("depth");
+    assert_eq!(
+        depth,
+        receipted.len() as u64,
+        "refused messages are not queued"
+    );
+    let v = stomp("drain", port, &["/queue/load", &depth.to_string()]);
+    let drained: Vec<&str> = v["got"]
+        .as_array()
+        .expect("got")
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(drained, receipted, "every receipted message, in order");
 }

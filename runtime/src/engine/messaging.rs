@@ -1,17 +1,19 @@
 //! The messaging engine: queues and topics in the Managed Server's process, spoken to over
 //! STOMP 1.2 on `messaging.listener`. Started at every boot: with no listener configured the
-//! destinations exist (and are reported) but no client can reach them. Messages are held in
-//! memory in this phase (`persistent` is reported, not yet honoured): see `docs/messaging.md`.
+//! destinations exist (and are reported) but no client can reach them. Persistent destinations
+//! are also kept on disk ([`store`], `SERVER_HOME/.workspace/tmlog`): see `docs/messaging.md`.
 //!
-//! The parts: [`frame`] the codec, [`broker`] the destinations behind one lock, `session` one
-//! client connection. Live configuration: [`MessagingEngine::apply`] creates destinations and
+//! The parts: [`frame`] the codec, [`broker`] the destinations behind one lock, [`store`] their
+//! records and the thread that writes them, `session` one client connection. Live configuration: [`MessagingEngine::apply`] creates destinations and
 //! changes limits at once; the listener is bound once (restart-class).
 
 pub mod broker;
 pub mod frame;
 mod session;
+pub mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -34,6 +36,8 @@ pub enum MessagingError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error("{0} (move the directory aside to start with no stored messages)")]
+    Store(#[from] store::StoreError),
 }
 
 /// The accounts and policies of the applied commit, shared with the management API (live).
@@ -41,6 +45,8 @@ pub type SharedDomain = Arc<RwLock<Arc<Domain>>>;
 
 struct Inner {
     broker: Mutex<broker::Broker>,
+    /// Where persistent destinations are written; sessions wait on it for receipts.
+    store: Option<Arc<store::Store>>,
     domain: SharedDomain,
     auth: Arc<Auth>,
     shutdown: watch::Sender<bool>,
@@ -104,16 +110,41 @@ pub fn url_of(l: &MessagingListener) -> String {
 }
 
 impl MessagingEngine {
-    /// Creates the configured destinations and, when a listener is configured, binds it and
-    /// serves STOMP on it.
+    /// Creates the configured destinations, takes back what the store in `store_dir` holds
+    /// (none: memory only) and, when a listener is configured, binds it and serves STOMP on it.
     pub async fn start(
         cfg: &Messaging,
+        store_dir: Option<&Path>,
         domain: SharedDomain,
         auth: Arc<Auth>,
         log: Option<Logger>,
     ) -> Result<MessagingEngine, MessagingError> {
-        let mut broker = broker::Broker::default();
+        let (mut broker, store, recovered) = match store_dir {
+            Some(dir) => {
+                let (store, recovered) = store::Store::open(dir, log.clone())?;
+                let store = Arc::new(store);
+                (
+                    broker::Broker::with_store(store.clone()),
+                    Some(store),
+                    Some((dir, recovered)),
+                )
+            }
+            None => (broker::Broker::default(), None, None),
+        };
         broker.apply(cfg);
+        if let Some((dir, r)) = recovered {
+            let logs = r.logs.len();
+            let n = broker.recover(r);
+            if let Some(log) = &log {
+                log.info(
+                    "MSG-0003",
+                    &format!(
+                        "Recovered {n} message(s) of {logs} destination(s) and durable subscription(s) from {}.",
+                        dir.display()
+                    ),
+                );
+            }
+        }
         let bound = match &cfg.listener {
             Some(l) => {
                 let addr = SocketAddr::new(l.address, l.port);
@@ -128,6 +159,7 @@ impl MessagingEngine {
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             broker: Mutex::new(broker),
+            store,
             domain,
             auth,
             shutdown,
@@ -176,9 +208,13 @@ impl MessagingEngine {
     }
 
     /// Stops accepting and closes every connection with an ERROR frame; unacknowledged
-    /// messages stay in their queues (in memory, so until the process exits).
+    /// messages stay in their queues (persistent ones on disk), and what the store had pending
+    /// is written before this returns.
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+        if let Some(s) = &self.inner.store {
+            s.close();
+        }
     }
 }
 
@@ -217,6 +253,132 @@ async fn accept_loop(inner: Arc<Inner>, tcp: tokio::net::TcpListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schema::model::{Queue, Role, User};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads from `s` until what was read contains `needle`.
+    async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&all).contains(needle) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    /// Sends `frame`, waits until the engine shows its effect (`done`), and checks that nothing
+    /// was answered (the store's writer is held back).
+    async fn held_back(
+        engine: &MessagingEngine,
+        s: &mut tokio::net::TcpStream,
+        frame: &[u8],
+        done: impl Fn(&Report) -> bool,
+        what: &str,
+    ) {
+        s.write_all(frame).await.unwrap();
+        while !done(&engine.report()) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Time for a wrong answer to arrive; the right one never does while the writer waits.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{what}"
+        );
+    }
+
+    // The guard holds the store's writer back on purpose; this future runs on block_on's thread.
+    #[allow(clippy::await_holding_lock)]
+    #[test]
+    fn receipts_and_deliveries_of_stored_messages_wait_for_the_disk() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = Messaging {
+                listener: Some(MessagingListener {
+                    address: "127.0.0.1".parse().unwrap(),
+                    port: 0,
+                }),
+                queues: [("q".to_owned(), Queue::default())].into(),
+                topics: Default::default(),
+            };
+            let mut domain = Domain::default();
+            domain.accounts.users.insert(
+                "u".into(),
+                User {
+                    password: schema::security::hash_password("pw").unwrap(),
+                    groups: Vec::new(),
+                    description: String::new(),
+                },
+            );
+            domain.policies.roles.insert(
+                "r".into(),
+                Role {
+                    permissions: vec!["messaging:*".into()],
+                    users: vec!["u".into()],
+                    ..Role::default()
+                },
+            );
+            let engine = MessagingEngine::start(
+                &cfg,
+                Some(dir.path()),
+                Arc::new(RwLock::new(Arc::new(domain))),
+                Arc::new(Auth::new()),
+                None,
+            )
+            .await
+            .unwrap();
+            let store = engine.inner.store.clone().unwrap();
+            let mut s = tokio::net::TcpStream::connect(engine.local_addr().unwrap())
+                .await
+                .unwrap();
+            s.write_all(b"CONNECT\naccept-version:1.2\nlogin:u\npasscode:pw\n\n\0")
+                .await
+                .unwrap();
+            read_until(&mut s, "CONNECTED").await;
+            // Queued, handed to the store, not yet committed: no receipt.
+            let held = store.hold();
+            let frame = b"SEND\ndestination:/queue/q\nreceipt:r1\n\nhello\0";
+            let queued = |r: &Report| r.destinations[0].depth > 0;
+            held_back(
+                &engine,
+                &mut s,
+                frame,
+                queued,
+                "a receipt before the commit",
+            )
+            .await;
+            assert_eq!(store.progress().durable, 0);
+            drop(held);
+            read_until(&mut s, "receipt-id:r1").await;
+            assert!(store.progress().durable >= 1);
+            // A stored message is marked as delivered on disk before its frame is written.
+            let held = store.hold();
+            let frame = b"SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client\n\n\0";
+            let handed = |r: &Report| r.destinations[0].in_flight > 0;
+            held_back(
+                &engine,
+                &mut s,
+                frame,
+                handed,
+                "a delivery before its mark is on disk",
+            )
+            .await;
+            drop(held);
+            read_until(&mut s, "hello").await;
+            engine.shutdown();
+        });
+    }
 
     #[test]
     fn applications_reach_a_wildcard_listener_on_the_loopback_address() {

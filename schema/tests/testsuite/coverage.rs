@@ -63,9 +63,16 @@ fn maximal() -> Domain {
                 Queue {
                     max_depth: 1,
                     persistent: false,
+                    max_redeliveries: 1,
                 },
             ),
-            topics: one("t", Topic { max_subscribers: 1 }),
+            topics: one(
+                "t",
+                Topic {
+                    max_subscribers: 1,
+                    persistent: false,
+                },
+            ),
         },
         logging: Logging {
             level: LogLevel::Debug,

@@ -1,25 +1,32 @@
 //! The destinations and what they hold: queues (competing consumers, round robin, in order per
-//! consumer, redelivery and dead letters) and topics (every subscriber gets each message). All
-//! of it is plain data behind the engine's one lock; deliveries leave through each connection's
-//! bounded outbox ([`Outbox`]), never blocking the lock.
+//! consumer, redelivery and dead letters), topics (every subscriber gets each message) and their
+//! durable subscriptions (a queue of the topic's messages kept for one named subscriber). All of
+//! it is plain data behind the engine's one lock; deliveries leave through each connection's
+//! bounded outbox ([`Outbox`]), never blocking the lock. What persistent destinations hold is
+//! also written to the [`Store`]: each public operation hands its changes over as one group,
+//! whose ticket says when they are durable.
 //!
-//! Over 600 lines because its last third is unit tests: queue and topic semantics are decided here
+//! Over 600 lines because its last half is unit tests: queue and topic semantics are decided here
 //! and tested here, without sockets.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use schema::model::Messaging;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
+use super::store::{self, Op, Recovered, Store};
+
 /// Deliveries a client-ack subscription may hold unacknowledged unless it asks for fewer
 /// (`prefetch-count`).
 pub const PREFETCH: usize = 100;
-/// Redeliveries of a queue message before it moves to the queue's dead-letter queue.
-pub const MAX_REDELIVERIES: u32 = 5;
 /// The suffix of a queue's dead-letter queue: `/queue/orders` → `/queue/orders.dlq`.
 pub const DLQ_SUFFIX: &str = ".dlq";
+/// Messages a durable subscription keeps for its subscriber; more are discarded (counted).
+pub const DURABLE_BACKLOG: u64 = 100_000;
+/// `max-depth` of a queue recovered from the store that is no longer configured (it drains).
+const DRAINING_DEPTH: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
@@ -33,6 +40,25 @@ pub enum BrokerError {
     TooManySubscribers { topic: String, max: u64 },
     #[error("destination {0} was removed from the configuration and accepts nothing new")]
     Removed(String),
+    #[error(
+        "durable subscription {name:?} of client-id {client:?} on {topic} is in use by another subscription"
+    )]
+    DurableInUse {
+        topic: String,
+        client: String,
+        name: String,
+    },
+    #[error("no durable subscription {name:?} of client-id {client:?} on {topic}")]
+    NoSuchDurable {
+        topic: String,
+        client: String,
+        name: String,
+    },
+    #[error("a client-id or durable subscription name cannot contain a line break")]
+    BadDurableName,
+    /// The store's writer failed: persistent destinations accept nothing until a restart.
+    #[error("the message store failed, {0} accepts nothing: {1}")]
+    StoreFailed(String, String),
 }
 
 /// A destination as clients name it.
@@ -96,8 +122,12 @@ pub struct Delivery {
     pub ack: Option<u64>,
     pub message: Arc<Message>,
     pub redelivered: bool,
-    /// A queue delivery (as opposed to a topic's).
+    /// The broker queue it came from (a queue's name, or a durable subscription's key), as
+    /// opposed to a topic's plain subscription.
     pub queue: Option<String>,
+    /// The store group that records this delivery: the frame is written only once it is durable
+    /// (0: nothing to wait for), so that a message handed out before a crash comes back flagged.
+    pub durable: u64,
 }
 
 /// Where a connection's deliveries go: a bounded channel (the pending-frame limit) and the
@@ -131,32 +161,66 @@ pub struct Counts {
     pub dequeued: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
-    /// Dead letters a full dead-letter queue could not take (dropped).
+    /// Dead letters a full dead-letter queue could not take (dropped); for a durable
+    /// subscription, messages beyond its backlog limit.
     pub discarded: u64,
+}
+
+/// Whose durable subscription a queue is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DurableOf {
+    topic: String,
+    client: String,
+    name: String,
 }
 
 #[derive(Debug)]
 struct QueueState {
     max_depth: u64,
     persistent: bool,
+    max_redeliveries: u32,
+    /// Its records in the store: `q:NAME`, or `d:KEY` for a durable subscription.
+    log: String,
     ready: VecDeque<Held>,
     consumers: Vec<Consumer>,
     next: usize,
     /// Delivered to a client-ack consumer, not yet acknowledged: by delivery id.
     inflight: HashMap<u64, (u64, String, Held)>,
     counts: Counts,
-    /// Still in the configuration (directly, or as a configured queue's dead-letter queue).
+    /// Still in the configuration (directly, or as a configured queue's dead-letter queue, or as
+    /// a durable subscription of a configured topic).
     configured: bool,
     /// The queue this one is the dead-letter queue of: its messages are never dead-lettered again.
     dead_letter_of: Option<String>,
+    durable: Option<DurableOf>,
 }
 
 #[derive(Debug)]
 struct TopicState {
     max_subscribers: u64,
+    persistent: bool,
     subscribers: Vec<Consumer>,
+    /// Its durable subscriptions: their keys in [`Broker::queues`].
+    durables: BTreeSet<String>,
     counts: Counts,
     configured: bool,
+}
+
+impl TopicState {
+    /// Whether one more subscriber (plain or a new durable subscription) may join: a removed
+    /// topic takes none, and durable subscriptions count against `max-subscribers`.
+    fn admits(&self, dest: &Dest) -> Result<(), BrokerError> {
+        if !self.configured {
+            return Err(BrokerError::Removed(dest.to_string()));
+        }
+        if (self.subscribers.len() + self.durables.len()) as u64 >= self.max_subscribers {
+            return Err(BrokerError::TooManySubscribers {
+                topic: dest.to_string(),
+                max: self.max_subscribers,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One destination in [`Broker::report`].
@@ -164,7 +228,8 @@ struct TopicState {
 pub struct DestinationReport {
     pub destination: String,
     pub kind: &'static str,
-    /// Messages held: waiting plus delivered and not yet acknowledged (queues).
+    /// Messages held: waiting plus delivered and not yet acknowledged (queues; a topic: what its
+    /// durable subscriptions hold).
     pub depth: u64,
     pub in_flight: u64,
     pub consumers: u64,
@@ -173,41 +238,154 @@ pub struct DestinationReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_subscribers: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_redeliveries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub persistent: Option<bool>,
     /// Removed from the configuration, kept until what it holds is consumed.
     pub draining: bool,
     #[serde(flatten)]
     pub counts: Counts,
+    /// A topic's durable subscriptions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub durable_subscriptions: Vec<DurableReport>,
+}
+
+/// One durable subscription of a topic in [`DestinationReport`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DurableReport {
+    pub client_id: String,
+    pub name: String,
+    /// Messages kept for it, delivered or not.
+    pub depth: u64,
+    pub in_flight: u64,
+    /// Whether a subscriber is attached now.
+    pub connected: bool,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// What one broker operation changes in the store, handed to it as one group at the end
+/// ([`Broker::flush`]).
+#[derive(Debug, Default)]
+struct Effects {
+    next_id: u64,
+    /// Whether there is a store to write to.
+    journal: bool,
+    ops: Vec<Op>,
+    /// Messages put in this group: handing one out needs no wait (both are durable together or
+    /// neither is).
+    put: HashSet<u64>,
+    /// The last group's ticket; this group's is the next.
+    ticket: u64,
+}
+
+impl Effects {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Records `held` entering `q` (a persistent one).
+    fn put(&mut self, q: &QueueState, held: &Held, delivered: bool) {
+        if self.journal && q.persistent {
+            self.ops.push(Op::Put {
+                log: q.log.clone(),
+                state: store::state(held.redeliveries, delivered),
+                msg: held.msg.clone(),
+            });
+            self.put.insert(held.msg.id);
+        }
+    }
+
+    fn delete(&mut self, q: &QueueState, id: u64) {
+        if self.journal && q.persistent {
+            self.ops.push(Op::Delete {
+                log: q.log.clone(),
+                id,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Broker {
     queues: BTreeMap<String, QueueState>,
     topics: BTreeMap<String, TopicState>,
-    next_id: u64,
+    fx: Effects,
+    store: Option<Arc<Store>>,
+}
+
+/// The key of a durable subscription in [`Broker::queues`] (a line break: no configured queue
+/// name has one).
+fn durable_key(topic: &str, client: &str, name: &str) -> String {
+    format!("{topic}\n{client}\n{name}")
 }
 
 impl QueueState {
-    fn new(max_depth: u64, persistent: bool, dead_letter_of: Option<String>) -> QueueState {
+    fn new(max_depth: u64, persistent: bool, log: String) -> QueueState {
         QueueState {
             max_depth,
             persistent,
+            max_redeliveries: schema::model::Queue::default().max_redeliveries,
+            log,
             ready: VecDeque::new(),
             consumers: Vec::new(),
             next: 0,
             inflight: HashMap::new(),
             counts: Counts::default(),
             configured: true,
-            dead_letter_of,
+            dead_letter_of: None,
+            durable: None,
         }
+    }
+
+    fn durable(d: DurableOf, persistent: bool) -> QueueState {
+        let key = durable_key(&d.topic, &d.client, &d.name);
+        let mut q = QueueState::new(DURABLE_BACKLOG, persistent, format!("d:{key}"));
+        q.durable = Some(d);
+        q
     }
 
     fn depth(&self) -> u64 {
         (self.ready.len() + self.inflight.len()) as u64
     }
 
+    /// Whether refused messages move to a dead-letter queue (not those of a dead-letter queue or
+    /// a durable subscription: they are redelivered without limit).
+    fn dead_letters(&self) -> bool {
+        self.dead_letter_of.is_none() && self.durable.is_none()
+    }
+
+    /// Makes the queue persistent (writes what it holds) or not (drops its records).
+    fn set_persistent(&mut self, on: bool, fx: &mut Effects) {
+        if self.persistent == on {
+            return;
+        }
+        if !on {
+            if fx.journal {
+                fx.ops.push(Op::DropLog {
+                    log: self.log.clone(),
+                });
+            }
+            self.persistent = false;
+            return;
+        }
+        self.persistent = true;
+        if fx.journal && self.durable.is_some() {
+            fx.ops.push(Op::Durable {
+                log: self.log.clone(),
+            });
+        }
+        for held in &self.ready {
+            fx.put(self, held, false);
+        }
+        for (_, _, held) in self.inflight.values() {
+            fx.put(self, held, true);
+        }
+    }
+
     /// Hands waiting messages to consumers with room, round robin from where it left off.
-    fn dispatch(&mut self, name: &str, next_id: &mut u64) {
+    fn dispatch(&mut self, name: &str, fx: &mut Effects) {
         while !self.ready.is_empty() && !self.consumers.is_empty() {
             let n = self.consumers.len();
             let Some(i) = (0..n)
@@ -220,17 +398,20 @@ impl QueueState {
             let Some(held) = self.ready.pop_front() else {
                 return;
             };
+            let recorded = fx.journal && self.persistent;
             let c = &mut self.consumers[i];
-            let ack = (c.ack != AckMode::Auto).then(|| {
-                *next_id += 1;
-                *next_id
-            });
+            let ack = (c.ack != AckMode::Auto).then(|| fx.id());
             let delivery = Delivery {
                 subscription: c.sub.clone(),
                 ack,
                 message: held.msg.clone(),
                 redelivered: held.redeliveries > 0,
                 queue: Some(name.to_owned()),
+                durable: if recorded && !fx.put.contains(&held.msg.id) {
+                    fx.ticket + 1
+                } else {
+                    0
+                },
             };
             // `has_room` saw capacity and only this lock's holder sends: this cannot fail, but
             // if it did the message goes back rather than being lost.
@@ -238,12 +419,24 @@ impl QueueState {
                 self.ready.push_front(held);
                 return;
             }
+            let (id, redeliveries) = (held.msg.id, held.redeliveries);
             match ack {
-                Some(id) => {
+                Some(a) => {
                     c.unacked += 1;
-                    self.inflight.insert(id, (c.out.conn, c.sub.clone(), held));
+                    self.inflight.insert(a, (c.out.conn, c.sub.clone(), held));
+                    if recorded {
+                        fx.ops.push(Op::Mark {
+                            log: self.log.clone(),
+                            id,
+                            state: store::state(redeliveries, true),
+                        });
+                    }
                 }
-                None => self.counts.dequeued += 1,
+                None => {
+                    // `auto`: consumed once handed to the connection.
+                    self.counts.dequeued += 1;
+                    fx.delete(self, id);
+                }
             }
         }
     }
@@ -272,9 +465,36 @@ fn existing<'a, T>(
 }
 
 impl Broker {
+    /// A broker whose persistent destinations are written to `store`.
+    pub fn with_store(store: Arc<Store>) -> Broker {
+        Broker {
+            fx: Effects {
+                journal: true,
+                ..Effects::default()
+            },
+            store: Some(store),
+            ..Broker::default()
+        }
+    }
+
+    /// Hands this operation's changes to the store as one group: its ticket (0: none).
+    fn flush(&mut self) -> u64 {
+        self.fx.put.clear();
+        if self.fx.ops.is_empty() {
+            return 0;
+        }
+        let ops = std::mem::take(&mut self.fx.ops);
+        self.fx.ticket += 1;
+        if let Some(s) = &self.store {
+            s.submit(self.fx.ticket, ops);
+        }
+        self.fx.ticket
+    }
+
     /// Creates destinations that are new in `cfg` and applies the limits of those that exist
-    /// (kept messages stay). A destination no longer configured refuses new messages and
-    /// subscriptions, and is forgotten once it holds nothing and nobody consumes it.
+    /// (kept messages stay; `persistent` switched on writes them, switched off drops their
+    /// records). A destination no longer configured refuses new messages and subscriptions,
+    /// and is forgotten once it holds nothing and nobody consumes it.
     pub fn apply(&mut self, cfg: &Messaging) {
         for q in self.queues.values_mut() {
             q.configured = false;
@@ -286,19 +506,18 @@ impl Broker {
             let dlq = format!("{name}{DLQ_SUFFIX}");
             for (n, dead_letter_of) in [(name.clone(), None), (dlq, Some(name.clone()))] {
                 let explicit = cfg.queues.get(&n);
-                let (depth, persistent) =
-                    explicit.map_or((q.max_depth, q.persistent), |e| (e.max_depth, e.persistent));
+                let e = explicit.unwrap_or(q);
                 let dead_letter_of = if explicit.is_some() {
                     None
                 } else {
                     dead_letter_of
                 };
-                let s = self
-                    .queues
-                    .entry(n)
-                    .or_insert_with(|| QueueState::new(depth, persistent, dead_letter_of.clone()));
-                s.max_depth = depth;
-                s.persistent = persistent;
+                let s = self.queues.entry(n.clone()).or_insert_with(|| {
+                    QueueState::new(e.max_depth, e.persistent, format!("q:{n}"))
+                });
+                s.max_depth = e.max_depth;
+                s.max_redeliveries = e.max_redeliveries;
+                s.set_persistent(e.persistent, &mut self.fx);
                 s.configured = true;
                 s.dead_letter_of = dead_letter_of;
             }
@@ -309,38 +528,160 @@ impl Broker {
                 .entry(name.clone())
                 .or_insert_with(|| TopicState {
                     max_subscribers: t.max_subscribers,
+                    persistent: t.persistent,
                     subscribers: Vec::new(),
+                    durables: BTreeSet::new(),
                     counts: Counts::default(),
                     configured: true,
                 });
             s.max_subscribers = t.max_subscribers;
+            s.persistent = t.persistent;
             s.configured = true;
         }
+        for t in self.topics.values() {
+            for key in &t.durables {
+                if let Some(q) = self.queues.get_mut(key) {
+                    q.configured = t.configured;
+                    q.set_persistent(t.persistent, &mut self.fx);
+                }
+            }
+        }
         self.sweep();
+        self.flush();
     }
 
-    /// Forgets removed destinations that hold nothing and have no consumer.
+    /// Takes back what the store held at start (after [`Broker::apply`] of the configuration):
+    /// each destination's messages in order, a message handed out before the stop flagged as
+    /// redelivered. A destination no longer configured comes back draining; one no longer
+    /// persistent keeps its messages in memory only. The number of messages recovered.
+    pub fn recover(&mut self, r: Recovered) -> usize {
+        let mut n = 0;
+        for log in r.durables.iter().chain(r.logs.keys()) {
+            if let Some(d) = log.strip_prefix("d:").and_then(parse_durable) {
+                self.ensure_durable(d);
+            }
+        }
+        for (log, msgs) in r.logs {
+            let (key, destination) = if let Some(name) = log.strip_prefix("q:") {
+                self.queues.entry(name.to_owned()).or_insert_with(|| {
+                    let mut q = QueueState::new(DRAINING_DEPTH, true, log.clone());
+                    q.configured = false;
+                    q
+                });
+                (name.to_owned(), format!("/queue/{name}"))
+            } else if let Some(d) = log.strip_prefix("d:").and_then(parse_durable) {
+                let topic = format!("/topic/{}", d.topic);
+                (durable_key(&d.topic, &d.client, &d.name), topic)
+            } else {
+                continue;
+            };
+            let Some(q) = self.queues.get_mut(&key) else {
+                continue;
+            };
+            for m in msgs {
+                self.fx.next_id = self.fx.next_id.max(m.id);
+                n += 1;
+                q.ready.push_back(Held {
+                    msg: Arc::new(Message {
+                        id: m.id,
+                        destination: if m.destination.is_empty() {
+                            destination.clone()
+                        } else {
+                            m.destination
+                        },
+                        headers: m.headers,
+                        body: m.body,
+                    }),
+                    redeliveries: m.redeliveries + u32::from(m.delivered),
+                });
+            }
+            if !q.persistent && self.fx.journal {
+                self.fx.ops.push(Op::DropLog { log });
+            }
+        }
+        self.flush();
+        n
+    }
+
+    /// The durable subscription `d`, created if missing (its topic too, draining, if it is no
+    /// longer configured).
+    fn ensure_durable(&mut self, d: DurableOf) -> &mut QueueState {
+        let key = durable_key(&d.topic, &d.client, &d.name);
+        let t = self
+            .topics
+            .entry(d.topic.clone())
+            .or_insert_with(|| TopicState {
+                max_subscribers: schema::model::Topic::default().max_subscribers,
+                persistent: true,
+                subscribers: Vec::new(),
+                durables: BTreeSet::new(),
+                counts: Counts::default(),
+                configured: false,
+            });
+        t.durables.insert(key.clone());
+        let (configured, persistent) = (t.configured, t.persistent);
+        let fx = &mut self.fx;
+        self.queues.entry(key).or_insert_with(|| {
+            let mut q = QueueState::durable(d, persistent);
+            q.configured = configured;
+            if fx.journal && persistent {
+                fx.ops.push(Op::Durable { log: q.log.clone() });
+            }
+            q
+        })
+    }
+
+    /// Forgets removed destinations that hold nothing and have no consumer (and their records).
     fn sweep(&mut self) {
-        self.queues
-            .retain(|_, q| q.configured || q.depth() > 0 || !q.consumers.is_empty());
+        let fx = &mut self.fx;
+        let mut gone = Vec::new();
+        self.queues.retain(|key, q| {
+            let keep = q.configured || q.depth() > 0 || !q.consumers.is_empty();
+            if !keep {
+                if fx.journal && q.persistent {
+                    fx.ops.push(Op::DropLog { log: q.log.clone() });
+                }
+                if let Some(d) = &q.durable {
+                    gone.push((d.topic.clone(), key.clone()));
+                }
+            }
+            keep
+        });
+        for (topic, key) in gone {
+            if let Some(t) = self.topics.get_mut(&topic) {
+                t.durables.remove(&key);
+            }
+        }
         self.topics
-            .retain(|_, t| t.configured || !t.subscribers.is_empty());
+            .retain(|_, t| t.configured || !t.subscribers.is_empty() || !t.durables.is_empty());
     }
 
-    /// Enqueues (queue) or publishes (topic) a message.
+    /// Refuses anything new for a persistent destination once the store has failed.
+    fn store_ok(&self, dest: &Dest) -> Result<(), BrokerError> {
+        match self.store.as_ref().and_then(|s| s.failed()) {
+            Some(e) => Err(BrokerError::StoreFailed(dest.to_string(), e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Enqueues (queue) or publishes (topic) a message; the ticket of its store group (0 when
+    /// nothing was written: not persistent).
     pub fn send(
         &mut self,
         dest: &Dest,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
-    ) -> Result<(), BrokerError> {
-        self.next_id += 1;
+    ) -> Result<u64, BrokerError> {
         let msg = Arc::new(Message {
-            id: self.next_id,
+            id: self.fx.id(),
             destination: dest.to_string(),
             headers,
             body,
         });
+        let held = Held {
+            msg,
+            redeliveries: 0,
+        };
         match dest {
             Dest::Queue(name) => {
                 let q = existing(&mut self.queues, name, dest)?;
@@ -353,30 +694,34 @@ impl Broker {
                         max_depth: q.max_depth,
                     });
                 }
-                q.ready.push_back(Held {
-                    msg,
-                    redeliveries: 0,
-                });
+                if q.persistent {
+                    self.store_ok(dest)?;
+                }
+                let q = existing(&mut self.queues, name, dest)?;
+                self.fx.put(q, &held, false);
+                q.ready.push_back(held);
                 q.counts.enqueued += 1;
-                q.dispatch(name, &mut self.next_id);
+                q.dispatch(name, &mut self.fx);
             }
             Dest::Topic(name) => {
                 let t = existing(&mut self.topics, name, dest)?;
                 if !t.configured {
                     return Err(BrokerError::Removed(dest.to_string()));
                 }
+                if t.persistent && !t.durables.is_empty() {
+                    self.store_ok(dest)?;
+                }
+                let t = existing(&mut self.topics, name, dest)?;
                 t.counts.enqueued += 1;
                 for s in &mut t.subscribers {
-                    let ack = (s.ack != AckMode::Auto).then(|| {
-                        self.next_id += 1;
-                        self.next_id
-                    });
+                    let ack = (s.ack != AckMode::Auto).then(|| self.fx.id());
                     let d = Delivery {
                         subscription: s.sub.clone(),
                         ack,
-                        message: msg.clone(),
+                        message: held.msg.clone(),
                         redelivered: false,
                         queue: None,
+                        durable: 0,
                     };
                     if s.out.tx.try_send(d).is_ok() {
                         t.counts.dequeued += 1;
@@ -386,9 +731,32 @@ impl Broker {
                         s.out.overflow.notify_one();
                     }
                 }
+                for key in &t.durables {
+                    let Some(q) = self.queues.get_mut(key) else {
+                        continue;
+                    };
+                    if q.depth() >= q.max_depth {
+                        q.counts.discarded += 1;
+                        continue;
+                    }
+                    self.fx.put(q, &held, false);
+                    q.ready.push_back(held.clone());
+                    q.counts.enqueued += 1;
+                    q.dispatch(key, &mut self.fx);
+                }
             }
         }
-        Ok(())
+        Ok(self.flush())
+    }
+
+    fn consumer(out: Outbox, sub: &str, ack: AckMode, window: usize) -> Consumer {
+        Consumer {
+            out,
+            sub: sub.to_owned(),
+            ack,
+            window: window.clamp(1, PREFETCH),
+            unacked: 0,
+        }
     }
 
     pub fn subscribe(
@@ -399,38 +767,105 @@ impl Broker {
         ack: AckMode,
         window: usize,
     ) -> Result<(), BrokerError> {
-        let consumer = Consumer {
-            out,
-            sub: sub.to_owned(),
-            ack,
-            window: window.clamp(1, PREFETCH),
-            unacked: 0,
-        };
+        let consumer = Broker::consumer(out, sub, ack, window);
         match dest {
             Dest::Queue(name) => {
                 let q = existing(&mut self.queues, name, dest)?;
                 // A removed queue still takes consumers: that is how it drains.
                 q.consumers.push(consumer);
-                q.dispatch(name, &mut self.next_id);
+                q.dispatch(name, &mut self.fx);
             }
             Dest::Topic(name) => {
                 let t = existing(&mut self.topics, name, dest)?;
-                if !t.configured {
-                    return Err(BrokerError::Removed(dest.to_string()));
-                }
-                if t.subscribers.len() as u64 >= t.max_subscribers {
-                    return Err(BrokerError::TooManySubscribers {
-                        topic: dest.to_string(),
-                        max: t.max_subscribers,
-                    });
-                }
+                t.admits(dest)?;
                 t.subscribers.push(consumer);
             }
         }
+        self.flush();
         Ok(())
     }
 
+    /// Attaches subscription `sub` to the durable subscription `name` of `client` on `topic`,
+    /// creating it (it then counts as a subscriber of the topic). Returns its key: the queue
+    /// to ACK, NACK and unsubscribe with. One subscriber at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn subscribe_durable(
+        &mut self,
+        out: Outbox,
+        sub: &str,
+        topic: &str,
+        client: &str,
+        name: &str,
+        ack: AckMode,
+        window: usize,
+    ) -> Result<String, BrokerError> {
+        if client.contains('\n') || name.contains('\n') {
+            return Err(BrokerError::BadDurableName);
+        }
+        let dest = Dest::Topic(topic.to_owned());
+        let key = durable_key(topic, client, name);
+        let t = existing(&mut self.topics, topic, &dest)?;
+        if !self.queues.contains_key(&key) {
+            t.admits(&dest)?;
+        }
+        self.ensure_durable(DurableOf {
+            topic: topic.to_owned(),
+            client: client.to_owned(),
+            name: name.to_owned(),
+        });
+        let q = existing(&mut self.queues, &key, &dest)?;
+        if !q.consumers.is_empty() {
+            self.flush();
+            return Err(BrokerError::DurableInUse {
+                topic: dest.to_string(),
+                client: client.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        q.consumers.push(Broker::consumer(out, sub, ack, window));
+        q.dispatch(&key, &mut self.fx);
+        self.flush();
+        Ok(key)
+    }
+
+    /// Removes the durable subscription `name` of `client` on `topic` and what it kept; the
+    /// store group's ticket. Refused while a subscriber is attached.
+    pub fn remove_durable(
+        &mut self,
+        topic: &str,
+        client: &str,
+        name: &str,
+    ) -> Result<u64, BrokerError> {
+        let key = durable_key(topic, client, name);
+        let Some(q) = self.queues.get(&key) else {
+            return Err(BrokerError::NoSuchDurable {
+                topic: format!("/topic/{topic}"),
+                client: client.to_owned(),
+                name: name.to_owned(),
+            });
+        };
+        if !q.consumers.is_empty() {
+            return Err(BrokerError::DurableInUse {
+                topic: format!("/topic/{topic}"),
+                client: client.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        if let Some(q) = self.queues.remove(&key)
+            && self.fx.journal
+            && q.persistent
+        {
+            self.fx.ops.push(Op::DropLog { log: q.log });
+        }
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.durables.remove(&key);
+        }
+        self.sweep();
+        Ok(self.flush())
+    }
+
     /// Ends subscription `sub` of connection `conn`: what it held unacknowledged is redelivered.
+    /// `dest` is a queue, a durable subscription's key as a queue, or a topic.
     pub fn unsubscribe(&mut self, conn: u64, sub: &str, dest: &Dest) {
         match dest {
             Dest::Queue(name) => {
@@ -454,18 +889,21 @@ impl Broker {
             }
         }
         self.sweep();
+        self.flush();
     }
 
-    /// Acknowledges deliveries `ids` of queue `name` made to `conn`.
-    pub fn ack(&mut self, conn: u64, name: &str, ids: &[u64]) {
+    /// Acknowledges deliveries `ids` of queue `name` made to `conn`; the store group's ticket
+    /// (0: nothing to make durable).
+    pub fn ack(&mut self, conn: u64, name: &str, ids: &[u64]) -> u64 {
         let Some(q) = self.queues.get_mut(name) else {
-            return;
+            return 0;
         };
         for id in ids {
             if q.inflight.get(id).is_some_and(|(c, _, _)| *c == conn)
-                && let Some((_, sub, _)) = q.inflight.remove(id)
+                && let Some((_, sub, held)) = q.inflight.remove(id)
             {
                 q.counts.dequeued += 1;
+                self.fx.delete(q, held.msg.id);
                 if let Some(c) = q
                     .consumers
                     .iter_mut()
@@ -475,13 +913,14 @@ impl Broker {
                 }
             }
         }
-        q.dispatch(name, &mut self.next_id);
+        q.dispatch(name, &mut self.fx);
         self.sweep();
+        self.flush()
     }
 
     /// Refuses deliveries `ids` of queue `name` made to `conn`: redelivered (first in line), or
-    /// dead-lettered after [`MAX_REDELIVERIES`].
-    pub fn nack(&mut self, conn: u64, name: &str, ids: &[u64]) {
+    /// dead-lettered after the queue's `max-redeliveries`. The store group's ticket.
+    pub fn nack(&mut self, conn: u64, name: &str, ids: &[u64]) -> u64 {
         let mine: Vec<u64> = self.queues.get(name).map_or_else(Vec::new, |q| {
             ids.iter()
                 .copied()
@@ -490,9 +929,12 @@ impl Broker {
         });
         self.requeue(name, &mine);
         self.sweep();
+        self.flush()
     }
 
     /// Puts inflight deliveries `ids` back at the head of the queue, in their original order.
+    /// The store keeps their records as they are: a record marked delivered comes back
+    /// redelivered once more, which is what this makes it in memory.
     fn requeue(&mut self, name: &str, ids: &[u64]) {
         let Some(q) = self.queues.get_mut(name) else {
             return;
@@ -514,15 +956,16 @@ impl Broker {
         back.sort_by_key(|h| h.msg.id);
         let mut dead = Vec::new();
         for held in back.into_iter().rev() {
-            if q.dead_letter_of.is_none() && held.redeliveries > MAX_REDELIVERIES {
+            if q.dead_letters() && held.redeliveries > q.max_redeliveries {
                 q.counts.dead_lettered += 1;
+                self.fx.delete(q, held.msg.id);
                 dead.push(held);
             } else {
                 q.counts.redelivered += 1;
                 q.ready.push_front(held);
             }
         }
-        q.dispatch(name, &mut self.next_id);
+        q.dispatch(name, &mut self.fx);
         if dead.is_empty() {
             return;
         }
@@ -534,12 +977,14 @@ impl Broker {
                     continue;
                 }
                 d.counts.enqueued += 1;
-                d.ready.push_back(Held {
+                let held = Held {
                     msg: held.msg,
                     redeliveries: 0,
-                });
+                };
+                self.fx.put(d, &held, false);
+                d.ready.push_back(held);
             }
-            d.dispatch(&dlq, &mut self.next_id);
+            d.dispatch(&dlq, &mut self.fx);
         }
     }
 
@@ -560,22 +1005,26 @@ impl Broker {
             };
             for msg in msgs.into_iter().rev() {
                 q.counts.dequeued = q.counts.dequeued.saturating_sub(1);
-                q.ready.push_front(Held {
+                let held = Held {
                     msg,
                     redeliveries: 0,
-                });
+                };
+                self.fx.put(q, &held, false);
+                q.ready.push_front(held);
             }
-            q.dispatch(&name, &mut self.next_id);
+            q.dispatch(&name, &mut self.fx);
         }
+        self.flush();
     }
 
     /// Hands waiting messages of the queues `conn` consumes to it (its outbox has room again).
     pub fn pump(&mut self, conn: u64) {
         for (name, q) in &mut self.queues {
             if !q.ready.is_empty() && q.consumers.iter().any(|c| c.out.conn == conn) {
-                q.dispatch(name, &mut self.next_id);
+                q.dispatch(name, &mut self.fx);
             }
         }
+        self.flush();
     }
 
     /// A connection ended: its subscriptions end and what it held unacknowledged is redelivered.
@@ -597,35 +1046,77 @@ impl Broker {
             t.subscribers.retain(|c| c.out.conn != conn);
         }
         self.sweep();
+        self.flush();
     }
 
     pub fn report(&self) -> Vec<DestinationReport> {
-        let queues = self.queues.iter().map(|(n, q)| DestinationReport {
-            destination: format!("/queue/{n}"),
-            kind: "queue",
-            depth: q.depth(),
-            in_flight: q.inflight.len() as u64,
-            consumers: q.consumers.len() as u64,
-            max_depth: Some(q.max_depth),
-            max_subscribers: None,
-            persistent: Some(q.persistent),
-            draining: !q.configured,
-            counts: q.counts.clone(),
-        });
-        let topics = self.topics.iter().map(|(n, t)| DestinationReport {
-            destination: format!("/topic/{n}"),
-            kind: "topic",
-            depth: 0,
-            in_flight: 0,
-            consumers: t.subscribers.len() as u64,
-            max_depth: None,
-            max_subscribers: Some(t.max_subscribers),
-            persistent: None,
-            draining: !t.configured,
-            counts: t.counts.clone(),
+        let queues = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.durable.is_none())
+            .map(|(n, q)| DestinationReport {
+                destination: format!("/queue/{n}"),
+                kind: "queue",
+                depth: q.depth(),
+                in_flight: q.inflight.len() as u64,
+                consumers: q.consumers.len() as u64,
+                max_depth: Some(q.max_depth),
+                max_subscribers: None,
+                max_redeliveries: q.dead_letters().then_some(q.max_redeliveries),
+                persistent: Some(q.persistent),
+                draining: !q.configured,
+                counts: q.counts.clone(),
+                durable_subscriptions: Vec::new(),
+            });
+        let topics = self.topics.iter().map(|(n, t)| {
+            let durables: Vec<(&DurableOf, &QueueState)> = t
+                .durables
+                .iter()
+                .filter_map(|k| self.queues.get(k))
+                .filter_map(|q| q.durable.as_ref().map(|d| (d, q)))
+                .collect();
+            DestinationReport {
+                destination: format!("/topic/{n}"),
+                kind: "topic",
+                depth: durables.iter().map(|(_, q)| q.depth()).sum(),
+                in_flight: durables.iter().map(|(_, q)| q.inflight.len() as u64).sum(),
+                consumers: (t.subscribers.len()
+                    + durables
+                        .iter()
+                        .map(|(_, q)| q.consumers.len())
+                        .sum::<usize>()) as u64,
+                max_depth: None,
+                max_subscribers: Some(t.max_subscribers),
+                max_redeliveries: None,
+                persistent: Some(t.persistent),
+                draining: !t.configured,
+                counts: t.counts.clone(),
+                durable_subscriptions: durables
+                    .iter()
+                    .map(|(d, q)| DurableReport {
+                        client_id: d.client.clone(),
+                        name: d.name.clone(),
+                        depth: q.depth(),
+                        in_flight: q.inflight.len() as u64,
+                        connected: !q.consumers.is_empty(),
+                        counts: q.counts.clone(),
+                    })
+                    .collect(),
+            }
         });
         queues.chain(topics).collect()
     }
+}
+
+/// `TOPIC\nCLIENT\nNAME` (a durable log without its `d:`).
+fn parse_durable(key: &str) -> Option<DurableOf> {
+    let mut parts = key.splitn(3, '\n');
+    let (topic, client, name) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(DurableOf {
+        topic: topic.to_owned(),
+        client: client.to_owned(),
+        name: name.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -633,14 +1124,16 @@ mod tests {
     use super::*;
     use schema::model::{Queue, Topic};
 
-    fn cfg(depth: u64, subs: u64) -> Messaging {
+    /// `q` (max-redeliveries 3) and `t`, persistent or not.
+    fn cfg_p(depth: u64, subs: u64, persistent: bool) -> Messaging {
         Messaging {
             listener: None,
             queues: [(
                 "q".to_owned(),
                 Queue {
                     max_depth: depth,
-                    persistent: false,
+                    persistent,
+                    max_redeliveries: 3,
                 },
             )]
             .into(),
@@ -648,10 +1141,25 @@ mod tests {
                 "t".to_owned(),
                 Topic {
                     max_subscribers: subs,
+                    persistent,
                 },
             )]
             .into(),
         }
+    }
+
+    fn cfg(depth: u64, subs: u64) -> Messaging {
+        cfg_p(depth, subs, false)
+    }
+
+    /// A broker on the store in `dir` (the previous one must be dropped: it closes its store),
+    /// configured with `c` and holding what the store kept.
+    fn restart(dir: &std::path::Path, c: &Messaging) -> (Broker, usize) {
+        let (store, recovered) = Store::open(dir, None).unwrap();
+        let mut b = Broker::with_store(Arc::new(store));
+        b.apply(c);
+        let n = b.recover(recovered);
+        (b, n)
     }
 
     fn outbox(conn: u64, cap: usize) -> (Outbox, mpsc::Receiver<Delivery>) {
@@ -672,6 +1180,7 @@ mod tests {
 
     fn send(b: &mut Broker, dest: &Dest, body: &str) -> Result<(), BrokerError> {
         b.send(dest, Vec::new(), body.as_bytes().to_vec())
+            .map(|_| ())
     }
 
     fn bodies(rx: &mut mpsc::Receiver<Delivery>) -> Vec<(String, bool, Option<u64>)> {
@@ -751,7 +1260,7 @@ mod tests {
         let again = bodies(&mut r);
         assert_eq!((again[0].0.as_str(), again[0].1), ("a", true));
         let mut id = again[0].2.unwrap();
-        for _ in 0..MAX_REDELIVERIES {
+        for _ in 0..3 {
             b.nack(1, "q", &[id]);
             if let Some(d) = bodies(&mut r).pop() {
                 id = d.2.unwrap();
@@ -764,7 +1273,10 @@ mod tests {
             .find(|d| d.destination == "/queue/q.dlq")
             .unwrap();
         assert_eq!(main.counts.dead_lettered, 1);
-        assert_eq!(main.counts.redelivered, MAX_REDELIVERIES as u64);
+        assert_eq!(
+            main.counts.redelivered, 3,
+            "max-redeliveries of the configuration"
+        );
         assert_eq!(main.depth, 1, "b is still unacknowledged");
         assert_eq!(dlq.depth, 1);
     }
@@ -894,6 +1406,179 @@ mod tests {
         assert!(
             send(&mut b, &Dest::Queue("nope".into()), "x")
                 .is_err_and(|e| matches!(e, BrokerError::NoSuchDestination(_)))
+        );
+    }
+
+    #[test]
+    fn persistent_messages_come_back_in_order_and_those_handed_out_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg_p(100, 10, true);
+        {
+            let (mut b, n) = restart(dir.path(), &c);
+            assert_eq!(n, 0);
+            for m in ["a", "b", "c", "d"] {
+                assert!(b.send(&q(), Vec::new(), m.into()).unwrap() > 0, "written");
+            }
+            let (o, mut r) = outbox(1, 16);
+            b.subscribe(o, "s", &q(), AckMode::ClientIndividual, 2)
+                .unwrap();
+            let got = bodies(&mut r);
+            assert_eq!(got.len(), 2);
+            // `a` is acknowledged, which hands `c` over: `b` and `c` are held unacknowledged
+            // when the server stops, `d` was never handed out.
+            b.ack(1, "q", &[got[0].2.unwrap()]);
+            assert_eq!(bodies(&mut r)[0].0, "c");
+        }
+        let (mut b, n) = restart(dir.path(), &c);
+        assert_eq!(n, 3);
+        let (o, mut r) = outbox(1, 16);
+        b.subscribe(o, "s", &q(), AckMode::ClientIndividual, PREFETCH)
+            .unwrap();
+        let got = bodies(&mut r);
+        let seen: Vec<(&str, bool)> = got.iter().map(|g| (g.0.as_str(), g.1)).collect();
+        assert_eq!(seen, [("b", true), ("c", true), ("d", false)]);
+        // Acknowledged after the restart: gone for good.
+        b.ack(
+            1,
+            "q",
+            &got.iter().map(|g| g.2.unwrap()).collect::<Vec<_>>(),
+        );
+        drop(b);
+        assert_eq!(restart(dir.path(), &c).1, 0);
+    }
+
+    #[test]
+    fn redeliveries_and_dead_letters_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg_p(100, 10, true);
+        {
+            let (mut b, _) = restart(dir.path(), &c);
+            send(&mut b, &q(), "poison").unwrap();
+            let (o, mut r) = outbox(1, 16);
+            b.subscribe(o, "s", &q(), AckMode::ClientIndividual, 1)
+                .unwrap();
+            // Delivered 3 times (the first and two redeliveries), then the server stops with the
+            // third delivery unacknowledged.
+            for _ in 0..2 {
+                let id = bodies(&mut r)[0].2.unwrap();
+                b.nack(1, "q", &[id]);
+            }
+            assert_eq!(bodies(&mut r).len(), 1);
+        }
+        let (mut b, _) = restart(dir.path(), &c);
+        let (o, mut r) = outbox(1, 16);
+        b.subscribe(o, "s", &q(), AckMode::ClientIndividual, 1)
+            .unwrap();
+        // Recovered as its third redelivery; one NACK more passes max-redeliveries (3).
+        let d = bodies(&mut r);
+        assert_eq!((d[0].0.as_str(), d[0].1), ("poison", true));
+        b.nack(1, "q", &[d[0].2.unwrap()]);
+        assert!(bodies(&mut r).is_empty());
+        drop(b);
+        let (b, n) = restart(dir.path(), &c);
+        assert_eq!(n, 1);
+        let dlq = b.report();
+        let dlq = dlq
+            .iter()
+            .find(|d| d.destination == "/queue/q.dlq")
+            .unwrap();
+        assert_eq!(dlq.depth, 1, "the dead letter is kept too");
+    }
+
+    #[test]
+    fn persistent_switched_live_keeps_the_messages_held() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut b, _) = restart(dir.path(), &cfg_p(100, 10, true));
+            send(&mut b, &q(), "1").unwrap();
+            b.apply(&cfg_p(100, 10, false));
+            assert_eq!(b.report()[0].depth, 1, "kept in memory");
+            send(&mut b, &q(), "2").unwrap();
+        }
+        // Off: nothing was kept on disk.
+        {
+            let (mut b, n) = restart(dir.path(), &cfg_p(100, 10, false));
+            assert_eq!(n, 0);
+            send(&mut b, &q(), "3").unwrap();
+            b.apply(&cfg_p(100, 10, true));
+        }
+        // Back on: what it held then was written.
+        let (mut b, n) = restart(dir.path(), &cfg_p(100, 10, true));
+        assert_eq!(n, 1);
+        let (o, mut r) = outbox(1, 16);
+        b.subscribe(o, "s", &q(), AckMode::Auto, PREFETCH).unwrap();
+        assert_eq!(bodies(&mut r)[0].0, "3");
+    }
+
+    #[test]
+    fn a_removed_persistent_queue_comes_back_draining_and_leaves_no_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut b, _) = restart(dir.path(), &cfg_p(100, 10, true));
+            send(&mut b, &q(), "left").unwrap();
+            b.apply(&Messaging::default());
+        }
+        let (mut b, n) = restart(dir.path(), &Messaging::default());
+        assert_eq!(n, 1);
+        assert!(b.report()[0].draining);
+        let (o, mut r) = outbox(1, 4);
+        b.subscribe(o, "s", &q(), AckMode::Auto, 1).unwrap();
+        assert_eq!(bodies(&mut r)[0].0, "left");
+        b.unsubscribe(1, "s", &q());
+        assert!(b.report().is_empty(), "drained: gone");
+        drop(b);
+        assert_eq!(restart(dir.path(), &Messaging::default()).1, 0);
+    }
+
+    #[test]
+    fn a_durable_subscription_keeps_what_its_absent_subscriber_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg_p(100, 2, true);
+        let t = Dest::Topic("t".into());
+        {
+            let (mut b, _) = restart(dir.path(), &c);
+            let (o, mut r) = outbox(1, 16);
+            let key = b
+                .subscribe_durable(o.clone(), "s", "t", "app", "audit", AckMode::Client, 10)
+                .unwrap();
+            assert!(matches!(
+                b.subscribe_durable(o, "s2", "t", "app", "audit", AckMode::Auto, 10),
+                Err(BrokerError::DurableInUse { .. })
+            ));
+            send(&mut b, &t, "seen").unwrap();
+            let got = bodies(&mut r);
+            assert_eq!(got[0].0, "seen");
+            b.ack(1, &key, &[got[0].2.unwrap()]);
+            b.disconnect(1);
+            send(&mut b, &t, "missed").unwrap();
+            let report = b.report();
+            let topic = report.iter().find(|d| d.kind == "topic").unwrap();
+            assert_eq!(topic.durable_subscriptions.len(), 1);
+            assert_eq!(topic.durable_subscriptions[0].depth, 1);
+            assert!(!topic.durable_subscriptions[0].connected);
+            // It counts as a subscriber: one plain subscriber more fills max-subscribers (2).
+            let (o2, _r2) = outbox(2, 4);
+            b.subscribe(o2, "p", &t, AckMode::Auto, 1).unwrap();
+            let (o3, _r3) = outbox(3, 4);
+            assert!(b.subscribe(o3, "p", &t, AckMode::Auto, 1).is_err());
+        }
+        let (mut b, n) = restart(dir.path(), &c);
+        assert_eq!(n, 1);
+        let (o, mut r) = outbox(1, 16);
+        b.subscribe_durable(o, "s", "t", "app", "audit", AckMode::Auto, 10)
+            .unwrap();
+        let got = bodies(&mut r);
+        assert_eq!((got[0].0.as_str(), got[0].1), ("missed", false));
+        b.disconnect(1);
+        b.remove_durable("t", "app", "audit").unwrap();
+        let topic = |b: &Broker| b.report().into_iter().find(|d| d.kind == "topic").unwrap();
+        assert!(topic(&b).durable_subscriptions.is_empty());
+        drop(b);
+        let (b, n) = restart(dir.path(), &c);
+        assert_eq!(n, 0);
+        assert!(
+            topic(&b).durable_subscriptions.is_empty(),
+            "removed for good"
         );
     }
 }

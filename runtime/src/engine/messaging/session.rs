@@ -48,6 +48,9 @@ fn fatal(message: impl Into<String>, frame: Option<&Frame>) -> Fatal {
 
 struct Subscription {
     dest: Dest,
+    /// The broker queue its ACKs and NACKs settle: the queue, or the durable subscription's key
+    /// (none for a plain topic subscription).
+    queue: Option<String>,
     ack: AckMode,
     /// Client-ack deliveries not yet acknowledged, in delivery order.
     unacked: VecDeque<u64>,
@@ -57,6 +60,14 @@ struct Session {
     inner: Arc<Inner>,
     conn: u64,
     user: String,
+    /// CONNECT's `client-id`: what names its durable subscriptions.
+    client_id: Option<String>,
+    /// The store group the next write waits for (receipts of persistent SENDs and ACKs,
+    /// deliveries of stored messages).
+    wait: u64,
+    /// The last store group this connection's frames made: a receipt waits for it, so that it
+    /// also vouches for every frame before it.
+    ticket: u64,
     subs: BTreeMap<String, Subscription>,
     /// Which subscription each outstanding queue `ack` id belongs to.
     acks: HashMap<u64, String>,
@@ -111,6 +122,9 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
         inner: inner.clone(),
         conn,
         user,
+        client_id: connect.get("client-id").map(str::to_owned),
+        wait: 0,
+        ticket: 0,
         subs: BTreeMap::new(),
         acks: HashMap::new(),
         max_ack: 0,
@@ -140,6 +154,14 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
                     Ok(Some(Decoded::Frame(f))) => s.handle(f, &outbox)?,
                     Err(e) => return Err(fatal(e.to_string(), None)),
                 }
+            }
+            if s.wait > 0 {
+                if let Some(store) = &s.inner.store
+                    && let Err(e) = store.durable(s.wait).await
+                {
+                    return Err(fatal(e.to_string(), None));
+                }
+                s.wait = 0;
             }
             if !s.out.is_empty() {
                 stream
@@ -324,6 +346,12 @@ async fn send_error(stream: &mut TcpStream, e: &Fatal) {
     let _ = stream.shutdown().await;
 }
 
+/// The durable subscription a SUBSCRIBE or UNSUBSCRIBE names: Artemis's header, or ActiveMQ's.
+fn durable_name(f: &Frame) -> Option<&str> {
+    f.get("durable-subscription-name")
+        .or_else(|| f.get("activemq.subscriptionName"))
+}
+
 fn required<'a>(f: &'a Frame, name: &str) -> Result<&'a str, Fatal> {
     f.get(name)
         .ok_or_else(|| fatal(format!("{} needs a {name} header", f.command), Some(f)))
@@ -357,16 +385,7 @@ impl Session {
                 self.send(&f, &dest)?;
             }
             "SUBSCRIBE" => self.subscribe(&f, outbox)?,
-            "UNSUBSCRIBE" => {
-                let id = required(&f, "id")?;
-                let Some(sub) = self.subs.remove(id) else {
-                    return Err(fatal(format!("no subscription {id}"), Some(&f)));
-                };
-                for a in &sub.unacked {
-                    self.acks.remove(a);
-                }
-                self.inner.broker().unsubscribe(self.conn, id, &sub.dest);
-            }
+            "UNSUBSCRIBE" => self.unsubscribe(&f)?,
             "ACK" | "NACK" => self.ack(&f)?,
             "BEGIN" => {
                 let tx = required(&f, "transaction")?;
@@ -409,8 +428,67 @@ impl Session {
                 ));
             }
         }
+        if f.get("receipt").is_some() {
+            self.wait = self.wait.max(self.ticket);
+        }
         self.receipt(f.get("receipt"));
         Ok(())
+    }
+
+    /// Ends subscription `id`; with `durable-subscription-name` (or ActiveMQ's
+    /// `activemq.subscriptionName`) also removes that durable subscription of this client and
+    /// what it kept.
+    fn unsubscribe(&mut self, f: &Frame) -> Result<(), Fatal> {
+        let durable = durable_name(f);
+        let sub = f.get("id").and_then(|id| self.subs.remove(id));
+        if let Some(sub) = &sub {
+            for a in &sub.unacked {
+                self.acks.remove(a);
+            }
+            let dest = sub.queue.clone().map_or(sub.dest.clone(), Dest::Queue);
+            self.inner
+                .broker()
+                .unsubscribe(self.conn, f.get("id").unwrap_or_default(), &dest);
+        }
+        match (durable, &sub) {
+            (Some(name), _) => {
+                let topic = match (&sub, f.get("destination")) {
+                    (Some(s), _) => s.dest.clone(),
+                    (None, Some(d)) => Dest::parse(d).map_err(|e| fatal(e.to_string(), Some(f)))?,
+                    (None, None) => {
+                        return Err(fatal(
+                            "UNSUBSCRIBE of a durable subscription needs the id of its subscription or its destination",
+                            Some(f),
+                        ));
+                    }
+                };
+                let Dest::Topic(topic) = topic else {
+                    return Err(fatal("durable subscriptions are of topics", Some(f)));
+                };
+                let client = self.client_id(f)?;
+                let ticket = self
+                    .inner
+                    .broker()
+                    .remove_durable(&topic, &client, name)
+                    .map_err(|e| fatal(e.to_string(), Some(f)))?;
+                self.ticket = self.ticket.max(ticket);
+                Ok(())
+            }
+            (None, Some(_)) => Ok(()),
+            (None, None) => {
+                let id = required(f, "id")?;
+                Err(fatal(format!("no subscription {id}"), Some(f)))
+            }
+        }
+    }
+
+    fn client_id(&self, f: &Frame) -> Result<String, Fatal> {
+        self.client_id.clone().ok_or_else(|| {
+            fatal(
+                "a durable subscription needs a client-id header on CONNECT",
+                Some(f),
+            )
+        })
     }
 
     fn receipt(&mut self, id: Option<&str>) {
@@ -453,10 +531,13 @@ impl Session {
             })
             .cloned()
             .collect();
-        self.inner
+        let ticket = self
+            .inner
             .broker()
             .send(dest, headers, f.body.clone())
-            .map_err(|e| fatal(e.to_string(), Some(f)))
+            .map_err(|e| fatal(e.to_string(), Some(f)))?;
+        self.ticket = self.ticket.max(ticket);
+        Ok(())
     }
 
     fn subscribe(&mut self, f: &Frame, outbox: &Outbox) -> Result<(), Fatal> {
@@ -484,24 +565,48 @@ impl Session {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|n| *n > 0)
             .unwrap_or(PREFETCH);
+        let durable = match (&dest, durable_name(f)) {
+            (Dest::Topic(topic), Some(name)) => Some((topic.clone(), self.client_id(f)?, name)),
+            (Dest::Queue(_), Some(_)) => {
+                return Err(fatal("durable subscriptions are of topics", Some(f)));
+            }
+            _ => None,
+        };
         // Registered before the broker may deliver to it.
         self.subs.insert(
             id.clone(),
             Subscription {
                 dest: dest.clone(),
+                queue: match &dest {
+                    Dest::Queue(name) => Some(name.clone()),
+                    Dest::Topic(_) => None,
+                },
                 ack,
                 unacked: VecDeque::new(),
             },
         );
-        let r = self
-            .inner
-            .broker()
-            .subscribe(outbox.clone(), &id, &dest, ack, window);
-        if let Err(e) = r {
-            self.subs.remove(&id);
-            return Err(fatal(e.to_string(), Some(f)));
+        let mut broker = self.inner.broker();
+        let r = match durable {
+            Some((topic, client, name)) => broker
+                .subscribe_durable(outbox.clone(), &id, &topic, &client, name, ack, window)
+                .map(Some),
+            None => broker
+                .subscribe(outbox.clone(), &id, &dest, ack, window)
+                .map(|()| None),
+        };
+        drop(broker);
+        match r {
+            Ok(key) => {
+                if let (Some(key), Some(sub)) = (key, self.subs.get_mut(&id)) {
+                    sub.queue = Some(key);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.subs.remove(&id);
+                Err(fatal(e.to_string(), Some(f)))
+            }
         }
-        Ok(())
     }
 
     /// ACK or NACK: `client` mode covers every earlier delivery of the subscription too.
@@ -534,13 +639,14 @@ impl Session {
         for i in &ids {
             self.acks.remove(i);
         }
-        if let Dest::Queue(name) = &sub.dest {
+        if let Some(name) = &sub.queue {
             let mut broker = self.inner.broker();
-            if f.command == "ACK" {
-                broker.ack(self.conn, name, &ids);
+            let ticket = if f.command == "ACK" {
+                broker.ack(self.conn, name, &ids)
             } else {
-                broker.nack(self.conn, name, &ids);
-            }
+                broker.nack(self.conn, name, &ids)
+            };
+            self.ticket = self.ticket.max(ticket);
         }
         Ok(())
     }
@@ -553,6 +659,7 @@ impl Session {
             self.unsent.push(d);
             return;
         };
+        self.wait = self.wait.max(d.durable);
         let mut f = Frame::new("MESSAGE")
             .header("subscription", d.subscription.clone())
             .header("message-id", d.message.id.to_string())
