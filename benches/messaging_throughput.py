@@ -5,7 +5,7 @@ machine, same run (issue 12, "Benchmarks"; docs/messaging.md, "Performance").
     python3 benches/messaging_throughput.py                       # RUNS=3, 8 s windows
     RUNS=5 DURATION=20 FILL=1000000 python3 benches/messaging_throughput.py
 
-The client is `runtime/examples/stomp_load.rs` (compiled, one thread), for both brokers:
+The client is `benches/stomp_load.rs` (compiled, one thread), for both brokers:
 - throughput: PRODUCERS (4) connections send 1 KB messages to one queue, each SEND with a
   `receipt`, at most WINDOW (128) receipts outstanding per producer; CONSUMERS (2) connections
   subscribe with `ack:client-individual` (prefetch 100) and ACK each message. Counted over
