@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::util::http::{ADMIN, request, request_with};
 use crate::util::master::{
-    Master, Servers, clone_domain, pid_of, push_edits, server_log, start_server,
+    clone_domain, init_and_start, pid_of, push_edits, server_log, start_server,
 };
 use crate::util::{Repo, TempDir, eventually};
 
@@ -247,14 +247,7 @@ interval = \"1h\"
     );
     repo.commit("two components on server1");
     let home = tmp.path().join("domain1");
-    let r = crate::util::steward(
-        repo.path(),
-        &["init", home.to_str().unwrap(), "--from", "."],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = Master::start_on(&home, mport);
-    let _servers = Servers(&home, &["server1"]);
-    start_server(&home, "server1", mport);
+    let (_m, _servers) = init_and_start(repo.path(), &home, mport, &["server1"]);
     eventually("server1 runs", 60, || {
         request(s1, "GET", "/v1/status", ADMIN)
             .ok()

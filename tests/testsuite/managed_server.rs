@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::util::http::{ADMIN, request, status};
-use crate::util::master::{Master, Servers, clone_domain, push_edits, server_log, start_server};
+use crate::util::master::{
+    Master, Servers, clone_domain, init_and_start, push_edits, server_log, start_server,
+};
 use crate::util::{Repo, TempDir, eventually, git};
 
 /// Edits `file` in the clone, commits and pushes; returns the new commit.
@@ -323,14 +325,7 @@ fn with_server1(name: &str, body: impl FnOnce(&Path, &Path, u16)) {
     let (mport, s1) = (ports[0], ports[1]);
     let tmp = TempDir::new(&format!("{name}-home"));
     let home = tmp.path().join("domain1");
-    let r = crate::util::steward(
-        repo.path(),
-        &["init", home.to_str().unwrap(), "--from", "."],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = Master::start_on(&home, mport);
-    let _servers = Servers(&home, &["server1"]);
-    start_server(&home, "server1", mport);
+    let (_m, _servers) = init_and_start(repo.path(), &home, mport, &["server1"]);
     let clone = clone_domain(mport, tmp.path().join("clone"));
     body(&home, &clone, s1);
 }

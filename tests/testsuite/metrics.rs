@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::util::http::{ADMIN, HttpConn, request};
-use crate::util::master::{Master, Servers, clone_domain, hashes, push_edits, start_server};
+use crate::util::master::{clone_domain, hashes, init_and_start, push_edits};
 use crate::util::{Repo, TempDir, eventually};
 
 const SCRAPER: Option<(&str, &str)> = Some(("scraper", "scraper"));
@@ -135,14 +135,7 @@ fn master_and_server_metrics_follow_a_push_and_requests() {
     repo.commit("a viewer");
     let tmp = TempDir::new("metrics-home");
     let home = tmp.path().join("domain1");
-    let r = crate::util::steward(
-        repo.path(),
-        &["init", home.to_str().unwrap(), "--from", "."],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = Master::start_on(&home, mport);
-    let _servers = Servers(&home, &["server1"]);
-    start_server(&home, "server1", mport);
+    let (_m, _servers) = init_and_start(repo.path(), &home, mport, &["server1"]);
     eventually("server1 registers", 20, || {
         request(mport, "GET", "/v1/servers/server1", ADMIN)
             .ok()
@@ -421,14 +414,7 @@ fn messaging_series_follow_the_engine() {
     repo.commit("messaging on server1");
     let tmp = TempDir::new("metrics-messaging-home");
     let home = tmp.path().join("domain1");
-    let r = crate::util::steward(
-        repo.path(),
-        &["init", home.to_str().unwrap(), "--from", "."],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let _m = Master::start_on(&home, mport);
-    let _servers = Servers(&home, &["server1"]);
-    start_server(&home, "server1", mport);
+    let (_m, _servers) = init_and_start(repo.path(), &home, mport, &["server1"]);
     eventually("server1 runs", 30, || {
         request(s1, "GET", "/v1/status", ADMIN)
             .ok()

@@ -348,3 +348,21 @@ pub fn upstream(tmp: &TempDir) -> (PathBuf, PathBuf) {
     git_ok(&work, &["push", "-q", "origin", "main"]);
     (bare, work)
 }
+
+/// The start most end-to-end tests share: `steward init HOME --from REPO`, the Master on
+/// `mport`, then each of `servers` started (and stopped when the returned guard drops).
+pub fn init_and_start<'a>(
+    repo: &Path,
+    home: &'a Path,
+    mport: u16,
+    servers: &'a [&'a str],
+) -> (Master, Servers<'a>) {
+    let r = super::steward(repo, &["init", home.to_str().unwrap(), "--from", "."]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let master = Master::start_on(home, mport);
+    let guard = Servers(home, servers);
+    for s in servers {
+        start_server(home, s, mport);
+    }
+    (master, guard)
+}
