@@ -105,6 +105,27 @@ pub fn alive(pid: i32) -> bool {
     !matches!(state, Some("Z") | Some("X") | None)
 }
 
+/// Waits, up to `limit`, until a dead `pid` has let go of its files. After SIGKILL the thread
+/// group's leader shows as a zombie while its other threads are still exiting, and the files
+/// (a server's store locks among them) close only with the last of them: a server started
+/// before then fails on those locks. A live process (a foreign pid) is not waited for.
+pub fn wait_released(pid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !alive(pid) && Instant::now() < deadline {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return;
+        };
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        if threads.is_none_or(|n| n <= 1) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The value after `flag` in `argv`.
 pub fn arg_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
     argv.iter()

@@ -185,6 +185,8 @@ pub fn start(opts: &StartOptions) -> Result<Outcome, LaunchError> {
                 "Launcher-0094",
                 &format!("Removed a stale pid file (pid {pid} is not this server)."),
             );
+            // A server just killed may still be closing its files (its stores' locks).
+            process::wait_released(pid, Duration::from_secs(10));
             let _ = std::fs::remove_file(home.pid_file());
         }
         Running::No => {}
