@@ -5,7 +5,9 @@
 //! Argon2 is slow and memory-hard on purpose (tens of milliseconds, about 19 MiB each), so:
 //! - successful verifications are cached, keyed by a BLAKE2b digest of (user, password, stored
 //!   hash): a changed password or hash in a new pin simply misses the cache, the cache never holds
-//!   a password in the clear, and a cached user is answered at once whatever else is going on;
+//!   a password in the clear, and a cached user is answered at once whatever else is going on.
+//!   The pool thread records a success itself, so a client that timed out while its (slow)
+//!   verification ran still finds it cached when it retries;
 //! - every other verification runs on a small fixed pool of threads ([`Auth::new`]: one per core, at
 //!   most 4) fed by a short queue: at most that many Argon2 states exist at once, and they are
 //!   allocated by the same few threads (so the allocator's per-thread arenas do not each keep one).
@@ -140,11 +142,32 @@ struct Job {
     hash: Option<String>,
     /// Set when a pool thread takes the job: from then on its requester waits for the answer.
     started: Arc<std::sync::atomic::AtomicBool>,
+    /// Where a success is remembered (`None`: nothing to remember, an unknown user).
+    cache_key: Option<Vec<u8>>,
     reply: oneshot::Sender<bool>,
 }
 
+/// Digests of verified (user, password, hash) triples, shared with the pool threads.
+#[derive(Default)]
+struct Verified(Mutex<HashSet<Vec<u8>>>);
+
+impl Verified {
+    fn contains(&self, k: &[u8]) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(k))
+    }
+
+    fn remember(&self, k: Vec<u8>) {
+        if let Ok(mut set) = self.0.lock() {
+            if set.len() >= CACHE_LIMIT {
+                set.clear();
+            }
+            set.insert(k);
+        }
+    }
+}
+
 pub struct Auth {
-    ok: Mutex<HashSet<Vec<u8>>>,
+    ok: Arc<Verified>,
     failures: Mutex<FailureTable>,
     jobs: mpsc::SyncSender<Job>,
 }
@@ -185,7 +208,7 @@ fn return_large_blocks() {
 }
 
 /// One pool thread: verifies jobs until the [`Auth`] is dropped.
-fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, dummy: Arc<OnceLock<String>>) {
+fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, dummy: Arc<OnceLock<String>>, ok: Arc<Verified>) {
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
@@ -197,7 +220,7 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, dummy: Arc<OnceLock<String>>) {
             continue;
         }
         job.started.store(true, std::sync::atomic::Ordering::SeqCst);
-        let ok = match &job.hash {
+        let valid = match &job.hash {
             Some(hash) => schema::security::verify_password(&job.password, hash),
             None => {
                 // Same work as for a real user, same answer as a wrong password.
@@ -208,7 +231,11 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, dummy: Arc<OnceLock<String>>) {
                 false
             }
         };
-        let _ = job.reply.send(ok);
+        // Here rather than in the requester, which may have stopped waiting by now.
+        if valid && let Some(k) = job.cache_key {
+            ok.remember(k);
+        }
+        let _ = job.reply.send(valid);
     }
 }
 
@@ -230,16 +257,17 @@ impl Auth {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let dummy = Arc::new(OnceLock::new());
+        let ok = Arc::new(Verified::default());
         for i in 0..slots {
-            let (rx, dummy) = (rx.clone(), dummy.clone());
+            let (rx, dummy, ok) = (rx.clone(), dummy.clone(), ok.clone());
             // A thread that cannot be started leaves the pool smaller, never empty: the queue
             // still bounds the work, and the first thread is the one most likely to start.
             let _ = std::thread::Builder::new()
                 .name(format!("steward-auth-{i}"))
-                .spawn(move || worker(rx, dummy));
+                .spawn(move || worker(rx, dummy, ok));
         }
         Auth {
-            ok: Mutex::new(HashSet::new()),
+            ok,
             failures: Mutex::new(FailureTable::default()),
             jobs: tx,
         }
@@ -248,8 +276,7 @@ impl Auth {
     /// Whether these credentials were verified before (cheap; no Argon2, no throttling).
     pub fn cached(&self, user: &str, password: &str, hash: Option<&str>) -> bool {
         let Some(hash) = hash else { return false };
-        let k = key(user, password, hash);
-        self.ok.lock().is_ok_and(|set| set.contains(&k))
+        self.ok.contains(&key(user, password, hash))
     }
 
     /// Checks `password` against `user`'s stored hash (`None`: no such user). `from`: the client
@@ -281,6 +308,7 @@ impl Auth {
             password: password.to_owned(),
             hash: hash.map(str::to_owned),
             started: started.clone(),
+            cache_key: hash.map(|h| key(user, password, h)),
             reply,
         };
         if self.jobs.try_send(job).is_err() {
@@ -298,12 +326,6 @@ impl Auth {
         };
         let now = Instant::now();
         if ok {
-            if let (Some(hash), Ok(mut set)) = (hash, self.ok.lock()) {
-                if set.len() >= CACHE_LIMIT {
-                    set.clear();
-                }
-                set.insert(key(user, password, hash));
-            }
             if let Ok(mut table) = self.failures.lock() {
                 // The user proved who they are; the address keeps its record (it may be shared
                 // with whoever is guessing).
@@ -507,5 +529,32 @@ mod tests {
             auth.check(Some(ip), "u", "pw", Some(&hash)).await,
             Verdict::Valid
         );
+    }
+
+    #[test]
+    fn a_success_is_cached_even_when_its_requester_gave_up() {
+        let auth = Auth::with_slots(1);
+        let hash = schema::security::hash_password("pw").expect("hash");
+        let (reply, answer) = oneshot::channel();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let job = Job {
+            password: "pw".to_owned(),
+            hash: Some(hash.clone()),
+            started: started.clone(),
+            cache_key: Some(key("u", "pw", &hash)),
+            reply,
+        };
+        auth.jobs.try_send(job).expect("queued");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !started.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the pool never took the job");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The client times out while Argon2 runs.
+        drop(answer);
+        while !auth.cached("u", "pw", Some(&hash)) {
+            assert!(Instant::now() < deadline, "the success was not remembered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
