@@ -20,6 +20,7 @@
 //! store and the local API are in their own files.
 
 pub mod api;
+pub mod operator;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
