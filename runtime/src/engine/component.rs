@@ -422,6 +422,7 @@ impl ComponentEngine {
         apps: Apps,
         log: Option<Logger>,
     ) -> Result<ComponentEngine, ComponentError> {
+        let loading = std::time::Instant::now();
         let store = {
             let dir = ejbtimerdb.to_owned();
             tokio::task::spawn_blocking(move || Store::open(&dir)).await??
@@ -462,12 +463,13 @@ impl ComponentEngine {
         engine.inner.info(
             "COMP-0001",
             &format!(
-                "The component engine runs; timer service on http://{api} with {n} stored timer(s){}.",
+                "The component engine runs; timer service on http://{api} with {n} stored timer(s){} (loaded in {} ms).",
                 if orphans > 0 {
                     format!(", {orphans} orphaned")
                 } else {
                     String::new()
-                }
+                },
+                loading.elapsed().as_millis()
             ),
         );
         tokio::spawn(api::serve(engine.clone(), tcp));
