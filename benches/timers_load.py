@@ -21,7 +21,8 @@ seconds after the fill, so that together they fire RATE times per second. Then:
   and the component's parsing, as a real component would see it.
 Beside them, the anchor: one commit of the store on this disk (median, p99 of 200), the
 lateness a firing would have if the commit were on its path (it is not: firings due within
-50 ms are committed ahead and each sent at its instant). Medians of RUNS. Builds the release `steward` and `timers_fill` unless STEWARD_EXE and
+50 ms are committed ahead and each sent at its instant). DUMP=FILE writes the last run's lateness values (arrival order) to FILE.
+Medians of RUNS. Builds the release `steward` and `timers_fill` unless STEWARD_EXE and
 TIMERS_FILL name binaries. Exits 1 when the p99 goal is missed.
 """
 import json, os, re, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
@@ -168,6 +169,11 @@ def run(exe, fill, count):
             time.sleep(WINDOW)
             late = json.load(urllib.request.urlopen(f"http://127.0.0.1:{web}/sink/stats", timeout=30))
             window = time.monotonic() - w0
+            if os.environ.get("DUMP"):
+                # The lateness of each firing in arrival order, to see whether late ones come in
+                # bursts (a stall) or alone.
+                with open(os.environ["DUMP"], "w") as f:
+                    json.dump(late, f)
         rss = rss_kb(pid) / 1024
         return started, load_ms, rss, late, window
     finally:
