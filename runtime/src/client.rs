@@ -119,6 +119,11 @@ impl Client {
         self.send(req)
     }
 
+    /// `DELETE path`, expecting JSON.
+    pub fn delete(&self, path: &str) -> Result<Response, ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, path, "application/json"))
+    }
+
     /// `GET path` as a Server-Sent Events stream. Each read waits up to the client's `timeout`
     /// and then reports [`Next::Idle`], so a caller can look at its stop flag meanwhile.
     pub fn events(&self, path: &str) -> Result<Events, ClientError> {

@@ -193,6 +193,39 @@ async fn components(
     axum::Json(m.component.report()).into_response()
 }
 
+/// `DELETE /v1/components/{app}/timers/{id}` (docs/components.md): an operator cancels a timer
+/// (`servers:control`); answered once the removal is committed to the timer store, with the
+/// timer as it was. The Master forwards `steward admin timers cancel` here.
+async fn cancel_timer(
+    State(m): State<Arc<Management>>,
+    Extension(User(user)): Extension<User>,
+    axum::extract::Path((app, id)): axum::extract::Path<(String, String)>,
+) -> Response {
+    use crate::engine::component::operator::CancelError;
+    if !m.permits(&user, &["servers:control"]) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let engine = m.component.clone();
+    // The store's commit (fsync) blocks: off the runtime's workers.
+    let result = tokio::task::spawn_blocking(move || engine.operator_cancel(&app, &id)).await;
+    let refuse = |status: StatusCode, e: &dyn std::fmt::Display| {
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response()
+    };
+    match result {
+        Ok(Ok(t)) => axum::Json(t).into_response(),
+        Ok(Err(e @ (CancelError::UnknownApp { .. } | CancelError::UnknownTimer { .. }))) => {
+            refuse(StatusCode::NOT_FOUND, &e)
+        }
+        Ok(Err(e @ CancelError::Declared { .. })) => refuse(StatusCode::CONFLICT, &e),
+        Ok(Err(e @ CancelError::Store(_))) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
 /// `GET /metrics` (docs/metrics.md).
 async fn metrics(
     State(m): State<Arc<Management>>,
@@ -511,6 +544,10 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         .route("/metrics", get(metrics))
         .route("/v1/messaging", get(messaging))
         .route("/v1/components", get(components))
+        .route(
+            "/v1/components/{app}/timers/{id}",
+            axum::routing::delete(cancel_timer),
+        )
         // Behind the gate too: an unknown path answers 404 only to valid credentials.
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(
@@ -522,7 +559,7 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
     a.log.info(
         "SERVER-0010",
         &format!(
-            "Listening on {} (management API: GET /v1/status, GET /v1/messaging, GET /v1/components, GET /metrics).",
+            "Listening on {} (management API: GET /v1/status, GET /v1/messaging, GET /v1/components, DELETE /v1/components/APP/timers/ID, GET /metrics).",
             a.listen
         ),
     );

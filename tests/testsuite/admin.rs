@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::util::master::{
-    Master, Servers, commit_and_push, hashes, init_home, pid_of, start_server, upstream,
+    Master, Servers, commit_and_push, init_home, pid_of, start_server, upstream,
 };
 use crate::util::{Repo, Run, TempDir, eventually, git, git_ok, set_toml, steward_cmd, text};
 
 /// `steward admin ARGS` against the Master on `port` as `user` (password: `password`), with no
 /// credentials file to fall back on.
-fn admin_as(port: u16, user: &str, password: &str, args: &[&str]) -> Run {
+pub(crate) fn admin_as(port: u16, user: &str, password: &str, args: &[&str]) -> Run {
     let out = steward_cmd(&["admin"])
         .args(args)
         .env("STEWARD_MASTER", format!("http://127.0.0.1:{port}"))
@@ -30,7 +30,7 @@ fn admin_as(port: u16, user: &str, password: &str, args: &[&str]) -> Run {
     }
 }
 
-fn admin(port: u16, args: &[&str]) -> Run {
+pub(crate) fn admin(port: u16, args: &[&str]) -> Run {
     admin_as(port, "admin", "admin", args)
 }
 
@@ -51,14 +51,7 @@ pub(crate) fn example_domain(name: &str, tmp: &TempDir) -> (Master, PathBuf, Vec
         );
     }
     let ports = crate::util::example_on_free_ports(&repo);
-    let accounts = repo.read("security/accounts.toml");
-    repo.write(
-        "security/accounts.toml",
-        &format!(
-            "{accounts}\n[users.viewer]\npassword = \"{}\"\ngroups = [\"viewers\"]\n",
-            hashes().1
-        ),
-    );
+    crate::util::master::add_viewer(&repo);
     repo.commit("manual restarts, a viewer");
     let home = tmp.path().join("domain1");
     let r = crate::util::steward(

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::util::http::{ADMIN, request, request_with};
 use crate::util::master::{
-    clone_domain, init_and_start, pid_of, push_edits, server_log, start_server,
+    clone_domain, init_and_start, kill9, push_edits, server_log, start_running,
 };
 use crate::util::{Repo, TempDir, eventually};
 
@@ -20,7 +20,7 @@ use crate::util::{Repo, TempDir, eventually};
 /// `$CALLS`, answers 500 to callbacks of timers named `flaky…`, and (for the test, through its
 /// route) creates and cancels run-time timers with its own token. It exits when its server dies,
 /// as a real component should not outlive it.
-const COMPONENT: &str = r#"#!/usr/bin/env python3
+pub(crate) const COMPONENT: &str = r#"#!/usr/bin/env python3
 import json, os, threading, time, urllib.request, urllib.error, urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -351,26 +351,11 @@ interval = \"1h\"
     assert_eq!(declared["status"], 409, "{declared}");
 
     // kill -9 with firings due during the outage; on start, each misfire policy.
-    let pid = pid_of(&home, "server1");
     let before = calls(&log).len();
-    let out = std::process::Command::new("kill")
-        .args(["-9", &pid])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    eventually("server1 is down", 20, || {
-        request(s1, "GET", "/v1/status", ADMIN)
-            .is_err()
-            .then_some(())
-    });
+    kill9(&home, "server1", s1);
     // The outage: at least two firings of each 1s timer come due.
     std::thread::sleep(Duration::from_millis(3500));
-    start_server(&home, "server1", mport);
-    eventually("server1 runs again", 60, || {
-        request(s1, "GET", "/v1/status", ADMIN)
-            .ok()
-            .filter(|r| r.body.contains("\"state\":\"RUNNING\""))
-    });
+    start_running(&home, "server1", mport, s1);
     let (once, skip, all) = eventually("the misfire decisions in the log", 30, || {
         let log = server_log(&home, "server1");
         Some((

@@ -8,6 +8,7 @@
 mod action;
 mod admin;
 mod admin_edit;
+mod admin_timers;
 mod components;
 mod diff;
 mod docs;

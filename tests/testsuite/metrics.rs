@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::util::http::{ADMIN, HttpConn, request};
-use crate::util::master::{clone_domain, hashes, init_and_start, push_edits};
+use crate::util::master::{clone_domain, init_and_start, push_edits};
 use crate::util::{Repo, TempDir, eventually};
 
 const SCRAPER: Option<(&str, &str)> = Some(("scraper", "scraper"));
@@ -124,14 +124,7 @@ fn master_and_server_metrics_follow_a_push_and_requests() {
     let ports = crate::util::example_on_free_ports(&repo);
     let (mport, s1, web1) = (ports[0], ports[1], ports[4]);
     // A person who may watch the domain but not scrape it (the example's viewer role).
-    let accounts = repo.read("security/accounts.toml");
-    repo.write(
-        "security/accounts.toml",
-        &format!(
-            "{accounts}\n[users.viewer]\npassword = \"{}\"\ngroups = [\"viewers\"]\n",
-            hashes().1
-        ),
-    );
+    crate::util::master::add_viewer(&repo);
     repo.commit("a viewer");
     let tmp = TempDir::new("metrics-home");
     let home = tmp.path().join("domain1");

@@ -360,3 +360,72 @@ fn in_a_real_browser_pushes_appear_live_and_a_restart_comes_back() {
     assert_eq!(v.count("button.rollback"), 0);
     assert!(v.count("button.plan") >= 2, "plans are for reading");
 }
+
+/// The text of `timer`'s `cell` in server1's timers table.
+fn timer_cell(b: &WebDriver, timer: &str, cell: &str) -> Option<String> {
+    b.text(&format!(
+        "table.timers[data-server=\"server1\"] tr[data-id=\"{timer}\"] td.{cell}"
+    ))
+}
+
+#[test]
+fn in_a_real_browser_timers_are_listed_and_cancelled() {
+    let jobs = crate::admin_timers::Jobs::start("webadmin-timers");
+    jobs.create("id=rt-far&at=2099-01-01T00%3A00%3A00Z");
+    jobs.create("id=rt-tick&interval=300ms");
+    let port = jobs.mport;
+
+    // server1's table: each timer, the cancel button on run-time timers only (the declared one
+    // lives in domain.toml).
+    let b = open_as(port, "admin", "admin");
+    b.wait("server1's timers", 30, |b| {
+        (timer_cell(b, "rt-far", "next")? == "2099-01-01T00:00:00Z").then_some(())
+    });
+    assert_eq!(
+        timer_cell(&b, "newyear", "kind").as_deref(),
+        Some("declared")
+    );
+    assert_eq!(
+        timer_cell(&b, "rt-far", "kind").as_deref(),
+        Some("run-time")
+    );
+    let buttons = |b: &WebDriver, id: &str| {
+        b.count(&format!(
+            "table.timers[data-server=\"server1\"] tr[data-id=\"{id}\"] button.cancel-timer"
+        ))
+    };
+    assert_eq!(buttons(&b, "newyear"), 0);
+    assert_eq!(buttons(&b, "rt-far"), 1);
+    // Cancel from the page: confirmed, committed by server1, gone from the table.
+    b.click("table.timers[data-server=\"server1\"] tr[data-id=\"rt-far\"] button.cancel-timer");
+    b.accept_alert();
+    b.wait("the cancel reported", 30, |b| {
+        b.text("#message")
+            .filter(|m| m.contains("Timer jobs/rt-far on server1 is cancelled"))
+    });
+    b.wait("rt-far gone from the table", 30, |b| {
+        (b.count("tr[data-id=\"rt-far\"]") == 0).then_some(())
+    });
+    let r = request(jobs.s1, "GET", "/v1/components", ADMIN).unwrap();
+    assert!(!r.body.contains("rt-far"), "{}", r.body);
+    assert!(
+        jobs.master
+            .log()
+            .contains("Timer jobs/rt-far on server1 was cancelled by admin.")
+    );
+    // The last result shows once the timer fired (the page reloads its timers on demand;
+    // clicked last, as a reload replaces the rows).
+    b.wait("rt-tick fired, shown after a reload", 30, |b| {
+        b.click("#timers-reload");
+        timer_cell(b, "rt-tick", "last").filter(|l| l.starts_with("ok "))
+    });
+
+    drop(b);
+
+    // A read-only user sees the timers and no button to cancel them.
+    let v = open_as(port, "viewer", "reader");
+    v.wait("server1's timers for the viewer", 30, |b| {
+        timer_cell(b, "rt-tick", "kind").filter(|k| k == "run-time")
+    });
+    assert_eq!(v.count("button.cancel-timer"), 0);
+}

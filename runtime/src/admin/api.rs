@@ -187,6 +187,40 @@ impl Api {
         self.post("/v1/domain/resume", &serde_json::json!({}), "domain:pin")
     }
 
+    /// `GET /v1/timers`: the domain's timers, asked of the running servers through the Master.
+    pub fn timers(
+        &self,
+        server: Option<&str>,
+        application: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let mut query = Vec::new();
+        if let Some(s) = server {
+            query.push(format!("server={s}"));
+        }
+        if let Some(a) = application {
+            query.push(format!("application={a}"));
+        }
+        let path = match query.is_empty() {
+            true => "/v1/timers".to_owned(),
+            false => format!("/v1/timers?{}", query.join("&")),
+        };
+        self.get(&path, "servers:read")
+    }
+
+    /// Cancels timer `id` of `application` on `server`; answered once the server committed it.
+    pub fn cancel_timer(
+        &self,
+        server: &str,
+        application: &str,
+        id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.post(
+            &format!("/v1/servers/{server}/timers/cancel"),
+            &serde_json::json!({ "application": application, "id": id }),
+            "servers:control",
+        )
+    }
+
     /// The event stream; each read waits up to `idle` before saying nothing came.
     pub fn events(&self, idle: Duration) -> Result<Events, ApiError> {
         let c = self.conn.client(idle)?;

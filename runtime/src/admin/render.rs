@@ -226,6 +226,82 @@ pub fn nodes(nodes: &[NodeView]) -> String {
     )
 }
 
+/// `steward admin timers`: one line per timer of `GET /v1/timers`, then the servers that could
+/// not be asked.
+pub fn timers(doc: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let rows: Vec<Vec<String>> = doc["timers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let last = &t["last"];
+            let last_text = match last["result"].as_str() {
+                None => "-".to_owned(),
+                Some(r) => {
+                    let mut s = format!("{r} {}", last["scheduled"].as_str().unwrap_or("?"));
+                    if let Some(code) = last["status"].as_u64() {
+                        s.push_str(&format!(" ({code})"));
+                    }
+                    s
+                }
+            };
+            let retries = last["attempts"]
+                .as_u64()
+                .map_or("-".to_owned(), |a| a.saturating_sub(1).to_string());
+            let state = match (t["state"].as_str(), t["renamed_to"].as_str()) {
+                (Some("orphaned"), Some(to)) => format!("orphaned (renamed to {to}?)"),
+                (Some(s), _) => s.to_owned(),
+                (None, _) => "-".to_owned(),
+            };
+            let id = text(&t["id"]).unwrap_or_default();
+            let timer = match text(&t["name"]) {
+                Some(n) if n != id => format!("{id} (/timers/{n})"),
+                _ => id,
+            };
+            vec![
+                text(&t["server"]).unwrap_or_default(),
+                text(&t["app"]).unwrap_or_default(),
+                timer,
+                if t["declared"] == true {
+                    "declared"
+                } else {
+                    "run-time"
+                }
+                .to_owned(),
+                if t["persistent"] == true { "yes" } else { "no" }.to_owned(),
+                text(&t["next"]).unwrap_or_else(|| "-".into()),
+                last_text,
+                retries,
+                state,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "SERVER",
+            "APPLICATION",
+            "TIMER",
+            "KIND",
+            "PERSISTENT",
+            "NEXT FIRE",
+            "LAST RESULT",
+            "RETRIES",
+            "STATE",
+        ],
+        &rows,
+    );
+    for u in doc["unavailable"].as_array().into_iter().flatten() {
+        let server = u["server"].as_str().unwrap_or("?");
+        let error = u["error"].as_str().unwrap_or("?");
+        let _ = match u["asked"] == true {
+            true => writeln!(out, "{server}: NO ANSWER: {error}"),
+            false => writeln!(out, "{server}: {error}, not asked"),
+        };
+    }
+    out
+}
+
 fn outcome(o: Outcome) -> &'static str {
     match o {
         Outcome::Pinned => "PINNED",

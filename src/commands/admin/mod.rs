@@ -94,6 +94,31 @@ pub enum AdminCommand {
         #[command(flatten)]
         flags: edit::EditFlags,
     },
+    /// The timers of the domain's component applications (next fire, last result, retries,
+    /// failed or orphaned), asked of the running servers through the Master; `cancel` removes
+    /// one.
+    Timers {
+        /// Only this server's timers.
+        #[arg(long)]
+        server: Option<String>,
+        /// Only this application's timers.
+        #[arg(long)]
+        application: Option<String>,
+        #[command(subcommand)]
+        command: Option<TimersCommand>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum TimersCommand {
+    /// Cancel a run-time timer (or an orphaned one) for good: the server commits the removal to
+    /// its timer store before answering. Declared timers are removed from domain.toml instead.
+    Cancel {
+        server: String,
+        application: String,
+        /// The timer's id (a declared timer's id is its name).
+        id: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -152,6 +177,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         AdminCommand::Undeploy { app, flags } => {
             edit::run(&api, edit::What::Undeploy(app), flags, json)
+        }
+        AdminCommand::Timers {
+            server,
+            application,
+            command: None,
+        } => {
+            let doc = api.timers(server.as_deref(), application.as_deref())?;
+            let incomplete = doc["unavailable"]
+                .as_array()
+                .is_some_and(|u| u.iter().any(|u| u["asked"] == true));
+            print(json, doc.clone(), || render::timers(&doc))?;
+            // A listing that misses a running server is not a success a script should trust
+            // (a stopped server fires nothing, and is only noted).
+            Ok(if incomplete {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        AdminCommand::Timers {
+            command:
+                Some(TimersCommand::Cancel {
+                    server,
+                    application,
+                    id,
+                }),
+            ..
+        } => {
+            let doc = api.cancel_timer(&server, &application, &id)?;
+            print(json, doc, || {
+                format!("Timer {application}/{id} on {server} is cancelled.\n")
+            })
         }
         AdminCommand::Resume => {
             let d = api.resume()?;

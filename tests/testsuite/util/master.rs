@@ -282,6 +282,44 @@ pub fn start_server(home: &Path, name: &str, master_port: u16) {
     );
 }
 
+/// kill -9 of server `name` of `home`, then waits until its base port `port` stops answering.
+pub fn kill9(home: &Path, name: &str, port: u16) {
+    let pid = pid_of(home, name);
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    super::eventually(&format!("{name} is down"), 20, || {
+        request(port, "GET", "/v1/status", super::http::ADMIN)
+            .is_err()
+            .then_some(())
+    });
+}
+
+/// Starts server `name` and waits until its `GET /v1/status` on `port` says RUNNING.
+pub fn start_running(home: &Path, name: &str, master_port: u16, port: u16) {
+    start_server(home, name, master_port);
+    super::eventually(&format!("{name} runs"), 60, || {
+        request(port, "GET", "/v1/status", super::http::ADMIN)
+            .ok()
+            .filter(|r| r.body.contains("\"state\":\"RUNNING\""))
+    });
+}
+
+/// Adds the user `viewer` (password `reader`, the example's read-only `viewers` group) to the
+/// accounts of `repo`, uncommitted.
+pub fn add_viewer(repo: &super::Repo) {
+    let accounts = repo.read("security/accounts.toml");
+    repo.write(
+        "security/accounts.toml",
+        &format!(
+            "{accounts}\n[users.viewer]\npassword = \"{}\"\ngroups = [\"viewers\"]\n",
+            hashes().1
+        ),
+    );
+}
+
 pub fn stop_server(home: &Path, name: &str) {
     let _ = steward_cmd(&["stop-server", "--server", name, "--domain-home"])
         .arg(home)

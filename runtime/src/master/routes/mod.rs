@@ -10,6 +10,7 @@ mod nodes;
 mod rollouts;
 mod scrape;
 mod servers;
+mod timers;
 
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/servers/{name}/restart", post(rollouts::restart))
         .route("/v1/servers/{name}/stop", post(rollouts::stop))
         .route("/v1/servers/{name}/start", post(rollouts::start_one))
+        .route("/v1/servers/{name}/timers/cancel", post(timers::cancel))
+        .route("/v1/timers", get(timers::list))
         .route("/v1/hooks/git", post(hooks::webhook))
         .route("/v1/events", get(events::events))
         .route("/v1/servers", get(servers::list_servers))

@@ -281,6 +281,14 @@ fn render(p: &Page<'_>) -> String {
             out.push_str("</tbody></table>\n");
         }
     }
+    if p.servers.is_some() {
+        // Filled by the script from `GET /v1/timers` (the Master asks the servers for them).
+        out.push_str(
+            "</section>\n<section id=\"timers\"><h2>Timers</h2>\
+             <p class=\"actions\"><button type=\"button\" id=\"timers-reload\">Reload timers</button> \
+             <span id=\"timers-note\"></span></p><div id=\"timer-tables\"></div>\n",
+        );
+    }
     out.push_str(
         "</section>\n<section id=\"history\"><h2>History</h2><ol id=\"history-list\"></ol></section>\n\
          <section id=\"plan\" hidden><h2>Commit <code id=\"plan-commit\"></code></h2>\
@@ -345,7 +353,9 @@ mod tests {
     fn buttons_follow_permissions() {
         let s = [server()];
         let viewer = page(&["domain:read", "servers:read", "events:read"], Some(&s));
-        assert!(!viewer.contains("<button"), "{viewer}");
+        // Reading only: reloading the timers is the one button.
+        assert_eq!(viewer.matches("<button").count(), 1, "{viewer}");
+        assert!(viewer.contains("id=\"timers-reload\""), "{viewer}");
         let operator = page(
             &["domain:read", "servers:read", "servers:control"],
             Some(&s),
@@ -356,9 +366,11 @@ mod tests {
             !operator.contains("hold-button"),
             "hosted mode has nothing to hold"
         );
+        assert!(viewer.contains("id=\"timer-tables\""), "{viewer}");
         let blind = page(&["domain:read"], None);
         assert!(blind.contains("servers:read"));
         assert!(!blind.contains("<table"));
+        assert!(!blind.contains("timer-tables"));
     }
 
     #[test]

@@ -168,6 +168,92 @@
       }
     }
     await loadHistory();
+    await loadTimers();
+  }
+
+  // Timers: one table per server, from GET /v1/timers (the Master asks the running servers).
+  // At most this many rows per server: `steward admin timers` lists them all.
+  const TIMER_ROWS = 500;
+
+  function timerRow(t) {
+    const tr = el("tr");
+    tr.dataset.app = t.app;
+    tr.dataset.id = t.id;
+    const last = t.last
+      ? `${t.last.result} ${t.last.scheduled}${t.last.status ? " (" + t.last.status + ")" : ""}`
+      : "-";
+    const state = t.state === "orphaned" && t.renamed_to ? `orphaned (renamed to ${t.renamed_to}?)` : t.state;
+    const cells = [
+      ["app", t.app],
+      ["timer", t.id],
+      ["kind", t.declared ? "declared" : "run-time"],
+      ["persistent", t.persistent ? "yes" : "no"],
+      ["next", t.next || "-"],
+      ["last", last],
+      ["retries", t.last ? String(t.last.attempts - 1) : "-"],
+      ["state t-" + t.state, state],
+    ];
+    for (const [cls, text] of cells) tr.appendChild(el("td", cls, text));
+    const actions = el("td", "actions");
+    // A declared timer lives in domain.toml; the Master refuses to cancel it (unless orphaned).
+    if (may.has("servers:control") && (!t.declared || t.state === "orphaned")) {
+      const b = el("button", "cancel-timer", "Cancel");
+      b.type = "button";
+      b.dataset.server = t.server;
+      b.dataset.app = t.app;
+      b.dataset.id = t.id;
+      actions.appendChild(b);
+    }
+    tr.appendChild(actions);
+    return tr;
+  }
+
+  async function loadTimers() {
+    const box = document.getElementById("timer-tables");
+    if (!box) return;
+    const note = document.getElementById("timers-note");
+    const r = await api("GET", "/v1/timers");
+    if (!r.ok) {
+      note.textContent = r.status === 403 ? "" : `The Master answered ${r.status}.`;
+      return;
+    }
+    const byServer = new Map();
+    for (const t of r.doc.timers) {
+      if (!byServer.has(t.server)) byServer.set(t.server, []);
+      byServer.get(t.server).push(t);
+    }
+    const tables = [];
+    for (const [server, timers] of byServer) {
+      const table = el("table", "timers");
+      table.dataset.server = server;
+      table.appendChild(el("caption", null, server));
+      const head = el("tr");
+      for (const h of ["Application", "Timer", "Kind", "Persistent", "Next fire", "Last result", "Retries", "State", ""]) {
+        head.appendChild(el("th", null, h));
+      }
+      table.appendChild(el("thead")).appendChild(head);
+      const tbody = el("tbody");
+      for (const t of timers.slice(0, TIMER_ROWS)) tbody.appendChild(timerRow(t));
+      table.appendChild(tbody);
+      tables.push(table);
+      if (timers.length > TIMER_ROWS) {
+        tables.push(el("p", "more", `… and ${timers.length - TIMER_ROWS} more on ${server} (steward admin timers --server ${server})`));
+      }
+    }
+    box.replaceChildren(...tables);
+    const missing = r.doc.unavailable.map((u) => `${u.server}: ${u.error}`);
+    note.textContent = (byServer.size ? "" : "No timers. ") + missing.join("; ");
+  }
+
+  async function cancelTimer(d) {
+    const r = await api("POST", `/v1/servers/${encodeURIComponent(d.server)}/timers/cancel`, { application: d.app, id: d.id });
+    if (r.ok) {
+      say(`Timer ${d.app}/${d.id} on ${d.server} is cancelled.`, "ok");
+    } else {
+      const why = r.status === 403 ? "you lack the permission" : (r.doc && r.doc.error) || `the Master answered ${r.status}`;
+      say(`Cancelling timer ${d.app}/${d.id} refused: ${why}`, "error");
+    }
+    await loadTimers();
   }
 
   function rollout(doc) {
@@ -204,6 +290,7 @@
     es.addEventListener("domain", json(domain));
     es.addEventListener("rollout", json(rollout));
     es.addEventListener("lagged", () => refresh());
+    es.addEventListener("timer", () => loadTimers());
   }
 
   async function order(what, path, payload) {
@@ -254,6 +341,10 @@
       order("Hold", "/v1/domain/hold", {});
     } else if (b.id === "resume-button") {
       order("Resume", "/v1/domain/resume", {});
+    } else if (b.classList.contains("cancel-timer")) {
+      if (confirm(`Cancel timer ${d.app}/${d.id} on ${d.server}? It is removed for good.`)) cancelTimer(d);
+    } else if (b.id === "timers-reload") {
+      loadTimers();
     } else if (b.classList.contains("plan")) {
       showPlan(d.commit);
     }
@@ -268,6 +359,7 @@
     if (may.has("events:read")) live();
     else document.getElementById("live").textContent = "not live (no events:read)";
     await loadHistory();
+    await loadTimers();
     body.dataset.ready = "true";
   })();
 })();
