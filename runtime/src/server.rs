@@ -355,6 +355,8 @@ fn boot(
             return Err(e.into());
         }
     };
+    // Message-driven components consume from now on.
+    rt.block_on(async { component.attach_messaging(messaging.clone()) });
     let status: Shared = Arc::new(RwLock::new(Status {
         name: opts.name.clone(),
         state: crate::master::ServerState::Starting,
