@@ -71,6 +71,9 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path.endswith("/list"):
             status, text = timers("GET", "/timers")
             self.reply(200, {"status": status, "body": text})
+        elif os.path.exists(CALLS + ".sick"):
+            # Unhealthy while that file exists (the health path is any other GET).
+            self.reply(503, {})
         else:
             self.reply(200, {"app": os.environ["STEWARD_APP"]})
 
@@ -806,6 +809,30 @@ consumes = [\"queue:orders\", \"topic:prices\"]
     );
     assert_eq!(mine + theirs, 6, "{shared}");
     assert!(mine >= 1 && theirs >= 1, "{shared}");
+
+    // While the component is not ready (killed, and unhealthy when it starts again) the queue's
+    // consumer is unsubscribed: a message stays queued, and is delivered once it is healthy.
+    let sick = format!("{}.sick", log.display());
+    std::fs::write(&sick, "").unwrap();
+    let pid = component(&components(s1), "orders").unwrap()["pid"].to_string();
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually("the consumer waits for the component", 30, || {
+        consumer(&components(s1), "orders", "/queue/orders").filter(|c| c["state"] == "waiting")
+    });
+    assert_eq!(destination(s1, "/queue/orders")["consumers"], 0);
+    stomp_py("send", stomp_port, &["/queue/orders", "while-down"], &log);
+    assert_eq!(destination(s1, "/queue/orders")["depth"], 1);
+    std::fs::remove_file(&sick).unwrap();
+    let back = eventually("delivered once the component is healthy", 60, || {
+        messages(&log)
+            .into_iter()
+            .find(|m| m["body"] == "while-down")
+    });
+    assert_eq!(back["redelivered"], "false", "{back}");
 
     // `queue:orders` removed from `consumes` (live): that consumer stops, the topic's goes on,
     // and a later message stays in the queue for whoever consumes it next.

@@ -121,3 +121,106 @@ impl Settle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+    use std::time::Duration;
+
+    use schema::model::{Domain, Messaging, Queue};
+
+    use super::*;
+    use crate::auth::Auth;
+
+    fn body(d: &Delivery) -> (&str, bool) {
+        (std::str::from_utf8(&d.message.body).unwrap(), d.redelivered)
+    }
+
+    // The guard holds the store's writer back on purpose; this future runs on block_on's thread.
+    #[allow(clippy::await_holding_lock)]
+    #[test]
+    fn an_in_process_consumer_is_a_stomp_consumer_and_recv_is_cancel_safe() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = Messaging {
+                listener: None,
+                queues: [(
+                    "q".to_owned(),
+                    Queue {
+                        max_redeliveries: 1,
+                        ..Queue::default()
+                    },
+                )]
+                .into(),
+                topics: Default::default(),
+            };
+            let engine = MessagingEngine::start(
+                &cfg,
+                Some(dir.path()),
+                Arc::new(RwLock::new(Arc::new(Domain::default()))),
+                Arc::new(Auth::new()),
+                None,
+            )
+            .await
+            .unwrap();
+            let q = Dest::Queue("q".into());
+            let store = engine.inner.store.clone().unwrap();
+            let ticket = engine
+                .inner
+                .broker()
+                .send(&q, Vec::new(), b"a".to_vec())
+                .unwrap();
+            store.durable(ticket).await.unwrap();
+            // A stored message handed out while its delivery mark is not yet on disk: recv
+            // waits, and giving up waiting (a select! taking another branch) loses nothing.
+            let held = store.hold();
+            let mut c = engine.consume(&q, 4).unwrap();
+            let settle = c.settle();
+            let gave_up = tokio::time::timeout(Duration::from_millis(200), c.recv()).await;
+            assert!(gave_up.is_err(), "delivered before its mark is on disk");
+            drop(held);
+            let d = tokio::time::timeout(Duration::from_secs(30), c.recv())
+                .await
+                .expect("the delivery taken before giving up is not lost")
+                .unwrap()
+                .unwrap();
+            assert_eq!(body(&d), ("a", false));
+            // NACK: redelivered flagged; NACK again past max-redeliveries (1): dead-lettered.
+            settle.nack(d.ack.unwrap());
+            let d = c.recv().await.unwrap().unwrap();
+            assert_eq!(body(&d), ("a", true));
+            settle.nack(d.ack.unwrap());
+            engine
+                .inner
+                .broker()
+                .send(&q, Vec::new(), b"b".to_vec())
+                .unwrap();
+            let d = c.recv().await.unwrap().unwrap();
+            assert_eq!(body(&d), ("b", false));
+            // Dropped without ACK: `b` goes back to the queue, flagged.
+            drop(c);
+            let report = engine.report();
+            let of = |name: &str| {
+                report
+                    .destinations
+                    .iter()
+                    .find(|r| r.destination == name)
+                    .unwrap()
+                    .clone()
+            };
+            assert_eq!(of("/queue/q.dlq").depth, 1);
+            assert_eq!((of("/queue/q").depth, of("/queue/q").consumers), (1, 0));
+            let mut again = engine.consume(&q, 4).unwrap();
+            let d = again.recv().await.unwrap().unwrap();
+            assert_eq!(body(&d), ("b", true));
+            again.settle().ack(d.ack.unwrap());
+            assert_eq!(engine.report().destinations[0].depth, 0);
+            engine.shutdown();
+        });
+    }
+}
