@@ -836,6 +836,7 @@ consumes = [\"queue:orders\", \"topic:prices\"]
 
     // `queue:orders` removed from `consumes` (live): that consumer stops, the topic's goes on,
     // and a later message stays in the queue for whoever consumes it next.
+    let pid = component(&components(s1), "orders").unwrap()["pid"].clone();
     let clone = clone_domain(mport, tmp.path().join("clone"));
     let pushed = push_edits(
         &clone,
@@ -851,6 +852,11 @@ consumes = [\"queue:orders\", \"topic:prices\"]
     let status = crate::util::http::status(s1);
     assert_eq!(status["pending_restart"], serde_json::json!([]), "{status}");
     let report = components(s1);
+    assert_eq!(
+        component(&report, "orders").unwrap()["pid"],
+        pid,
+        "not restarted"
+    );
     assert!(
         consumer(&report, "orders", "/queue/orders").is_none(),
         "{report}"
