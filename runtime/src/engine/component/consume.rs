@@ -103,7 +103,7 @@ impl Consumers {
         let _ = self.messaging.set(messaging);
     }
 
-    /// The consumers of `app`, in the order of its `consumes`.
+    /// The consumers of `app`, ordered by their `consumes` entry.
     pub(super) fn report(&self, app: &str) -> Vec<ConsumerReport> {
         self.running()
             .iter()
