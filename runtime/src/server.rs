@@ -388,6 +388,8 @@ fn boot(
             return Err(e.into());
         }
     };
+    // Message-driven components consume from now on.
+    rt.block_on(async { component.attach_messaging(messaging.clone()) });
     let status: Shared = Arc::new(RwLock::new(Status {
         name: opts.name.clone(),
         state: crate::master::ServerState::Starting,
@@ -632,9 +634,10 @@ async fn serve(a: ServeArgs<'_>) -> Result<(), ServerError> {
         ),
     );
     let _ = tx.send(signal_name);
-    a.management.messaging.shutdown();
-    // No timer fires into applications that are stopping.
+    // No timer fires into applications that are stopping; the consumers of message-driven
+    // components end their subscriptions while the messaging store still takes the changes.
     a.management.component.shutdown();
+    a.management.messaging.shutdown();
     stop_control.store(true, std::sync::atomic::Ordering::SeqCst);
     // The web engine drains its requests (up to stop-timeout) and then stops the process
     // applications, while the management API drains its own.

@@ -260,7 +260,11 @@ pub fn typed(kind: Kind, raw: &str) -> Value {
             Some(v @ Value::Integer(_)) => v,
             _ => string(),
         },
-        Kind::IdentList | Kind::StrList | Kind::RepoPathList | Kind::PermissionList => {
+        Kind::IdentList
+        | Kind::StrList
+        | Kind::RepoPathList
+        | Kind::PermissionList
+        | Kind::ConsumeList => {
             match literal {
                 Some(v @ Value::Array(_)) => v,
                 _ if raw.is_empty() => Value::Array(toml_edit::Array::new()),

@@ -289,6 +289,8 @@ impl Default for AccessLog {
 pub struct Component {
     pub thread_pool: ThreadPool,
     pub timer_service: TimerService,
+    /// How long a message-driven component may take to answer a delivered message.
+    pub message_timeout: Dur,
 }
 
 impl Default for Component {
@@ -296,6 +298,7 @@ impl Default for Component {
         Component {
             thread_pool: ThreadPool { min: 2, max: 32 },
             timer_service: TimerService::default(),
+            message_timeout: Dur::secs(30),
         }
     }
 }
@@ -466,6 +469,51 @@ pub struct Application {
     /// Declared timers of a `component` application, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub timers: BTreeMap<String, Timer>,
+    /// Destinations a `component` application consumes (message-driven), `queue:NAME` or
+    /// `topic:NAME` (the loader checks them; [`Consume::parse`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumes: Vec<String>,
+}
+
+/// One entry of `consumes`: a queue or a topic of the server's messaging engine.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Consume {
+    Queue(String),
+    Topic(String),
+}
+
+impl Consume {
+    /// `queue:NAME` or `topic:NAME`; the name non-empty, without `/` or white space.
+    pub fn parse(s: &str) -> Result<Consume, crate::values::ValueError> {
+        let (kind, name) = s.split_once(':').ok_or_else(|| {
+            format!("`{s}` names no kind of destination; write `queue:{s}` or `topic:{s}`")
+        })?;
+        if name.is_empty()
+            || name.contains('/')
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "`{s}`: `{name}` is not a destination name (non-empty, no `/`, no spaces)"
+            )
+            .into());
+        }
+        match kind {
+            "queue" => Ok(Consume::Queue(name.to_owned())),
+            "topic" => Ok(Consume::Topic(name.to_owned())),
+            _ => Err(format!(
+                "`{s}` starts with `{kind}:`; a component consumes `queue:NAME` or `topic:NAME`"
+            )
+            .into()),
+        }
+    }
+
+    /// The destination as STOMP clients name it: `/queue/NAME`, `/topic/NAME`.
+    pub fn destination(&self) -> String {
+        match self {
+            Consume::Queue(n) => format!("/queue/{n}"),
+            Consume::Topic(n) => format!("/topic/{n}"),
+        }
+    }
 }
 
 /// `[applications.X.timers.NAME]`: exactly one of `schedule`, `interval`, `at` (the loader

@@ -102,6 +102,8 @@ pub enum Kind {
     /// An RFC 3339 instant (`2027-01-01T00:00:00Z`).
     Instant,
     PermissionList,
+    /// An array of `queue:NAME` / `topic:NAME` (what a component consumes).
+    ConsumeList,
 }
 
 impl Kind {
@@ -135,6 +137,7 @@ impl Kind {
             Kind::TimeZone => "time zone (`UTC`, `Asia/Seoul`)".into(),
             Kind::Instant => "RFC 3339 instant (`2027-01-01T00:00:00Z`)".into(),
             Kind::PermissionList => "array of permissions".into(),
+            Kind::ConsumeList => "array of `queue:NAME` or `topic:NAME`".into(),
         }
     }
 }
@@ -566,7 +569,7 @@ pub static SETTINGS: &[Setting] = &[
         POOL,
         Live,
         "32",
-        "Most timer callbacks in flight at once; more wait for a slot.",
+        "Most timer callbacks and message deliveries to message-driven components in flight at once; more wait for a slot.",
     ),
     s(
         Domain,
@@ -591,6 +594,14 @@ pub static SETTINGS: &[Setting] = &[
         Live,
         "\"5s\"",
         "Delay between timer retries.",
+    ),
+    s(
+        Domain,
+        "servers.*.component.message-timeout",
+        Kind::Duration,
+        Live,
+        "\"30s\"",
+        "How long a message-driven component may take to answer a delivered message; no 2xx answer within it NACKs the message.",
     ),
     // messaging engine (JMS analog)
     s(
@@ -820,6 +831,14 @@ pub static SETTINGS: &[Setting] = &[
         Redeploy,
         "\"2GiB\"",
         "Archive sources: most bytes the archive may unpack to; a larger one is refused.",
+    ),
+    s(
+        Domain,
+        "applications.*.consumes",
+        Kind::ConsumeList,
+        Live,
+        "[]",
+        "`component`: destinations it consumes (`queue:NAME`, `topic:NAME`), each declared on every server it is deployed to; each message is POSTed to it (docs/components.md#message-driven-components).",
     ),
     // [applications.<name>.timers.<name>] (component applications)
     s(

@@ -430,6 +430,7 @@ fn applications(c: &mut Checker<'_>, tree: &dyn Tree) -> BTreeMap<String, String
             ));
         }
         timers(c, aname, app);
+        consumes(c, aname, app);
         let mut fingerprint = String::new();
         let source_path = format!("{base}.source");
         match tree.entry(&app.source) {
@@ -577,6 +578,84 @@ fn timers(c: &mut Checker<'_>, aname: &str, app: &crate::model::Application) {
             )
             .hint = Some("write a duration of at least `1ms`, e.g. `5m`".into());
         }
+    }
+}
+
+/// What a message-driven component consumes: only `component` applications consume, and each
+/// destination must be declared on every server the application is deployed to (a queue's
+/// dead-letter queue `NAME.dlq` is declared with it). The form of each entry was checked by the
+/// loader.
+fn consumes(c: &mut Checker<'_>, aname: &str, app: &crate::model::Application) {
+    use crate::model::Consume;
+    if app.consumes.is_empty() {
+        return;
+    }
+    let base = format!("applications.{aname}.consumes");
+    if app.kind != AppKind::Component {
+        c.error(
+            "consumes-not-component",
+            D,
+            &base,
+            format!(
+                "{} application `{aname}` has `consumes`; only `component` applications consume messages",
+                kind_name(app.kind)
+            ),
+        )
+        .hint = Some("set `kind = \"component\"`, or remove `consumes`".into());
+        return;
+    }
+    let servers: Vec<String> = c
+        .domain
+        .app_servers(app)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    for (i, entry) in app.consumes.iter().enumerate() {
+        let Ok(consume) = Consume::parse(entry) else {
+            continue;
+        };
+        let missing: Vec<&str> = servers
+            .iter()
+            .map(String::as_str)
+            .filter(|s| {
+                let Some(m) = c.domain.config.servers.get(*s).map(|s| &s.messaging) else {
+                    return false;
+                };
+                match &consume {
+                    Consume::Queue(n) => {
+                        !m.queues.contains_key(n)
+                            && !n
+                                .strip_suffix(".dlq")
+                                .is_some_and(|q| m.queues.contains_key(q))
+                    }
+                    Consume::Topic(n) => !m.topics.contains_key(n),
+                }
+            })
+            .collect();
+        let Some(first) = missing.first() else {
+            continue;
+        };
+        let (table, name) = match &consume {
+            Consume::Queue(n) => ("queues", n),
+            Consume::Topic(n) => ("topics", n),
+        };
+        c.error(
+            "unknown-destination",
+            D,
+            &format!("{base}[{i}]"),
+            format!(
+                "application `{aname}` consumes `{entry}`, which is not declared on server{} {}",
+                if missing.len() > 1 { "s" } else { "" },
+                missing
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .hint = Some(format!(
+            "declare it with `[servers.{first}.messaging.{table}.{name}]` on each server the application is deployed to, or remove it from `consumes`"
+        ));
     }
 }
 

@@ -1,6 +1,6 @@
-//! The component engine end to end (docs/components.md): a real Master and server1 running two
+//! The component engine end to end (docs/components.md): a real Master and server1 running
 //! component applications written in Python (stdlib `http.server`, [`COMPONENT`]) that record
-//! every timer callback they get. Declared and run-time timers, the local API and its token,
+//! every timer callback and message they get. Declared and run-time timers, the local API and its token,
 //! retries of a failing callback, kill -9 of the server with each misfire policy, a redeploy, a
 //! rename and an undeploy. Counts and scheduled instants are asserted, never how long anything
 //! took; every wait is bounded.
@@ -71,10 +71,15 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path.endswith("/list"):
             status, text = timers("GET", "/timers")
             self.reply(200, {"status": status, "body": text})
+        elif os.path.exists(CALLS + ".sick"):
+            # Unhealthy while that file exists (the health path is any other GET).
+            self.reply(503, {})
         else:
             self.reply(200, {"app": os.environ["STEWARD_APP"]})
 
     def do_POST(self):
+        if self.path.startswith("/messages/"):
+            return self.message()
         name = self.path[len("/timers/"):] if self.path.startswith("/timers/") else None
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"null")
@@ -84,6 +89,19 @@ class Handler(BaseHTTPRequestHandler):
         with lock, open(CALLS, "a") as f:
             f.write(json.dumps(line) + "\n")
         self.reply(500 if name.startswith("flaky") else 200, {})
+
+    def message(self):
+        # A message-driven delivery: recorded, and refused (500) when its body starts "poison".
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+        line = {"app": os.environ["STEWARD_APP"], "path": self.path, "body": body,
+                "id": self.headers.get("Steward-Message-Id"),
+                "destination": self.headers.get("Steward-Destination"),
+                "redelivered": self.headers.get("Steward-Redelivered"),
+                "headers": json.loads(self.headers.get("Steward-Message-Headers", "{}")),
+                "content_type": self.headers.get("Content-Type")}
+        with lock, open(CALLS, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.reply(500 if body.startswith("poison") else 200, {})
 
     def log_message(self, *args):
         pass
@@ -527,4 +545,337 @@ interval = \"1h\"
         .map(|t| format!("{}/{}", t["app"], t["id"]))
         .collect();
     assert!(all_ids.iter().all(|t| !t.contains("quiet2")), "{all_ids:?}");
+}
+
+/// stomp.py, the other side of the message-driven test: `send PORT DEST BODY [HEADERS-JSON]`
+/// sends one message with a receipt; `read PORT DEST N` takes N messages (client-individual,
+/// acknowledged) and prints them; `share PORT DEST N` subscribes, sends N messages to DEST and
+/// prints what this consumer got of them once `$CALLS` (the component's record) and it hold all
+/// N between them.
+const STOMP: &str = r#"
+import json, os, sys, threading, time
+import stomp
+
+mode, port, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+class Collect(stomp.ConnectionListener):
+    def __init__(self):
+        self.messages, self.receipts = [], set()
+        self.cond = threading.Condition()
+    def on_message(self, frame):
+        with self.cond:
+            self.messages.append(frame); self.cond.notify_all()
+    def on_receipt(self, frame):
+        with self.cond:
+            self.receipts.add(frame.headers['receipt-id']); self.cond.notify_all()
+    def wait(self, what, pred, secs=60):
+        with self.cond:
+            if not self.cond.wait_for(lambda: pred(self), timeout=secs):
+                raise SystemExit('timed out waiting for ' + what)
+
+c = stomp.Connection12([('127.0.0.1', port)], heartbeats=(0, 0))
+l = Collect()
+c.set_listener('c', l)
+c.connect('app', 'reader', wait=True)
+
+def subscribe():
+    c.subscribe(dest, id='s', ack='client-individual', headers={'receipt': 'sub'})
+    l.wait('the subscription', lambda s: 'sub' in s.receipts)
+
+out = {}
+if mode == 'send':
+    headers = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    headers['receipt'] = 'sent'
+    c.send(dest, sys.argv[4], headers=headers)
+    l.wait('the receipt', lambda s: 'sent' in s.receipts)
+elif mode == 'read':
+    subscribe()
+    n = int(sys.argv[4])
+    l.wait('%d messages' % n, lambda s: len(s.messages) >= n)
+    for m in l.messages:
+        c.ack(m.headers['ack'])
+    out = {'messages': [{'body': m.body, 'headers': m.headers} for m in l.messages]}
+elif mode == 'share':
+    subscribe()
+    n = int(sys.argv[4])
+    bodies = ['share-%d' % i for i in range(n)]
+    for b in bodies:
+        c.send(dest, b)
+    def component_got():
+        try:
+            with open(os.environ['CALLS']) as f:
+                return [json.loads(x)['body'] for x in f if x.strip()]
+        except FileNotFoundError:
+            return []
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        mine = [m.body for m in l.messages]
+        theirs = [b for b in component_got() if b in bodies]
+        if len(mine) + len(theirs) >= n:
+            break
+        time.sleep(0.05)
+    for m in l.messages:
+        c.ack(m.headers['ack'])
+    out = {'mine': [m.body for m in l.messages], 'component': theirs}
+c.disconnect()
+print(json.dumps(out))
+"#;
+
+/// Runs [`STOMP`] in `mode`; its JSON output.
+fn stomp_py(mode: &str, port: u16, args: &[&str], calls: &Path) -> Value {
+    let out = std::process::Command::new("python3")
+        .args(["-c", STOMP, mode, &port.to_string()])
+        .args(args)
+        .env("CALLS", calls)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "stomp.py {mode} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// The messages the component got (the lines of `$CALLS` with a body).
+fn messages(file: &Path) -> Vec<Value> {
+    calls(file)
+        .into_iter()
+        .filter(|c| c.get("body").is_some())
+        .collect()
+}
+
+fn consumer(report: &Value, app: &str, destination: &str) -> Option<Value> {
+    component(report, app)?["consumers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["destination"] == destination)
+        .cloned()
+}
+
+/// One destination of `GET /v1/messaging`.
+fn destination(port: u16, name: &str) -> Value {
+    let r = request(port, "GET", "/v1/messaging", ADMIN).expect("GET /v1/messaging");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).expect("json");
+    v["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .find(|d| d["destination"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn message_driven_components_take_messages_from_queues_and_topics() {
+    let repo = Repo::example("mdb-repo");
+    let ports = crate::util::example_on_free_ports(&repo);
+    let (mport, s1) = (ports[0], ports[1]);
+    let stomp_port = crate::util::free_ports_besides(1, &ports)[0];
+    let tmp = TempDir::new("mdb-home");
+    let log = tmp.path().join("calls.jsonl");
+    let file = repo.path().join("apps/orders/bin/component");
+    repo.write("apps/orders/bin/component", COMPONENT);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let domain = repo.read("domain.toml");
+    let calls_env = log.display();
+    repo.write(
+        "domain.toml",
+        &format!(
+            "{domain}
+[servers.server1.messaging.listener]
+address = \"127.0.0.1\"
+port = {stomp_port}
+
+[servers.server1.messaging.queues.orders]
+max-redeliveries = 2
+
+[servers.server1.messaging.topics.prices]
+
+[applications.orders]
+kind = \"component\"
+source = \"apps/orders\"
+targets = [\"server1\"]
+command = \"bin/component\"
+env = {{ CALLS = \"{calls_env}\" }}
+consumes = [\"queue:orders\", \"topic:prices\"]
+"
+        ),
+    );
+    let reader = &crate::util::master::hashes().1;
+    let accounts = repo.read("security/accounts.toml");
+    repo.write(
+        "security/accounts.toml",
+        &format!("{accounts}\n[users.app]\npassword = \"{reader}\"\n"),
+    );
+    let policies = repo.read("security/policies.toml");
+    repo.write(
+        "security/policies.toml",
+        &format!("{policies}\n[roles.messaging-app]\npermissions = [\"messaging:*\"]\nusers = [\"app\"]\n"),
+    );
+    repo.commit("a message-driven component on server1");
+    let home = tmp.path().join("domain1");
+    let (_m, _servers) = init_and_start(repo.path(), &home, mport, &["server1"]);
+    eventually("both consumers of orders consume", 60, || {
+        let r = request(s1, "GET", "/v1/components", ADMIN).ok()?;
+        let r: Value = serde_json::from_str(&r.body).ok()?;
+        let q = consumer(&r, "orders", "/queue/orders")?;
+        let t = consumer(&r, "orders", "/topic/prices")?;
+        (q["state"] == "consuming" && t["state"] == "consuming").then_some(())
+    });
+
+    // A message sent by stomp.py reaches the component, with its headers, and is acknowledged.
+    stomp_py(
+        "send",
+        stomp_port,
+        &[
+            "/queue/orders",
+            "order-1",
+            r#"{"x-customer":"kim","content-type":"text/plain"}"#,
+        ],
+        &log,
+    );
+    stomp_py("send", stomp_port, &["/topic/prices", "price-1"], &log);
+    let got = eventually("the component gets both", 30, || {
+        Some(messages(&log)).filter(|m| m.len() >= 2)
+    });
+    let order = got
+        .iter()
+        .find(|m| m["body"] == "order-1")
+        .expect("order-1");
+    assert_eq!(order["path"], "/messages/queue/orders", "{order}");
+    assert_eq!(order["destination"], "/queue/orders", "{order}");
+    assert_eq!(order["redelivered"], "false", "{order}");
+    assert_eq!(order["headers"]["x-customer"], "kim", "{order}");
+    assert_eq!(order["content_type"], "text/plain", "{order}");
+    assert!(
+        order["id"].as_str().is_some_and(|i| !i.is_empty()),
+        "{order}"
+    );
+    let price = got
+        .iter()
+        .find(|m| m["body"] == "price-1")
+        .expect("price-1");
+    assert_eq!(price["path"], "/messages/topic/prices", "{price}");
+    let q = eventually("order-1 acknowledged", 30, || {
+        Some(destination(s1, "/queue/orders")).filter(|d| d["dequeued"] == 1)
+    });
+    assert_eq!(q["depth"], 0, "{q}");
+
+    // A message the component answers 500 to: NACKed, redelivered max-redeliveries (2) times
+    // flagged, then in the dead-letter queue, where stomp.py reads it.
+    stomp_py("send", stomp_port, &["/queue/orders", "poison-1"], &log);
+    let dlq = stomp_py("read", stomp_port, &["/queue/orders.dlq", "1"], &log);
+    assert_eq!(dlq["messages"][0]["body"], "poison-1", "{dlq}");
+    let poison: Vec<Value> = messages(&log)
+        .into_iter()
+        .filter(|m| m["body"] == "poison-1")
+        .map(|m| m["redelivered"].clone())
+        .collect();
+    assert_eq!(poison, ["false", "true", "true"]);
+    let report = components(s1);
+    let c = consumer(&report, "orders", "/queue/orders").expect("the queue's consumer");
+    assert_eq!(
+        (&c["delivered"], &c["acked"], &c["nacked"], &c["in_flight"]),
+        (&4.into(), &1.into(), &3.into(), &0.into()),
+        "{report}"
+    );
+    assert_eq!(c["last_error"], "the component answered 500", "{report}");
+    assert_eq!(destination(s1, "/queue/orders")["dead_lettered"], 1);
+
+    // Competing consumers: a stomp.py subscriber and the component share the queue.
+    let shared = stomp_py("share", stomp_port, &["/queue/orders", "6"], &log);
+    let (mine, theirs) = (
+        shared["mine"].as_array().unwrap().len(),
+        shared["component"].as_array().unwrap().len(),
+    );
+    assert_eq!(mine + theirs, 6, "{shared}");
+    assert!(mine >= 1 && theirs >= 1, "{shared}");
+
+    // While the component is not ready (killed, and unhealthy when it starts again) the queue's
+    // consumer is unsubscribed: a message stays queued, and is delivered once it is healthy.
+    let sick = format!("{}.sick", log.display());
+    std::fs::write(&sick, "").unwrap();
+    let pid = component(&components(s1), "orders").unwrap()["pid"].to_string();
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually("the consumer waits for the component", 30, || {
+        consumer(&components(s1), "orders", "/queue/orders").filter(|c| c["state"] == "waiting")
+    });
+    assert_eq!(destination(s1, "/queue/orders")["consumers"], 0);
+    stomp_py("send", stomp_port, &["/queue/orders", "while-down"], &log);
+    assert_eq!(destination(s1, "/queue/orders")["depth"], 1);
+    std::fs::remove_file(&sick).unwrap();
+    let back = eventually("delivered once the component is healthy", 60, || {
+        messages(&log)
+            .into_iter()
+            .find(|m| m["body"] == "while-down")
+    });
+    assert_eq!(back["redelivered"], "false", "{back}");
+
+    // `queue:orders` removed from `consumes` (live): that consumer stops, the topic's goes on,
+    // and a later message stays in the queue for whoever consumes it next.
+    let pid = component(&components(s1), "orders").unwrap()["pid"].clone();
+    let clone = clone_domain(mport, tmp.path().join("clone"));
+    let pushed = push_edits(
+        &clone,
+        "domain.toml",
+        &[(
+            "consumes = [\"queue:orders\", \"topic:prices\"]",
+            "consumes = [\"topic:prices\"]",
+        )],
+    );
+    eventually("server1 applies the removal", 30, || {
+        Some(crate::util::http::status(s1)).filter(|s| s["applied_commit"] == pushed.as_str())
+    });
+    let status = crate::util::http::status(s1);
+    assert_eq!(status["pending_restart"], serde_json::json!([]), "{status}");
+    let report = components(s1);
+    assert_eq!(
+        component(&report, "orders").unwrap()["pid"],
+        pid,
+        "not restarted"
+    );
+    assert!(
+        consumer(&report, "orders", "/queue/orders").is_none(),
+        "{report}"
+    );
+    assert!(
+        consumer(&report, "orders", "/topic/prices").is_some(),
+        "{report}"
+    );
+    assert_eq!(destination(s1, "/queue/orders")["consumers"], 0);
+    stomp_py("send", stomp_port, &["/queue/orders", "later-1"], &log);
+    assert_eq!(destination(s1, "/queue/orders")["depth"], 1);
+    let later = stomp_py("read", stomp_port, &["/queue/orders", "1"], &log);
+    assert_eq!(later["messages"][0]["body"], "later-1", "{later}");
+    stomp_py("send", stomp_port, &["/topic/prices", "price-2"], &log);
+    eventually("the topic's consumer goes on", 30, || {
+        messages(&log).into_iter().find(|m| m["body"] == "price-2")
+    });
+
+    // Undeployed: the topic's consumer stops too.
+    let pushed = push_edits(
+        &clone,
+        "domain.toml",
+        &[(
+            "source = \"apps/orders\"\ntargets = [\"server1\"]",
+            "source = \"apps/orders\"\ntargets = []",
+        )],
+    );
+    eventually("server1 applies the undeploy", 30, || {
+        Some(crate::util::http::status(s1)).filter(|s| s["applied_commit"] == pushed.as_str())
+    });
+    assert!(component(&components(s1), "orders").is_none());
+    assert_eq!(destination(s1, "/topic/prices")["consumers"], 0);
+    assert!(
+        messages(&log).iter().all(|m| m["body"] != "later-1"),
+        "the component never got later-1"
+    );
 }

@@ -49,6 +49,7 @@ pub fn engine(
         start_timeout: Dur::secs(30),
         max_unpacked_size: schema::model::default_max_unpacked_size(),
         timers: BTreeMap::new(),
+        consumes: Vec::new(),
     };
     let mut listener = Listener::on_port(port);
     listener.address = "127.0.0.1".parse()?;

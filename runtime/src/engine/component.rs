@@ -20,6 +20,7 @@
 //! store and the local API are in their own files.
 
 pub mod api;
+pub mod consume;
 pub mod operator;
 pub mod store;
 
@@ -205,6 +206,8 @@ struct Inner {
     log: Option<Logger>,
     shutdown: watch::Sender<bool>,
     started: AtomicBool,
+    /// Message-driven components' consumers ([`consume`]).
+    consumers: consume::Consumers,
 }
 
 impl Inner {
@@ -323,6 +326,8 @@ pub struct ComponentReport {
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_path: Option<String>,
+    /// Its consumers, one per `consumes` entry (message-driven components).
+    pub consumers: Vec<consume::ConsumerReport>,
     pub timers: Vec<TimerReport>,
 }
 
@@ -453,6 +458,7 @@ impl ComponentEngine {
             log,
             shutdown,
             started: AtomicBool::new(false),
+            consumers: consume::Consumers::default(),
         });
         let engine = ComponentEngine { inner };
         engine.load(records, &apps);
@@ -692,6 +698,14 @@ impl ComponentEngine {
         }
     }
 
+    /// Gives the engine the server's messaging engine and starts the consumers of
+    /// message-driven components (after [`Self::attach`]).
+    pub fn attach_messaging(&self, messaging: crate::engine::messaging::MessagingEngine) {
+        self.inner.consumers.attach(messaging);
+        let apps = self.inner.state().apps.clone();
+        consume::reconcile(&self.inner, &apps);
+    }
+
     /// What `component` applications get besides the engine-wide environment.
     pub fn component_env(&self) -> ComponentEnv {
         let inner = self.inner.clone();
@@ -716,6 +730,8 @@ impl ComponentEngine {
         };
         self.reconcile(apps, Some(&before));
         let _ = self.inner.flush();
+        let apps = self.inner.state().apps.clone();
+        consume::reconcile(&self.inner, &apps);
         // A larger pool may let waiting callbacks go.
         self.inner.slot_freed.notify_waiters();
     }
@@ -743,6 +759,7 @@ impl ComponentEngine {
                 pid: web.and_then(|w| w.app_pid(name)),
                 port: web.and_then(|w| w.app_port(name)),
                 context_path: app.context_path.clone(),
+                consumers: self.inner.consumers.report(name),
                 timers: st
                     .entries
                     .values()
@@ -773,6 +790,7 @@ impl ComponentEngine {
 
     /// Stops firing and the local API; what is stored stays.
     pub fn shutdown(&self) {
+        self.inner.consumers.stop_all();
         let _ = self.inner.shutdown.send(true);
         self.inner.wake.notify_one();
         let _ = self.inner.flush();
@@ -1177,23 +1195,8 @@ async fn post(inner: &Inner, job: &Job, record: &Record) -> Result<u16, (Option<
 
 /// `POST path` with a JSON body to 127.0.0.1:`port`, on a connection of its own; the status.
 async fn post_json(port: u16, path: &str, body: Vec<u8>) -> Result<u16, String> {
-    use hyper::header;
-    let stream = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+    let json = [(hyper::header::CONTENT_TYPE, "application/json".to_owned())];
+    consume::post(port, path, &json, bytes::Bytes::from(body))
         .await
-        .map_err(|e| format!("cannot connect to the component on port {port}: {e}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("cannot speak HTTP to the component: {e}"))?;
-    tokio::spawn(conn);
-    let req = hyper::Request::post(path)
-        .header(header::HOST, format!("127.0.0.1:{port}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = send
-        .send_request(req)
-        .await
-        .map_err(|e| format!("the callback failed: {e}"))?;
-    Ok(resp.status().as_u16())
+        .map_err(|e| e.to_string())
 }

@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod frame;
+pub mod internal;
 mod session;
 pub mod store;
 

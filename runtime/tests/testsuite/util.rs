@@ -51,5 +51,6 @@ pub fn application(kind: AppKind, context: &str) -> Application {
         start_timeout: Dur::secs(10),
         max_unpacked_size: schema::model::default_max_unpacked_size(),
         timers: BTreeMap::new(),
+        consumes: Vec::new(),
     }
 }

@@ -238,9 +238,11 @@ impl Walker<'_, '_> {
                 }
                 _ => wrong(self),
             },
-            Kind::StrList | Kind::IdentList | Kind::RepoPathList | Kind::PermissionList => {
-                self.list(kind, value, path, wrong)
-            }
+            Kind::StrList
+            | Kind::IdentList
+            | Kind::RepoPathList
+            | Kind::PermissionList
+            | Kind::ConsumeList => self.list(kind, value, path, wrong),
             Kind::StrMap => match v.as_table() {
                 Some(t) => {
                     for (k, item) in t.iter() {
@@ -310,6 +312,7 @@ impl Walker<'_, '_> {
             let check = match kind {
                 Kind::IdentList => values::check_ident(s),
                 Kind::RepoPathList => values::check_repo_path(s),
+                Kind::ConsumeList => crate::model::Consume::parse(s).map(drop),
                 Kind::PermissionList if !is_permission(s) => {
                     let hint = match values::did_you_mean(s, PERMISSIONS.iter().copied()) {
                         Some(m) => format!("did you mean `{m}`?"),

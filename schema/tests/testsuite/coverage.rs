@@ -52,6 +52,7 @@ fn maximal() -> Domain {
                 max_retries: 1,
                 retry_delay: Dur::secs(1),
             },
+            message_timeout: Dur::secs(1),
         },
         messaging: Messaging {
             listener: Some(MessagingListener {
@@ -152,6 +153,7 @@ fn maximal() -> Domain {
                             misfire: Misfire::FireAll,
                         },
                     ),
+                    consumes: vec!["queue:q".into()],
                 },
             ),
         },

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bounds;
+mod consumes;
 mod coverage;
 mod example;
 mod fuzz;

@@ -22,13 +22,13 @@ interval = "5m"
 misfire = "fire-all"
 "#;
 
-fn validate(extra: &str) -> schema::Validation {
+pub(crate) fn validate(extra: &str) -> schema::Validation {
     let tree = crate::example::tree("t", DOMAIN.to_owned() + extra, ACCOUNTS, POLICIES, "x");
     schema::validate(&tree)
 }
 
 /// `domain.toml:LINE:COL` of the first occurrence of `needle` in the domain file.
-fn at(extra: &str, needle: &str) -> String {
+pub(crate) fn at(extra: &str, needle: &str) -> String {
     let text = DOMAIN.to_owned() + extra;
     let offset = text.find(needle).expect(needle);
     let line = text[..offset].matches('\n').count() + 1;
