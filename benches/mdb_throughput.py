@@ -94,6 +94,8 @@ class Server:
                   f'[applications.sink]\nkind = "component"\nsource = "apps/sink"\ntargets = ["s0"]\n'
                   f'command = "bin/sink"\nhealth-path = "/health"\nstart-timeout = "10m"\n'
                   f'env = {{ GO = "{self.go}" }}\nconsumes = ["queue:mdb"]\n')
+        # Healthy at start: the server reports READY once its applications answer.
+        open(self.go, "w").close()
         self.env, self.procs = start_domain(exe, src, self.home, domain, master)
         r = subprocess.run([exe, "start-server", "--domain-home", self.home, "--server", "s0",
                             "--master-url", f"127.0.0.1:{master}"], env=self.env, capture_output=True, text=True)
