@@ -23,8 +23,6 @@ use super::store::{self, Op, Recovered, Store};
 pub const PREFETCH: usize = 100;
 /// The suffix of a queue's dead-letter queue: `/queue/orders` → `/queue/orders.dlq`.
 pub const DLQ_SUFFIX: &str = ".dlq";
-/// Messages a durable subscription keeps for its subscriber; more are discarded (counted).
-pub const DURABLE_BACKLOG: u64 = 100_000;
 /// `max-depth` of a queue recovered from the store that is no longer configured (it drains).
 const DRAINING_DEPTH: u64 = 10_000;
 
@@ -223,6 +221,7 @@ struct QueueState {
 struct TopicState {
     max_subscribers: u64,
     persistent: bool,
+    durable_max_depth: u64,
     subscribers: Vec<Consumer>,
     /// Its durable subscriptions: their keys in [`Broker::queues`].
     durables: BTreeSet<String>,
@@ -364,9 +363,11 @@ impl QueueState {
         }
     }
 
-    fn durable(d: DurableOf, persistent: bool) -> QueueState {
+    /// A durable subscription keeping at most `max_depth` messages (its topic's
+    /// `durable-max-depth`: more are discarded, counted).
+    fn durable(d: DurableOf, persistent: bool, max_depth: u64) -> QueueState {
         let key = durable_key(&d.topic, &d.client, &d.name);
-        let mut q = QueueState::new(DURABLE_BACKLOG, persistent, format!("d:{key}"));
+        let mut q = QueueState::new(max_depth, persistent, format!("d:{key}"));
         q.durable = Some(d);
         q
     }
@@ -609,6 +610,7 @@ impl Broker {
                 .or_insert_with(|| TopicState {
                     max_subscribers: t.max_subscribers,
                     persistent: t.persistent,
+                    durable_max_depth: t.durable_max_depth,
                     subscribers: Vec::new(),
                     durables: BTreeSet::new(),
                     counts: Counts::default(),
@@ -616,12 +618,14 @@ impl Broker {
                 });
             s.max_subscribers = t.max_subscribers;
             s.persistent = t.persistent;
+            s.durable_max_depth = t.durable_max_depth;
             s.configured = true;
         }
         for t in self.topics.values() {
             for key in &t.durables {
                 if let Some(q) = self.queues.get_mut(key) {
                     q.configured = t.configured;
+                    q.max_depth = t.durable_max_depth;
                     q.set_persistent(t.persistent, &mut self.fx);
                 }
             }
@@ -702,16 +706,17 @@ impl Broker {
             .or_insert_with(|| TopicState {
                 max_subscribers: schema::model::Topic::default().max_subscribers,
                 persistent: true,
+                durable_max_depth: schema::model::Topic::default().durable_max_depth,
                 subscribers: Vec::new(),
                 durables: BTreeSet::new(),
                 counts: Counts::default(),
                 configured: false,
             });
         t.durables.insert(key.clone());
-        let (configured, persistent) = (t.configured, t.persistent);
+        let (configured, persistent, max_depth) = (t.configured, t.persistent, t.durable_max_depth);
         let fx = &mut self.fx;
         self.queues.entry(key).or_insert_with(|| {
-            let mut q = QueueState::durable(d, persistent);
+            let mut q = QueueState::durable(d, persistent, max_depth);
             q.configured = configured;
             if fx.journal && persistent {
                 fx.ops.push(Op::Durable { log: q.log.clone() });
@@ -1229,6 +1234,7 @@ mod tests {
                 Topic {
                     max_subscribers: subs,
                     persistent,
+                    durable_max_depth: 2,
                 },
             )]
             .into(),
@@ -1532,6 +1538,39 @@ mod tests {
         );
         drop(b);
         assert_eq!(restart(dir.path(), &c).1, 0);
+    }
+
+    #[test]
+    fn a_durable_subscription_keeps_up_to_its_topics_durable_max_depth_live() {
+        let mut b = Broker::default();
+        let mut c = cfg(100, 10);
+        b.apply(&c);
+        let t = Dest::Topic("t".into());
+        let (o, _r) = outbox(1, 16);
+        b.subscribe_durable(o, "s", "t", "app", "audit", AckMode::Client, 10)
+            .unwrap();
+        b.disconnect(1);
+        let kept = |b: &Broker| {
+            let r = b.report();
+            let d = &r
+                .iter()
+                .find(|d| d.kind == "topic")
+                .unwrap()
+                .durable_subscriptions[0];
+            (d.depth, d.counts.discarded)
+        };
+        for m in ["1", "2", "3"] {
+            send(&mut b, &t, m).unwrap();
+        }
+        assert_eq!(kept(&b), (2, 1), "durable-max-depth 2");
+        c.topics.get_mut("t").unwrap().durable_max_depth = 3;
+        b.apply(&c);
+        send(&mut b, &t, "4").unwrap();
+        assert_eq!(kept(&b), (3, 1), "raised live");
+        c.topics.get_mut("t").unwrap().durable_max_depth = 1;
+        b.apply(&c);
+        send(&mut b, &t, "5").unwrap();
+        assert_eq!(kept(&b), (3, 2), "lowered live: what it holds is kept");
     }
 
     #[test]
