@@ -361,6 +361,8 @@ impl Default for Queue {
 pub struct Topic {
     pub max_subscribers: u64,
     pub persistent: bool,
+    /// Messages each durable subscription keeps for its subscriber (`max-depth` of a queue).
+    pub durable_max_depth: u64,
 }
 
 impl Default for Topic {
@@ -368,6 +370,7 @@ impl Default for Topic {
         Topic {
             max_subscribers: 1_000,
             persistent: true,
+            durable_max_depth: 100_000,
         }
     }
 }

@@ -666,6 +666,17 @@ pub static SETTINGS: &[Setting] = &[
         "true",
         "Keep the messages of the topic's durable subscriptions (and the subscriptions) across restarts, in `.workspace/tmlog` like a persistent queue's.",
     ),
+    s(
+        Domain,
+        "servers.*.messaging.topics.*.durable-max-depth",
+        Kind::Int {
+            min: 1,
+            max: 100_000_000,
+        },
+        Live,
+        "100000",
+        "Messages each durable subscription of the topic keeps for its subscriber, delivered or not (a queue's `max-depth`); later ones are not kept for it and are counted `discarded`. Lowered live, what it holds is kept.",
+    ),
     // logging
     s(
         Domain,

@@ -359,24 +359,44 @@ mod tests {
                 "a receipt before the commit",
             )
             .await;
+            // The connection goes on handling frames while its receipt waits for the disk.
+            let frame = b"SEND\ndestination:/queue/q\nreceipt:r2\n\nworld\0";
+            let both = |r: &Report| r.destinations[0].depth == 2;
+            held_back(&engine, &mut s, frame, both, "a receipt before the commit").await;
             assert_eq!(store.progress().durable, 0);
             drop(held);
-            read_until(&mut s, "receipt-id:r1").await;
+            let answer = read_until(&mut s, "receipt-id:r2").await;
+            let (r1, r2) = (answer.find("receipt-id:r1"), answer.find("receipt-id:r2"));
+            assert!(r1.is_some() && r1 < r2, "in order: {answer}");
             assert!(store.progress().durable >= 1);
-            // A stored message is marked as delivered on disk before its frame is written.
+            // A stored message may be handed out once a lease covering it is on disk.
             let held = store.hold();
-            let frame = b"SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client\n\n\0";
+            let frame =
+                b"SUBSCRIBE\nid:1\ndestination:/queue/q\nack:client-individual\nprefetch-count:1\n\n\0";
             let handed = |r: &Report| r.destinations[0].in_flight > 0;
             held_back(
                 &engine,
                 &mut s,
                 frame,
                 handed,
-                "a delivery before its mark is on disk",
+                "a delivery before its lease is on disk",
             )
             .await;
             drop(held);
-            read_until(&mut s, "hello").await;
+            let answer = read_until(&mut s, "hello").await;
+            let ack = answer
+                .lines()
+                .find_map(|l| l.strip_prefix("ack:"))
+                .expect("an ack header")
+                .to_owned();
+            // The lease covered the next message too: its delivery waits for nothing, not even
+            // for the commit of the ACK that makes room for it.
+            let held = store.hold();
+            s.write_all(format!("ACK\nid:{ack}\n\n\0").as_bytes())
+                .await
+                .unwrap();
+            read_until(&mut s, "world").await;
+            drop(held);
             engine.shutdown();
         });
     }

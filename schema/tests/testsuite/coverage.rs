@@ -72,6 +72,7 @@ fn maximal() -> Domain {
                 Topic {
                     max_subscribers: 1,
                     persistent: false,
+                    durable_max_depth: 1,
                 },
             ),
         },

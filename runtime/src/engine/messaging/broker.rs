@@ -23,8 +23,6 @@ use super::store::{self, Op, Recovered, Store};
 pub const PREFETCH: usize = 100;
 /// The suffix of a queue's dead-letter queue: `/queue/orders` → `/queue/orders.dlq`.
 pub const DLQ_SUFFIX: &str = ".dlq";
-/// Messages a durable subscription keeps for its subscriber; more are discarded (counted).
-pub const DURABLE_BACKLOG: u64 = 100_000;
 /// `max-depth` of a queue recovered from the store that is no longer configured (it drains).
 const DRAINING_DEPTH: u64 = 10_000;
 
@@ -152,7 +150,28 @@ struct Consumer {
 struct Held {
     msg: Arc<Message>,
     redeliveries: u32,
+    /// It may have been handed out before a crash (recovered at or below its log's lease, its
+    /// mark not written): flagged `redelivered`, not counted as a redelivery.
+    leased: bool,
 }
+
+impl Held {
+    fn new(msg: Arc<Message>) -> Held {
+        Held {
+            msg,
+            redeliveries: 0,
+            leased: false,
+        }
+    }
+}
+
+/// Messages one lease of a queue covers ([`QueueState::lease`]): the next ones in line, whose
+/// deliveries then need no commit of their own. A crash flags at most about this many messages
+/// `redelivered` that were never handed out.
+const LEASE: usize = 1024;
+/// A new lease is written when the message this far in line is not covered yet, so that it is
+/// durable before the deliveries reach it.
+const LEASE_AHEAD: usize = LEASE / 2;
 
 /// Counters of one destination, as `GET /v1/messaging` reports them.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -181,6 +200,9 @@ struct QueueState {
     max_redeliveries: u32,
     /// Its records in the store: `q:NAME`, or `d:KEY` for a durable subscription.
     log: String,
+    /// The leases written for its log, oldest first (at most two): `(upto, ticket)`, messages
+    /// with ids up to `upto` may be handed out once group `ticket` is durable (0: it is).
+    leases: VecDeque<(u64, u64)>,
     ready: VecDeque<Held>,
     consumers: Vec<Consumer>,
     next: usize,
@@ -199,6 +221,7 @@ struct QueueState {
 struct TopicState {
     max_subscribers: u64,
     persistent: bool,
+    durable_max_depth: u64,
     subscribers: Vec<Consumer>,
     /// Its durable subscriptions: their keys in [`Broker::queues`].
     durables: BTreeSet<String>,
@@ -328,6 +351,7 @@ impl QueueState {
             persistent,
             max_redeliveries: schema::model::Queue::default().max_redeliveries,
             log,
+            leases: VecDeque::new(),
             ready: VecDeque::new(),
             consumers: Vec::new(),
             next: 0,
@@ -339,9 +363,11 @@ impl QueueState {
         }
     }
 
-    fn durable(d: DurableOf, persistent: bool) -> QueueState {
+    /// A durable subscription keeping at most `max_depth` messages (its topic's
+    /// `durable-max-depth`: more are discarded, counted).
+    fn durable(d: DurableOf, persistent: bool, max_depth: u64) -> QueueState {
         let key = durable_key(&d.topic, &d.client, &d.name);
-        let mut q = QueueState::new(DURABLE_BACKLOG, persistent, format!("d:{key}"));
+        let mut q = QueueState::new(max_depth, persistent, format!("d:{key}"));
         q.durable = Some(d);
         q
     }
@@ -361,6 +387,8 @@ impl QueueState {
         if self.persistent == on {
             return;
         }
+        // Its lease record goes with its log (off) or was dropped before (on).
+        self.leases.clear();
         if !on {
             if fx.journal {
                 fx.ops.push(Op::DropLog {
@@ -399,19 +427,22 @@ impl QueueState {
                 return;
             };
             let recorded = fx.journal && self.persistent;
+            // A message stored in this very group needs no lease: it and its delivery's mark
+            // (or deletion) are durable together, or the message is lost unreceipted.
+            let durable = if recorded && !fx.put.contains(&held.msg.id) {
+                self.lease(held.msg.id, fx)
+            } else {
+                0
+            };
             let c = &mut self.consumers[i];
             let ack = (c.ack != AckMode::Auto).then(|| fx.id());
             let delivery = Delivery {
                 subscription: c.sub.clone(),
                 ack,
                 message: held.msg.clone(),
-                redelivered: held.redeliveries > 0,
+                redelivered: held.redeliveries > 0 || held.leased,
                 queue: Some(name.to_owned()),
-                durable: if recorded && !fx.put.contains(&held.msg.id) {
-                    fx.ticket + 1
-                } else {
-                    0
-                },
+                durable,
             };
             // `has_room` saw capacity and only this lock's holder sends: this cannot fail, but
             // if it did the message goes back rather than being lost.
@@ -439,6 +470,56 @@ impl QueueState {
                 }
             }
         }
+    }
+}
+
+impl QueueState {
+    /// The store group after which message `id` (next in line, just taken from `ready`) may be
+    /// handed out: a delivery must not reach its consumer before something durable says it may
+    /// have, or a crash would bring it back unflagged. Marking each delivery and waiting for its
+    /// commit would put the disk's fsync into every delivery's latency; instead the log's lease
+    /// (the highest id that may have been handed out) is raised over the next [`LEASE`] messages
+    /// in one group, written [`LEASE_AHEAD`] messages early, so that deliveries under it wait
+    /// for nothing. Ids only grow, and what is behind the head of the line was covered when it
+    /// was handed out before, so one number per log suffices.
+    fn lease(&mut self, id: u64, fx: &mut Effects) -> u64 {
+        let ticket = match self.leases.iter().find(|(upto, _)| id <= *upto) {
+            Some(&(_, ticket)) => ticket,
+            None => self.extend_lease(id, fx),
+        };
+        if self
+            .ready
+            .get(LEASE_AHEAD)
+            .is_some_and(|h| h.msg.id > self.leased_upto())
+        {
+            self.extend_lease(id, fx);
+        }
+        ticket
+    }
+
+    fn leased_upto(&self) -> u64 {
+        self.leases.back().map_or(0, |l| l.0)
+    }
+
+    /// Writes a lease covering `id` and the next [`LEASE`] messages in line; its group's ticket.
+    fn extend_lease(&mut self, id: u64, fx: &mut Effects) -> u64 {
+        let upto = self
+            .ready
+            .iter()
+            .take(LEASE)
+            .map(|h| h.msg.id)
+            .fold(id.max(self.leased_upto()), u64::max);
+        fx.ops.push(Op::Lease {
+            log: self.log.clone(),
+            upto,
+        });
+        let ticket = fx.ticket + 1;
+        self.leases.push_back((upto, ticket));
+        if self.leases.len() > 2 {
+            // A later group makes the older lease's range durable too.
+            self.leases.pop_front();
+        }
+        ticket
     }
 }
 
@@ -529,6 +610,7 @@ impl Broker {
                 .or_insert_with(|| TopicState {
                     max_subscribers: t.max_subscribers,
                     persistent: t.persistent,
+                    durable_max_depth: t.durable_max_depth,
                     subscribers: Vec::new(),
                     durables: BTreeSet::new(),
                     counts: Counts::default(),
@@ -536,12 +618,14 @@ impl Broker {
                 });
             s.max_subscribers = t.max_subscribers;
             s.persistent = t.persistent;
+            s.durable_max_depth = t.durable_max_depth;
             s.configured = true;
         }
         for t in self.topics.values() {
             for key in &t.durables {
                 if let Some(q) = self.queues.get_mut(key) {
                     q.configured = t.configured;
+                    q.max_depth = t.durable_max_depth;
                     q.set_persistent(t.persistent, &mut self.fx);
                 }
             }
@@ -556,6 +640,9 @@ impl Broker {
     /// persistent keeps its messages in memory only. The number of messages recovered.
     pub fn recover(&mut self, r: Recovered) -> usize {
         let mut n = 0;
+        // New ids stay above every lease: a message sent after the restart is not covered by
+        // one written before it.
+        self.fx.next_id = r.leases.values().fold(self.fx.next_id, |a, &b| a.max(b));
         for log in r.durables.iter().chain(r.logs.keys()) {
             if let Some(d) = log.strip_prefix("d:").and_then(parse_durable) {
                 self.ensure_durable(d);
@@ -593,7 +680,13 @@ impl Broker {
                         body: m.body,
                     }),
                     redeliveries: m.redeliveries + u32::from(m.delivered),
+                    leased: m.leased,
                 });
+            }
+            if let Some(&upto) = r.leases.get(&log)
+                && q.persistent
+            {
+                q.leases = VecDeque::from([(upto, 0)]);
             }
             if !q.persistent && self.fx.journal {
                 self.fx.ops.push(Op::DropLog { log });
@@ -613,16 +706,17 @@ impl Broker {
             .or_insert_with(|| TopicState {
                 max_subscribers: schema::model::Topic::default().max_subscribers,
                 persistent: true,
+                durable_max_depth: schema::model::Topic::default().durable_max_depth,
                 subscribers: Vec::new(),
                 durables: BTreeSet::new(),
                 counts: Counts::default(),
                 configured: false,
             });
         t.durables.insert(key.clone());
-        let (configured, persistent) = (t.configured, t.persistent);
+        let (configured, persistent, max_depth) = (t.configured, t.persistent, t.durable_max_depth);
         let fx = &mut self.fx;
         self.queues.entry(key).or_insert_with(|| {
-            let mut q = QueueState::durable(d, persistent);
+            let mut q = QueueState::durable(d, persistent, max_depth);
             q.configured = configured;
             if fx.journal && persistent {
                 fx.ops.push(Op::Durable { log: q.log.clone() });
@@ -678,10 +772,7 @@ impl Broker {
             headers,
             body,
         });
-        let held = Held {
-            msg,
-            redeliveries: 0,
-        };
+        let held = Held::new(msg);
         match dest {
             Dest::Queue(name) => {
                 let q = existing(&mut self.queues, name, dest)?;
@@ -977,10 +1068,7 @@ impl Broker {
                     continue;
                 }
                 d.counts.enqueued += 1;
-                let held = Held {
-                    msg: held.msg,
-                    redeliveries: 0,
-                };
+                let held = Held::new(held.msg);
                 self.fx.put(d, &held, false);
                 d.ready.push_back(held);
             }
@@ -993,21 +1081,25 @@ impl Broker {
     /// redelivered. Other deliveries are ignored (client-mode ones are in flight and come back
     /// with [`Broker::unsubscribe`] or [`Broker::disconnect`]; topics keep nothing).
     pub fn unsent(&mut self, deliveries: Vec<Delivery>) {
-        let mut by_queue: BTreeMap<String, Vec<Arc<Message>>> = BTreeMap::new();
+        let mut by_queue: BTreeMap<String, Vec<(Arc<Message>, bool)>> = BTreeMap::new();
         for d in deliveries {
             if let (None, Some(q)) = (d.ack, d.queue) {
-                by_queue.entry(q).or_default().push(d.message);
+                by_queue
+                    .entry(q)
+                    .or_default()
+                    .push((d.message, d.redelivered));
             }
         }
         for (name, msgs) in by_queue {
             let Some(q) = self.queues.get_mut(&name) else {
                 continue;
             };
-            for msg in msgs.into_iter().rev() {
+            for (msg, flagged) in msgs.into_iter().rev() {
                 q.counts.dequeued = q.counts.dequeued.saturating_sub(1);
+                // Not written: not a redelivery; one flagged already stays flagged.
                 let held = Held {
-                    msg,
-                    redeliveries: 0,
+                    leased: flagged,
+                    ..Held::new(msg)
                 };
                 self.fx.put(q, &held, false);
                 q.ready.push_front(held);
@@ -1142,6 +1234,7 @@ mod tests {
                 Topic {
                     max_subscribers: subs,
                     persistent,
+                    durable_max_depth: 2,
                 },
             )]
             .into(),
@@ -1445,6 +1538,123 @@ mod tests {
         );
         drop(b);
         assert_eq!(restart(dir.path(), &c).1, 0);
+    }
+
+    #[test]
+    fn a_durable_subscription_keeps_up_to_its_topics_durable_max_depth_live() {
+        let mut b = Broker::default();
+        let mut c = cfg(100, 10);
+        b.apply(&c);
+        let t = Dest::Topic("t".into());
+        let (o, _r) = outbox(1, 16);
+        b.subscribe_durable(o, "s", "t", "app", "audit", AckMode::Client, 10)
+            .unwrap();
+        b.disconnect(1);
+        let kept = |b: &Broker| {
+            let r = b.report();
+            let d = &r
+                .iter()
+                .find(|d| d.kind == "topic")
+                .unwrap()
+                .durable_subscriptions[0];
+            (d.depth, d.counts.discarded)
+        };
+        for m in ["1", "2", "3"] {
+            send(&mut b, &t, m).unwrap();
+        }
+        assert_eq!(kept(&b), (2, 1), "durable-max-depth 2");
+        c.topics.get_mut("t").unwrap().durable_max_depth = 3;
+        b.apply(&c);
+        send(&mut b, &t, "4").unwrap();
+        assert_eq!(kept(&b), (3, 1), "raised live");
+        c.topics.get_mut("t").unwrap().durable_max_depth = 1;
+        b.apply(&c);
+        send(&mut b, &t, "5").unwrap();
+        assert_eq!(kept(&b), (3, 2), "lowered live: what it holds is kept");
+    }
+
+    #[test]
+    fn leases_are_written_ahead_of_the_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg_p(100_000, 10, true);
+        let n = 2 * LEASE as u64;
+        {
+            let (mut b, _) = restart(dir.path(), &c);
+            for i in 1..=n {
+                send(&mut b, &q(), &i.to_string()).unwrap();
+            }
+            let (o, mut r) = outbox(1, 16);
+            b.subscribe(o, "s", &q(), AckMode::ClientIndividual, 1)
+                .unwrap();
+            // The first delivery leases it and the LEASE after it (ids 1..=n, in order).
+            assert_eq!(b.queues["q"].leased_upto(), LEASE as u64 + 1);
+            let mut delivered = 1;
+            while delivered <= LEASE_AHEAD + 1 {
+                let d = bodies(&mut r);
+                b.ack(1, "q", &[d[0].2.unwrap()]);
+                delivered += 1;
+            }
+            // A second lease before the deliveries reach the end of the first.
+            let upto = b.queues["q"].leased_upto();
+            assert!(
+                upto > LEASE as u64 + 1 && upto <= (LEASE + LEASE_AHEAD + 2) as u64,
+                "{upto}"
+            );
+            b.store.as_ref().unwrap().close_as_crashed();
+        }
+        let (_store, r) = Store::open(dir.path(), None).unwrap();
+        let upto = r.leases["q:q"];
+        assert!(upto > LEASE as u64 + 1, "{upto}");
+        for m in &r.logs["q:q"] {
+            assert_eq!(m.leased, m.id <= upto, "{}", m.id);
+        }
+    }
+
+    #[test]
+    fn a_crash_flags_what_the_lease_covered_without_counting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg_p(100, 10, true);
+        {
+            // What a crash leaves when a lease reached the disk and the marks of the deliveries
+            // made under it did not: a and b under the lease, c above it.
+            let (store, _) = Store::open(dir.path(), None).unwrap();
+            let put = |id, body: &str| Op::Put {
+                log: "q:q".into(),
+                state: 0,
+                msg: Arc::new(Message {
+                    id,
+                    destination: "/queue/q".into(),
+                    headers: Vec::new(),
+                    body: body.into(),
+                }),
+            };
+            let lease = Op::Lease {
+                log: "q:q".into(),
+                upto: 2,
+            };
+            store.submit(1, vec![put(1, "a"), put(2, "b"), put(3, "c"), lease]);
+            store.close_as_crashed();
+        }
+        let (mut b, n) = restart(dir.path(), &c);
+        assert_eq!(n, 3);
+        assert!(b.fx.next_id >= 3, "new ids above the lease");
+        let (o, mut r) = outbox(1, 16);
+        b.subscribe(o, "s", &q(), AckMode::ClientIndividual, 1)
+            .unwrap();
+        let mut d = bodies(&mut r);
+        assert_eq!((d[0].0.as_str(), d[0].1), ("a", true));
+        // Flagged, not counted: it still takes max-redeliveries (3) NACKs before dead-lettering.
+        for _ in 0..3 {
+            b.nack(1, "q", &[d[0].2.unwrap()]);
+            d = bodies(&mut r);
+            assert_eq!((d[0].0.as_str(), d[0].1), ("a", true));
+        }
+        b.ack(1, "q", &[d[0].2.unwrap()]);
+        let d = bodies(&mut r);
+        assert_eq!((d[0].0.as_str(), d[0].1), ("b", true));
+        b.ack(1, "q", &[d[0].2.unwrap()]);
+        let d = bodies(&mut r);
+        assert_eq!((d[0].0.as_str(), d[0].1), ("c", false), "above the lease");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! socket: it reads frames, writes what the broker delivers to its outbox, and sends heart-beats.
 //! A frame that breaks the protocol or a refused operation gets an ERROR frame and the connection
 //! is closed (STOMP 1.2: "the server MUST then close the connection").
+//!
+//! What the store must make durable first (a RECEIPT, a delivery of a stored message) is held
+//! back in order until its group is committed, while the connection goes on reading and
+//! handling frames: a producer's next SEND is not queued behind the fsync of the previous one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -12,12 +16,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use super::Inner;
 use super::broker::{AckMode, Delivery, Dest, Outbox, PREFETCH};
 use super::frame::{Decoded, Frame, decode};
+use super::store::{Progress, StoreError};
 use crate::auth::Verdict;
 
 /// Largest message body accepted.
@@ -28,6 +33,9 @@ pub const PENDING_FRAMES: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The server's heart-beat offer (milliseconds): what it can send, what it wants to receive.
 pub const HEART_BEAT_MS: u64 = 10_000;
+/// Output held back for the store (bytes) beyond which the connection stops reading frames and
+/// taking deliveries until the disk catches up.
+const HELD_LIMIT: usize = 1024 * 1024;
 /// Subscriptions and open transactions per connection, frames per transaction.
 const MAX_SUBSCRIPTIONS: usize = 256;
 const MAX_TRANSACTIONS: usize = 16;
@@ -62,9 +70,12 @@ struct Session {
     user: String,
     /// CONNECT's `client-id`: what names its durable subscriptions.
     client_id: Option<String>,
-    /// The store group the next write waits for (receipts of persistent SENDs and ACKs,
-    /// deliveries of stored messages).
+    /// The store group that must be durable before `out` is written (receipts of persistent
+    /// SENDs and ACKs, deliveries of stored messages); only grows, so output stays in order.
     wait: u64,
+    /// Output sealed before `wait` last grew, each part with the group it waits for, in order.
+    held: VecDeque<(u64, Vec<u8>)>,
+    held_bytes: usize,
     /// The last store group this connection's frames made: a receipt waits for it, so that it
     /// also vouches for every frame before it.
     ticket: u64,
@@ -124,6 +135,8 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
         user,
         client_id: connect.get("client-id").map(str::to_owned),
         wait: 0,
+        held: VecDeque::new(),
+        held_bytes: 0,
         ticket: 0,
         subs: BTreeMap::new(),
         acks: HashMap::new(),
@@ -144,10 +157,11 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
         .min()
         .map_or(Duration::from_secs(3600), |d| d / 2);
     let mut ticker = tokio::time::interval(tick.max(Duration::from_millis(50)));
+    let mut progress = inner.store.as_ref().map(|st| st.watch());
     let result: Result<(), Fatal> = async {
         loop {
             // Frames already read (the CONNECT frame's packet may hold more) are handled first.
-            while !s.closing {
+            while !s.closing && !s.congested() {
                 match decode(&mut buf, MAX_BODY) {
                     Ok(None) => break,
                     Ok(Some(Decoded::HeartBeat)) => {}
@@ -155,38 +169,32 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
                     Err(e) => return Err(fatal(e.to_string(), None)),
                 }
             }
-            if s.wait > 0 {
-                if let Some(store) = &s.inner.store
-                    && let Err(e) = store.durable(s.wait).await
-                {
-                    return Err(fatal(e.to_string(), None));
-                }
-                s.wait = 0;
-            }
-            if !s.out.is_empty() {
-                stream
-                    .write_all(&s.out)
-                    .await
-                    .map_err(|_| fatal("", None))?;
-                s.out.clear();
+            if s.write_durable(&mut stream).await? {
                 last_write = Instant::now();
             }
-            if s.closing {
+            let waiting = s.pending();
+            if s.closing && !waiting {
                 return Ok(());
             }
+            let congested = s.congested();
             tokio::select! {
-                read = stream.read_buf(&mut buf) => {
+                read = stream.read_buf(&mut buf), if !s.closing && !congested => {
                     match read {
                         Ok(0) | Err(_) => return Ok(()),
                         Ok(_) => last_read = Instant::now(),
                     }
                 }
-                d = rx.recv() => {
+                alive = durable_changed(&mut progress), if waiting => {
+                    if !alive {
+                        return Err(fatal(StoreError::Closed.to_string(), None));
+                    }
+                }
+                d = rx.recv(), if !congested => {
                     let Some(d) = d else { return Ok(()) };
                     let mut queue_delivery = d.queue.is_some();
                     s.deliver(d);
                     // Take what else is ready: one write for the batch.
-                    while s.out.len() < 64 * 1024 {
+                    while s.out.len() < 64 * 1024 && !s.congested() {
                         match rx.try_recv() {
                             Ok(d) => {
                                 queue_delivery |= d.queue.is_some();
@@ -229,7 +237,14 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
     if let Err(e) = result
         && !e.message.is_empty()
     {
-        let _ = stream.write_all(&s.out).await;
+        // What earlier frames were promised (their receipts) once it is durable; what cannot
+        // become durable is dropped.
+        if s.pending()
+            && let Some(store) = &s.inner.store
+        {
+            let _ = store.durable(s.wait).await;
+        }
+        let _ = s.write_durable(&mut stream).await;
         send_error(&mut stream, &e).await;
     }
     // Under one lock: once its consumers are gone nothing new reaches the outbox, and what
@@ -242,6 +257,14 @@ pub(super) async fn serve(inner: Arc<Inner>, mut stream: TcpStream, peer: Socket
         unsent.push(d);
     }
     broker.unsent(unsent);
+}
+
+/// Waits until the store made more durable; false once its writer is gone (or there is none).
+async fn durable_changed(progress: &mut Option<watch::Receiver<Progress>>) -> bool {
+    match progress {
+        Some(p) => p.changed().await.is_ok(),
+        None => false,
+    }
 }
 
 async fn first_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<Frame>, String> {
@@ -429,7 +452,7 @@ impl Session {
             }
         }
         if f.get("receipt").is_some() {
-            self.wait = self.wait.max(self.ticket);
+            self.need(self.ticket);
         }
         self.receipt(f.get("receipt"));
         Ok(())
@@ -651,15 +674,81 @@ impl Session {
         Ok(())
     }
 
+    /// What is written from now on waits for store group `ticket` too: the output so far is
+    /// sealed with what it waits for.
+    fn need(&mut self, ticket: u64) {
+        if ticket <= self.wait {
+            return;
+        }
+        if !self.out.is_empty() {
+            self.held_bytes += self.out.len();
+            self.held
+                .push_back((self.wait, std::mem::take(&mut self.out)));
+        }
+        self.wait = ticket;
+    }
+
+    /// Whether output waits for the store.
+    fn pending(&self) -> bool {
+        !self.held.is_empty() || (!self.out.is_empty() && self.wait > self.durable())
+    }
+
+    /// Whether so much waits for the store that the connection should stop taking more.
+    fn congested(&self) -> bool {
+        self.held_bytes + self.out.len() > HELD_LIMIT
+    }
+
+    /// The last store group made durable (everything, without a store).
+    fn durable(&self) -> u64 {
+        self.inner
+            .store
+            .as_ref()
+            .map_or(u64::MAX, |st| st.progress().durable)
+    }
+
+    /// Writes the output whose store groups are durable; whether anything was written. Fails
+    /// once the store failed with output still waiting for it.
+    async fn write_durable(&mut self, stream: &mut TcpStream) -> Result<bool, Fatal> {
+        let durable = self.durable();
+        let mut wrote = false;
+        while self.held.front().is_some_and(|(t, _)| *t <= durable) {
+            if let Some((_, chunk)) = self.held.pop_front() {
+                self.held_bytes -= chunk.len();
+                stream
+                    .write_all(&chunk)
+                    .await
+                    .map_err(|_| fatal("", None))?;
+                wrote = true;
+            }
+        }
+        if self.held.is_empty() && self.wait <= durable && !self.out.is_empty() {
+            stream
+                .write_all(&self.out)
+                .await
+                .map_err(|_| fatal("", None))?;
+            self.out.clear();
+            wrote = true;
+        }
+        if self.pending()
+            && let Some(e) = self.inner.store.as_ref().and_then(|st| st.failed())
+        {
+            return Err(fatal(e.to_string(), None));
+        }
+        Ok(wrote)
+    }
+
     /// Writes a MESSAGE frame for `d`. If its subscription ended meanwhile, an `auto` queue
     /// delivery goes back to the queue ([`super::broker::Broker::unsent`]); the broker
     /// redelivers what client-mode subscriptions held.
     fn deliver(&mut self, d: Delivery) {
-        let Some(sub) = self.subs.get_mut(&d.subscription) else {
+        if !self.subs.contains_key(&d.subscription) {
             self.unsent.push(d);
             return;
+        }
+        self.need(d.durable);
+        let Some(sub) = self.subs.get_mut(&d.subscription) else {
+            return;
         };
-        self.wait = self.wait.max(d.durable);
         let mut f = Frame::new("MESSAGE")
             .header("subscription", d.subscription.clone())
             .header("message-id", d.message.id.to_string())

@@ -10,7 +10,10 @@
 //! What is kept, per *log* (a queue: `q:NAME`; a durable subscription: `d:TOPIC\nCLIENT\nNAME`):
 //! each message (its headers and body) under `(log, id)`, and beside it its delivery state (how
 //! often it was redelivered, whether it was handed to a consumer), so that a message delivered
-//! before a crash comes back flagged `redelivered`.
+//! before a crash comes back flagged `redelivered`. And per log a *lease*: the highest message id
+//! that may have been handed out. The broker writes it ahead of its deliveries, for many
+//! messages in one group, so that a delivery does not wait for its own mark: after a crash every
+//! message at or below the lease comes back flagged (see `Broker`'s `lease`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,8 @@ const MESSAGES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("
 const STATE: TableDefinition<'_, (&str, u64), u64> = TableDefinition::new("state");
 /// The durable subscriptions (their logs), kept even while their backlog is empty.
 const DURABLES: TableDefinition<'_, &str, ()> = TableDefinition::new("durables");
+/// log → the highest id of its messages that may have been handed to a consumer.
+const LEASES: TableDefinition<'_, &str, u64> = TableDefinition::new("leases");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,6 +71,8 @@ pub enum Op {
     DropLog { log: String },
     /// Durable subscription `log` exists.
     Durable { log: String },
+    /// Messages of `log` with ids up to `upto` may be handed out from now on.
+    Lease { log: String, upto: u64 },
 }
 
 /// The delivery state as stored: `redeliveries` so far and whether the message was handed out.
@@ -78,8 +85,11 @@ pub fn state(redeliveries: u32, delivered: bool) -> u64 {
 pub struct Stored {
     pub id: u64,
     pub redeliveries: u32,
-    /// Handed to a consumer before the stop, not acknowledged.
+    /// Handed to a consumer before the stop, not acknowledged (its mark was written).
     pub delivered: bool,
+    /// At or below its log's lease: it may have been handed out (its mark may not have been
+    /// written before the crash).
+    pub leased: bool,
     /// The destination it was sent to (a dead letter's is its original queue).
     pub destination: String,
     pub headers: Vec<(String, String)>,
@@ -92,6 +102,8 @@ pub struct Stored {
 pub struct Recovered {
     pub logs: BTreeMap<String, Vec<Stored>>,
     pub durables: Vec<String>,
+    /// Each log's lease (logs without one: none).
+    pub leases: BTreeMap<String, u64>,
 }
 
 /// How far the writer got.
@@ -109,6 +121,8 @@ pub struct Progress {
 struct Pending {
     groups: Vec<(u64, Vec<Op>)>,
     closing: bool,
+    /// Close as a crash after the last commit would leave the store: leases kept (tests).
+    keep_leases: bool,
 }
 
 struct Shared {
@@ -205,6 +219,11 @@ impl Store {
         }
     }
 
+    /// Follows how far the writer gets (closed once the writer is gone).
+    pub fn watch(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
     /// How far the writer got.
     pub fn progress(&self) -> Progress {
         self.progress.borrow().clone()
@@ -214,6 +233,13 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn hold(&self) -> MutexGuard<'_, ()> {
         self.shared.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes what is pending and stops the writer, leaving the leases as a crash would (tests).
+    #[cfg(test)]
+    pub(crate) fn close_as_crashed(&self) {
+        self.shared.pending().keep_leases = true;
+        self.close();
     }
 
     /// The writer's failure, if it failed.
@@ -251,6 +277,14 @@ fn write_loop(
                 p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
             }
             if p.groups.is_empty() {
+                let keep_leases = p.keep_leases;
+                drop(p);
+                // Closing with everything written: every delivery's mark is on disk, so the
+                // leases would only flag messages never handed out. A failure here leaves them:
+                // more flagged after the restart, nothing lost.
+                if !keep_leases && progress.borrow().failed.is_none() {
+                    let _ = clear_leases(db);
+                }
                 return;
             }
             std::mem::take(&mut p.groups)
@@ -290,6 +324,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
         let mut messages = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
         let mut states = txn.open_table(STATE).map_err(redb::Error::from)?;
         let mut durables = txn.open_table(DURABLES).map_err(redb::Error::from)?;
+        let mut leases = txn.open_table(LEASES).map_err(redb::Error::from)?;
         let mut buf = Vec::new();
         for op in ops {
             match op {
@@ -313,13 +348,26 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                     messages.retain_in(range.clone(), |_, _| false)?;
                     states.retain_in(range, |_, _| false)?;
                     durables.remove(log.as_str())?;
+                    leases.remove(log.as_str())?;
                 }
                 Op::Durable { log } => {
                     durables.insert(log.as_str(), ())?;
                 }
+                Op::Lease { log, upto } => {
+                    leases.insert(log.as_str(), *upto)?;
+                }
             }
         }
     }
+    txn.commit().map_err(redb::Error::from)?;
+    Ok(())
+}
+
+fn clear_leases(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    txn.open_table(LEASES)
+        .map_err(redb::Error::from)?
+        .retain(|_, _| false)?;
     txn.commit().map_err(redb::Error::from)?;
     Ok(())
 }
@@ -336,12 +384,18 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
     txn.open_table(MESSAGES).map_err(redb::Error::from)?;
     txn.open_table(STATE).map_err(redb::Error::from)?;
     txn.open_table(DURABLES).map_err(redb::Error::from)?;
+    txn.open_table(LEASES).map_err(redb::Error::from)?;
     txn.commit().map_err(redb::Error::from)?;
     let read = db.begin_read().map_err(redb::Error::from)?;
     let messages = read.open_table(MESSAGES).map_err(redb::Error::from)?;
     let states = read.open_table(STATE).map_err(redb::Error::from)?;
     let durables = read.open_table(DURABLES).map_err(redb::Error::from)?;
+    let leases = read.open_table(LEASES).map_err(redb::Error::from)?;
     let mut out = Recovered::default();
+    for entry in leases.iter()? {
+        let (k, v) = entry?;
+        out.leases.insert(k.value().to_owned(), v.value());
+    }
     for entry in messages.iter()? {
         let (k, v) = entry?;
         let (log, id) = k.value();
@@ -355,6 +409,7 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
             id,
             redeliveries: u32::try_from(s >> 1).unwrap_or(u32::MAX),
             delivered: s & 1 == 1,
+            leased: out.leases.get(log).is_some_and(|&upto| id <= upto),
             destination,
             headers,
             body,
