@@ -178,6 +178,7 @@ fn advance(state: &Arc<State>) {
     let mut launches = Vec::new();
     let mut refused = Vec::new();
     let timeout = c.domain.config.master.heartbeat_timeout.0;
+    let agents = state.nodes.agents(timeout);
     {
         let mut inner = state.rollouts.lock();
         let mut orders = Vec::new();
@@ -187,7 +188,7 @@ fn advance(state: &Arc<State>) {
             .filter(|r| r.doc.state.is_running())
         {
             let before = r.doc.clone();
-            for cmd in r.advance(&views, &pinned, now, &at) {
+            for cmd in r.advance(&views, &agents, &pinned, now, &at) {
                 let server = match &cmd {
                     Command::Order { server, .. } | Command::Launch { server } => server.clone(),
                 };
