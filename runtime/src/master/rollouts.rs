@@ -167,6 +167,17 @@ pub(super) async fn drive(state: Arc<State>) {
 /// One look at every running rollout: advances it, publishes what changed, carries out its
 /// commands.
 fn advance(state: &Arc<State>) {
+    // Called at every report that changed something: nothing to look at without a running
+    // rollout (the views of a thousand servers are not free).
+    if !state
+        .rollouts
+        .lock()
+        .rollouts
+        .iter()
+        .any(|r| r.doc.state.is_running())
+    {
+        return;
+    }
     let c = state.current();
     let pinned = c.commit.to_hex();
     let views = state.servers.list(

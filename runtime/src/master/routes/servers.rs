@@ -156,9 +156,28 @@ pub(super) async fn report(
     }
     let m = &c.domain.config.master;
     let pinned = c.commit.to_hex();
-    let views = state
+    // Every server's view only for a rolling server with pending restarts (its turn depends on
+    // the others'): a heartbeat of a thousand servers' domain should not cost a thousand views.
+    let me = state
         .servers
-        .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0);
+        .list(std::iter::once(&name), m.heartbeat_timeout.0)
+        .into_iter()
+        .find(|v| v.name == name);
+    let may_roll = me.as_ref().is_some_and(|v| {
+        !v.pending_restart.is_empty()
+            && c.domain
+                .config
+                .servers
+                .get(&name)
+                .is_some_and(|s| s.restart_policy == schema::model::RestartPolicy::Rolling)
+    });
+    let views = if may_roll {
+        state
+            .servers
+            .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0)
+    } else {
+        me.into_iter().collect()
+    };
     let restart = match views.iter().find(|v| v.name == name) {
         Some(me)
             if state.rolling.decide(&c.domain, me, &views, &pinned) == rolling::Step::Order =>
