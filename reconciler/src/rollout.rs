@@ -8,12 +8,15 @@
 //!
 //! Restarts and stops travel as orders in the answer to the server's report (announced on the
 //! event stream, so the server asks at once); the server does them itself through its launcher.
-//! A start is a launch of the server's launcher, which the Master's machine does now and a node
-//! agent will do on other machines: [`Command::Launch`] does not say where.
+//! A start is a launch of the server's launcher: [`Command::Launch`] does not say where
+//! ([`route`] does: the node agent of the server's machine, or the Master's own). What the
+//! connected agents see ([`Agents`]) lets a server that does not report be stopped or restarted
+//! through its agent.
 //!
 //! [`select`] and [`Rollout::advance`] are pure: the Master's runtime feeds them the servers'
 //! views and carries out the [`Command`]s.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use schema::model::Domain;
@@ -22,6 +25,12 @@ use crate::wire::{
     OrderAction, Rollout as Doc, RolloutAction, RolloutRequest, RolloutState, RolloutStep,
     ServerState, StepState, View,
 };
+
+/// What the connected node agents see of their servers: `true` when its process runs (or the
+/// agent is starting it), `false` when it does not. A server missing here has no connected agent.
+/// It is how the Master knows about a server that does not report (hung, or cut off from the
+/// Master but not from its agent's link).
+pub type Agents = BTreeMap<String, bool>;
 
 /// How long one server's step may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -175,6 +184,9 @@ struct Track {
     before: Option<Run>,
     /// Since when the step waits for an `UNKNOWN` server's first report.
     asked: Option<Instant>,
+    /// Whether only its node agent saw it running when the step began: a stop is then over when
+    /// the agent sees it gone (the server itself cannot say goodbye to a Master it cannot reach).
+    via_agent: bool,
 }
 
 /// A rollout in progress: its document and what the steps began with.
@@ -293,12 +305,13 @@ impl Rollout {
         self.doc.steps[i].detail = Some(detail);
     }
 
-    /// Moves the rollout on, given what the servers report now: finishes the steps whose servers
-    /// got there, fails those that timed out, begins the next ones. Returns what to do. `at` is
-    /// `now` as RFC 3339, for the document.
+    /// Moves the rollout on, given what the servers report now and what the connected node agents
+    /// see of them: finishes the steps whose servers got there, fails those that timed out, begins
+    /// the next ones. Returns what to do. `at` is `now` as RFC 3339, for the document.
     pub fn advance(
         &mut self,
         views: &[View],
+        agents: &Agents,
         pinned: &str,
         now: Instant,
         at: &str,
@@ -319,12 +332,18 @@ impl Rollout {
                 RolloutAction::Restart | RolloutAction::Start => v.is_some_and(|v| {
                     healthy(v, pinned) && track.before.as_ref().is_none_or(|b| *b != Run::of(v))
                 }),
+                RolloutAction::Stop if track.via_agent => {
+                    agents.get(&self.doc.steps[i].server) == Some(&false)
+                }
                 RolloutAction::Stop => v.is_some_and(|v| {
                     matches!(v.state, ServerState::Shutdown | ServerState::Unreachable)
                 }),
             };
             if over {
                 let detail = match self.doc.action {
+                    RolloutAction::Stop if track.via_agent => {
+                        "stopped by its node agent".to_owned()
+                    }
                     RolloutAction::Stop => {
                         format!("stopped ({})", v.map_or(ServerState::Unknown, |v| v.state))
                     }
@@ -369,8 +388,10 @@ impl Rollout {
             }
             let server = self.doc.steps[i].server.clone();
             let v = view(&server);
-            // An UNKNOWN server may run and not have reported yet: give it until `patience`.
-            if v.is_none_or(|v| v.state == ServerState::Unknown) {
+            let agent = agents.get(&server).copied();
+            // An UNKNOWN server may run and not have reported yet: give it until `patience`
+            // (unless its node agent says whether it runs).
+            if agent.is_none() && v.is_none_or(|v| v.state == ServerState::Unknown) {
                 let asked = *self.track[i].asked.get_or_insert(now);
                 if now.duration_since(asked) < self.patience {
                     self.doc.steps[i].detail =
@@ -379,14 +400,17 @@ impl Rollout {
                     continue;
                 }
             }
-            let running = v.is_some_and(|v| {
+            let reporting = v.is_some_and(|v| {
                 v.reachable && matches!(v.state, ServerState::Running | ServerState::Starting)
             });
+            let via_agent = !reporting && agent == Some(true);
+            let running = reporting || via_agent;
             let mut begin = |cmd: Command, detail: &str, me: &mut Rollout| {
                 me.doc.steps[i].state = StepState::InProgress;
                 me.doc.steps[i].detail = Some(detail.to_owned());
                 me.track[i].begun = Some(now);
                 me.track[i].before = v.filter(|_| running).map(Run::of);
+                me.track[i].via_agent = via_agent;
                 commands.push(cmd);
             };
             match self.doc.action {
@@ -395,7 +419,11 @@ impl Rollout {
                         server,
                         action: OrderAction::Restart,
                     },
-                    "ordered to restart",
+                    if via_agent {
+                        "ordered to restart (through its node agent: the server does not report)"
+                    } else {
+                        "ordered to restart"
+                    },
                     self,
                 ),
                 RolloutAction::Stop if running => begin(
@@ -403,15 +431,23 @@ impl Rollout {
                         server,
                         action: OrderAction::Stop,
                     },
-                    "ordered to stop",
+                    if via_agent {
+                        "ordered to stop (through its node agent: the server does not report)"
+                    } else {
+                        "ordered to stop"
+                    },
                     self,
                 ),
                 RolloutAction::Stop => {
                     let state = v.map_or(ServerState::Unknown, |v| v.state);
+                    if agent == Some(false) {
+                        self.done(i, "not running (its node agent sees no process)".into());
+                        continue;
+                    }
                     if state == ServerState::Unreachable {
                         self.fail(
                             i,
-                            "it is UNREACHABLE: the Master cannot order it to stop".into(),
+                            "it is UNREACHABLE and no node agent of its machine is connected: nothing can order it to stop".into(),
                             at,
                         );
                         return commands;
@@ -565,6 +601,10 @@ mod tests {
         );
     }
 
+    fn none() -> Agents {
+        Agents::new()
+    }
+
     fn rollout(action: RolloutAction, servers: &[&str], max: usize) -> Rollout {
         Rollout::new(
             "r1".into(),
@@ -585,7 +625,7 @@ mod tests {
             view("s1", ServerState::Running, 1, PIN),
             view("s2", ServerState::Running, 2, PIN),
         ];
-        let c = r.advance(&views, PIN, t0, "t1");
+        let c = r.advance(&views, &none(), PIN, t0, "t1");
         assert_eq!(
             c,
             [Command::Order {
@@ -594,17 +634,17 @@ mod tests {
             }]
         );
         // Still the old run: nothing new, s2 waits.
-        assert!(r.advance(&views, PIN, t0, "t1").is_empty());
+        assert!(r.advance(&views, &none(), PIN, t0, "t1").is_empty());
         assert_eq!(r.doc.steps[1].state, StepState::Waiting);
         // Down, then back on the pin but still applying: not yet.
         views[0] = view("s1", ServerState::Unreachable, 1, PIN);
-        assert!(r.advance(&views, PIN, t0, "t1").is_empty());
+        assert!(r.advance(&views, &none(), PIN, t0, "t1").is_empty());
         views[0] = view("s1", ServerState::Running, 11, PIN);
         views[0].failed_applications = vec!["shop".into()];
-        assert!(r.advance(&views, PIN, t0, "t1").is_empty());
+        assert!(r.advance(&views, &none(), PIN, t0, "t1").is_empty());
         // Healthy with a new run: s1 is done and s2 is ordered.
         views[0].failed_applications.clear();
-        let c = r.advance(&views, PIN, t0, "t2");
+        let c = r.advance(&views, &none(), PIN, t0, "t2");
         assert_eq!(r.doc.steps[0].state, StepState::Done);
         assert_eq!(
             c,
@@ -614,7 +654,7 @@ mod tests {
             }]
         );
         views[1] = view("s2", ServerState::Running, 22, PIN);
-        assert!(r.advance(&views, PIN, t0, "t3").is_empty());
+        assert!(r.advance(&views, &none(), PIN, t0, "t3").is_empty());
         assert_eq!(r.doc.state, RolloutState::Succeeded);
         assert_eq!(r.doc.finished_at.as_deref(), Some("t3"));
     }
@@ -628,7 +668,7 @@ mod tests {
             view("s2", ServerState::Running, 2, PIN),
             view("s3", ServerState::Running, 3, PIN),
         ];
-        assert_eq!(r.advance(&views, PIN, t0, "t").len(), 2);
+        assert_eq!(r.advance(&views, &none(), PIN, t0, "t").len(), 2);
         assert_eq!(r.doc.steps[2].state, StepState::Waiting);
     }
 
@@ -640,10 +680,10 @@ mod tests {
             view("s1", ServerState::Running, 1, PIN),
             view("s2", ServerState::Running, 2, PIN),
         ];
-        r.advance(&views, PIN, t0, "t");
+        r.advance(&views, &none(), PIN, t0, "t");
         views[0] = view("s1", ServerState::Running, 9, "0ld");
         let later = t0 + STEP_TIMEOUT + Duration::from_secs(1);
-        assert!(r.advance(&views, PIN, later, "t9").is_empty());
+        assert!(r.advance(&views, &none(), PIN, later, "t9").is_empty());
         assert_eq!(r.doc.state, RolloutState::Failed);
         assert_eq!(r.doc.steps[0].state, StepState::Failed);
         assert_eq!(r.doc.steps[1].state, StepState::Skipped);
@@ -653,7 +693,7 @@ mod tests {
             "{e}"
         );
         // A failed rollout does nothing more.
-        assert!(r.advance(&views, PIN, later, "t9").is_empty());
+        assert!(r.advance(&views, &none(), PIN, later, "t9").is_empty());
     }
 
     #[test]
@@ -665,7 +705,7 @@ mod tests {
         ];
         let mut r = rollout(RolloutAction::Start, &["s1", "s2"], 1);
         assert_eq!(
-            r.advance(&views, PIN, t0, "t"),
+            r.advance(&views, &none(), PIN, t0, "t"),
             [Command::Launch {
                 server: "s2".into()
             }]
@@ -682,14 +722,14 @@ mod tests {
 
         let mut r = rollout(RolloutAction::Stop, &["s1", "s2"], 1);
         assert_eq!(
-            r.advance(&views, PIN, t0, "t"),
+            r.advance(&views, &none(), PIN, t0, "t"),
             [Command::Order {
                 server: "s1".into(),
                 action: OrderAction::Stop
             }]
         );
         views[0] = view("s1", ServerState::Shutdown, 1, PIN);
-        assert!(r.advance(&views, PIN, t0, "t").is_empty());
+        assert!(r.advance(&views, &none(), PIN, t0, "t").is_empty());
         assert_eq!(r.doc.state, RolloutState::Succeeded);
         assert_eq!(
             r.doc.steps[1].detail.as_deref(),
@@ -707,14 +747,20 @@ mod tests {
             ..view("s1", ServerState::Running, 1, PIN)
         };
         assert!(
-            r.advance(std::slice::from_ref(&unknown), PIN, t0, "t")
+            r.advance(std::slice::from_ref(&unknown), &none(), PIN, t0, "t")
                 .is_empty()
         );
         assert_eq!(r.doc.steps[0].state, StepState::Waiting);
         // It reports: it runs, so it is ordered to stop.
         let later = t0 + Duration::from_secs(3);
         assert_eq!(
-            r.advance(&[view("s1", ServerState::Running, 1, PIN)], PIN, later, "t"),
+            r.advance(
+                &[view("s1", ServerState::Running, 1, PIN)],
+                &none(),
+                PIN,
+                later,
+                "t"
+            ),
             [Command::Order {
                 server: "s1".into(),
                 action: OrderAction::Stop
@@ -723,12 +769,12 @@ mod tests {
         // One that stays silent is taken for not running.
         let mut r = rollout(RolloutAction::Restart, &["s1"], 1);
         assert!(
-            r.advance(std::slice::from_ref(&unknown), PIN, t0, "t")
+            r.advance(std::slice::from_ref(&unknown), &none(), PIN, t0, "t")
                 .is_empty()
         );
         let after = t0 + Duration::from_secs(11);
         assert_eq!(
-            r.advance(&[unknown], PIN, after, "t"),
+            r.advance(&[unknown], &none(), PIN, after, "t"),
             [Command::Launch {
                 server: "s1".into()
             }]
@@ -740,10 +786,86 @@ mod tests {
         let mut r = rollout(RolloutAction::Restart, &["s2"], 1);
         let views = vec![view("s2", ServerState::Shutdown, 2, PIN)];
         assert_eq!(
-            r.advance(&views, PIN, Instant::now(), "t"),
+            r.advance(&views, &none(), PIN, Instant::now(), "t"),
             [Command::Launch {
                 server: "s2".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_server_that_does_not_report_is_stopped_through_its_node_agent() {
+        let t0 = Instant::now();
+        let hung = view("s1", ServerState::Unreachable, 1, PIN);
+        // No agent: nothing can reach it, and the rollout says so.
+        let mut r = rollout(RolloutAction::Stop, &["s1"], 1);
+        assert!(
+            r.advance(std::slice::from_ref(&hung), &none(), PIN, t0, "t")
+                .is_empty()
+        );
+        assert_eq!(r.doc.state, RolloutState::Failed);
+        let e = r.doc.error.as_deref().expect("why");
+        assert!(e.contains("no node agent"), "{e}");
+
+        // Its agent sees it running: ordered (the Master routes it to the agent), and over only
+        // when the agent sees it gone, whatever the Master's view says meanwhile.
+        let mut agents = Agents::from([("s1".to_owned(), true)]);
+        let mut r = rollout(RolloutAction::Stop, &["s1"], 1);
+        assert_eq!(
+            r.advance(std::slice::from_ref(&hung), &agents, PIN, t0, "t"),
+            [Command::Order {
+                server: "s1".into(),
+                action: OrderAction::Stop
+            }]
+        );
+        assert!(
+            r.doc.steps[0]
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("through its node agent")),
+            "{:?}",
+            r.doc.steps[0].detail
+        );
+        assert!(
+            r.advance(std::slice::from_ref(&hung), &agents, PIN, t0, "t")
+                .is_empty()
+        );
+        assert_eq!(r.doc.state, RolloutState::Running);
+        agents.insert("s1".into(), false);
+        r.advance(std::slice::from_ref(&hung), &agents, PIN, t0, "t2");
+        assert_eq!(r.doc.state, RolloutState::Succeeded);
+        assert_eq!(
+            r.doc.steps[0].detail.as_deref(),
+            Some("stopped by its node agent")
+        );
+
+        // An agent that sees no process: nothing to stop, no waiting for a first report.
+        let unknown = View {
+            state: ServerState::Unknown,
+            reachable: false,
+            ..view("s1", ServerState::Running, 1, PIN)
+        };
+        let mut r = rollout(RolloutAction::Stop, &["s1"], 1);
+        r.advance(&[unknown], &agents, PIN, t0, "t");
+        assert_eq!(r.doc.state, RolloutState::Succeeded);
+
+        // A restart of a hung server goes to its agent too, and is over once it reports again.
+        agents.insert("s1".into(), true);
+        let mut r = rollout(RolloutAction::Restart, &["s1"], 1);
+        assert_eq!(
+            r.advance(std::slice::from_ref(&hung), &agents, PIN, t0, "t"),
+            [Command::Order {
+                server: "s1".into(),
+                action: OrderAction::Restart
+            }]
+        );
+        r.advance(
+            &[view("s1", ServerState::Running, 2, PIN)],
+            &agents,
+            PIN,
+            t0,
+            "t",
+        );
+        assert_eq!(r.doc.state, RolloutState::Succeeded);
     }
 }

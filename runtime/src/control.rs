@@ -536,7 +536,7 @@ fn watch_pins(
         // A one-second read timeout lets the loop notice `stop`; keep-alive comments arrive
         // meanwhile.
         let events = Client::new(master, creds, CONNECT_TIMEOUT, Duration::from_secs(1))
-            .and_then(|c| c.events("/v1/events"));
+            .and_then(|c| c.events("/v1/events?events=pinned,order"));
         if let Ok(mut events) = events {
             while let Ok(next) = events.next_event() {
                 match next {

@@ -1,6 +1,7 @@
 //! A domain across machines: a Master and node agents (`steward node`) on machines simulated
 //! with network namespaces ([`crate::util::netns`]). The Master orders starts, stops and restarts
-//! through the agents; an agent restarts a server that dies, keeps supervising while cut off,
+//! (an operator's, a rolling restart's turn, a hung server's stop) through the agents; an agent
+//! restarts a server that dies, keeps supervising while cut off,
 //! and re-adopts its servers after its own restart; a Master restart stops nothing.
 
 use std::path::{Path, PathBuf};
@@ -67,14 +68,21 @@ address = "{b}"
 [servers.s1]
 node = "a"
 listen = "{a}:9741"
+restart-policy = "rolling"
 
 [servers.s2]
 node = "a"
 listen = "{a}:9751"
+restart-policy = "rolling"
+stop-timeout = "2s"
 
 [servers.s3]
 node = "b"
 listen = "{b}:9741"
+restart-policy = "auto"
+
+[clusters.c1]
+servers = ["s1", "s2"]
 
 [applications.hello]
 kind = "static"
@@ -293,7 +301,15 @@ targets = ["s1", "s2", "s3"]
 
     /// A new version of the static application, pushed to the Master from its machine.
     fn push_hello(&self, text: &str) -> String {
-        let clone = self.tmp.path().join(format!("clone-{}", text.trim()));
+        self.push(text.trim(), |clone| {
+            std::fs::write(clone.join("apps/hello/index.html"), text).unwrap();
+        })
+    }
+
+    /// A commit made by `edit` in a fresh clone (`name`: the clone's, unique per test), pushed to
+    /// the Master from its machine. Returns its id.
+    fn push(&self, name: &str, edit: impl FnOnce(&Path)) -> String {
+        let clone = self.tmp.path().join(format!("clone-{name}"));
         let url = format!(
             "http://admin:admin@{}:{PORT}/git/domain.git",
             self.net.addr("m")
@@ -309,8 +325,8 @@ targets = ["s1", "s2", "s3"]
             self.tmp.path(),
             &["clone", "-q", &url, clone.to_str().unwrap()],
         );
-        std::fs::write(clone.join("apps/hello/index.html"), text).unwrap();
-        git(&clone, &["commit", "-qam", "hello"]);
+        edit(&clone);
+        git(&clone, &["commit", "-qam", name]);
         git(&clone, &["push", "-q", "origin", "main"]);
         git_ok(&clone, &["rev-parse", "HEAD"])
     }
@@ -360,6 +376,62 @@ fn the_master_starts_stops_and_restarts_remote_servers_through_their_node() {
         "{agent_a}"
     );
 
+    // A change that needs a restart: s1 and s2 (`rolling`, cluster c1) are restarted by the
+    // agent of their machine on the Master's order, one at a time; s3 (`auto`) restarts itself
+    // through its launcher on machine b, and its agent follows.
+    let old = [("a", "s1"), ("a", "s2"), ("b", "s3")].map(|(m, s)| d.pid(m, s).unwrap());
+    d.push("env", |clone| {
+        let toml = clone.join("domain.toml");
+        let mut text = std::fs::read_to_string(&toml).unwrap();
+        for s in ["s1", "s2", "s3"] {
+            text.push_str(&format!("\n[servers.{s}.process.env]\nGREETING = \"v2\"\n"));
+        }
+        std::fs::write(toml, text).unwrap();
+    });
+    eventually("s1, s2 and s3 run as new processes", 180, || {
+        let now = [("a", "s1"), ("a", "s2"), ("b", "s3")].map(|(m, s)| d.pid(m, s));
+        now.iter()
+            .zip(old)
+            .all(|(p, o)| p.is_some_and(|p| p != o && alive(p)))
+            .then_some(())
+    });
+    eventually("nothing is pending any more", 60, || {
+        let (_, body) = d.api("GET", "/v1/servers");
+        let views: serde_json::Value = serde_json::from_str(&body).ok()?;
+        views
+            .as_array()?
+            .iter()
+            .all(|v| {
+                v["state"] == "RUNNING"
+                    && v["pending_restart"]
+                        .as_array()
+                        .is_some_and(|p| p.is_empty())
+            })
+            .then_some(())
+    });
+    let agent_a = d.log("a", "node");
+    let master = std::fs::read_to_string(d.tmp.path().join("master.out")).unwrap();
+    for s in ["s1", "s2"] {
+        assert!(
+            agent_a.contains(&format!(
+                "[Node-0040] The Master orders to restart server {s} (rollout rolling)"
+            )),
+            "{agent_a}"
+        );
+        assert!(
+            master.contains(&format!("Ordering {s} to restart"))
+                && master.contains("through the node agent of a"),
+            "{master}"
+        );
+    }
+    let s3 = d.pid("b", "s3").unwrap();
+    eventually("the agent of b supervises the restarted s3", 30, || {
+        d.log("b", "node")
+            .contains(&format!("[Node-0010] Supervising server s3 [pid : {s3}]"))
+            .then_some(())
+    });
+    assert_eq!(d.hello("m", "a", 9742), (200, "v1\n".to_owned()));
+
     // A restart: a new process.
     let before = d.pid("a", "s1").unwrap();
     d.admin_ok(&["restart", "s1"]);
@@ -395,6 +467,18 @@ fn the_master_starts_stops_and_restarts_remote_servers_through_their_node() {
             .then_some(())
         },
     );
+
+    // A server the Master cannot reach (hung: SIGSTOP) is stopped through its node agent, which
+    // still sees its process (killed after its stop-timeout).
+    assert!(crate::util::run_ok("kill", &["-STOP", &back.to_string()]));
+    eventually("the Master sees s2 UNREACHABLE", 30, || {
+        let (_, body) = d.api("GET", "/v1/servers/s2");
+        body.contains("\"state\":\"UNREACHABLE\"").then_some(())
+    });
+    let out = d.admin_ok(&["stop", "s2"]);
+    assert!(out.contains("stopped by its node agent"), "{out}");
+    assert_eq!(d.pid("a", "s2"), None);
+    assert!(!alive(back));
 
     // A node whose agent is gone: a start there fails, naming it.
     d.kill_agent("b");

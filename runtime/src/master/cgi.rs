@@ -25,6 +25,7 @@ const MAX_HEADER: usize = 64 * 1024;
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// One request for the backend.
+#[derive(Clone)]
 pub struct CgiRequest<'a> {
     pub project_root: &'a Path,
     /// `/domain.git/…`

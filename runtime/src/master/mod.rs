@@ -28,6 +28,7 @@ pub mod log;
 mod metrics;
 pub(crate) mod mirror;
 mod nodes;
+mod packs;
 mod push;
 mod rollouts;
 
@@ -282,6 +283,7 @@ async fn serve(opts: Options) -> Result<()> {
         url: std::sync::OnceLock::new(),
         hold: std::sync::Mutex::new(hold),
         adverts: advert::Adverts::default(),
+        packs: packs::Packs::default(),
         metrics: metrics::Metrics::default(),
     });
 

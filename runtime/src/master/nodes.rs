@@ -129,6 +129,25 @@ impl Nodes {
         }
     }
 
+    /// What the connected agents see of their servers ([`reconciler::rollout::Agents`]).
+    pub(super) fn agents(&self, timeout: Duration) -> reconciler::rollout::Agents {
+        let inner = self.lock();
+        let mut out = reconciler::rollout::Agents::new();
+        for e in inner.entries.values() {
+            if e.seen.elapsed() > timeout {
+                continue;
+            }
+            for s in &e.report.servers {
+                let alive = matches!(
+                    s.state,
+                    NodeServerState::Running | NodeServerState::Launching
+                );
+                out.insert(s.name.clone(), alive);
+            }
+        }
+        out
+    }
+
     /// Agents that just stopped polling for longer than `timeout`, each returned once per outage.
     pub(super) fn newly_lost(&self, timeout: Duration) -> Vec<String> {
         let mut inner = self.lock();

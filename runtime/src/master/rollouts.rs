@@ -167,6 +167,17 @@ pub(super) async fn drive(state: Arc<State>) {
 /// One look at every running rollout: advances it, publishes what changed, carries out its
 /// commands.
 fn advance(state: &Arc<State>) {
+    // Called at every report that changed something: nothing to look at without a running
+    // rollout (the views of a thousand servers are not free).
+    if !state
+        .rollouts
+        .lock()
+        .rollouts
+        .iter()
+        .any(|r| r.doc.state.is_running())
+    {
+        return;
+    }
     let c = state.current();
     let pinned = c.commit.to_hex();
     let views = state.servers.list(
@@ -178,6 +189,7 @@ fn advance(state: &Arc<State>) {
     let mut launches = Vec::new();
     let mut refused = Vec::new();
     let timeout = c.domain.config.master.heartbeat_timeout.0;
+    let agents = state.nodes.agents(timeout);
     {
         let mut inner = state.rollouts.lock();
         let mut orders = Vec::new();
@@ -187,7 +199,7 @@ fn advance(state: &Arc<State>) {
             .filter(|r| r.doc.state.is_running())
         {
             let before = r.doc.clone();
-            for cmd in r.advance(&views, &pinned, now, &at) {
+            for cmd in r.advance(&views, &agents, &pinned, now, &at) {
                 let server = match &cmd {
                     Command::Order { server, .. } | Command::Launch { server } => server.clone(),
                 };

@@ -65,11 +65,17 @@ impl Registry {
         timeout: Duration,
     ) -> Vec<View> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // A set, not a scan of `out` per entry: with a thousand servers, every report would
+        // otherwise cost a million comparisons.
+        let mut names = std::collections::HashSet::new();
         let mut out: Vec<View> = configured
+            .inspect(|n| {
+                names.insert(n.as_str());
+            })
             .map(|n| view(n, entries.get(n), true, timeout))
             .collect();
         for (n, e) in entries.iter() {
-            if !out.iter().any(|v| v.name == *n) {
+            if !names.contains(n.as_str()) {
                 out.push(view(n, Some(e), false, timeout));
             }
         }

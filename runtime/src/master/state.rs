@@ -68,6 +68,7 @@ pub(super) struct State {
     pub(super) hold: std::sync::Mutex<Option<reconciler::hold::Hold>>,
     /// Ref advertisements kept while the refs stay as they were.
     pub(super) adverts: super::advert::Adverts,
+    pub(super) packs: super::packs::Packs,
     /// What `GET /metrics` reports.
     pub(super) metrics: super::metrics::Metrics,
 }

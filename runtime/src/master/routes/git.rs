@@ -15,7 +15,7 @@ use super::require;
 use crate::master::conn::Conn;
 use crate::master::metrics::GitOutcome;
 use crate::master::state::State;
-use crate::master::{cgi, push};
+use crate::master::{cgi, packs, push};
 
 /// `%XX` escapes and `+` decoded, as CGI programs (`git http-backend` among them) read a query.
 /// Invalid escapes stay as they are.
@@ -133,6 +133,30 @@ async fn serve(
     if rest == "git-receive-pack" {
         return push::receive(state.clone(), conn, req, body).await;
     }
+    // Fetches asking what another asked share its answer (see `master::packs`).
+    if rest == "git-upload-pack" && req.method == axum::http::Method::POST {
+        match packs::read(body).await {
+            packs::Read::Small(bytes) => {
+                let headers = req.headers.clone();
+                return state
+                    .packs
+                    .answer(state.store.git_dir(), &headers, bytes, |body| {
+                        backend(req.clone(), body)
+                    })
+                    .await;
+            }
+            packs::Read::Large(body) => return backend(req, body).await,
+        }
+    }
+    let response = backend(req, body).await;
+    match ask {
+        Some(ask) => state.adverts.keep(ask, response),
+        None => response,
+    }
+}
+
+/// Runs `git http-backend` for `req`; a backend that outlives [`cgi::BACKEND_TIMEOUT`] is killed.
+async fn backend(req: cgi::CgiRequest<'_>, body: axum::body::Body) -> Response {
     let (response, mut child) = match cgi::run(req, body).await {
         Ok(x) => x,
         Err(e) => return cgi::bad_gateway(&e),
@@ -145,10 +169,7 @@ async fn serve(
             cgi::kill_group(&child);
         }
     });
-    match ask {
-        Some(ask) => state.adverts.keep(ask, response),
-        None => response,
-    }
+    response
 }
 
 #[cfg(test)]

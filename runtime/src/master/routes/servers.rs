@@ -13,7 +13,12 @@ use axum::extract::Path as UrlPath;
 use crate::master::state::{Event, State};
 use crate::master::{log, servers};
 use reconciler::rolling;
+use reconciler::rollout::{Command, Route, route};
 use reconciler::wire::{Pinned, ReportReply};
+
+/// The rollout an agent's order for a rolling restart names: rolling restarts are no rollout of
+/// `/v1/rollouts` (the Master starts them, per cluster, as servers report pending restarts).
+pub(crate) const ROLLING: &str = "rolling";
 
 pub(super) async fn list_servers(
     AxState(state): AxState<Arc<State>>,
@@ -151,25 +156,35 @@ pub(super) async fn report(
     }
     let m = &c.domain.config.master;
     let pinned = c.commit.to_hex();
-    let views = state
+    // Every server's view only for a rolling server with pending restarts (its turn depends on
+    // the others'): a heartbeat of a thousand servers' domain should not cost a thousand views.
+    let me = state
         .servers
-        .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0);
+        .list(std::iter::once(&name), m.heartbeat_timeout.0)
+        .into_iter()
+        .find(|v| v.name == name);
+    let may_roll = me.as_ref().is_some_and(|v| {
+        !v.pending_restart.is_empty()
+            && c.domain
+                .config
+                .servers
+                .get(&name)
+                .is_some_and(|s| s.restart_policy == schema::model::RestartPolicy::Rolling)
+    });
+    let views = if may_roll {
+        state
+            .servers
+            .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0)
+    } else {
+        me.into_iter().collect()
+    };
     let restart = match views.iter().find(|v| v.name == name) {
-        Some(me) => {
-            let step = state.rolling.decide(&c.domain, me, &views, &pinned);
-            if step == rolling::Step::Order {
-                log::info(
-                    "Master-0022",
-                    &format!(
-                        "Ordering {name} to restart to apply {} (rolling: one server of {} at a time).",
-                        me.pending_restart.join(", "),
-                        rolling::group_of(&c.domain, &name)
-                    ),
-                );
-            }
-            step == rolling::Step::Order
+        Some(me)
+            if state.rolling.decide(&c.domain, me, &views, &pinned) == rolling::Step::Order =>
+        {
+            rolling_turn(&state, &c.domain, me)
         }
-        None => false,
+        _ => false,
     };
     let order = state.rollouts.take_order(&name);
     if let Some(o) = &order {
@@ -196,4 +211,57 @@ pub(super) async fn report(
         heartbeat_timeout_ms: m.heartbeat_timeout.0.as_millis() as u64,
     })
     .into_response()
+}
+
+/// A rolling restart's turn for `me`: routed as an operator's restart is
+/// ([`reconciler::rollout::route`]): to the node agent of its machine when one is connected (it
+/// supervises the server, so it restarts it), else to the server itself, which restarts through
+/// its own launcher. Returns whether the server itself is ordered (`restart` in its answer).
+fn rolling_turn(state: &State, domain: &schema::model::Domain, me: &servers::View) -> bool {
+    let name = &me.name;
+    let node = domain
+        .config
+        .servers
+        .get(name)
+        .map_or("", |s| s.node.as_str());
+    let connected = state
+        .nodes
+        .connected(node, domain.config.master.heartbeat_timeout.0);
+    let command = Command::Order {
+        server: name.clone(),
+        action: reconciler::wire::OrderAction::Restart,
+    };
+    let here = node == domain.config.master.node;
+    let route = route(&command, connected.is_ok(), here);
+    let through = match (&route, &connected) {
+        (Route::Node, _) => format!("through the node agent of {node}"),
+        // A domain that declares nodes expects an agent there: say that none is connected.
+        (_, Err(since)) if domain.config.nodes.contains_key(node) => format!(
+            "by the server itself: its node `{node}` is not connected (no agent polled {})",
+            since
+                .as_deref()
+                .map_or("since the Master started".to_owned(), |at| format!(
+                    "since {at}"
+                ))
+        ),
+        _ => "by the server itself".to_owned(),
+    };
+    log::info(
+        "Master-0022",
+        &format!(
+            "Ordering {name} to restart to apply {} (rolling: one server of {} at a time), {through}.",
+            me.pending_restart.join(", "),
+            rolling::group_of(domain, name)
+        ),
+    );
+    if route == Route::Node {
+        state.nodes.order(
+            node,
+            ROLLING,
+            name,
+            reconciler::wire::RolloutAction::Restart,
+        );
+        return false;
+    }
+    true
 }
