@@ -20,6 +20,7 @@
 //! store and the local API are in their own files.
 
 pub mod api;
+mod conns;
 pub mod consume;
 pub mod operator;
 pub mod store;
@@ -208,6 +209,8 @@ struct Inner {
     started: AtomicBool,
     /// Message-driven components' consumers ([`consume`]).
     consumers: consume::Consumers,
+    /// Kept-alive connections to the components, for callbacks and deliveries.
+    conns: conns::Conns,
 }
 
 impl Inner {
@@ -459,6 +462,7 @@ impl ComponentEngine {
             shutdown,
             started: AtomicBool::new(false),
             consumers: consume::Consumers::default(),
+            conns: conns::Conns::default(),
         });
         let engine = ComponentEngine { inner };
         engine.load(records, &apps);
@@ -1179,7 +1183,11 @@ async fn post(inner: &Inner, job: &Job, record: &Record) -> Result<u16, (Option<
     // Serializing plain data cannot fail.
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let path = format!("/timers/{}", record.name);
-    match tokio::time::timeout(CALLBACK_TIMEOUT, post_json(port, &path, body)).await {
+    let json = [(hyper::header::CONTENT_TYPE, "application/json".to_owned())];
+    let posted = inner
+        .conns
+        .post(port, &path, &json, bytes::Bytes::from(body));
+    match tokio::time::timeout(CALLBACK_TIMEOUT, posted).await {
         Err(_) => Err((
             None,
             format!(
@@ -1187,16 +1195,8 @@ async fn post(inner: &Inner, job: &Job, record: &Record) -> Result<u16, (Option<
                 crate::engine::web::fmt_duration(CALLBACK_TIMEOUT)
             ),
         )),
-        Ok(Err(why)) => Err((None, why)),
+        Ok(Err(why)) => Err((None, why.to_string())),
         Ok(Ok(status)) if (200..300).contains(&status) => Ok(status),
         Ok(Ok(status)) => Err((Some(status), format!("the component answered {status}"))),
     }
-}
-
-/// `POST path` with a JSON body to 127.0.0.1:`port`, on a connection of its own; the status.
-async fn post_json(port: u16, path: &str, body: Vec<u8>) -> Result<u16, String> {
-    let json = [(hyper::header::CONTENT_TYPE, "application/json".to_owned())];
-    consume::post(port, path, &json, bytes::Bytes::from(body))
-        .await
-        .map_err(|e| e.to_string())
 }

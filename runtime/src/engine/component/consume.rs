@@ -9,14 +9,14 @@
 //! `thread-pool.max` slots of timer callbacks. While the component is not ready the consumer is
 //! not subscribed, so messages stay queued; it subscribes again once the component is healthy.
 //! Stopping a consumer (undeploy, the entry removed) ends its subscription: what it held
-//! unacknowledged goes back to the queue.
+//! unacknowledged goes back to the queue. POSTs go over kept-alive connections ([`super::conns`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderName};
 use schema::model::Consume;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -342,7 +342,7 @@ async fn post_message(inner: &Inner, app: &str, d: &Delivery) -> Result<(), Deli
     ];
     let path = format!("/messages{}", m.destination);
     let body = bytes::Bytes::from(m.body.clone());
-    match tokio::time::timeout(timeout, post(port, &path, &headers, body)).await {
+    match tokio::time::timeout(timeout, inner.conns.post(port, &path, &headers, body)).await {
         Err(_) => Err(DeliveryError::Timeout(crate::engine::web::fmt_duration(
             timeout,
         ))),
@@ -367,42 +367,6 @@ fn ascii_json(v: &serde_json::Value) -> String {
         }
     }
     out
-}
-
-/// `POST path` to 127.0.0.1:`port`, on a connection of its own; the status answered.
-pub(super) async fn post(
-    port: u16,
-    path: &str,
-    headers: &[(HeaderName, String)],
-    body: bytes::Bytes,
-) -> Result<u16, DeliveryError> {
-    let stream = tokio::net::TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-        .map_err(|e| DeliveryError::Connect {
-            port,
-            error: e.to_string(),
-        })?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| DeliveryError::Http(e.to_string()))?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::post(path)
-        .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
-        .body(http_body_util::Full::new(body))
-        .map_err(|e| DeliveryError::Http(e.to_string()))?;
-    for (k, v) in headers {
-        // A value that is not a valid header (a control character in a message's content
-        // type) is left out rather than failing the delivery.
-        if let Ok(v) = HeaderValue::from_str(v) {
-            req.headers_mut().insert(k.clone(), v);
-        }
-    }
-    let resp = send
-        .send_request(req)
-        .await
-        .map_err(|e| DeliveryError::Http(e.to_string()))?;
-    Ok(resp.status().as_u16())
 }
 
 #[cfg(test)]
