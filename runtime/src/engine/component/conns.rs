@@ -161,14 +161,18 @@ mod tests {
         (port, accepted)
     }
 
-    #[tokio::test]
-    async fn posts_reuse_one_connection() {
-        let (port, accepted) = component(true).await;
+    async fn post_five(port: u16) {
         let conns = Conns::default();
         for _ in 0..5 {
             let status = conns.post(port, "/x", &[], Bytes::from_static(b"m")).await;
             assert_eq!(status.unwrap(), 200);
         }
+    }
+
+    #[tokio::test]
+    async fn posts_reuse_one_connection() {
+        let (port, accepted) = component(true).await;
+        post_five(port).await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             1,
@@ -179,11 +183,7 @@ mod tests {
     #[tokio::test]
     async fn a_component_that_closes_its_connections_gets_every_post() {
         let (port, accepted) = component(false).await;
-        let conns = Conns::default();
-        for _ in 0..5 {
-            let status = conns.post(port, "/x", &[], Bytes::from_static(b"m")).await;
-            assert_eq!(status.unwrap(), 200);
-        }
+        post_five(port).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 }
