@@ -14,7 +14,7 @@ Python asyncio HTTP server (stdlib only) reading each POST and answering `200` w
   creates a file), so nothing is consumed during the fill; then the component turns ready and
   the script polls `GET /v1/components` until its consumer has acknowledged all COUNT. The rate
   is COUNT over the time from the first acknowledgement seen to the last (polled every 20 ms).
-  Each message is one POST on a connection of its own; at most `thread-pool.max` (POOL, 32) in
+  Each message is one POST (over the engine's kept-alive connections); at most `thread-pool.max` (POOL, 32) in
   flight.
 - anchor: `stomp_load throughput` against the same server's `bench` queue (the conventions of
   benches/messaging_throughput.py: 4 producers with receipts, 2 consumers `ack:client-individual`
