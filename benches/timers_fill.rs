@@ -34,6 +34,7 @@ fn record(app: &str, source: &str, i: i64, interval: i64, next: i64) -> Record {
         fired: 0,
         failed: 0,
         last: None,
+        unfinished: Vec::new(),
     }
 }
 

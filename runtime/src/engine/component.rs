@@ -41,7 +41,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::engine::web::{ComponentEnv, WebEngine};
 use crate::logfile::Logger;
-use store::{Outcome, Record, Spec, Store};
+use store::{Outcome, Record, Spec, Store, Unfinished};
 
 /// How long a timer callback may take before it counts as failed.
 pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -513,11 +513,15 @@ impl ComponentEngine {
             let key = r.key();
             let app_gone = !apps.contains_key(&r.app);
             let source = r.source.clone();
+            let unfinished = r.unfinished.clone();
             // Queued at its stored next firing: once firing starts, one that came due while the
             // server was down follows the misfire policy (`take_due`).
             st.insert(r, schedule);
             // As stored: nothing to write.
             st.dirty.remove(&key);
+            if !app_gone {
+                resend_unfinished(&self.inner, &mut st, &key, &unfinished);
+            }
             if app_gone {
                 match renamed_target(apps, &source) {
                     Some(to) => {
@@ -678,6 +682,7 @@ impl ComponentEngine {
                     fired: 0,
                     failed: 0,
                     last: None,
+                    unfinished: Vec::new(),
                 };
                 if st.entries.get(&key).is_some_and(|e| e.record.persistent) && !t.persistent {
                     st.removed.insert(key.clone());
@@ -850,6 +855,7 @@ impl ComponentEngine {
                 fired: 0,
                 failed: 0,
                 last: None,
+                unfinished: Vec::new(),
             };
             st.insert(record, schedule);
         }
@@ -1000,11 +1006,13 @@ fn take_due(inner: &Inner, now: Timestamp) -> (Vec<Due>, Option<i64>) {
         if job.attempt == 0 {
             e.pending += fire.len() as u32;
         }
+        // Committed with the schedule's progress, before any of them is sent.
+        for j in &fire {
+            note_unfinished(&mut e.record, j);
+        }
         let record = e.record.clone();
         let (key, generation) = (job.key.clone(), e.generation);
-        if job.regular {
-            st.mark(&key);
-        }
+        st.mark(&key);
         if let Some(next) = follow {
             st.push(
                 next,
@@ -1026,6 +1034,55 @@ fn take_due(inner: &Inner, now: Timestamp) -> (Vec<Due>, Option<i64>) {
     }
     let next_due = st.queue.keys().next().map(|(ms, _)| *ms);
     (out, next_due)
+}
+
+/// Records that `job`'s attempt is about to be sent: until its outcome is recorded, a restart
+/// sends it again ([`resend_unfinished`]).
+fn note_unfinished(r: &mut Record, job: &Job) {
+    let ms = job.scheduled.as_millisecond();
+    match r.unfinished.iter_mut().find(|u| u.scheduled_ms == ms) {
+        Some(u) => u.attempt = job.attempt,
+        None => r.unfinished.push(Unfinished {
+            scheduled_ms: ms,
+            attempt: job.attempt,
+        }),
+    }
+}
+
+/// Firings of a stored timer that were sent (or about to be) when the server stopped, without
+/// a recorded outcome: sent again at once as their next attempt, so that a firing is delivered
+/// at least once (the component sees `attempt` above 0 and may ignore a repeat).
+fn resend_unfinished(inner: &Inner, st: &mut State, key: &str, unfinished: &[Unfinished]) {
+    let Some(e) = st.entries.get_mut(key) else {
+        return;
+    };
+    let generation = e.generation;
+    let (app, id) = (e.record.app.clone(), e.record.id.clone());
+    let now = Timestamp::now();
+    let mut jobs = Vec::new();
+    for u in unfinished {
+        let Ok(scheduled) = Timestamp::from_millisecond(u.scheduled_ms) else {
+            continue;
+        };
+        e.pending += 1;
+        jobs.push(Job {
+            key: key.to_owned(),
+            generation,
+            scheduled,
+            attempt: u.attempt + 1,
+            regular: false,
+        });
+    }
+    for job in jobs {
+        inner.info(
+            "COMP-0015",
+            &format!(
+                "Timer {app}/{id}: the firing of {} had no recorded outcome when the server stopped; sending it again (attempt {}).",
+                job.scheduled, job.attempt
+            ),
+        );
+        st.push(now, job);
+    }
 }
 
 /// The callback's JSON body.
@@ -1109,6 +1166,10 @@ async fn fire(inner: Arc<Inner>, (job, record): (Job, Record)) {
         return;
     }
     e.pending = e.pending.saturating_sub(1);
+    let scheduled_ms = job.scheduled.as_millisecond();
+    e.record
+        .unfinished
+        .retain(|u| u.scheduled_ms != scheduled_ms);
     let ok = result.is_ok();
     if ok {
         e.record.fired += 1;

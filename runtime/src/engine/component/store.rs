@@ -79,6 +79,19 @@ pub struct Record {
     pub fired: u64,
     pub failed: u64,
     pub last: Option<Outcome>,
+    /// Firings handed to the component whose outcome is not recorded yet: written before they
+    /// are sent, so that a firing in flight at a crash is sent again (at least once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unfinished: Vec<Unfinished>,
+}
+
+/// A firing sent (or about to be) without a recorded outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unfinished {
+    /// The firing's scheduled instant, ms since the epoch.
+    pub scheduled_ms: i64,
+    /// The attempt sent last (0: the first).
+    pub attempt: u32,
 }
 
 impl Record {
@@ -181,6 +194,7 @@ mod tests {
             fired: 0,
             failed: 0,
             last: None,
+            unfinished: Vec::new(),
         }
     }
 
