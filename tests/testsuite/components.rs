@@ -227,6 +227,13 @@ fn component_timers_fire_persist_and_follow_the_domain() {
     }
     let domain = repo.read("domain.toml");
     let calls_env = log.display();
+    // A daily calendar timer in Seoul's wall-clock time, due at a whole minute at least 45 s
+    // away: read in UTC instead, its hour would be 9 off and it would not fire today.
+    let seoul_at =
+        jiff::Timestamp::from_second((jiff::Timestamp::now().as_second() + 45) / 60 * 60 + 60)
+            .expect("instant");
+    let seoul_wall = seoul_at.to_zoned(jiff::tz::TimeZone::get("Asia/Seoul").expect("tzdata"));
+    let seoul = format!("{} {} * * *", seoul_wall.minute(), seoul_wall.hour());
     repo.write(
         "domain.toml",
         &format!(
@@ -248,6 +255,10 @@ interval = \"300ms\"
 
 [applications.jobs.timers.calendar]
 schedule = \"*/5 * * * *\"
+time-zone = \"Asia/Seoul\"
+
+[applications.jobs.timers.seoul]
+schedule = \"{seoul}\"
 time-zone = \"Asia/Seoul\"
 
 [applications.jobs.timers.m-once]
@@ -449,6 +460,16 @@ interval = \"1h\"
             .is_none()
             .then_some(())
     });
+    // The Seoul calendar timer fires once, for its instant (late by the outage if that covered
+    // it: fire-once sends the missed instant).
+    let seoul_calls = eventually("the Seoul calendar timer fires", 150, || {
+        Some(calls_of(&log, "jobs", "seoul")).filter(|c| !c.is_empty())
+    });
+    assert_eq!(
+        instant(&seoul_calls[0]["scheduled"]),
+        seoul_at,
+        "{seoul_calls:?}"
+    );
     // Persistent timers survived: the run-time one fires into the new process.
     eventually("rt-1 fires into the restarted component", 30, || {
         calls(&log)[before..]
