@@ -19,6 +19,7 @@
 //! [`tasks`] the background work (ref watcher, mirror polling, heartbeat watch, signals).
 
 mod advert;
+mod bus;
 mod cgi;
 mod conn;
 mod csrf;
@@ -45,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, mpsc};
 
 use reconciler::git::Repo;
 use reconciler::pin::{Outcome, PinStore, Source};
@@ -262,14 +263,13 @@ async fn serve(opts: Options) -> Result<()> {
         None => None,
     };
     let pinned = current.commit;
-    let (events, _) = broadcast::channel(EVENT_BUFFER);
     let registry = conn::Registry::new(conn::raise_fd_limit());
     let state = Arc::new(State {
         home: home.clone(),
         store,
         branch,
         current: RwLock::new(Arc::new(current)),
-        events,
+        events: bus::Bus::new(EVENT_BUFFER),
         decided: Arc::new(Mutex::new(last)),
         auth: crate::auth::Auth::new(),
         wakeups: std::sync::atomic::AtomicU64::new(0),

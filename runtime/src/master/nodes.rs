@@ -55,9 +55,9 @@ pub(super) fn configured(domain: &Domain) -> BTreeMap<String, String> {
 pub(super) fn announce(state: &super::state::State, domain: &Domain, name: &str) {
     let timeout = domain.config.master.heartbeat_timeout.0;
     let v = state.nodes.one(domain, name, timeout);
-    let _ = state
+    state
         .events
-        .send(Arc::new(super::state::Event::new("node", None, &v)));
+        .send(super::state::Event::new("node", None, &v));
 }
 
 impl Nodes {

@@ -252,11 +252,11 @@ fn advance(state: &Arc<State>) {
             }
         }
         for (server, order) in orders {
-            let _ = state.events.send(Arc::new(Event::new(
+            state.events.send(Event::new(
                 "order",
                 Some(server.clone()),
                 &serde_json::json!({ "server": server, "rollout": order.rollout, "action": order.action }),
-            )));
+            ));
             inner.orders.insert(server, order);
         }
     }
@@ -319,9 +319,9 @@ fn announce(state: &State, doc: &wire::Rollout) {
         ),
         wire::RolloutState::Running => {}
     }
-    let _ = state
+    state
         .events
-        .send(Arc::new(Event::new("rollout", Some(doc.id.clone()), doc)));
+        .send(Event::new("rollout", Some(doc.id.clone()), doc));
 }
 
 #[derive(Debug, thiserror::Error)]

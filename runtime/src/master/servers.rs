@@ -82,6 +82,13 @@ impl Registry {
         out
     }
 
+    /// `name`'s view alone: what a report needs, at the cost of one entry however many servers
+    /// report (a `list` of one name still lists every unconfigured entry beside it).
+    pub fn one(&self, name: &str, configured: bool, timeout: Duration) -> View {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        view(name, entries.get(name), configured, timeout)
+    }
+
     /// Servers that just went silent for longer than `timeout`, each returned once per outage.
     pub fn newly_lost(&self, timeout: Duration, configured: impl Fn(&str) -> bool) -> Vec<View> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

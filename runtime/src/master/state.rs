@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
-use tokio::sync::{Mutex, OwnedMutexGuard, broadcast};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{MasterError, Result, log, mirror, servers, sniff};
 use crate::auth;
@@ -41,7 +41,7 @@ pub(super) struct State {
     pub(super) store: PinStore,
     pub(super) branch: String,
     pub(super) current: RwLock<Arc<Current>>,
-    pub(super) events: broadcast::Sender<Arc<Event>>,
+    pub(super) events: super::bus::Bus,
     /// The decision lock. Holds the last head of the branch that was decided on (pinned or
     /// rejected), so a rejected head is recorded once, not at every poll.
     pub(super) decided: Arc<Mutex<Option<Oid>>>,
@@ -240,7 +240,7 @@ impl State {
         }
         // No subscribers is not an error.
         let id = Some(record.commit.clone());
-        let _ = self.events.send(Arc::new(Event::new(name, id, &record)));
+        self.events.send(Event::new(name, id, &record));
     }
 
     /// The blocking part of [`State::reconcile`]: `None` when there is nothing new to decide.
@@ -309,9 +309,8 @@ impl State {
 
     /// Tells subscribers the domain document changed (a hold set or cleared).
     pub(super) fn announce_domain(&self) {
-        let _ = self
-            .events
-            .send(Arc::new(Event::new("domain", None, &self.domain_doc())));
+        self.events
+            .send(Event::new("domain", None, &self.domain_doc()));
     }
 
     /// The blocking part of `POST /v1/domain/pin`: hosted mode writes a commit that restores

@@ -124,9 +124,7 @@ pub(super) async fn watch_heartbeats(state: Arc<State>) {
                     view.name
                 ),
             );
-            let _ = state
-                .events
-                .send(Arc::new(Event::new("server", None, &view)));
+            state.events.send(Event::new("server", None, &view));
         }
         for node in state.nodes.newly_lost(timeout) {
             log::warning(

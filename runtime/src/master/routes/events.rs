@@ -18,7 +18,8 @@ use crate::master::state::State;
 
 /// `?events=pinned,order`: only those kinds (and `lagged`). A Managed Server needs pins and its
 /// orders, not every other server's state change: without the filter, a pin on a domain of N
-/// servers sends N² `server` events, one per server to each.
+/// servers sends N² `server` events, one per server to each. The filter is the channel itself
+/// ([`crate::master::bus`]), so such a stream is not even woken by other kinds.
 pub(super) async fn events(
     AxState(state): AxState<Arc<State>>,
     uri: Uri,
@@ -27,19 +28,9 @@ pub(super) async fn events(
     if let Err(r) = require(&state, &headers, "events:read").await {
         return r;
     }
-    let rx = state.events.subscribe();
-    let only = uri.query().and_then(kinds).map(Arc::new);
-    let stream = futures_util::stream::unfold((rx, only), |(mut rx, only)| async move {
-        let sse = loop {
-            match rx.recv().await {
-                Ok(ev)
-                    if only
-                        .as_ref()
-                        .is_some_and(|o| !o.iter().any(|k| k == ev.name)) => {}
-                other => break other,
-            }
-        };
-        let sse = match sse {
+    let rx = state.events.subscribe(uri.query().and_then(kinds));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let sse = match rx.recv().await {
             Ok(ev) => {
                 let e = SseEvent::default().event(ev.name).data(ev.data.clone());
                 match &ev.id {
@@ -53,7 +44,7 @@ pub(super) async fn events(
             }
             Err(broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok::<_, std::convert::Infallible>(sse), (rx, only)))
+        Some((Ok::<_, std::convert::Infallible>(sse), rx))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -149,34 +149,26 @@ pub(super) async fn report(
                 ),
             );
         }
-        let _ = state
-            .events
-            .send(Arc::new(Event::new("server", None, &view)));
+        state.events.send(Event::new("server", None, &view));
         state.rollouts.poke();
     }
     let m = &c.domain.config.master;
     let pinned = c.commit.to_hex();
     // Every server's view only for a rolling server with pending restarts (its turn depends on
     // the others'): a heartbeat of a thousand servers' domain should not cost a thousand views.
-    let me = state
-        .servers
-        .list(std::iter::once(&name), m.heartbeat_timeout.0)
-        .into_iter()
-        .find(|v| v.name == name);
-    let may_roll = me.as_ref().is_some_and(|v| {
-        !v.pending_restart.is_empty()
-            && c.domain
-                .config
-                .servers
-                .get(&name)
-                .is_some_and(|s| s.restart_policy == schema::model::RestartPolicy::Rolling)
-    });
+    let me = state.servers.one(&name, configured, m.heartbeat_timeout.0);
+    let may_roll = !me.pending_restart.is_empty()
+        && c.domain
+            .config
+            .servers
+            .get(&name)
+            .is_some_and(|s| s.restart_policy == schema::model::RestartPolicy::Rolling);
     let views = if may_roll {
         state
             .servers
             .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0)
     } else {
-        me.into_iter().collect()
+        vec![me]
     };
     let restart = match views.iter().find(|v| v.name == name) {
         Some(me)

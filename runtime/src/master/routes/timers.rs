@@ -359,7 +359,7 @@ pub(super) async fn cancel(
             doc.application, doc.id, doc.server, doc.by
         ),
     );
-    let _ = state.events.send(Arc::new(Event::new("timer", None, &doc)));
+    state.events.send(Event::new("timer", None, &doc));
     axum::Json(doc).into_response()
 }
 
