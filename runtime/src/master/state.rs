@@ -137,6 +137,10 @@ impl State {
         };
         **decided = Some(head);
         self.publish(record.clone(), current);
+        // A decision moved a ref: the kept advertisements are made again now, before the next
+        // push or the launchers' fetches of this pin ask for them.
+        self.adverts
+            .refresh(self.home.join("config"), self.store.git_dir().to_owned());
         Ok(Some(record))
     }
 
