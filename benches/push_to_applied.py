@@ -16,22 +16,25 @@ HASH = "$argon2id$v=19$m=19456,t=2,p=1$3g8LTxBToLWYGF26MIvccw$mPeItzmyCRTynzZOK2
 
 
 def free_ports(n):
-    """n free ports, no two adjacent: a server without listeners takes its base port + 1."""
+    """n free ports, no two adjacent: a server without listeners takes its base port + 1. Taken
+    below the kernel's ephemeral range: with a hundred servers running, an outgoing connection's
+    ephemeral port can otherwise take a base port between this choice and the server's bind."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
     socks, ports = [], []
+    candidate = max(1024, low - 4 * n - 4000) + os.getpid() % 2000
     while len(ports) < n:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        if any(abs(p - q) <= 1 for q in ports):
-            s.close()
-            continue
-        probe = socket.socket()
+        p, candidate = candidate, candidate + 3
+        if p + 1 >= low:
+            sys.exit("no free ports below the ephemeral range")
+        s, probe = socket.socket(), socket.socket()
         try:
+            s.bind(("127.0.0.1", p))
             probe.bind(("127.0.0.1", p + 1))  # the default web listener takes base + 1
         except OSError:
             s.close()
             continue
-        probe.close()
+        finally:
+            probe.close()
         socks.append(s)
         ports.append(p)
     for s in socks:
