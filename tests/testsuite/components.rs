@@ -117,10 +117,12 @@ if os.environ.get("CREATE_AT_START"):
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 "#;
 
-/// Every callback recorded so far.
+/// Every callback recorded so far: the complete lines (a component may be writing the last one
+/// as it is read, and a read does not wait for a write to end).
 fn calls(file: &Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
@@ -662,7 +664,8 @@ elif mode == 'share':
     def component_got():
         try:
             with open(os.environ['CALLS']) as f:
-                return [json.loads(x)['body'] for x in f if x.strip()]
+                # Complete lines only: the component may be writing the last one.
+                return [json.loads(x)['body'] for x in f if x.endswith('\n') and x.strip()]
         except FileNotFoundError:
             return []
     deadline = time.time() + 30
