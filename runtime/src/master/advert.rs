@@ -135,8 +135,8 @@ impl Adverts {
     /// match: called when a decision moved a ref (a push, a pin), so that the next push's and
     /// every launcher's next fetch's advertisement is answered from memory too, where each would
     /// otherwise wait for the backend's two processes (about 12 ms of a 35 ms plain push here).
-    pub(super) fn refresh(&self, project_root: PathBuf, git_dir: PathBuf) {
-        let Ok(now) = stamp(&git_dir) else {
+    pub(super) fn refresh(&self, project_root: PathBuf, git_dir: &Path) {
+        let Ok(now) = stamp(git_dir) else {
             return;
         };
         let stale: Vec<Key> = self
@@ -146,31 +146,24 @@ impl Adverts {
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
-            let (adverts, root, git_dir) = (self.clone(), project_root.clone(), git_dir.clone());
-            tokio::spawn(async move { adverts.remake(&root, &git_dir, key).await });
+            let (adverts, root) = (self.clone(), project_root.clone());
+            // `now` was taken before the backend runs, as `keep` requires of a stamp.
+            let ask = Ask {
+                key,
+                stamp: Some(now),
+            };
+            tokio::spawn(async move { adverts.remake(&root, ask).await });
         }
     }
 
-    /// One kept answer made again: the backend run as for a request of `key`, its answer kept as
-    /// [`Adverts::keep`] keeps a client's.
-    async fn remake(&self, project_root: &Path, git_dir: &Path, key: Key) {
+    /// One kept answer made again: the backend run as for a request of `ask`'s key, its answer
+    /// kept as [`Adverts::keep`] keeps a client's.
+    async fn remake(&self, project_root: &Path, ask: Ask) {
         let mut headers = HeaderMap::new();
-        if let Some(p) = key.protocol.as_deref().and_then(|p| p.parse().ok()) {
+        if let Some(p) = ask.key.protocol.as_deref().and_then(|p| p.parse().ok()) {
             headers.insert("git-protocol", p);
         }
-        let req = super::cgi::CgiRequest {
-            project_root,
-            path_info: "/domain.git/info/refs".to_owned(),
-            query: key.query.clone(),
-            method: axum::http::Method::GET,
-            headers,
-            user: "steward".to_owned(),
-            remote: None,
-        };
-        let ask = Ask {
-            stamp: stamp(git_dir).ok(),
-            key,
-        };
+        let req = info_refs(project_root, &ask.key.query, headers);
         let Ok((response, mut child)) = super::cgi::run(req, Body::empty()).await else {
             return;
         };
@@ -190,6 +183,23 @@ impl Adverts {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Kept>> {
         lock(&self.kept)
+    }
+}
+
+/// The backend request of a ref advertisement: what the Git route sends for `GET info/refs`.
+fn info_refs<'a>(
+    project_root: &'a Path,
+    query: &str,
+    headers: HeaderMap,
+) -> super::cgi::CgiRequest<'a> {
+    super::cgi::CgiRequest {
+        project_root,
+        path_info: "/domain.git/info/refs".to_owned(),
+        query: query.to_owned(),
+        method: axum::http::Method::GET,
+        headers,
+        user: "steward".to_owned(),
+        remote: None,
     }
 }
 
@@ -261,15 +271,7 @@ mod tests {
         let Err(ask) = adverts.answer(&git_dir, query, &HeaderMap::new()) else {
             panic!("nothing is kept before the first request");
         };
-        let req = super::super::cgi::CgiRequest {
-            project_root: &root,
-            path_info: "/domain.git/info/refs".to_owned(),
-            query: query.to_owned(),
-            method: axum::http::Method::GET,
-            headers: HeaderMap::new(),
-            user: "t".to_owned(),
-            remote: None,
-        };
+        let req = info_refs(&root, query, HeaderMap::new());
         let (response, mut child) = super::super::cgi::run(req, Body::empty())
             .await
             .expect("backend");
@@ -283,7 +285,7 @@ mod tests {
         // A ref moves: the kept answer is stale, and a refresh makes it again with the new ref.
         let second = commit("2");
         assert_eq!(kept(&adverts, &git_dir, query).await, None, "stale");
-        adverts.refresh(root.clone(), git_dir.clone());
+        adverts.refresh(root.clone(), &git_dir);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let fresh = loop {
             if let Some(body) = kept(&adverts, &git_dir, query).await {

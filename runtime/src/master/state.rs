@@ -140,7 +140,7 @@ impl State {
         // A decision moved a ref: the kept advertisements are made again now, before the next
         // push or the launchers' fetches of this pin ask for them.
         self.adverts
-            .refresh(self.home.join("config"), self.store.git_dir().to_owned());
+            .refresh(self.home.join("config"), self.store.git_dir());
         Ok(Some(record))
     }
 

@@ -163,21 +163,17 @@ pub(super) async fn report(
             .servers
             .get(&name)
             .is_some_and(|s| s.restart_policy == schema::model::RestartPolicy::Rolling);
+    let all;
     let views = if may_roll {
-        state
+        all = state
             .servers
-            .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0)
+            .list(c.domain.config.servers.keys(), m.heartbeat_timeout.0);
+        &all[..]
     } else {
-        vec![me]
+        std::slice::from_ref(&me)
     };
-    let restart = match views.iter().find(|v| v.name == name) {
-        Some(me)
-            if state.rolling.decide(&c.domain, me, &views, &pinned) == rolling::Step::Order =>
-        {
-            rolling_turn(&state, &c.domain, me)
-        }
-        _ => false,
-    };
+    let restart = state.rolling.decide(&c.domain, &me, views, &pinned) == rolling::Step::Order
+        && rolling_turn(&state, &c.domain, &me);
     let order = state.rollouts.take_order(&name);
     if let Some(o) = &order {
         log::info(
