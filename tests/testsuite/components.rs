@@ -95,7 +95,8 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(500 if name.startswith("flaky") else 200, {})
 
     def message(self):
-        # A message-driven delivery: recorded, and refused (500) when its body starts "poison".
+        # A message-driven delivery: recorded, and refused (500) when its body starts "poison";
+        # one whose body starts "slow" is answered only after 3 s the first time.
         body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
         line = {"app": os.environ["STEWARD_APP"], "path": self.path, "body": body,
                 "id": self.headers.get("Steward-Message-Id"),
@@ -105,6 +106,8 @@ class Handler(BaseHTTPRequestHandler):
                 "content_type": self.headers.get("Content-Type")}
         with lock, open(CALLS, "a") as f:
             f.write(json.dumps(line) + "\n")
+        if body.startswith("slow") and line["redelivered"] == "false":
+            time.sleep(3)  # past component.message-timeout: the engine gives up and NACKs
         self.reply(500 if body.startswith("poison") else 200, {})
 
     def log_message(self, *args):
@@ -754,6 +757,9 @@ port = {stomp_port}
 [servers.server1.messaging.queues.orders]
 max-redeliveries = 2
 
+[servers.server1.component]
+message-timeout = \"1s\"
+
 [servers.server1.messaging.topics.prices]
 
 [applications.orders]
@@ -846,6 +852,25 @@ consumes = [\"queue:orders\", \"topic:prices\"]
     );
     assert_eq!(c["last_error"], "the component answered 500", "{report}");
     assert_eq!(destination(s1, "/queue/orders")["dead_lettered"], 1);
+
+    // A message the component does not answer within component.message-timeout (1s): NACKed,
+    // then redelivered flagged and acknowledged.
+    stomp_py("send", stomp_port, &["/queue/orders", "slow-1"], &log);
+    let c = eventually("slow-1 acknowledged on its redelivery", 30, || {
+        let c = consumer(&components(s1), "orders", "/queue/orders")?;
+        (c["acked"] == 2).then_some(c)
+    });
+    assert_eq!(
+        (&c["delivered"], &c["nacked"], &c["last_error"]),
+        (&6.into(), &4.into(), &"no answer within 1s".into()),
+        "{c}"
+    );
+    let slow: Vec<Value> = messages(&log)
+        .into_iter()
+        .filter(|m| m["body"] == "slow-1")
+        .map(|m| m["redelivered"].clone())
+        .collect();
+    assert_eq!(slow, ["false", "true"]);
 
     // Competing consumers: a stomp.py subscriber and the component share the queue.
     let shared = stomp_py("share", stomp_port, &["/queue/orders", "6"], &log);
