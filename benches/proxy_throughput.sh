@@ -111,6 +111,7 @@ wait_port() {
 }
 wait_port "$OURS_PORT"
 BACKEND_PORT=$(cat "$WORK/backend.port")
+BACKEND_PID=$(cat "$WORK/backend/nginx.pid")
 
 cat >"$WORK/nginx/nginx.conf" <<CONF
 worker_processes $WORKERS;
@@ -150,34 +151,58 @@ cmp <(curl -fsS "http://127.0.0.1:$OURS_PORT/index.html") \
 echo "--- steward's response head" >&2
 curl -sS -o /dev/null -D - "http://127.0.0.1:$OURS_PORT/index.html" >&2
 
-run() { # name port n -> prints req/s, keeps wrk's output
+# CPU time (clock ticks) of a proxy: its own threads, and for nginx its worker processes.
+ticks() { # pid...
+    local t=0 p
+    for p in "$@" $(pgrep -P "$1" || true); do
+        [ "$p" = "$BACKEND_PID" ] && continue
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$t"
+}
+run() { # name port pid n -> prints req/s, keeps wrk's output and the proxy's CPU per request
+    local before after
+    before=$(ticks "$3")
     "${NICED[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$2/index.html" \
-        >"$WORK/$1.$3.wrk" 2>&1
-    awk '/Requests\/sec/ {print $2}' "$WORK/$1.$3.wrk"
+        >"$WORK/$1.$4.wrk" 2>&1
+    after=$(ticks "$3")
+    awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+        /requests in/ {n = $1} /Requests\/sec/ {r = $2}
+        END {printf "%.0f %.1f\n", r, t / hz * 1e6 / n}' "$WORK/$1.$4.wrk"
 }
 # Warm both (connections, caches) before measuring.
 "${NICED[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$OURS_PORT/index.html" >/dev/null 2>&1
 "${NICED[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT/index.html" >/dev/null 2>&1
 OURS_ALL=()
 NGINX_ALL=()
+OURS_CPU=()
+NGINX_CPU=()
 for i in $(seq 1 "$RUNS"); do
-    OURS_ALL+=("$(run steward "$OURS_PORT" "$i")")
-    NGINX_ALL+=("$(run nginx "$NGINX_PORT" "$i")")
-    echo "run $i: steward ${OURS_ALL[-1]} req/s, nginx ${NGINX_ALL[-1]} req/s" >&2
+    read -r r c < <(run steward "$OURS_PORT" "${PIDS[0]}" "$i")
+    OURS_ALL+=("$r")
+    OURS_CPU+=("$c")
+    read -r r c < <(run nginx "$NGINX_PORT" "${PIDS[1]}" "$i")
+    NGINX_ALL+=("$r")
+    NGINX_CPU+=("$c")
+    echo "run $i: steward ${OURS_ALL[-1]} req/s (${OURS_CPU[-1]} µs CPU/request)," \
+        "nginx ${NGINX_ALL[-1]} req/s (${NGINX_CPU[-1]} µs CPU/request)" >&2
 done
 for n in steward nginx; do
     echo "--- $n (last run)"
     grep -E "Latency|Requests/sec|Socket errors|Non-2xx" "$WORK/$n.$RUNS.wrk" || true
 done
 echo
-python3 - "${OURS_ALL[*]}" "${NGINX_ALL[*]}" <<PY
+python3 - "${OURS_ALL[*]}" "${NGINX_ALL[*]}" "${OURS_CPU[*]}" "${NGINX_CPU[*]}" <<PY
 import statistics, sys
 ours = [float(x) for x in sys.argv[1].split()]
 theirs = [float(x) for x in sys.argv[2].split()]
+cpu_ours = statistics.median(float(x) for x in sys.argv[3].split())
+cpu_theirs = statistics.median(float(x) for x in sys.argv[4].split())
 mo, mt = statistics.median(ours), statistics.median(theirs)
 fmt = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
 print(f"steward  {mo:12.0f} req/s  (runs: {fmt(ours)})")
 print(f"nginx    {mt:12.0f} req/s  (runs: {fmt(theirs)})")
 print(f"ratio    {mo / mt:12.2f} (steward / nginx, medians of $RUNS; wrk -t$THREADS -c$CONNECTIONS -d$DURATION, "
       f"$WORKERS workers each, backend nginx with $BACKEND_WORKERS worker)")
+print(f"CPU per request (proxy only, medians): steward {cpu_ours:.1f} µs, nginx {cpu_theirs:.1f} µs")
 PY

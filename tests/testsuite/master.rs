@@ -9,6 +9,7 @@ use crate::util::master::*;
 
 use crate::util::{TempDir, edit_text, free_port, git, git_ok, set_toml, steward_cmd, text};
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1230,4 +1231,116 @@ fn start_master_verbose_stays_attached_and_stops_on_sigterm() {
     // Attached: the Master's lines were on the terminal too.
     assert!(stderr.contains("[master] [Master-0002]"), "{stderr}");
     assert!(request(port, "GET", "/healthz", None).is_err());
+}
+
+/// A push request as git sends it: the command line, a flush, then the pack of `new` over `old`
+/// (made by `git pack-objects`).
+fn receive_pack_request(wc: &Path, old: &str, new: &str) -> Vec<u8> {
+    let cmd = format!("{old} {new} refs/heads/main\0report-status agent=steward-test\n");
+    let mut body = format!("{:04x}{cmd}0000", cmd.len() + 4).into_bytes();
+    let mut pack = Command::new("git")
+        .args(["pack-objects", "--stdout", "--revs", "-q"])
+        .current_dir(wc)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("git pack-objects");
+    let mut stdin = pack.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{new}\n^{old}\n").as_bytes())
+        .expect("revisions");
+    drop(stdin);
+    let out = pack.wait_with_output().expect("pack");
+    assert!(out.status.success());
+    body.extend_from_slice(&out.stdout);
+    body
+}
+
+/// `POST git-receive-pack` as `admin` with `body` and these headers; the raw answer.
+fn post_receive_pack(port: u16, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut head = format!(
+        "POST /git/domain.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Connection: close\r\nAuthorization: Basic {}\r\nContent-Length: {}\r\n",
+        basic("admin", "admin"),
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(body).expect("body");
+    read_response(s).expect("response")
+}
+
+#[test]
+fn pushes_go_to_receive_pack_directly_and_to_the_backend_when_only_it_can_take_them() {
+    let tmp = TempDir::new("push-paths");
+    let home = init_home(&tmp);
+    let master = Master::start(&home, tmp.path().join("master.log"));
+    let wc = clone_domain(master.port, tmp.path().join("wc"));
+    let commit = |n: u32| {
+        edit_text(
+            &wc.join("domain.toml"),
+            "\n",
+            &format!("\n# push path {n}\n"),
+        );
+        git_ok(&wc, &["commit", "-qam", &format!("push path {n}")]);
+        git_ok(&wc, &["rev-parse", "HEAD"])
+    };
+    const TYPE: (&str, &str) = ("Content-Type", "application/x-git-receive-pack-request");
+
+    // What stock git sends: straight to `git receive-pack`, answered as the backend would.
+    let old = master.pinned();
+    let new = commit(1);
+    let r = post_receive_pack(master.port, &[TYPE], &receive_pack_request(&wc, &old, &new));
+    assert_eq!(r.status, 200, "{}\n{}", r.head, master.log());
+    let head = r.head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: application/x-git-receive-pack-result"),
+        "{head}"
+    );
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    assert!(r.body.contains("ok refs/heads/main"), "{:?}", r.body);
+    assert_eq!(master.pinned(), new);
+
+    // A compressed upload (other clients send them): the backend inflates it; pinned all the same.
+    let old = new;
+    let new = commit(2);
+    let plain = receive_pack_request(&wc, &old, &new);
+    let mut gzip = Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = gzip.stdin.take().expect("stdin");
+    stdin.write_all(&plain).expect("gzip input");
+    drop(stdin);
+    let gzipped = gzip.wait_with_output().expect("gzip").stdout;
+    let r = post_receive_pack(master.port, &[TYPE, ("Content-Encoding", "gzip")], &gzipped);
+    assert_eq!(r.status, 200, "{}\n{}", r.head, master.log());
+    assert!(r.body.contains("ok refs/heads/main"), "{:?}", r.body);
+    assert_eq!(master.pinned(), new);
+
+    // A content type git's backend does not take is refused by it, as before; nothing moves.
+    let old = new;
+    let new = commit(3);
+    let r = post_receive_pack(
+        master.port,
+        &[(
+            "Content-Type",
+            "application/x-git-receive-pack-request; charset=utf-8",
+        )],
+        &receive_pack_request(&wc, &old, &new),
+    );
+    assert_eq!(r.status, 415, "{}", r.head);
+    assert_eq!(master.pinned(), old);
+    assert_eq!(
+        git_ok(&home.join("config/domain.git"), &["rev-parse", "main"]),
+        old
+    );
 }

@@ -200,6 +200,7 @@ fn info_refs<'a>(
         headers,
         user: "steward".to_owned(),
         remote: None,
+        background: true,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct CgiRequest<'a> {
     pub headers: HeaderMap,
     pub user: String,
     pub remote: Option<SocketAddr>,
+    /// Nobody waits for the answer (see [`start`]).
+    pub background: bool,
 }
 
 /// Why the Git backend could not serve a request (answered 502 and logged).
@@ -64,6 +66,75 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
             c
         }
     };
+    environment(&mut cmd, req);
+    cmd.env("GIT_PROJECT_ROOT", req.project_root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("PATH_INFO", &req.path_info)
+        .env("QUERY_STRING", &req.query)
+        .env("REQUEST_METHOD", req.method.as_str());
+    if let Some(v) = header(req, "content-type") {
+        cmd.env("CONTENT_TYPE", v);
+    }
+    if let Some(v) = header(req, "content-length") {
+        cmd.env("CONTENT_LENGTH", v);
+    }
+    if let Some(v) = header(req, "content-encoding") {
+        cmd.env("HTTP_CONTENT_ENCODING", v);
+    }
+    start(cmd, req.background)
+}
+
+/// Whether a push's `POST git-receive-pack` can go to `git receive-pack` itself
+/// ([`spawn_receive_pack`]) rather than through `git http-backend`: what the backend would only
+/// pass on. A compressed body (stock git does not compress pushes; other clients may) or a wrong
+/// content type goes to the backend, which inflates the one and refuses the other as it always did.
+pub fn receives_directly(req: &CgiRequest<'_>) -> bool {
+    req.method == Method::POST
+        && header(req, "content-type").as_deref() == Some(RECEIVE_REQUEST)
+        && header(req, "content-encoding").is_none_or(|e| e.eq_ignore_ascii_case("identity"))
+}
+
+const RECEIVE_REQUEST: &str = "application/x-git-receive-pack-request";
+
+/// Starts `git receive-pack --stateless-rpc` on `git_dir` for a push that
+/// [`receives_directly`], with the environment `git http-backend` would give it: one process
+/// fewer on the path of every push (the backend only checks the request, starts `receive-pack`
+/// and copies its output). Its answer has no CGI header block: [`receive_pack_head`] is it.
+pub fn spawn_receive_pack(req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child, CgiError> {
+    let mut cmd = Command::new("git");
+    cmd.args(["receive-pack", "--stateless-rpc"]).arg(git_dir);
+    environment(&mut cmd, req);
+    // What `git http-backend` sets for the reflog of a push (`run_service` in http-backend.c).
+    let host = req.remote.map(|a| a.ip().to_string());
+    if !req.user.is_empty() {
+        cmd.env("GIT_COMMITTER_NAME", &req.user).env(
+            "GIT_COMMITTER_EMAIL",
+            format!("{}@http.{}", req.user, host.as_deref().unwrap_or("(none)")),
+        );
+    }
+    start(cmd, req.background)
+}
+
+/// The status and headers `git http-backend` answers a push with (`service_rpc` and
+/// `hdr_nocache` in http-backend.c).
+pub fn receive_pack_head() -> (StatusCode, HeaderMap) {
+    let mut h = HeaderMap::new();
+    let mut set = |name: &'static str, value: &'static str| {
+        h.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    };
+    set("expires", "Fri, 01 Jan 1980 00:00:00 GMT");
+    set("pragma", "no-cache");
+    set("cache-control", "no-cache, max-age=0, must-revalidate");
+    set("content-type", "application/x-git-receive-pack-result");
+    (StatusCode::OK, h)
+}
+
+/// The environment every Git process the Master starts for a request gets.
+fn environment(cmd: &mut Command, req: &CgiRequest<'_>) {
     // A clean environment: an inherited GIT_DIR or similar would make the backend serve the wrong
     // repository. PATH finds git's helpers (and the pre-receive hook's interpreter).
     cmd.env_clear();
@@ -72,16 +143,8 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
             cmd.env(var, v);
         }
     }
-    let header = |name: &str| {
-        req.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    cmd.env("GIT_PROJECT_ROOT", req.project_root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        // Receiving is off by default for unauthenticated backends; we authenticate in front.
-        .env("GIT_CONFIG_COUNT", "3")
+    // Receiving is off by default for unauthenticated backends; we authenticate in front.
+    cmd.env("GIT_CONFIG_COUNT", "3")
         .env("GIT_CONFIG_KEY_0", "http.receivepack")
         .env("GIT_CONFIG_VALUE_0", "true")
         // Not `git maintenance run --auto` inside every push: the client would wait for it. The
@@ -93,33 +156,52 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
         // them (what launchers do) still works.
         .env("GIT_CONFIG_KEY_1", "receive.hideRefs")
         .env("GIT_CONFIG_VALUE_1", "refs/steward")
-        .env("GATEWAY_INTERFACE", "CGI/1.1")
-        .env("PATH_INFO", &req.path_info)
-        .env("QUERY_STRING", &req.query)
-        .env("REQUEST_METHOD", req.method.as_str())
         .env("REMOTE_USER", &req.user)
         .env(
             "REMOTE_ADDR",
             req.remote.map(|a| a.ip().to_string()).unwrap_or_default(),
         );
-    if let Some(v) = header("content-type") {
-        cmd.env("CONTENT_TYPE", v);
-    }
-    if let Some(v) = header("content-length") {
-        cmd.env("CONTENT_LENGTH", v);
-    }
-    if let Some(v) = header("content-encoding") {
-        cmd.env("HTTP_CONTENT_ENCODING", v);
-    }
-    if let Some(v) = header("git-protocol") {
+    if let Some(v) = header(req, "git-protocol") {
         cmd.env("GIT_PROTOCOL", v);
     }
+}
+
+fn header(req: &CgiRequest<'_>, name: &str) -> Option<String> {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Starts `cmd` with its three pipes, in a process group of its own. A `background` run (one no
+/// client waits for) runs at a lower priority: on a small machine its processes would otherwise
+/// take the CPU from the push or fetch being answered.
+fn start(mut cmd: Command, background: bool) -> Result<Child, CgiError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    cmd.spawn().map_err(CgiError::Spawn)
+    let child = cmd.spawn().map_err(CgiError::Spawn)?;
+    if background {
+        lower_priority(&child);
+    }
+    Ok(child)
+}
+
+/// Niceness of the Git processes the Master starts for itself (housekeeping, the advertisement
+/// refresh): they yield to those a client waits for.
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the priority of a child just started, before it has had time to start its own
+/// (which inherit it). Set from here rather than in the child before `exec`: a `pre_exec`
+/// step makes the standard library `fork` the whole Master instead of using `posix_spawn`,
+/// which costs more than the niceness saves.
+fn lower_priority(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: a plain system call on a process this Master just started.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, BACKGROUND_NICE) };
+    }
 }
 
 /// `git-http-backend` in git's exec path, found once: started directly, it saves the `git`
@@ -161,6 +243,7 @@ pub fn maintain(git_dir: &std::path::Path) {
         .kill_on_drop(false);
     match cmd.spawn() {
         Ok(mut child) => {
+            lower_priority(&child);
             let stderr = child.stderr.take();
             tokio::spawn(async move {
                 if let Some(e) = stderr {

@@ -1,5 +1,7 @@
-//! Pushes over Git smart HTTP: `git http-backend` runs `receive-pack` and the pre-receive hook,
-//! and the Master decides on the pin before the client hears that its push succeeded.
+//! Pushes over Git smart HTTP: `git receive-pack` runs the pre-receive hook (started directly, or
+//! by `git http-backend` for a request only the backend can take: see
+//! [`cgi::receives_directly`]), and the Master decides on the pin before the client hears that
+//! its push succeeded.
 //!
 //! - The decision lock is taken when the upload is complete: the last chunk of the pack is held
 //!   back until the lock is ours, so `receive-pack` cannot run the hook or move a ref before, and
@@ -52,7 +54,13 @@ pub(super) async fn receive(
     body: Body,
 ) -> Response {
     let user = req.user.clone();
-    let mut child = match cgi::spawn(&req) {
+    let direct = cgi::receives_directly(&req);
+    let spawned = if direct {
+        cgi::spawn_receive_pack(&req, state.store.git_dir())
+    } else {
+        cgi::spawn(&req)
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return cgi::bad_gateway(&e),
     };
@@ -70,11 +78,16 @@ pub(super) async fn receive(
         lock_tx,
     ));
     tokio::spawn(cgi::log_stderr(stderr));
-    let (status, headers, first) = match cgi::read_headers(&mut stdout).await {
-        Ok(x) => x,
-        Err(e) => {
-            cgi::kill_group(&child);
-            return cgi::bad_gateway(&e);
+    let (status, headers, first) = if direct {
+        let (status, headers) = cgi::receive_pack_head();
+        (status, headers, Vec::new())
+    } else {
+        match cgi::read_headers(&mut stdout).await {
+            Ok(x) => x,
+            Err(e) => {
+                cgi::kill_group(&child);
+                return cgi::bad_gateway(&e);
+            }
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(16);

@@ -128,6 +128,7 @@ async fn serve(
         headers: parts.headers,
         user,
         remote: Some(remote),
+        background: false,
     };
     // Only the POST that carries the pack changes refs; the ref advertisement is a read.
     if rest == "git-receive-pack" {
