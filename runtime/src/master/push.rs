@@ -357,12 +357,21 @@ async fn drive(d: Drive) {
     if stop.is_some() {
         cgi::kill_group(&child);
     }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .is_err()
-    {
-        cgi::kill_group(&child);
-        let _ = child.wait().await;
+    let reap = async move {
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            cgi::kill_group(&child);
+            let _ = child.wait().await;
+        }
+    };
+    if stop.is_none() && demux.flush {
+        // Its answer ended with its final flush: the refs are as it left them (git writes the
+        // report after updating them), so the decision need not wait for the process to be gone.
+        tokio::spawn(reap);
+    } else {
+        reap.await;
     }
     // The lock may have been handed over just as the backend finished.
     if guard.is_none()
