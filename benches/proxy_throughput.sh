@@ -12,7 +12,9 @@
 # per worker and the same `X-Forwarded-*` headers the engine adds. Access logs are off everywhere.
 # Both proxies get WORKERS worker threads/processes (default 2); the backend BACKEND_WORKERS
 # (default 1). Runs alternate (steward, nginx, steward, …) so a change in the machine's load hits
-# both; the medians are compared.
+# both; the medians are compared. Each run also gives the proxy's CPU time per request (its own
+# threads, or nginx's workers, from /proc, over the run): on a machine where everything shares
+# the cores that decides the throughput, and the load of other work stretches it far less.
 #
 # Installs `nginx` and `wrk` with apt-get when missing. Builds the example with
 # `cargo build --release` (BUILD=hot: see benches/static_throughput.sh; BUILD_ARGS/PROFILE_DIR
