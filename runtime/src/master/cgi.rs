@@ -1,4 +1,5 @@
-//! Git smart HTTP by running `git http-backend` as a CGI program (gix has no server side).
+//! Git smart HTTP by running `git http-backend` as a CGI program (gix has no server side), and a
+//! push's upload by running `git receive-pack` itself when the backend would only pass it on.
 //!
 //! The request body is streamed to the backend's standard input and its standard output streamed
 //! back after the CGI header block, so a large clone or push never sits in memory. Pushes go
@@ -42,8 +43,11 @@ pub struct CgiRequest<'a> {
 /// Why the Git backend could not serve a request (answered 502 and logged).
 #[derive(Debug, thiserror::Error)]
 pub enum CgiError {
-    #[error("cannot run `git http-backend`: {0}")]
-    Spawn(std::io::Error),
+    #[error("cannot run `{program}`: {error}")]
+    Spawn {
+        program: &'static str,
+        error: std::io::Error,
+    },
     #[error("git http-backend: pipes missing")]
     Pipes,
     #[error("git http-backend: header block too large")]
@@ -82,7 +86,7 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
     if let Some(v) = header(req, "content-encoding") {
         cmd.env("HTTP_CONTENT_ENCODING", v);
     }
-    start(cmd, req.background)
+    start(cmd, "git http-backend", req.background)
 }
 
 /// Whether a push's `POST git-receive-pack` can go to `git receive-pack` itself
@@ -113,7 +117,7 @@ pub fn spawn_receive_pack(req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child,
             format!("{}@http.{}", req.user, host.as_deref().unwrap_or("(none)")),
         );
     }
-    start(cmd, req.background)
+    start(cmd, "git receive-pack", req.background)
 }
 
 /// The status and headers `git http-backend` answers a push with (`service_rpc` and
@@ -176,13 +180,15 @@ fn header(req: &CgiRequest<'_>, name: &str) -> Option<String> {
 /// Starts `cmd` with its three pipes, in a process group of its own. A `background` run (one no
 /// client waits for) runs at a lower priority: on a small machine its processes would otherwise
 /// take the CPU from the push or fetch being answered.
-fn start(mut cmd: Command, background: bool) -> Result<Child, CgiError> {
+fn start(mut cmd: Command, program: &'static str, background: bool) -> Result<Child, CgiError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn().map_err(CgiError::Spawn)?;
+    let child = cmd
+        .spawn()
+        .map_err(|error| CgiError::Spawn { program, error })?;
     if background {
         lower_priority(&child);
     }
