@@ -253,7 +253,7 @@ pub fn maintain(git_dir: &std::path::Path) {
             let stderr = child.stderr.take();
             tokio::spawn(async move {
                 if let Some(e) = stderr {
-                    log_lines("git maintenance", e).await;
+                    log_stderr("git maintenance", e).await;
                 }
                 let _ = child.wait().await;
                 RUNNING.store(false, Ordering::Release);
@@ -302,7 +302,7 @@ pub async fn run(req: CgiRequest<'_>, body: Body) -> Result<(Response, Child), C
         // Client gone or body done: closing stdin makes the backend finish or fail cleanly.
         let _ = stdin.shutdown().await;
     });
-    tokio::spawn(log_stderr(stderr));
+    tokio::spawn(log_stderr("git http-backend", stderr));
     let (status, headers, rest) = read_headers(&mut stdout).await?;
     let mut response = Response::new(Body::from_stream(stream_out(rest, stdout)));
     *response.status_mut() = status;
@@ -310,12 +310,9 @@ pub async fn run(req: CgiRequest<'_>, body: Body) -> Result<(Response, Child), C
     Ok((response, child))
 }
 
-/// The backend's own complaints (a missing repository, a bad request) belong in the Master's log.
-pub async fn log_stderr(stderr: impl AsyncRead + Unpin) {
-    log_lines("git http-backend", stderr).await;
-}
-
-async fn log_lines(what: &str, mut stderr: impl AsyncRead + Unpin) {
+/// A Git process's own complaints (a missing repository, a bad request) belong in the Master's
+/// log, each line prefixed with `what` ran.
+pub async fn log_stderr(what: &str, mut stderr: impl AsyncRead + Unpin) {
     let mut text = Vec::new();
     let _ = stderr.read_to_end(&mut text).await;
     let text = String::from_utf8_lossy(&text);

@@ -77,7 +77,12 @@ pub(super) async fn receive(
         state.decided.clone(),
         lock_tx,
     ));
-    tokio::spawn(cgi::log_stderr(stderr));
+    let program = if direct {
+        "git receive-pack"
+    } else {
+        "git http-backend"
+    };
+    tokio::spawn(cgi::log_stderr(program, stderr));
     let (status, headers, first) = if direct {
         let (status, headers) = cgi::receive_pack_head();
         (status, headers, Vec::new())
