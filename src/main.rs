@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     // Before anything builds an HTTP client: reqwest (under gix) panics without a TLS provider.
     reconciler::tls::install_provider();
     let cli = Cli::parse_from(commands::launcher::rewrite_jeus(
-        std::env::args_os().collect(),
+        commands::hook::from_hook_line(std::env::args_os().collect()),
     ));
     let result = match cli.command {
         Command::Validate(args) => commands::validate::run(args),

@@ -15,6 +15,18 @@ pub enum HookCommand {
     },
 }
 
+/// `steward hook PATH/pre-receive`, as a hook's `#!` line starts it (see
+/// [`reconciler::hook::install`]), becomes `steward hook pre-receive`.
+pub fn from_hook_line(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let started = argv.len() == 3
+        && argv[1] == reconciler::hook::SHEBANG_ARG
+        && reconciler::hook::started_by_hook_line(std::path::Path::new(&argv[2]));
+    if started {
+        argv[2] = "pre-receive".into();
+    }
+    argv
+}
+
 pub fn run(cmd: HookCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         HookCommand::Install { repo } => {

@@ -36,7 +36,10 @@ fn init_creates_a_pinned_domain_home() {
     );
     git_ok(&bare, &["fsck", "--strict"]);
     let hook = std::fs::read_to_string(bare.join("hooks/pre-receive")).expect("hook");
-    assert!(hook.contains("hook pre-receive"), "{hook}");
+    assert!(
+        hook.contains("Installed by `steward hook install`"),
+        "{hook}"
+    );
     let history = std::fs::read_to_string(home.join("config/pins.jsonl")).expect("history");
     let rec: serde_json::Value = serde_json::from_str(history.trim()).expect("one record");
     assert_eq!(rec["commit"], pinned.as_str());
