@@ -201,6 +201,55 @@ fn install_writes_an_executable_hook_that_git_runs() {
     assert_eq!(updates[0].new.to_hex(), git(&work, &["rev-parse", "HEAD"]));
 }
 
+/// Where the executable's path fits a `#!` line, git's run of the hook is the kernel starting the
+/// executable itself with `hook` and the hook's path (which `steward` reads as `hook pre-receive`).
+#[cfg(unix)]
+#[test]
+fn the_hook_line_starts_the_executable_without_a_shell() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = tmp.path().join("server.git");
+    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let bin = tmp.path().join("bin");
+    let fake = bin.join("steward");
+    write(
+        &fake,
+        "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$@\" > \"$d/args\"\ncat > \"$d/stdin\"\nexit 0\n",
+    );
+    crate::util::chmod(&fake, 0o755);
+    let hook_path = hook::install(&server, &fake).expect("install");
+    let script = std::fs::read_to_string(&hook_path).expect("read hook");
+    assert!(
+        script.starts_with(&format!("#!{} hook\n", fake.display())),
+        "{script}"
+    );
+
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q"]);
+    write(&work.join("domain.toml"), "x");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    let push = git_output(
+        &work,
+        &[
+            "push",
+            server.to_str().expect("utf-8"),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    assert!(push.status.success(), "{push:?}");
+    let args = std::fs::read_to_string(bin.join("args")).expect("the executable ran");
+    let args: Vec<&str> = args.split_whitespace().collect();
+    assert_eq!(args.len(), 2, "{args:?}");
+    assert_eq!(args[0], hook::SHEBANG_ARG);
+    assert!(
+        hook::started_by_hook_line(Path::new(args[1])),
+        "{args:?}: not recognised as the hook's own path"
+    );
+    let stdin = std::fs::read_to_string(bin.join("stdin")).expect("input");
+    assert_eq!(hook::parse_pre_receive(&stdin).expect("parse").len(), 1);
+}
+
 #[cfg(unix)]
 #[test]
 fn install_keeps_a_foreign_hook_once() {
