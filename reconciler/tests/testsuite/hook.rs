@@ -132,6 +132,41 @@ fn pushed_commits_are_readable_inside_pre_receive() {
     }
 }
 
+/// A stand-in for the steward binary at `dir/steward`: records its arguments (`dir/args`) and
+/// standard input (`dir/stdin`), prints `say` to stderr and exits with `code`.
+#[cfg(unix)]
+fn recording_steward(dir: &Path, say: &str, code: u8) -> std::path::PathBuf {
+    let fake = dir.join("steward");
+    write(
+        &fake,
+        &format!(
+            "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$@\" > \"$d/args\"\ncat > \"$d/stdin\"\necho '{say}' >&2\nexit {code}\n"
+        ),
+    );
+    crate::util::chmod(&fake, 0o755);
+    fake
+}
+
+/// A new repository in `tmp/work` with one commit, pushed to `server` as its `main` by stock git;
+/// returns git's output and the commit.
+fn push_one_commit(tmp: &Path, server: &Path) -> (std::process::Output, String) {
+    let work = tmp.join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q"]);
+    write(&work.join("domain.toml"), "x");
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    let push = git_output(
+        &work,
+        &[
+            "push",
+            server.to_str().expect("utf-8"),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    (push, git(&work, &["rev-parse", "HEAD"]))
+}
+
 #[cfg(unix)]
 #[test]
 fn install_writes_an_executable_hook_that_git_runs() {
@@ -142,12 +177,7 @@ fn install_writes_an_executable_hook_that_git_runs() {
     git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
     // A stand-in for the steward binary, at a path that needs quoting, recording how it ran.
     let bin = tmp.path().join("it's a dir");
-    let fake = bin.join("steward");
-    write(
-        &fake,
-        "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$@\" > \"$d/args\"\ncat > \"$d/stdin\"\necho 'rejected by fake steward' >&2\nexit 1\n",
-    );
-    crate::util::chmod(&fake, 0o755);
+    let fake = recording_steward(&bin, "rejected by fake steward", 1);
 
     let hook_path = hook::install(&server, &fake).expect("install");
     assert_eq!(hook_path, server.join("hooks/pre-receive"));
@@ -172,20 +202,7 @@ fn install_writes_an_executable_hook_that_git_runs() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // git runs it: the push is rejected with the fake's message and the fake saw the ref lines.
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "-q"]);
-    write(&work.join("domain.toml"), "x");
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
-    let push = git_output(
-        &work,
-        &[
-            "push",
-            server.to_str().expect("utf-8"),
-            "HEAD:refs/heads/main",
-        ],
-    );
+    let (push, head) = push_one_commit(tmp.path(), &server);
     assert!(!push.status.success());
     assert!(
         String::from_utf8_lossy(&push.stderr).contains("rejected by fake steward"),
@@ -198,7 +215,7 @@ fn install_writes_an_executable_hook_that_git_runs() {
     let updates = hook::parse_pre_receive(&stdin).expect("parse");
     assert_eq!(updates.len(), 1);
     assert!(updates[0].is_create());
-    assert_eq!(updates[0].new.to_hex(), git(&work, &["rev-parse", "HEAD"]));
+    assert_eq!(updates[0].new.to_hex(), head);
 }
 
 /// Where the executable's path fits a `#!` line, git's run of the hook is the kernel starting the
@@ -210,12 +227,7 @@ fn the_hook_line_starts_the_executable_without_a_shell() {
     let server = tmp.path().join("server.git");
     git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
     let bin = tmp.path().join("bin");
-    let fake = bin.join("steward");
-    write(
-        &fake,
-        "#!/bin/sh\nd=$(dirname \"$0\")\necho \"$@\" > \"$d/args\"\ncat > \"$d/stdin\"\nexit 0\n",
-    );
-    crate::util::chmod(&fake, 0o755);
+    let fake = recording_steward(&bin, "accepted", 0);
     let hook_path = hook::install(&server, &fake).expect("install");
     let script = std::fs::read_to_string(&hook_path).expect("read hook");
     assert!(
@@ -223,20 +235,7 @@ fn the_hook_line_starts_the_executable_without_a_shell() {
         "{script}"
     );
 
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "-q"]);
-    write(&work.join("domain.toml"), "x");
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "one"]);
-    let push = git_output(
-        &work,
-        &[
-            "push",
-            server.to_str().expect("utf-8"),
-            "HEAD:refs/heads/main",
-        ],
-    );
+    let (push, _) = push_one_commit(tmp.path(), &server);
     assert!(push.status.success(), "{push:?}");
     let args = std::fs::read_to_string(bin.join("args")).expect("the executable ran");
     let args: Vec<&str> = args.split_whitespace().collect();
