@@ -65,7 +65,7 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
     let mut cmd = match backend() {
         Some(exe) => Command::new(exe),
         None => {
-            let mut c = Command::new("git");
+            let mut c = git();
             c.arg("http-backend");
             c
         }
@@ -86,27 +86,60 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
     if let Some(v) = header(req, "content-encoding") {
         cmd.env("HTTP_CONTENT_ENCODING", v);
     }
-    start(cmd, "git http-backend", req.background)
+    start(cmd, BACKEND, req.background)
 }
 
-/// Whether a push's `POST git-receive-pack` can go to `git receive-pack` itself
-/// ([`spawn_receive_pack`]) rather than through `git http-backend`: what the backend would only
-/// pass on. A compressed body (stock git does not compress pushes; other clients may) or a wrong
-/// content type goes to the backend, which inflates the one and refuses the other as it always did.
-pub fn receives_directly(req: &CgiRequest<'_>) -> bool {
-    req.method == Method::POST
-        && header(req, "content-type").as_deref() == Some(RECEIVE_REQUEST)
-        && header(req, "content-encoding").is_none_or(|e| e.eq_ignore_ascii_case("identity"))
+/// The program named in logs and errors for `git http-backend`.
+const BACKEND: &str = "git http-backend";
+
+/// What takes a push's `POST git-receive-pack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// `git receive-pack` itself ([`spawn_receive_pack`]): what the backend would only pass on.
+    ReceivePack,
+    /// `git http-backend`, for what only it can take: a compressed body (stock git does not
+    /// compress pushes; other clients may), which it inflates, or another content type, which it
+    /// refuses as it always did.
+    Backend,
+}
+
+impl Receiver {
+    pub fn of(req: &CgiRequest<'_>) -> Receiver {
+        let direct = req.method == Method::POST
+            && header(req, "content-type").as_deref() == Some(RECEIVE_REQUEST)
+            && header(req, "content-encoding").is_none_or(|e| e.eq_ignore_ascii_case("identity"));
+        if direct {
+            Receiver::ReceivePack
+        } else {
+            Receiver::Backend
+        }
+    }
+
+    /// The program, as logs and errors name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Receiver::ReceivePack => "git receive-pack",
+            Receiver::Backend => BACKEND,
+        }
+    }
+
+    /// Starts it for `req` on the repository `git_dir`.
+    pub fn spawn(self, req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child, CgiError> {
+        match self {
+            Receiver::ReceivePack => spawn_receive_pack(req, git_dir),
+            Receiver::Backend => spawn(req),
+        }
+    }
 }
 
 const RECEIVE_REQUEST: &str = "application/x-git-receive-pack-request";
 
-/// Starts `git receive-pack --stateless-rpc` on `git_dir` for a push that
-/// [`receives_directly`], with the environment `git http-backend` would give it: one process
+/// Starts `git receive-pack --stateless-rpc` on `git_dir` for a push it takes
+/// ([`Receiver::ReceivePack`]), with the environment `git http-backend` would give it: one process
 /// fewer on the path of every push (the backend only checks the request, starts `receive-pack`
 /// and copies its output). Its answer has no CGI header block: [`receive_pack_head`] is it.
-pub fn spawn_receive_pack(req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child, CgiError> {
-    let mut cmd = Command::new("git");
+fn spawn_receive_pack(req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child, CgiError> {
+    let mut cmd = git();
     cmd.args(["receive-pack", "--stateless-rpc"]).arg(git_dir);
     environment(&mut cmd, req);
     // What `git http-backend` sets for the reflog of a push (`run_service` in http-backend.c).
@@ -117,7 +150,7 @@ pub fn spawn_receive_pack(req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child,
             format!("{}@http.{}", req.user, host.as_deref().unwrap_or("(none)")),
         );
     }
-    start(cmd, "git receive-pack", req.background)
+    start(cmd, Receiver::ReceivePack.name(), req.background)
 }
 
 /// The status and headers `git http-backend` answers a push with (`service_rpc` and
@@ -212,22 +245,41 @@ fn lower_priority(child: &Child) {
 
 /// `git-http-backend` in git's exec path, found once: started directly, it saves the `git`
 /// process that would only find and start it (one per request). `None`: `git http-backend` it is.
-fn backend() -> Option<&'static std::path::Path> {
+fn backend() -> Option<&'static Path> {
     static BACKEND: OnceLock<Option<PathBuf>> = OnceLock::new();
     BACKEND
-        .get_or_init(|| {
-            let out = std::process::Command::new("git")
-                .arg("--exec-path")
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .ok()
-                .filter(|o| o.status.success())?;
-            let dir = String::from_utf8(out.stdout).ok()?;
-            let exe = PathBuf::from(dir.trim_end()).join("git-http-backend");
-            exe.is_file().then_some(exe)
-        })
+        .get_or_init(|| in_exec_path("git-http-backend"))
         .as_deref()
+}
+
+/// `git` by its full path in git's exec path when it is there, else `git` (found on `PATH`).
+/// By its path, the standard library starts it with `posix_spawn`; a bare name with `PATH` set
+/// in a cleared environment (as every request's is) makes it `fork` the whole Master instead.
+fn git() -> Command {
+    static GIT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    match GIT.get_or_init(|| in_exec_path("git")) {
+        Some(exe) => Command::new(exe),
+        None => Command::new("git"),
+    }
+}
+
+/// `name` in git's exec path, if it is a file there.
+fn in_exec_path(name: &str) -> Option<PathBuf> {
+    // `git --exec-path`, asked once.
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let out = std::process::Command::new("git")
+            .arg("--exec-path")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let dir = String::from_utf8(out.stdout).ok()?;
+        Some(PathBuf::from(dir.trim_end()))
+    });
+    let exe = dir.as_ref()?.join(name);
+    exe.is_file().then_some(exe)
 }
 
 /// Git's housekeeping of the repository `git_dir` (packing loose objects and refs when there are
@@ -302,7 +354,7 @@ pub async fn run(req: CgiRequest<'_>, body: Body) -> Result<(Response, Child), C
         // Client gone or body done: closing stdin makes the backend finish or fail cleanly.
         let _ = stdin.shutdown().await;
     });
-    tokio::spawn(log_stderr("git http-backend", stderr));
+    tokio::spawn(log_stderr(BACKEND, stderr));
     let (status, headers, rest) = read_headers(&mut stdout).await?;
     let mut response = Response::new(Body::from_stream(stream_out(rest, stdout)));
     *response.status_mut() = status;

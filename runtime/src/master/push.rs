@@ -1,7 +1,6 @@
 //! Pushes over Git smart HTTP: `git receive-pack` runs the pre-receive hook (started directly, or
-//! by `git http-backend` for a request only the backend can take: see
-//! [`cgi::receives_directly`]), and the Master decides on the pin before the client hears that
-//! its push succeeded.
+//! by `git http-backend` for a request only the backend can take: see [`cgi::Receiver`]), and
+//! the Master decides on the pin before the client hears that its push succeeded.
 //!
 //! - The decision lock is taken when the upload is complete: the last chunk of the pack is held
 //!   back until the lock is ours, so `receive-pack` cannot run the hook or move a ref before, and
@@ -54,13 +53,8 @@ pub(super) async fn receive(
     body: Body,
 ) -> Response {
     let user = req.user.clone();
-    let direct = cgi::receives_directly(&req);
-    let spawned = if direct {
-        cgi::spawn_receive_pack(&req, state.store.git_dir())
-    } else {
-        cgi::spawn(&req)
-    };
-    let mut child = match spawned {
+    let receiver = cgi::Receiver::of(&req);
+    let mut child = match receiver.spawn(&req, state.store.git_dir()) {
         Ok(c) => c,
         Err(e) => return cgi::bad_gateway(&e),
     };
@@ -77,23 +71,19 @@ pub(super) async fn receive(
         state.decided.clone(),
         lock_tx,
     ));
-    let program = if direct {
-        "git receive-pack"
-    } else {
-        "git http-backend"
-    };
-    tokio::spawn(cgi::log_stderr(program, stderr));
-    let (status, headers, first) = if direct {
-        let (status, headers) = cgi::receive_pack_head();
-        (status, headers, Vec::new())
-    } else {
-        match cgi::read_headers(&mut stdout).await {
+    tokio::spawn(cgi::log_stderr(receiver.name(), stderr));
+    let (status, headers, first) = match receiver {
+        cgi::Receiver::ReceivePack => {
+            let (status, headers) = cgi::receive_pack_head();
+            (status, headers, Vec::new())
+        }
+        cgi::Receiver::Backend => match cgi::read_headers(&mut stdout).await {
             Ok(x) => x,
             Err(e) => {
                 cgi::kill_group(&child);
                 return cgi::bad_gateway(&e);
             }
-        }
+        },
     };
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(drive(Drive {
