@@ -226,17 +226,30 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// [`free_ports`], none equal or next to one of `taken` either.
+///
+/// Chosen below the kernel's ephemeral range (32768–60999 by default), not by binding port 0: a
+/// port from that range can be handed to any outgoing connection or port-0 listener in the
+/// meantime (a server's own timer service took one) before the server given it binds it. Each
+/// test process starts at its own offset and walks the range; a port is taken only when it and
+/// the next one bind.
 pub fn free_ports_besides(n: usize, taken: &[u16]) -> Vec<u16> {
+    const LOW: usize = 20_000;
+    const SPAN: usize = 12_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = std::process::id() as usize * 7_919 % SPAN;
     let mut held = Vec::new();
     let mut ports: Vec<u16> = Vec::new();
     while ports.len() < n {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        let apart = ports.iter().chain(taken).all(|q| q.abs_diff(p) > 1);
-        if apart && p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            ports.push(p);
+        let i = NEXT.fetch_add(2, Ordering::Relaxed);
+        let p = u16::try_from(LOW + (start + i) % SPAN).expect("below 32,000");
+        if !ports.iter().chain(taken).all(|q| q.abs_diff(p) > 1) {
+            continue;
         }
-        held.push(l);
+        let bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port));
+        if let (Ok(a), Ok(b)) = (bind(p), bind(p + 1)) {
+            ports.push(p);
+            held.extend([a, b]);
+        }
     }
     ports
 }
