@@ -92,7 +92,8 @@ pub struct Decision {
 /// Validates the head of `branch` and pins it if valid, records it as rejected if not (or, while
 /// the domain is `held`, records a valid head as held without pinning it). `None` when there is
 /// nothing new to decide: the branch is gone (the pin stays), or its head is the pinned commit or
-/// `last`, the head decided on last time (a rejected head is recorded once).
+/// `last`, the head decided on last time (a rejected head is recorded once). `checked`: models
+/// of commits validated already, by this same validator (the Master's check of a push).
 pub fn decide_head(
     store: &PinStore,
     branch: &str,
@@ -100,6 +101,7 @@ pub fn decide_head(
     source: Source,
     pusher: Option<String>,
     held: bool,
+    checked: &[(Oid, schema::Loaded)],
 ) -> Result<Option<Decision>> {
     let repo = Repo::open(store.git_dir())?;
     let Some(head) = repo.resolve(branch)? else {
@@ -109,14 +111,20 @@ pub fn decide_head(
     if Some(head) == pinned || Some(head) == last {
         return Ok(None);
     }
-    // Validate again even though the hook did: a ref can be moved without a push, and an
-    // invalid commit is never pinned.
-    let v = schema::validate(&repo.tree(head)?);
+    // Validate again even though the hook did (a ref can be moved without a push, and an invalid
+    // commit is never pinned), unless the Master's own check of the push made this very model.
+    let loaded = match checked.iter().find(|(id, _)| *id == head) {
+        Some((_, loaded)) => Ok(loaded.clone()),
+        None => {
+            let v = schema::validate(&repo.tree(head)?);
+            v.loaded.ok_or(v.report)
+        }
+    };
     let mut record = describe(&repo, head, Outcome::Pinned, source);
     record.pusher = pusher;
     record.previous = pinned.map(|p| p.to_hex());
-    match v.loaded {
-        Some(_) if held => {
+    match loaded {
+        Ok(_) if held => {
             record.outcome = Outcome::Held;
             store.append(&record)?;
             Ok(Some(Decision {
@@ -125,7 +133,7 @@ pub fn decide_head(
                 pinned: None,
             }))
         }
-        Some(loaded) => {
+        Ok(loaded) => {
             store.pin(head, pinned, &record)?;
             let pinned = Pinned {
                 commit: head,
@@ -138,9 +146,9 @@ pub fn decide_head(
                 pinned: Some(pinned),
             }))
         }
-        None => {
+        Err(report) => {
             record.outcome = Outcome::Rejected;
-            let (problems, omitted) = report_problems(&v.report);
+            let (problems, omitted) = report_problems(&report);
             record.set_problems(problems, omitted);
             store.append(&record)?;
             Ok(Some(Decision {

@@ -1,7 +1,8 @@
-//! The pure parts of Steward's Git server hook: reading what `pre-receive` is given, and
-//! installing the hook into a bare repository. Validation itself happens in the binary
-//! (`steward hook pre-receive`), which opens the repository with
-//! [`Repo::open_from_env`](crate::git::Repo::open_from_env) to see the pushed objects.
+//! Steward's Git server hook: reading what `pre-receive` is given, the check itself ([`check`]),
+//! and installing the hook into a bare repository. The hook (`steward hook pre-receive`) opens
+//! the repository with [`Repo::open_from_env`] to see the pushed objects; the Master runs the
+//! same check in its own process on a [`Repo::open_with_pack`] and skips its repository's hook
+//! while the hook is only this one (see `runtime::master::precheck`).
 
 use std::fs;
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use gix::bstr::ByteSlice;
 
-use crate::git::Oid;
+use crate::git::{GitError, Oid, Repo};
 
 /// File name of the copy of a foreign `pre-receive` hook that [`install`] replaced.
 pub const BACKUP_NAME: &str = "pre-receive.steward-backup";
@@ -30,6 +31,8 @@ pub enum HookError {
         "{path}: not a bare Git repository ({reason}); install the hook on the server's repository"
     )]
     NotBare { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Git(#[from] GitError),
     #[error("{path}: {what}: {error}")]
     Io {
         path: PathBuf,
@@ -100,6 +103,86 @@ pub fn parse_pre_receive(input: &str) -> Result<Vec<RefUpdate>> {
         });
     }
     Ok(out)
+}
+
+/// What the check says of a push.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Every updated ref is valid (warnings allowed): the push may go on.
+    pub accepted: bool,
+    /// What the pusher is shown, in lines: a hook's stderr, which git passes on as `remote:`
+    /// lines, or side band 2 of the Master's answer.
+    pub messages: String,
+    /// The model of each valid commit, so that deciding on it need not validate it again.
+    pub valid: Vec<(Oid, schema::Loaded)>,
+}
+
+/// Validates the commit each update (but a deletion) brings, as read from `repo`, which must see
+/// the pushed objects.
+pub fn check(repo: &Repo, updates: &[RefUpdate]) -> Result<Verdict> {
+    let mut verdict = Verdict {
+        accepted: true,
+        messages: String::new(),
+        valid: Vec::new(),
+    };
+    for u in updates.iter().filter(|u| !u.is_delete()) {
+        let tree = repo.tree(u.new)?;
+        let v = schema::validate(&tree);
+        let report = &v.report;
+        let out = &mut verdict.messages;
+        if let Some(loaded) = v.loaded.clone() {
+            verdict.valid.push((u.new, loaded));
+        }
+        if report.problems.is_empty() {
+            out.push_str(&format!(
+                "steward: {} {} is valid\n",
+                u.name, report.revision
+            ));
+            continue;
+        }
+        out.push_str(&report.render_short());
+        if !report.is_valid() {
+            verdict.accepted = false;
+            out.push_str(&report.render_human(false));
+            out.push_str(&format!(
+                "steward: push to {} refused: fix the problems above and push again\n",
+                u.name
+            ));
+        }
+    }
+    Ok(verdict)
+}
+
+/// Whether the `pre-receive` hook at `path` is one [`install`] wrote.
+pub fn is_installed_by_steward(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|b| b.find(MARKER.as_bytes()).is_some())
+}
+
+/// Hooks `git receive-pack` runs, besides `pre-receive`.
+const RECEIVE_HOOKS: [&str; 6] = [
+    "update",
+    "proc-receive",
+    "post-receive",
+    "post-update",
+    "reference-transaction",
+    "push-to-checkout",
+];
+
+/// Whether the only hook `git receive-pack` would run on the bare repository `git_dir` is the
+/// `pre-receive` [`install`] wrote: then whoever ran [`check`] on the push may start
+/// `receive-pack` with hooks off (`core.hooksPath=/dev/null`) and lose nothing. A hook of the
+/// operator's (a site policy, a notification), or hooks kept elsewhere (`core.hooksPath` in any
+/// configuration git reads), make it `false`.
+pub fn only_stewards_hook(git_dir: &Path) -> bool {
+    let hooks = git_dir.join("hooks");
+    if !is_installed_by_steward(&hooks.join("pre-receive")) {
+        return false;
+    }
+    if RECEIVE_HOOKS.iter().any(|h| hooks.join(h).exists()) {
+        return false;
+    }
+    gix::config::File::from_git_dir(git_dir.to_owned())
+        .is_ok_and(|c| c.string("core.hooksPath").is_none())
 }
 
 /// Why `path` is not a bare repository, or `None` when it is one.

@@ -45,30 +45,10 @@ fn pre_receive() -> anyhow::Result<ExitCode> {
     let updates = reconciler::hook::parse_pre_receive(&input)?;
     let repo = reconciler::git::Repo::open_from_env()
         .context("cannot open the repository the hook runs in")?;
-    let mut ok = true;
-    for u in updates.iter().filter(|u| !u.is_delete()) {
-        let tree = repo.tree(u.new)?;
-        let v = schema::validate(&tree);
-        let report = &v.report;
-        if report.problems.is_empty() {
-            super::err(&format!(
-                "steward: {} {} is valid\n",
-                u.name, report.revision
-            ));
-            continue;
-        }
-        // Git shows the hook's stderr to the pusher, each line prefixed `remote:`.
-        super::err(&report.render_short());
-        if !report.is_valid() {
-            ok = false;
-            super::err(&report.render_human(false));
-            super::err(&format!(
-                "steward: push to {} refused: fix the problems above and push again\n",
-                u.name
-            ));
-        }
-    }
-    Ok(if ok {
+    let verdict = reconciler::hook::check(&repo, &updates)?;
+    // Git shows the hook's stderr to the pusher, each line prefixed `remote:`.
+    super::err(&verdict.messages);
+    Ok(if verdict.accepted {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

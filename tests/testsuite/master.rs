@@ -1347,3 +1347,110 @@ fn pushes_go_to_receive_pack_directly_and_to_the_backend_when_only_it_can_take_t
         old
     );
 }
+
+#[test]
+fn the_master_checks_pushes_itself_while_the_only_hook_is_its_own() {
+    let tmp = TempDir::new("push-checked");
+    let home = init_home(&tmp);
+    let master = Master::start(&home, tmp.path().join("master.log"));
+    let wc = clone_domain(master.port, tmp.path().join("wc"));
+    let bare = home.join("config/domain.git");
+    let hooks = bare.join("hooks");
+    let original = std::fs::read(hooks.join("pre-receive")).expect("hook");
+    // Steward's hook, but one that cannot run: a push that worked did not run it.
+    std::fs::write(
+        hooks.join("pre-receive"),
+        "#!/nonexistent/steward hook\n# Installed by `steward hook install`\n",
+    )
+    .expect("hook");
+    let commit = |n: u32| {
+        edit_text(&wc.join("domain.toml"), "\n", &format!("\n# checked {n}\n"));
+        git_ok(&wc, &["commit", "-qam", &format!("checked {n}")]);
+        git_ok(&wc, &["rev-parse", "HEAD"])
+    };
+
+    // Valid: pinned, and the pusher hears what the hook would have said.
+    let pushed = commit(1);
+    let out = git(&wc, &["push", "origin", "main"]);
+    assert!(out.success(), "{}", out.stderr.clone());
+    assert!(
+        out.stderr.contains(&format!(
+            "remote: steward: refs/heads/main {} is valid",
+            &pushed[..7]
+        )),
+        "{}",
+        out.stderr.clone()
+    );
+    assert_eq!(master.pinned(), pushed);
+
+    // Invalid: refused with its problems, nothing moved, the refusal recorded with them.
+    std::fs::write(
+        wc.join("domain.toml"),
+        format!("{DOMAIN_TOML}restart-policy = \"sometimes\"\n"),
+    )
+    .expect("write");
+    git_ok(&wc, &["commit", "-qam", "bad policy"]);
+    let out = git(&wc, &["push", "origin", "main"]);
+    let err = out.stderr.clone();
+    assert!(!out.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("remote:") && l.contains("domain.toml:10:")),
+        "{err}"
+    );
+    assert!(err.contains("pre-receive hook declined"), "{err}");
+    assert_eq!(master.pinned(), pushed);
+    assert_eq!(git_ok(&bare, &["rev-parse", "main"]), pushed);
+    let last = &master.history()[0];
+    assert_eq!(last["outcome"], "rejected", "{last}");
+    assert!(
+        last["problems"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["line"] == 10)),
+        "{last}"
+    );
+    git_ok(&wc, &["reset", "-q", "--hard", "HEAD~1"]);
+
+    // A pack the Master cannot read is refused, and it says why.
+    let old = pushed.clone();
+    let new = commit(2);
+    let mut body = receive_pack_request(&wc, &old, &new);
+    let at = body.windows(4).position(|w| w == b"PACK").expect("pack");
+    body.truncate(at + 12);
+    body.extend_from_slice(&[0xff; 64]);
+    let r = post_receive_pack(
+        master.port,
+        &[("Content-Type", "application/x-git-receive-pack-request")],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.body
+            .contains("ng refs/heads/main pre-receive hook declined"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(git_ok(&bare, &["rev-parse", "main"]), old);
+    assert!(master.log().contains("Master-0033"), "{}", master.log());
+
+    // With a hook of the operator's beside it, git runs the hooks again: the broken one fails.
+    let ran = tmp.path().join("post-receive-ran");
+    std::fs::write(
+        hooks.join("post-receive"),
+        format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
+    )
+    .expect("hook");
+    std::fs::set_permissions(
+        hooks.join("post-receive"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let out = git(&wc, &["push", "origin", "main"]);
+    assert!(!out.success(), "{}", out.stderr.clone());
+    assert_eq!(master.pinned(), old);
+    std::fs::write(hooks.join("pre-receive"), &original).expect("restore");
+    let out = git(&wc, &["push", "origin", "main"]);
+    assert!(out.success(), "{}", out.stderr.clone());
+    assert_eq!(master.pinned(), new);
+    assert!(ran.exists(), "the operator's hook ran");
+}

@@ -38,6 +38,8 @@ pub enum GitError {
     Open { path: PathBuf, cause: String },
     #[error("{path}: cannot prepare the object view for the hook environment: {cause}")]
     ObjectView { path: PathBuf, cause: String },
+    #[error("cannot read the pushed pack: {cause}")]
+    Pack { cause: String },
     #[error("cannot determine the current directory: {0}")]
     CurrentDir(std::io::Error),
     #[error("revision {rev:?}: {cause}")]

@@ -91,7 +91,7 @@ impl Repo {
         let path = env.git_dir.as_deref().unwrap_or(fallback);
         // `open_path_as_is`: with GIT_DIR git uses that directory itself, never `GIT_DIR/.git`.
         let opts = gix::open::Options::default().open_path_as_is(env.git_dir.is_some());
-        let mut repo =
+        let repo =
             gix::ThreadSafeRepository::open_opts(path, opts).map_err(|e| GitError::Open {
                 path: path.to_owned(),
                 cause: chain(&e),
@@ -110,6 +110,48 @@ impl Repo {
             dirs.push(own);
         }
         let view = ObjectView::create(&dirs)?;
+        Repo::reading_through(repo, view)
+    }
+
+    /// Open the bare repository `git_dir` with the objects of a pack as a push sends it (`pack`
+    /// starts at its `PACK` signature), before git has them: the Master validates a push this
+    /// way without a hook process. The pack is indexed into a throw-away object directory (a
+    /// thin pack is completed from the repository's objects), which lives as long as the `Repo`;
+    /// the repository itself is not written to.
+    pub fn open_with_pack(git_dir: &Path, pack: &mut dyn std::io::BufRead) -> Result<Repo> {
+        let opts = gix::open::Options::default().open_path_as_is(true);
+        let repo =
+            gix::ThreadSafeRepository::open_opts(git_dir, opts).map_err(|e| GitError::Open {
+                path: git_dir.to_owned(),
+                cause: chain(&e),
+            })?;
+        let view = ObjectView::create(&[repo.objects_dir().to_owned()])?;
+        let packs = view.dir.join("pack");
+        std::fs::create_dir(&packs).map_err(|e| GitError::ObjectView {
+            path: packs.clone(),
+            cause: e.to_string(),
+        })?;
+        let local = repo.to_thread_local();
+        let options = gix::odb::pack::bundle::write::Options {
+            // One push's pack is small; threads would cost more to start than they save.
+            thread_limit: Some(1),
+            ..Default::default()
+        };
+        gix::odb::pack::Bundle::write_to_directory(
+            pack,
+            Some(&packs),
+            &mut gix::progress::Discard,
+            &std::sync::atomic::AtomicBool::new(false),
+            Some(local.objects.clone()),
+            local.object_hash(),
+            options,
+        )
+        .map_err(|e| GitError::Pack { cause: chain(&e) })?;
+        Repo::reading_through(repo, view)
+    }
+
+    /// `repo` reading its objects through `view` (and whatever `view` names as alternates).
+    fn reading_through(mut repo: gix::ThreadSafeRepository, view: ObjectView) -> Result<Repo> {
         let object_hash = repo.to_thread_local().object_hash();
         let store = gix::odb::Store::at_opts(
             view.dir.clone(),

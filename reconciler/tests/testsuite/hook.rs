@@ -313,3 +313,105 @@ fn install_refuses_what_is_not_a_bare_repository() {
     }
     assert!(!work.join(".git/hooks/pre-receive").exists());
 }
+
+/// `receive-pack` may run with hooks off only while Steward's `pre-receive` is the one hook it
+/// would run: git's samples do not count; any other receive hook, a foreign `pre-receive` or
+/// hooks kept elsewhere (`core.hooksPath`) do.
+#[cfg(unix)]
+#[test]
+fn only_stewards_hook_is_its_own_pre_receive_alone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = tmp.path().join("server.git");
+    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    assert!(!hook::only_stewards_hook(&server), "no hook at all");
+    let fake = recording_steward(&tmp.path().join("bin"), "", 0);
+    hook::install(&server, &fake).expect("install");
+    assert!(hook::only_stewards_hook(&server));
+
+    let post = server.join("hooks/post-receive");
+    write(&post, "#!/bin/sh\n");
+    assert!(
+        !hook::only_stewards_hook(&server),
+        "an operator's post-receive"
+    );
+    std::fs::remove_file(&post).expect("rm");
+    assert!(hook::only_stewards_hook(&server));
+
+    git(&server, &["config", "core.hooksPath", "/elsewhere"]);
+    assert!(!hook::only_stewards_hook(&server), "hooks kept elsewhere");
+    git(&server, &["config", "--unset", "core.hooksPath"]);
+    assert!(hook::only_stewards_hook(&server));
+
+    write(&server.join("hooks/pre-receive"), "#!/bin/sh\nexit 0\n");
+    assert!(!hook::only_stewards_hook(&server), "a foreign pre-receive");
+}
+
+/// The Master's view of a push before git has it: a thin pack as `git push` sends it, indexed
+/// beside the repository (completed from its objects), readable with them, gone once dropped.
+#[test]
+fn a_pushed_pack_is_readable_before_git_has_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = tmp.path().join("server.git");
+    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let (push, _) = push_one_commit(tmp.path(), &server);
+    assert!(push.status.success());
+    let work = tmp.path().join("work");
+    // A big file changed a little: the pack holds a delta against the server's copy.
+    let big: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    write(&work.join("big.txt"), &big);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "big"]);
+    git(
+        &work,
+        &["push", "-q", server.to_str().expect("utf-8"), "HEAD:main"],
+    );
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    write(&work.join("big.txt"), &format!("{big}one more\n"));
+    git(&work, &["commit", "-q", "-am", "grown"]);
+    let new = git(&work, &["rev-parse", "HEAD"]);
+    let mut pack = std::process::Command::new("git")
+        .args(["pack-objects", "--stdout", "--thin", "--revs", "-q"])
+        .current_dir(&work)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("pack-objects");
+    use std::io::Write;
+    pack.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{new}\n^{base}\n").as_bytes())
+        .expect("revs");
+    let pack = pack.wait_with_output().expect("pack").stdout;
+
+    let repo = Repo::open_with_pack(&server, &mut &pack[..]).expect("open with the pack");
+    let id = repo
+        .resolve(&new)
+        .expect("resolve")
+        .expect("the pushed commit");
+    let tree = repo.tree(id).expect("tree");
+    let read = |p: &str| tree.read(p).expect("read").expect("present");
+    assert_eq!(read("big.txt"), format!("{big}one more\n").into_bytes());
+    assert_eq!(
+        read("domain.toml"),
+        b"x",
+        "an object only the repository has"
+    );
+    assert_eq!(
+        repo.parent(id).expect("parent").map(|p| p.to_hex()),
+        Some(base)
+    );
+    let plain = Repo::open(&server).expect("plain");
+    assert_eq!(
+        plain.resolve(&new).expect("resolve"),
+        None,
+        "git has not got it"
+    );
+
+    let cut = &pack[..pack.len() - 10];
+    let err = Repo::open_with_pack(&server, &mut &cut[..]).expect_err("a cut pack");
+    assert!(
+        err.to_string().contains("cannot read the pushed pack"),
+        "{err}"
+    );
+}

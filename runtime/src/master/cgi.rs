@@ -70,7 +70,7 @@ pub fn spawn(req: &CgiRequest<'_>) -> Result<Child, CgiError> {
             c
         }
     };
-    environment(&mut cmd, req);
+    environment(&mut cmd, req, &[]);
     cmd.env("GIT_PROJECT_ROOT", req.project_root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("GATEWAY_INTERFACE", "CGI/1.1")
@@ -95,7 +95,11 @@ const BACKEND: &str = "git http-backend";
 /// What takes a push's `POST git-receive-pack`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receiver {
-    /// `git receive-pack` itself ([`spawn_receive_pack`]): what the backend would only pass on.
+    /// `git receive-pack` with hooks off: the Master checks the push itself
+    /// ([`super::precheck`]), which it does while the repository's one hook is Steward's.
+    Checked,
+    /// `git receive-pack` itself ([`spawn_receive_pack`]), running the repository's hooks: what
+    /// the backend would only pass on.
     ReceivePack,
     /// `git http-backend`, for what only it can take: a compressed body (stock git does not
     /// compress pushes; other clients may), which it inflates, or another content type, which it
@@ -104,21 +108,24 @@ pub enum Receiver {
 }
 
 impl Receiver {
-    pub fn of(req: &CgiRequest<'_>) -> Receiver {
+    /// What takes `req` on the repository `git_dir`.
+    pub fn of(req: &CgiRequest<'_>, git_dir: &Path) -> Receiver {
         let direct = req.method == Method::POST
             && header(req, "content-type").as_deref() == Some(RECEIVE_REQUEST)
             && header(req, "content-encoding").is_none_or(|e| e.eq_ignore_ascii_case("identity"));
-        if direct {
-            Receiver::ReceivePack
-        } else {
+        if !direct {
             Receiver::Backend
+        } else if reconciler::hook::only_stewards_hook(git_dir) {
+            Receiver::Checked
+        } else {
+            Receiver::ReceivePack
         }
     }
 
     /// The program, as logs and errors name it.
     pub fn name(self) -> &'static str {
         match self {
-            Receiver::ReceivePack => "git receive-pack",
+            Receiver::Checked | Receiver::ReceivePack => "git receive-pack",
             Receiver::Backend => BACKEND,
         }
     }
@@ -126,9 +133,15 @@ impl Receiver {
     /// Starts it for `req` on the repository `git_dir`.
     pub fn spawn(self, req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child, CgiError> {
         match self {
-            Receiver::ReceivePack => spawn_receive_pack(req, git_dir),
+            Receiver::Checked => spawn_receive_pack(req, git_dir, false),
+            Receiver::ReceivePack => spawn_receive_pack(req, git_dir, true),
             Receiver::Backend => spawn(req),
         }
+    }
+
+    /// Whether its answer starts with a CGI header block.
+    pub fn is_cgi(self) -> bool {
+        self == Receiver::Backend
     }
 }
 
@@ -138,10 +151,16 @@ const RECEIVE_REQUEST: &str = "application/x-git-receive-pack-request";
 /// ([`Receiver::ReceivePack`]), with the environment `git http-backend` would give it: one process
 /// fewer on the path of every push (the backend only checks the request, starts `receive-pack`
 /// and copies its output). Its answer has no CGI header block: [`receive_pack_head`] is it.
-fn spawn_receive_pack(req: &CgiRequest<'_>, git_dir: &Path) -> Result<Child, CgiError> {
+fn spawn_receive_pack(
+    req: &CgiRequest<'_>,
+    git_dir: &Path,
+    hooks: bool,
+) -> Result<Child, CgiError> {
     let mut cmd = git();
     cmd.args(["receive-pack", "--stateless-rpc"]).arg(git_dir);
-    environment(&mut cmd, req);
+    // No hook at all: there is none at `/dev/null/<name>`.
+    let no_hooks: &[(&str, &str)] = &[("core.hooksPath", "/dev/null")];
+    environment(&mut cmd, req, if hooks { &[] } else { no_hooks });
     // What `git http-backend` sets for the reflog of a push (`run_service` in http-backend.c).
     let host = req.remote.map(|a| a.ip().to_string());
     if !req.user.is_empty() {
@@ -170,8 +189,9 @@ pub fn receive_pack_head() -> (StatusCode, HeaderMap) {
     (StatusCode::OK, h)
 }
 
-/// The environment every Git process the Master starts for a request gets.
-fn environment(cmd: &mut Command, req: &CgiRequest<'_>) {
+/// The environment every Git process the Master starts for a request gets, with the settings
+/// `config` on top.
+fn environment(cmd: &mut Command, req: &CgiRequest<'_>, config: &[(&str, &str)]) {
     // A clean environment: an inherited GIT_DIR or similar would make the backend serve the wrong
     // repository. PATH finds git's helpers (and the pre-receive hook's interpreter).
     cmd.env_clear();
@@ -180,19 +200,23 @@ fn environment(cmd: &mut Command, req: &CgiRequest<'_>) {
             cmd.env(var, v);
         }
     }
-    // Receiving is off by default for unauthenticated backends; we authenticate in front.
-    cmd.env("GIT_CONFIG_COUNT", "3")
-        .env("GIT_CONFIG_KEY_0", "http.receivepack")
-        .env("GIT_CONFIG_VALUE_0", "true")
-        // Not `git maintenance run --auto` inside every push: the client would wait for it. The
-        // Master runs it after the push is answered ([`maintain`]).
-        .env("GIT_CONFIG_KEY_2", "receive.autogc")
-        .env("GIT_CONFIG_VALUE_2", "false")
+    let settings = [
+        // Receiving is off by default for unauthenticated backends; we authenticate in front.
+        ("http.receivepack", "true"),
         // Only the Master moves the pin: a push to refs/steward/* would bypass validation of the
         // decision, its compare-and-swap and its history. Hidden refs refuse pushes; fetching
         // them (what launchers do) still works.
-        .env("GIT_CONFIG_KEY_1", "receive.hideRefs")
-        .env("GIT_CONFIG_VALUE_1", "refs/steward")
+        ("receive.hideRefs", "refs/steward"),
+        // Not `git maintenance run --auto` inside every push: the client would wait for it. The
+        // Master runs it after the push is answered ([`maintain`]).
+        ("receive.autogc", "false"),
+    ];
+    let all = settings.iter().chain(config);
+    for (i, (key, value)) in all.clone().enumerate() {
+        cmd.env(format!("GIT_CONFIG_KEY_{i}"), key)
+            .env(format!("GIT_CONFIG_VALUE_{i}"), value);
+    }
+    cmd.env("GIT_CONFIG_COUNT", all.count().to_string())
         .env("REMOTE_USER", &req.user)
         .env(
             "REMOTE_ADDR",

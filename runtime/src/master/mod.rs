@@ -30,6 +30,7 @@ mod metrics;
 pub(crate) mod mirror;
 mod nodes;
 mod packs;
+mod precheck;
 mod push;
 mod rollouts;
 
@@ -271,6 +272,7 @@ async fn serve(opts: Options) -> Result<()> {
         current: RwLock::new(Arc::new(current)),
         events: bus::Bus::new(EVENT_BUFFER),
         decided: Arc::new(Mutex::new(last)),
+        checked: std::sync::Mutex::default(),
         auth: crate::auth::Auth::new(),
         wakeups: std::sync::atomic::AtomicU64::new(0),
         connections: registry.clone(),

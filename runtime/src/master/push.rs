@@ -1,10 +1,14 @@
-//! Pushes over Git smart HTTP: `git receive-pack` runs the pre-receive hook (started directly, or
-//! by `git http-backend` for a request only the backend can take: see [`cgi::Receiver`]), and
-//! the Master decides on the pin before the client hears that its push succeeded.
+//! Pushes over Git smart HTTP: the Master checks the push itself ([`precheck`]) and `git
+//! receive-pack` takes it with hooks off, or, when the repository has a hook of the operator's,
+//! `receive-pack` runs the hooks, Steward's pre-receive included (started directly, or by `git
+//! http-backend` for a request only the backend can take: see [`cgi::Receiver`]). Either way the
+//! Master decides on the pin before the client hears that its push succeeded.
 //!
-//! - The decision lock is taken when the upload is complete: the last chunk of the pack is held
-//!   back until the lock is ours, so `receive-pack` cannot run the hook or move a ref before, and
-//!   a slow upload holds nobody up.
+//! - The decision lock is taken when the upload is complete (and the Master's own check passed):
+//!   the last byte of the pack is held back until the lock is ours, so `receive-pack` cannot run
+//!   a hook or move a ref before (it unpacks the rest meanwhile), and a slow upload holds nobody
+//!   up. A push the check refuses never gets its last byte: `receive-pack` is stopped, and the
+//!   Master answers for it.
 //! - From then on the pre-receive step has a deadline (`steward master --pre-receive-timeout`);
 //!   past it, or as soon as the client goes away, the backend and everything it started (its
 //!   process group: the hook and its children) are killed and the lock released.
@@ -29,6 +33,7 @@ use tokio::time::Instant;
 
 use super::cgi::{self, CgiRequest};
 use super::conn::Conn;
+use super::precheck::Precheck;
 use super::state::{Refusal, State};
 use super::{log, sniff};
 use reconciler::git::Oid;
@@ -45,6 +50,25 @@ const HANGUP_CHECK: Duration = Duration::from_millis(250);
 
 type Guard = OwnedMutexGuard<Option<Oid>>;
 
+/// What the upload ends in: the decision lock, or the Master's own check refusing the push.
+/// `messages`: the check's, for the pusher.
+enum Gate {
+    Open {
+        guard: Guard,
+        messages: String,
+        checked: Vec<(Oid, schema::Loaded)>,
+        /// When the upload ended.
+        uploaded: Instant,
+    },
+    Refused {
+        messages: String,
+    },
+}
+
+/// The reason a refused ref gets in the report: git's own words for a pre-receive refusal, which
+/// clients and tools know.
+const DECLINED: &str = "pre-receive hook declined";
+
 /// Serves `POST /git/domain.git/git-receive-pack` for `user`.
 pub(super) async fn receive(
     state: Arc<State>,
@@ -53,7 +77,9 @@ pub(super) async fn receive(
     body: Body,
 ) -> Response {
     let user = req.user.clone();
-    let receiver = cgi::Receiver::of(&req);
+    let receiver = cgi::Receiver::of(&req, state.store.git_dir());
+    let precheck =
+        (receiver == cgi::Receiver::Checked).then(|| Precheck::start(state.store.git_dir()));
     let mut child = match receiver.spawn(&req, state.store.git_dir()) {
         Ok(c) => c,
         Err(e) => return cgi::bad_gateway(&e),
@@ -70,20 +96,21 @@ pub(super) async fn receive(
         request.clone(),
         state.decided.clone(),
         lock_tx,
+        precheck,
+        user.clone(),
     ));
     tokio::spawn(cgi::log_stderr(receiver.name(), stderr));
-    let (status, headers, first) = match receiver {
-        cgi::Receiver::ReceivePack => {
-            let (status, headers) = cgi::receive_pack_head();
-            (status, headers, Vec::new())
-        }
-        cgi::Receiver::Backend => match cgi::read_headers(&mut stdout).await {
+    let (status, headers, first) = if receiver.is_cgi() {
+        match cgi::read_headers(&mut stdout).await {
             Ok(x) => x,
             Err(e) => {
                 cgi::kill_group(&child);
                 return cgi::bad_gateway(&e);
             }
-        },
+        }
+    } else {
+        let (status, headers) = cgi::receive_pack_head();
+        (status, headers, Vec::new())
     };
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(drive(Drive {
@@ -110,15 +137,18 @@ pub(super) async fn receive(
     response
 }
 
-/// Streams the upload into the backend, holding back its last chunk until the decision lock is
-/// taken; the lock goes to [`drive`] through `locked`. Dropping `stdin` early (a client gone or
-/// stalled) makes the backend fail without touching any ref.
+/// Streams the upload into the backend (and to the Master's own check, if any), holding back its
+/// last byte until the check passed and the decision lock is taken; the outcome goes to
+/// [`drive`] through `gate`. Dropping `stdin` early (a client gone or stalled, a push refused)
+/// makes the backend fail without touching any ref.
 async fn feed(
     body: Body,
     mut stdin: ChildStdin,
     copy: Arc<Mutex<Vec<u8>>>,
     lock: Arc<tokio::sync::Mutex<Option<Oid>>>,
-    locked: oneshot::Sender<Guard>,
+    gate: oneshot::Sender<Gate>,
+    precheck: Option<Precheck>,
+    user: String,
 ) {
     let mut stream = body.into_data_stream();
     let mut held: Option<Bytes> = None;
@@ -133,6 +163,9 @@ async fn feed(
                     let room = sniff::REQUEST_LIMIT.saturating_sub(c.len());
                     c.extend_from_slice(&bytes[..bytes.len().min(room)]);
                 }
+                if let Some(p) = &precheck {
+                    p.send(bytes.clone()).await;
+                }
                 if let Some(prev) = held.replace(bytes)
                     && stdin.write_all(&prev).await.is_err()
                 {
@@ -143,13 +176,44 @@ async fn feed(
             None => break,
         }
     }
+    let uploaded = Instant::now();
+    // All of the upload but its last byte goes in now: `receive-pack` reads the commands and
+    // unpacks while the check runs and the lock is taken (for a small push, the one chunk is the
+    // last), and cannot finish the pack, let alone move a ref, without that byte.
+    let last = match held {
+        Some(mut most) => {
+            let last = most.split_off(most.len().saturating_sub(1));
+            if !most.is_empty() && stdin.write_all(&most).await.is_err() {
+                return;
+            }
+            Some(last)
+        }
+        None => None,
+    };
+    let (mut messages, mut checked) = (String::new(), Vec::new());
+    if let Some(p) = precheck {
+        let verdict = p.finish(&user).await;
+        if !verdict.accepted {
+            let _ = gate.send(Gate::Refused {
+                messages: verdict.messages,
+            });
+            return;
+        }
+        (messages, checked) = (verdict.messages, verdict.valid);
+    }
     let guard = lock.lock_owned().await;
-    if let Some(last) = held
+    if let Some(last) = last
         && stdin.write_all(&last).await.is_err()
     {
         return;
     }
-    if locked.send(guard).is_err() {
+    let open = Gate::Open {
+        guard,
+        messages,
+        checked,
+        uploaded,
+    };
+    if gate.send(open).is_err() {
         return;
     }
     let _ = stdin.shutdown().await;
@@ -263,7 +327,7 @@ struct Drive {
     child: Child,
     stdout: ChildStdout,
     first: Vec<u8>,
-    lock: oneshot::Receiver<Guard>,
+    lock: oneshot::Receiver<Gate>,
     request: Arc<Mutex<Vec<u8>>>,
     user: String,
     tx: mpsc::Sender<Bytes>,
@@ -276,6 +340,8 @@ enum Stop {
     Gone,
     /// The pre-receive step outlived its deadline.
     Deadline,
+    /// The Master's own check refused the push (its messages): git never got all of it.
+    Refused(String),
 }
 
 async fn drive(d: Drive) {
@@ -299,8 +365,8 @@ async fn drive(d: Drive) {
     let mut lock = Some(lock);
     let mut guard: Option<Guard> = None;
     let mut until: Option<Instant> = None;
-    // When the upload ended (the lock was ours): the start of the push's validation.
-    let mut locked_at: Option<Instant> = None;
+    // When the upload ended: the start of the push's validation.
+    let mut uploaded_at: Option<Instant> = None;
     let mut stop = None;
     let mut pending = first;
     let mut buf = vec![0u8; 64 * 1024];
@@ -332,11 +398,26 @@ async fn drive(d: Drive) {
                 }
             }, if lock.is_some() => {
                 lock = None;
-                if let Ok(g) = g {
-                    guard = Some(g);
-                    let now = Instant::now();
-                    locked_at = Some(now);
-                    until = Some(now + deadline);
+                match g {
+                    Ok(Gate::Open { guard: g, messages, checked, uploaded }) => {
+                        guard = Some(g);
+                        if let Ok(mut c) = state.checked.lock() {
+                            *c = checked;
+                        }
+                        uploaded_at = Some(uploaded);
+                        until = Some(Instant::now() + deadline);
+                        let banded = request.lock().is_ok_and(|r| sniff::wants_side_band(&r));
+                        let out = checked_messages(&mut demux, banded, &messages);
+                        if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                            stop = Some(Stop::Gone);
+                            break;
+                        }
+                    }
+                    Ok(Gate::Refused { messages }) => {
+                        stop = Some(Stop::Refused(messages));
+                        break;
+                    }
+                    Err(_) => {}
                 }
             }
             () = expiry => {
@@ -368,11 +449,24 @@ async fn drive(d: Drive) {
     } else {
         reap.await;
     }
-    // The lock may have been handed over just as the backend finished.
+    // The lock may have been handed over just as the backend finished (or the push refused,
+    // which stops the backend).
     if guard.is_none()
+        && stop.is_none()
         && let Some(rx) = lock
     {
-        guard = rx.await.ok();
+        match rx.await {
+            Ok(Gate::Open {
+                guard: g, checked, ..
+            }) => {
+                guard = Some(g);
+                if let Ok(mut c) = state.checked.lock() {
+                    *c = checked;
+                }
+            }
+            Ok(Gate::Refused { messages }) => stop = Some(Stop::Refused(messages)),
+            Err(_) => {}
+        }
     }
     let request = request.lock().map(|r| r.clone()).unwrap_or_default();
     let commands = sniff::commands(&request);
@@ -414,6 +508,16 @@ async fn drive(d: Drive) {
                 state.reconcile(Source::Push, Some(user), Some(g)).await;
             }
         }
+        Some(Stop::Refused(messages)) => {
+            let mut report = Vec::new();
+            if rewritable {
+                tail.extend(checked_messages(&mut demux, banded, &messages));
+                report = sniff::refusal_report(&commands, banded, DECLINED);
+                tail.extend_from_slice(&report);
+                demux.flush = true;
+            }
+            record(&state, &mut demux, commands, &report, user).await;
+        }
         None => {
             let mut report = std::mem::take(&mut demux.held);
             if let Some(mut g) = guard {
@@ -431,17 +535,9 @@ async fn drive(d: Drive) {
                 }
                 drop(g);
             }
-            let mut answer = report.clone();
-            answer.extend_from_slice(b"0000");
+            record(&state, &mut demux, commands, &report, user).await;
             tail.extend(report);
-            let refusal = Refusal {
-                commands,
-                refused: sniff::answer(&answer).refused,
-                problems: std::mem::take(&mut demux.problems),
-                more_problems: demux.more_problems,
-            };
-            state.record_refusal(refusal, user).await;
-            if let Some(t) = locked_at {
+            if let Some(t) = uploaded_at {
                 state.metrics.push_validated(t.elapsed());
             }
         }
@@ -453,6 +549,37 @@ async fn drive(d: Drive) {
     drop(tx);
     // The housekeeping `receive-pack` is told not to do while the client waits.
     cgi::maintain(state.store.git_dir());
+}
+
+/// Records what `report` (the report-status as sent, before the final flush) refused, with the
+/// problems the messages named.
+async fn record(
+    state: &Arc<State>,
+    demux: &mut Demux,
+    commands: Vec<sniff::Command>,
+    report: &[u8],
+    user: String,
+) {
+    let mut answer = report.to_vec();
+    answer.extend_from_slice(b"0000");
+    let refusal = Refusal {
+        commands,
+        refused: sniff::answer(&answer).refused,
+        problems: std::mem::take(&mut demux.problems),
+        more_problems: demux.more_problems,
+    };
+    state.record_refusal(refusal, user).await;
+}
+
+/// The messages of the Master's own check as the pusher gets them: on side band 2, as a hook's
+/// would come (without side bands git drops a hook's messages too); scanned for the record.
+fn checked_messages(demux: &mut Demux, banded: bool, messages: &str) -> Vec<u8> {
+    demux.scan(messages);
+    if banded && !messages.is_empty() {
+        sniff::banded(2, messages.as_bytes())
+    } else {
+        Vec::new()
+    }
 }
 
 /// After git accepted a push the Master could not pin (`error`): moves the branch back to where

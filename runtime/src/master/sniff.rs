@@ -267,18 +267,28 @@ pub fn refusal_report(commands: &[Command], banded_answer: bool, reason: &str) -
     finish_report(inner, banded_answer)
 }
 
-/// Whether the client asked for side bands (in the capabilities after its first command).
-pub fn wants_side_band(request: &[u8]) -> bool {
+/// The capabilities the client announced (after its first command).
+pub fn capabilities(request: &[u8]) -> Vec<String> {
     let Some((lines, _)) = pkt_lines(request, true) else {
-        return false;
+        return Vec::new();
     };
-    lines.first().is_some_and(|l| {
-        l.split(|b| *b == 0).nth(1).is_some_and(|caps| {
+    lines
+        .first()
+        .and_then(|l| l.split(|b| *b == 0).nth(1))
+        .map(|caps| {
             String::from_utf8_lossy(caps)
                 .split_whitespace()
-                .any(|c| c == "side-band-64k" || c == "side-band")
+                .map(str::to_owned)
+                .collect()
         })
-    })
+        .unwrap_or_default()
+}
+
+/// Whether the client asked for side bands.
+pub fn wants_side_band(request: &[u8]) -> bool {
+    capabilities(request)
+        .iter()
+        .any(|c| c == "side-band-64k" || c == "side-band")
 }
 
 #[cfg(test)]

@@ -45,6 +45,10 @@ pub(super) struct State {
     /// The decision lock. Holds the last head of the branch that was decided on (pinned or
     /// rejected), so a rejected head is recorded once, not at every poll.
     pub(super) decided: Arc<Mutex<Option<Oid>>>,
+    /// Models of the commits a push brought, made by the Master's own check of it
+    /// ([`super::precheck`]): set under the decision lock, taken by the next decision, which then
+    /// need not validate its head again.
+    pub(super) checked: std::sync::Mutex<Vec<(Oid, schema::Loaded)>>,
     pub(super) auth: auth::Auth,
     /// How often the ref watcher woke the decision procedure (shown in `GET /v1/domain`: an idle
     /// Master's count stays still).
@@ -255,7 +259,20 @@ impl State {
         pusher: Option<String>,
     ) -> Result<Option<(Oid, Record, Option<Current>)>> {
         let held = self.mirror.is_some() && self.hold().is_some();
-        let decision = decide::decide_head(&self.store, &self.branch, last, source, pusher, held)?;
+        let checked = self
+            .checked
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        let decision = decide::decide_head(
+            &self.store,
+            &self.branch,
+            last,
+            source,
+            pusher,
+            held,
+            &checked,
+        )?;
         if let Some(d) = &decision
             && d.record.outcome == Outcome::Held
         {
