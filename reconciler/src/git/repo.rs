@@ -11,6 +11,9 @@ use super::env::ObjectView;
 use super::revision::{Step, split_navigation};
 use super::{CommitId, CommitTree, GitEnv, GitError, Oid, Result, chain};
 
+/// The largest object [`Repo::open_with_pack`] takes from a pushed pack (1 GiB).
+pub const PACK_OBJECT_LIMIT: usize = 1 << 30;
+
 /// A commit to write with [`Repo::write_commit`]. Identities are `(name, email)`.
 #[derive(Debug, Clone)]
 pub struct NewCommit<'a> {
@@ -135,6 +138,9 @@ impl Repo {
         let options = gix::odb::pack::bundle::write::Options {
             // One push's pack is small; threads would cost more to start than they save.
             thread_limit: Some(1),
+            // An object's size comes from the pack's own header: a pusher cannot make the Master
+            // allocate more than this for one object.
+            alloc_limit_bytes: Some(PACK_OBJECT_LIMIT),
             ..Default::default()
         };
         gix::odb::pack::Bundle::write_to_directory(
