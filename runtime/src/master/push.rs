@@ -65,10 +65,6 @@ enum Gate {
     },
 }
 
-/// The reason a refused ref gets in the report: git's own words for a pre-receive refusal, which
-/// clients and tools know.
-const DECLINED: &str = "pre-receive hook declined";
-
 /// Serves `POST /git/domain.git/git-receive-pack` for `user`.
 pub(super) async fn receive(
     state: Arc<State>,
@@ -512,7 +508,7 @@ async fn drive(d: Drive) {
             let mut report = Vec::new();
             if rewritable {
                 tail.extend(checked_messages(&mut demux, banded, &messages));
-                report = sniff::refusal_report(&commands, banded, DECLINED);
+                report = sniff::refusal_report(&commands, banded, sniff::HOOK_DECLINED);
                 tail.extend_from_slice(&report);
                 demux.flush = true;
             }

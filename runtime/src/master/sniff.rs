@@ -81,6 +81,10 @@ pub struct Refused {
     pub reason: Reason,
 }
 
+/// Git's report-status reason for a ref the pre-receive hook refused; the Master's own check of a
+/// push refuses in the same words, which clients and tools know.
+pub const HOOK_DECLINED: &str = "pre-receive hook declined";
+
 /// Why git refused a ref.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -93,7 +97,7 @@ pub enum Reason {
 
 impl Reason {
     fn parse(reason: &str) -> Reason {
-        if reason == "pre-receive hook declined" {
+        if reason == HOOK_DECLINED {
             Reason::HookDeclined
         } else {
             Reason::Other(reason.to_owned())
