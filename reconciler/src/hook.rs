@@ -126,12 +126,33 @@ pub fn check(repo: &Repo, updates: &[RefUpdate]) -> Result<Verdict> {
         valid: Vec::new(),
     };
     for u in updates.iter().filter(|u| !u.is_delete()) {
-        let tree = repo.tree(u.new)?;
+        // An annotated tag is validated as the commit it names.
+        let commit = match repo.resolve(&u.new.to_hex()) {
+            Ok(Some(commit)) => commit,
+            Ok(None) => {
+                verdict.accepted = false;
+                verdict.messages.push_str(&format!(
+                    "steward: push to {} refused: its object {} is not in the push\n",
+                    u.name, u.new
+                ));
+                continue;
+            }
+            Err(GitError::NotACommit { kind, .. }) => {
+                verdict.accepted = false;
+                verdict.messages.push_str(&format!(
+                    "steward: push to {} refused: it names a {kind}, not a commit\n",
+                    u.name
+                ));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tree = repo.tree(commit)?;
         let v = schema::validate(&tree);
         let report = &v.report;
         let out = &mut verdict.messages;
         if let Some(loaded) = v.loaded.clone() {
-            verdict.valid.push((u.new, loaded));
+            verdict.valid.push((commit, loaded));
         }
         if report.problems.is_empty() {
             out.push_str(&format!(

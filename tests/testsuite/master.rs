@@ -1383,6 +1383,28 @@ fn the_master_checks_pushes_itself_while_the_only_hook_is_its_own() {
     );
     assert_eq!(master.pinned(), pushed);
 
+    // An annotated tag is checked as its commit; a tag of a tree is refused; deleting needs no
+    // pack and is let through.
+    git_ok(&wc, &["tag", "-a", "v1", "-m", "v1"]);
+    let out = git(&wc, &["push", "origin", "v1"]);
+    assert!(out.success(), "{}", out.stderr.clone());
+    assert!(
+        out.stderr.contains("refs/tags/v1"),
+        "{}",
+        out.stderr.clone()
+    );
+    git_ok(&wc, &["tag", "tree", "HEAD^{tree}"]);
+    let out = git(&wc, &["push", "origin", "tree"]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("names a tree, not a commit"),
+        "{}",
+        out.stderr.clone()
+    );
+    let out = git(&wc, &["push", "origin", ":v1"]);
+    assert!(out.success(), "{}", out.stderr.clone());
+    assert_eq!(git(&bare, &["rev-parse", "-q", "--verify", "v1"]).code, 1);
+
     // Invalid: refused with its problems, nothing moved, the refusal recorded with them.
     std::fs::write(
         wc.join("domain.toml"),
