@@ -687,19 +687,25 @@ print(json.dumps(out))
 
 /// Runs [`STOMP`] in `mode`; its JSON output.
 fn stomp_py(mode: &str, port: u16, args: &[&str], calls: &Path) -> Value {
+    try_stomp_py(mode, port, args, calls).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`stomp_py`], its failure returned (what stomp.py printed), for a caller to add what it knows.
+fn try_stomp_py(mode: &str, port: u16, args: &[&str], calls: &Path) -> Result<Value, String> {
     let out = std::process::Command::new("python3")
         .args(["-c", STOMP, mode, &port.to_string()])
         .args(args)
         .env("CALLS", calls)
         .output()
         .expect("python3");
-    assert!(
-        out.status.success(),
-        "stomp.py {mode} {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    if !out.status.success() {
+        return Err(format!(
+            "stomp.py {mode} {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(serde_json::from_slice(&out.stdout).expect("json"))
 }
 
 /// The messages the component got (the lines of `$CALLS` with a body).
@@ -939,7 +945,24 @@ consumes = [\"queue:orders\", \"topic:prices\"]
     assert_eq!(destination(s1, "/queue/orders")["consumers"], 0);
     stomp_py("send", stomp_port, &["/queue/orders", "later-1"], &log);
     assert_eq!(destination(s1, "/queue/orders")["depth"], 1);
-    let later = stomp_py("read", stomp_port, &["/queue/orders", "1"], &log);
+    let later =
+        try_stomp_py("read", stomp_port, &["/queue/orders", "1"], &log).unwrap_or_else(|e| {
+            // Failed once under a loaded machine and never reproduced: say where later-1 is.
+            let comp: Vec<String> = server_log(&home, "server1")
+                .lines()
+                .filter(|l| l.contains("COMP-004"))
+                .map(str::to_owned)
+                .collect();
+            panic!(
+                "{e}\n/queue/orders: {}\norders: {}\nthe component got: {:?}\n{comp:#?}",
+                destination(s1, "/queue/orders"),
+                component(&components(s1), "orders").unwrap_or_default(),
+                messages(&log)
+                    .iter()
+                    .filter(|m| m["body"] == "later-1")
+                    .collect::<Vec<_>>(),
+            )
+        });
     assert_eq!(later["messages"][0]["body"], "later-1", "{later}");
     stomp_py("send", stomp_port, &["/topic/prices", "price-2"], &log);
     eventually("the topic's consumer goes on", 30, || {
