@@ -107,7 +107,7 @@ pub fn decide_head(
     let Some(head) = repo.resolve(branch)? else {
         return Ok(None);
     };
-    let pinned = store.pinned()?;
+    let pinned = store.pinned_in(repo.gix())?;
     if Some(head) == pinned || Some(head) == last {
         return Ok(None);
     }
@@ -134,7 +134,7 @@ pub fn decide_head(
             }))
         }
         Ok(loaded) => {
-            store.pin(head, pinned, &record)?;
+            store.pin_in(repo.gix(), head, pinned, &record)?;
             let pinned = Pinned {
                 commit: head,
                 at: record.at.clone(),

@@ -214,10 +214,16 @@ impl PinStore {
         read_ref(&self.repo()?)
     }
 
+    /// [`PinStore::pinned`] through `repo`, this store's repository as opened for one decision
+    /// (opening it is a good part of a decision's time; one decision needs it three times).
+    pub(crate) fn pinned_in(&self, repo: &gix::Repository) -> Result<Option<Oid>> {
+        read_ref(repo)
+    }
+
     /// Moves the pin to `new` if, and only if, it is still `expected` (`None`: not pinned yet).
     /// Callers validate `new` first: this only guarantees the move is atomic and not lost to a race.
     pub fn set(&self, new: Oid, expected: Option<Oid>) -> Result<()> {
-        self.transact(new, expected, None)
+        self.transact(&self.repo()?, new, expected, None)
     }
 
     /// [`PinStore::set`] that also moves `branch` from `branch_expected` to `new`, in the same
@@ -231,11 +237,21 @@ impl PinStore {
         branch: &str,
         branch_expected: Oid,
     ) -> Result<()> {
-        self.transact(new, expected, Some((branch, branch_expected)))
+        self.transact(
+            &self.repo()?,
+            new,
+            expected,
+            Some((branch, branch_expected)),
+        )
     }
 
-    fn transact(&self, new: Oid, expected: Option<Oid>, branch: Option<(&str, Oid)>) -> Result<()> {
-        let repo = self.repo()?;
+    fn transact(
+        &self,
+        repo: &gix::Repository,
+        new: Oid,
+        expected: Option<Oid>,
+        branch: Option<(&str, Oid)>,
+    ) -> Result<()> {
         let previous = match expected {
             Some(old) => PreviousValue::MustExistAndMatch(Target::Object(old.as_gix().to_owned())),
             None => PreviousValue::MustNotExist,
@@ -304,7 +320,7 @@ impl PinStore {
         }
         if let Err(e) = repo.edit_references(edits) {
             // Tell a lost race apart from an I/O failure: the caller re-reads and retries on the former.
-            let found = read_ref(&repo)?;
+            let found = read_ref(repo)?;
             if found != expected {
                 return Err(PinError::Conflict {
                     expected: expected.map_or("nothing".into(), |o| o.to_hex()),
@@ -388,12 +404,23 @@ impl PinStore {
     /// without its record and the caller can refuse what it was pinning; only if that fails too
     /// does the pin stay, to be recorded by [`PinStore::recover`] at the next start.
     pub fn pin(&self, new: Oid, expected: Option<Oid>, record: &Record) -> Result<()> {
-        self.set(new, expected)?;
+        self.pin_in(&self.repo()?, new, expected, record)
+    }
+
+    /// [`PinStore::pin`] through `repo` (see [`PinStore::pinned_in`]).
+    pub(crate) fn pin_in(
+        &self,
+        repo: &gix::Repository,
+        new: Oid,
+        expected: Option<Oid>,
+        record: &Record,
+    ) -> Result<()> {
+        self.transact(repo, new, expected, None)?;
         let appended = self.append(record);
         if appended.is_err()
             && let Some(old) = expected
         {
-            let _ = self.set(old, Some(new));
+            let _ = self.transact(repo, old, Some(new), None);
         }
         appended
     }

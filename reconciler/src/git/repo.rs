@@ -176,6 +176,11 @@ impl Repo {
         })
     }
 
+    /// The gix handle, for the pin store's reads and writes within one decision.
+    pub(crate) fn gix(&self) -> &gix::Repository {
+        &self.repo
+    }
+
     /// The repository directory (`.git` or the bare repository).
     pub fn git_dir(&self) -> &Path {
         self.repo.git_dir()
