@@ -25,6 +25,7 @@ mod conn;
 mod csrf;
 mod https;
 pub mod launch;
+mod lock;
 pub mod log;
 mod metrics;
 pub(crate) mod mirror;
@@ -36,6 +37,7 @@ mod rollouts;
 
 mod routes;
 mod servers;
+pub use lock::running;
 pub use servers::ServerState;
 mod sniff;
 mod state;
@@ -43,7 +45,7 @@ mod tasks;
 mod webadmin;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -91,65 +93,7 @@ pub enum MasterError {
     },
 }
 
-/// One Master per domain home: an exclusive `flock` on `config/master.lock`, held for the life of
-/// the process (the kernel releases it however the process ends, `kill -9` included). The file
-/// holds the pid, for the message a second Master prints.
-fn lock_home(config: &Path) -> Result<std::fs::File> {
-    use std::io::{Read, Seek, Write};
-    let path = config.join("master.lock");
-    let err = |error| MasterError::Lock {
-        path: path.clone(),
-        error,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(err)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim().to_owned();
-            return Err(MasterError::AlreadyRunning {
-                pid: (!pid.is_empty()).then_some(pid),
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
-    }
-    file.set_len(0).map_err(err)?;
-    file.rewind().map_err(err)?;
-    write!(file, "{}", std::process::id()).map_err(err)?;
-    Ok(file)
-}
-
 type Result<T, E = MasterError> = std::result::Result<T, E>;
-
-/// The pid of the Master running on the domain home `home`, if one runs: the one holding the lock
-/// of [`lock_home`] (so a stale pid never counts). `Some(None)`: it runs, but it has not written
-/// its pid yet (it just started).
-pub fn running(home: &Path) -> Result<Option<Option<u32>>> {
-    let path = home.join("config").join("master.lock");
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(MasterError::Lock { path, error }),
-    };
-    // A shared lock, released when `file` closes: it only succeeds while no Master holds the
-    // exclusive one.
-    match file.try_lock_shared() {
-        Ok(()) => return Ok(None),
-        Err(std::fs::TryLockError::WouldBlock) => {}
-        Err(std::fs::TryLockError::Error(error)) => return Err(MasterError::Lock { path, error }),
-    }
-    let pid = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    Ok(Some(pid))
-}
 
 /// How to run the Master. (No `Debug`: it may hold the webhook secret.)
 #[derive(Clone)]
@@ -207,7 +151,7 @@ async fn serve(opts: Options) -> Result<()> {
     if !store.git_dir().join("HEAD").is_file() {
         return Err(MasterError::NotADomainHome(home));
     }
-    let _lock = lock_home(&home.join("config"))?;
+    let _lock = lock::lock_home(&home.join("config"))?;
     let (store, current, last, upstream, branch, hold) = {
         let store2 = store.clone();
         let home2 = home.clone();
