@@ -32,8 +32,9 @@ pub struct Args {
     /// Mirror mode: the environment variable holding the webhook secret.
     #[arg(long, value_name = "VAR")]
     pub webhook_secret_env: Option<String>,
-    /// How long a push's pre-receive step (validation) may run, from the end of its upload, before
-    /// the push is stopped and refused, e.g. `60s`.
+    /// How long a push's pre-receive step (git's receive and the hooks it runs, holding the
+    /// decision lock) may run, from the end of its upload, before the push is stopped and
+    /// refused, e.g. `60s`.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub pre_receive_timeout: String,
     /// Write the log to DIR/master_<YYYYMMDD>.log<NNNNN> (rotated daily and by size) instead of
