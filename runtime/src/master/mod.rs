@@ -216,7 +216,6 @@ async fn serve(opts: Options) -> Result<()> {
         current: RwLock::new(Arc::new(current)),
         events: bus::Bus::new(EVENT_BUFFER),
         decided: Arc::new(Mutex::new(last)),
-        checked: std::sync::Mutex::default(),
         auth: crate::auth::Auth::new(),
         wakeups: std::sync::atomic::AtomicU64::new(0),
         connections: registry.clone(),

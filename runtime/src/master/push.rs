@@ -360,6 +360,8 @@ async fn drive(d: Drive) {
     };
     let mut lock = Some(lock);
     let mut guard: Option<Guard> = None;
+    // The models of the Master's check, for the decision.
+    let mut checked = Vec::new();
     let mut until: Option<Instant> = None;
     // When the upload ended: the start of the push's validation.
     let mut uploaded_at: Option<Instant> = None;
@@ -395,11 +397,8 @@ async fn drive(d: Drive) {
             }, if lock.is_some() => {
                 lock = None;
                 match g {
-                    Ok(Gate::Open { guard: g, messages, checked, uploaded }) => {
-                        guard = Some(g);
-                        if let Ok(mut c) = state.checked.lock() {
-                            *c = checked;
-                        }
+                    Ok(Gate::Open { guard: g, messages, checked: c, uploaded }) => {
+                        (guard, checked) = (Some(g), c);
                         uploaded_at = Some(uploaded);
                         until = Some(Instant::now() + deadline);
                         let banded = request.lock().is_ok_and(|r| sniff::wants_side_band(&r));
@@ -453,13 +452,10 @@ async fn drive(d: Drive) {
     {
         match rx.await {
             Ok(Gate::Open {
-                guard: g, checked, ..
-            }) => {
-                guard = Some(g);
-                if let Ok(mut c) = state.checked.lock() {
-                    *c = checked;
-                }
-            }
+                guard: g,
+                checked: c,
+                ..
+            }) => (guard, checked) = (Some(g), c),
             Ok(Gate::Refused { messages }) => stop = Some(Stop::Refused(messages)),
             Err(_) => {}
         }
@@ -518,7 +514,7 @@ async fn drive(d: Drive) {
             let mut report = std::mem::take(&mut demux.held);
             if let Some(mut g) = guard {
                 let decided = state
-                    .decide_locked(&mut g, Source::Push, Some(user.clone()))
+                    .decide_locked(&mut g, Source::Push, Some(user.clone()), checked)
                     .await;
                 if let Err(e) = decided {
                     let reason = unpin(&state, &commands, &user, &e).await;

@@ -45,10 +45,6 @@ pub(super) struct State {
     /// The decision lock. Holds the last head of the branch that was decided on (pinned or
     /// rejected), so a rejected head is recorded once, not at every poll.
     pub(super) decided: Arc<Mutex<Option<Oid>>>,
-    /// Models of the commits a push brought, made by the Master's own check of it
-    /// ([`super::precheck`]): set under the decision lock, taken by the next decision, which then
-    /// need not validate its head again.
-    pub(super) checked: std::sync::Mutex<Vec<(Oid, schema::Loaded)>>,
     pub(super) auth: auth::Auth,
     /// How often the ref watcher woke the decision procedure (shown in `GET /v1/domain`: an idle
     /// Master's count stays still).
@@ -110,7 +106,10 @@ impl State {
             Some(g) => g,
             None => self.decided.clone().lock_owned().await,
         };
-        match self.decide_locked(&mut decided, source, pusher).await {
+        match self
+            .decide_locked(&mut decided, source, pusher, Vec::new())
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 log::limited(
@@ -124,18 +123,21 @@ impl State {
     }
 
     /// [`State::reconcile`] for a caller holding the decision lock, which needs the error (a push
-    /// that cannot be pinned is refused).
+    /// that cannot be pinned is refused). `checked`: models of commits the caller validated
+    /// already (the Master's check of a push, [`super::precheck`]), which need no second validation.
     pub(super) async fn decide_locked(
         self: &Arc<Self>,
         decided: &mut OwnedMutexGuard<Option<Oid>>,
         source: Source,
         pusher: Option<String>,
+        checked: Vec<(Oid, schema::Loaded)>,
     ) -> Result<Option<Record>> {
         let me = self.clone();
         let last = **decided;
-        let outcome = tokio::task::spawn_blocking(move || me.decide(last, source, pusher))
-            .await
-            .map_err(|e| MasterError::Runtime(std::io::Error::other(e)))??;
+        let outcome =
+            tokio::task::spawn_blocking(move || me.decide(last, source, pusher, &checked))
+                .await
+                .map_err(|e| MasterError::Runtime(std::io::Error::other(e)))??;
         let Some((head, record, current)) = outcome else {
             return Ok(None);
         };
@@ -257,13 +259,9 @@ impl State {
         last: Option<Oid>,
         source: Source,
         pusher: Option<String>,
+        checked: &[(Oid, schema::Loaded)],
     ) -> Result<Option<(Oid, Record, Option<Current>)>> {
         let held = self.mirror.is_some() && self.hold().is_some();
-        let checked = self
-            .checked
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default();
         let decision = decide::decide_head(
             &self.store,
             &self.branch,
@@ -271,7 +269,7 @@ impl State {
             source,
             pusher,
             held,
-            &checked,
+            checked,
         )?;
         if let Some(d) = &decision
             && d.record.outcome == Outcome::Held
