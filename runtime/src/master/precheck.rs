@@ -166,10 +166,8 @@ fn read_section(input: &mut impl Read, out: &mut Vec<u8>) -> Result<(), Precheck
     loop {
         let mut len = [0u8; 4];
         read_exact(input, &mut len)?;
-        let n = std::str::from_utf8(&len)
-            .ok()
-            .and_then(|h| usize::from_str_radix(h, 16).ok())
-            .ok_or(PrecheckError::Malformed("a length is not hexadecimal"))?;
+        let n =
+            sniff::pkt_len(&len).ok_or(PrecheckError::Malformed("a length is not hexadecimal"))?;
         out.extend_from_slice(&len);
         match n {
             0 => return Ok(()),

@@ -241,10 +241,7 @@ impl Demux {
         let mut out = Vec::new();
         let mut i = 0;
         while self.buf.len() - i >= 4 {
-            let len = std::str::from_utf8(&self.buf[i..i + 4])
-                .ok()
-                .and_then(|h| usize::from_str_radix(h, 16).ok());
-            let Some(len) = len else {
+            let Some(len) = sniff::pkt_len(&self.buf[i..i + 4]) else {
                 return self.give_up(out, i);
             };
             if len < 4 {

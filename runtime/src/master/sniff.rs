@@ -17,15 +17,21 @@ pub struct Command {
     pub name: String,
 }
 
+/// The length a pkt-line's 4 hexadecimal digits give (the packet's whole length, or 0–3 for a
+/// flush, delimiter or response end); `None` when they are not hexadecimal.
+pub fn pkt_len(head: &[u8]) -> Option<usize> {
+    std::str::from_utf8(head)
+        .ok()
+        .and_then(|h| usize::from_str_radix(h, 16).ok())
+}
+
 /// Splits `data` into pkt-line payloads; stops at a flush packet (`0000`) when `stop_at_flush`, or
 /// at the end. `None` when a packet is malformed or cut off before a flush it was asked to find.
 fn pkt_lines(data: &[u8], stop_at_flush: bool) -> Option<(Vec<&[u8]>, usize)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i + 4 <= data.len() {
-        let len = std::str::from_utf8(&data[i..i + 4])
-            .ok()
-            .and_then(|h| usize::from_str_radix(h, 16).ok())?;
+        let len = pkt_len(&data[i..i + 4])?;
         if len < 4 {
             // 0000 flush, 0001 delim, 0002 response-end: no payload.
             i += 4;
