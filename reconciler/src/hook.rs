@@ -174,9 +174,9 @@ pub fn check(repo: &Repo, updates: &[RefUpdate]) -> Result<Verdict> {
     Ok(verdict)
 }
 
-/// Whether the `pre-receive` hook at `path` is one [`install`] wrote.
-pub fn is_installed_by_steward(path: &Path) -> bool {
-    fs::read(path).is_ok_and(|b| b.find(MARKER.as_bytes()).is_some())
+/// Whether a hook's `content` is what [`install`] writes.
+fn written_by_install(content: &[u8]) -> bool {
+    content.find(MARKER.as_bytes()).is_some()
 }
 
 /// Hooks `git receive-pack` runs, besides `pre-receive`.
@@ -196,7 +196,7 @@ const RECEIVE_HOOKS: [&str; 6] = [
 /// configuration git reads), make it `false`.
 pub fn only_stewards_hook(git_dir: &Path) -> bool {
     let hooks = git_dir.join("hooks");
-    if !is_installed_by_steward(&hooks.join("pre-receive")) {
+    if !fs::read(hooks.join("pre-receive")).is_ok_and(|b| written_by_install(&b)) {
         return false;
     }
     if RECEIVE_HOOKS.iter().any(|h| hooks.join(h).exists()) {
@@ -263,7 +263,7 @@ pub fn install(bare_repo: &Path, steward_exe: &Path) -> Result<PathBuf> {
 
     match fs::read(&hook) {
         Ok(existing) => {
-            let ours = existing.find(MARKER.as_bytes()).is_some();
+            let ours = written_by_install(&existing);
             if !ours && !backup.exists() {
                 // A copy, not a rename: the old hook stays active until the new one replaces it.
                 fs::copy(&hook, &backup)
