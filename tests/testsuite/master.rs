@@ -101,6 +101,28 @@ fn init_refuses_an_invalid_domain_and_leaves_nothing() {
     );
 }
 
+/// Commits an invalid `restart-policy` (line 10 of domain.toml) in `wc` and pushes it: the push is
+/// refused and the pusher sees the problem with its place. The refused commit.
+fn push_bad_policy(wc: &Path) -> String {
+    std::fs::write(
+        wc.join("domain.toml"),
+        format!("{DOMAIN_TOML}restart-policy = \"sometimes\"\n"),
+    )
+    .expect("write");
+    git_ok(wc, &["commit", "-qam", "bad policy"]);
+    let refused = git_ok(wc, &["rev-parse", "HEAD"]);
+    let out = git(wc, &["push", "origin", "main"]);
+    let err = out.stderr.clone();
+    assert!(!out.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("remote:") && l.contains("domain.toml:10:")),
+        "{err}"
+    );
+    assert!(err.contains("pre-receive hook declined"), "{err}");
+    refused
+}
+
 #[test]
 fn hosted_master_end_to_end() {
     let tmp = TempDir::new("hosted");
@@ -179,22 +201,7 @@ fn hosted_master_end_to_end() {
     );
 
     // An invalid push is refused; the pusher sees each problem with file:line:col; the pin stays.
-    std::fs::write(
-        wc.join("domain.toml"),
-        format!("{DOMAIN_TOML}restart-policy = \"sometimes\"\n"),
-    )
-    .expect("write");
-    git_ok(&wc, &["commit", "-qam", "bad policy"]);
-    let refused = git_ok(&wc, &["rev-parse", "HEAD"]);
-    let out = git(&wc, &["push", "origin", "main"]);
-    assert!(!out.success());
-    let err = out.stderr.clone();
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with("remote:") && l.contains("domain.toml:10:")),
-        "{err}"
-    );
-    assert!(err.contains("pre-receive hook declined"), "{err}");
+    let refused = push_bad_policy(&wc);
     assert_eq!(master.pinned(), pushed);
     // The refusal is recorded and announced, with the problems the pusher saw.
     let (name, data) = events.next(Duration::from_secs(10));
@@ -1406,21 +1413,7 @@ fn the_master_checks_pushes_itself_while_the_only_hook_is_its_own() {
     assert_eq!(git(&bare, &["rev-parse", "-q", "--verify", "v1"]).code, 1);
 
     // Invalid: refused with its problems, nothing moved, the refusal recorded with them.
-    std::fs::write(
-        wc.join("domain.toml"),
-        format!("{DOMAIN_TOML}restart-policy = \"sometimes\"\n"),
-    )
-    .expect("write");
-    git_ok(&wc, &["commit", "-qam", "bad policy"]);
-    let out = git(&wc, &["push", "origin", "main"]);
-    let err = out.stderr.clone();
-    assert!(!out.success(), "{err}");
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with("remote:") && l.contains("domain.toml:10:")),
-        "{err}"
-    );
-    assert!(err.contains("pre-receive hook declined"), "{err}");
+    push_bad_policy(&wc);
     assert_eq!(master.pinned(), pushed);
     assert_eq!(git_ok(&bare, &["rev-parse", "main"]), pushed);
     let last = &master.history()[0];
