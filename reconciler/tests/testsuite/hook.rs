@@ -147,6 +147,12 @@ fn recording_steward(dir: &Path, say: &str, code: u8) -> std::path::PathBuf {
     fake
 }
 
+/// A new, empty bare repository `tmp/server.git`.
+fn bare_server(tmp: &Path) -> std::path::PathBuf {
+    git(tmp, &["init", "-q", "--bare", "server.git"]);
+    tmp.join("server.git")
+}
+
 /// A new repository in `tmp/work` with one commit, pushed to `server` as its `main` by stock git;
 /// returns git's output and the commit.
 fn push_one_commit(tmp: &Path, server: &Path) -> (std::process::Output, String) {
@@ -173,8 +179,7 @@ fn install_writes_an_executable_hook_that_git_runs() {
     use std::os::unix::fs::PermissionsExt;
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = tmp.path().join("server.git");
-    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let server = bare_server(tmp.path());
     // A stand-in for the steward binary, at a path that needs quoting, recording how it ran.
     let bin = tmp.path().join("it's a dir");
     let fake = recording_steward(&bin, "rejected by fake steward", 1);
@@ -224,8 +229,7 @@ fn install_writes_an_executable_hook_that_git_runs() {
 #[test]
 fn the_hook_line_starts_the_executable_without_a_shell() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = tmp.path().join("server.git");
-    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let server = bare_server(tmp.path());
     let bin = tmp.path().join("bin");
     let fake = recording_steward(&bin, "accepted", 0);
     let hook_path = hook::install(&server, &fake).expect("install");
@@ -253,8 +257,7 @@ fn the_hook_line_starts_the_executable_without_a_shell() {
 #[test]
 fn install_keeps_a_foreign_hook_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = tmp.path().join("server.git");
-    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let server = bare_server(tmp.path());
     let hook_path = server.join("hooks/pre-receive");
     let backup = server.join("hooks").join(hook::BACKUP_NAME);
     let foreign = "#!/bin/sh\n# the team's own checks\nexit 0\n";
@@ -277,8 +280,7 @@ fn install_keeps_a_foreign_hook_once() {
 #[test]
 fn install_makes_a_relative_executable_absolute() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = tmp.path().join("server.git");
-    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let server = bare_server(tmp.path());
     let hook_path = hook::install(&server, Path::new("bin/steward")).expect("install");
     let script = std::fs::read_to_string(hook_path).expect("hook");
     let cwd = std::env::current_dir().expect("cwd");
@@ -321,8 +323,7 @@ fn install_refuses_what_is_not_a_bare_repository() {
 #[test]
 fn only_stewards_hook_is_its_own_pre_receive_alone() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = tmp.path().join("server.git");
-    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let server = bare_server(tmp.path());
     assert!(!hook::only_stewards_hook(&server), "no hook at all");
     let fake = recording_steward(&tmp.path().join("bin"), "", 0);
     hook::install(&server, &fake).expect("install");
@@ -351,8 +352,7 @@ fn only_stewards_hook_is_its_own_pre_receive_alone() {
 #[test]
 fn a_pushed_pack_is_readable_before_git_has_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = tmp.path().join("server.git");
-    git(tmp.path(), &["init", "-q", "--bare", "server.git"]);
+    let server = bare_server(tmp.path());
     let (push, _) = push_one_commit(tmp.path(), &server);
     assert!(push.status.success());
     let work = tmp.path().join("work");
