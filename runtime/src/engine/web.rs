@@ -22,6 +22,7 @@ pub mod files;
 mod listen;
 pub mod pool;
 pub mod proxy;
+mod relay;
 mod route;
 mod serve;
 mod stats;

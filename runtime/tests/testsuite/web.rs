@@ -989,7 +989,19 @@ class H(BaseHTTPRequestHandler):
                 time.sleep(0.01)
             self.wfile.write(b"7\r\nsecond\n\r\n0\r\n\r\n")
             return
+        if self.path.endswith("/headers"):
+            self.reply(json.dumps([[k.lower(), v] for k, v in self.headers.items()]).encode())
+            return
+        if self.path.endswith("/bad"):
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n")
+            self.close_connection = True
+            return
         self.reply(json.dumps({"conn": self.conn, "served": served}).encode())
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "615")
+        self.end_headers()
 
     def do_POST(self):
         served, self.served = self.served, self.served + 1
@@ -1020,6 +1032,18 @@ fn keep_app(h: &ServerHome, name: &str, context: &str, env: &[(&str, &str)]) -> 
     script_app(h, name, context, env, KEEP_PY)
 }
 
+/// An engine with `KEEP_PY` at `/keep`.
+async fn start_keep(h: &ServerHome) -> (WebEngine, SocketAddr) {
+    let cfg = config(
+        &[(
+            "http",
+            listener(8, Duration::from_secs(5), Duration::from_secs(10)),
+        )],
+        vec![("keep", keep_app(h, "keep", "/keep", &[]))],
+    );
+    start(cfg, h).await
+}
+
 /// The backend connection that served `r` (`KEEP_PY`'s `/conn`).
 fn conn_of(r: &Reply) -> u64 {
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1030,17 +1054,7 @@ fn conn_of(r: &Reply) -> u64 {
 async fn proxies_as_http_1_1_over_reused_upstream_connections() {
     let tmp = tempfile::tempdir().expect("tmp");
     let h = home(tmp.path());
-    let (engine, addr) = start(
-        config(
-            &[(
-                "http",
-                listener(8, Duration::from_secs(5), Duration::from_secs(10)),
-            )],
-            vec![("keep", keep_app(&h, "keep", "/keep", &[]))],
-        ),
-        &h,
-    )
-    .await;
+    let (engine, addr) = start_keep(&h).await;
     let mut client = Client::connect(addr).await;
     let mut conns = std::collections::BTreeSet::new();
     for i in 0..20 {
@@ -1092,21 +1106,162 @@ async fn proxies_as_http_1_1_over_reused_upstream_connections() {
     engine.shutdown(Duration::from_secs(2)).await;
 }
 
+/// Writes `parts` to a new connection, `pause` apart, and reads until the engine closes it.
+async fn exchange_raw(addr: SocketAddr, parts: &[&[u8]], pause: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for p in parts {
+        s.write_all(p).await.expect("write");
+        tokio::time::sleep(pause).await;
+    }
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("the engine closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The relay (the common case, without hyper) and what it hands to hyper, seen from a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_pipelined_requests_and_bodies_and_hands_the_rest_to_hyper() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let h = home(tmp.path());
+    let (engine, addr) = start_keep(&h).await;
+    // Warm: the application answers.
+    conn_of(&get(addr, "/keep/conn", &[]).await);
+
+    // Pipelined in one write: a GET, a HEAD, a POST with a body, answered in order on one
+    // connection; the HEAD's answer has its length and no body.
+    let raw = exchange_raw(
+        addr,
+        &[b"GET /keep/conn HTTP/1.1\r\nHost: x\r\n\r\n\
+            HEAD /keep/conn HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /keep/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"],
+        Duration::ZERO,
+    )
+    .await;
+    let answers: Vec<&str> = raw.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{raw}");
+    assert!(answers[0].contains("\"conn\""), "{raw}");
+    assert!(
+        answers[1]
+            .to_lowercase()
+            .contains("content-length: 615\r\n"),
+        "{raw}"
+    );
+    assert!(
+        answers[1].ends_with("\r\n\r\n"),
+        "no body after HEAD: {raw}"
+    );
+    assert!(answers[2].ends_with("\r\n\r\nhello"), "{raw}");
+    assert!(answers[2].contains("connection: close\r\n"), "{raw}");
+    assert!(!raw.to_lowercase().contains("\r\nserver:"), "{raw}");
+    assert_eq!(raw.to_lowercase().matches("\r\ndate: ").count(), 3, "{raw}");
+
+    // A body larger than any read, arriving in pieces after its head.
+    let body: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let head = format!(
+        "POST /keep/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let raw = exchange_raw(
+        addr,
+        &[
+            head.as_bytes(),
+            &body[..1000],
+            &body[1000..200_000],
+            &body[200_000..],
+        ],
+        Duration::from_millis(50),
+    )
+    .await;
+    assert!(
+        raw.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        &raw[..raw.len().min(300)]
+    );
+    let (_, echoed) = raw.split_once("\r\n\r\n").expect("head");
+    assert!(
+        echoed.as_bytes() == body.as_slice(),
+        "the body comes back whole"
+    );
+
+    // The headers the application sees.
+    let r = get(
+        addr,
+        "/keep/headers",
+        &[
+            ("connection", "x-drop"),
+            ("x-drop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-prefix", "/forged"),
+        ],
+    )
+    .await;
+    let seen: std::collections::BTreeMap<String, String> = json(&r)
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().expect("name").to_owned(),
+                p[1].as_str().expect("value").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(seen["x-forwarded-for"], "192.0.2.1, 127.0.0.1", "{seen:?}");
+    assert_eq!(seen["x-forwarded-prefix"], "/keep", "{seen:?}");
+    assert_eq!(seen["x-forwarded-host"], addr.to_string(), "{seen:?}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen:?}");
+    for gone in ["x-drop", "keep-alive"] {
+        assert!(!seen.contains_key(gone), "{gone}: {seen:?}");
+    }
+
+    // A malformed answer is a 502, and the client connection goes on.
+    let raw = exchange_raw(
+        addr,
+        &[b"GET /keep/bad HTTP/1.1\r\nHost: x\r\n\r\nGET /keep/conn HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{raw}");
+    assert!(raw.contains("HTTP/1.1 200 OK\r\n"), "{raw}");
+
+    // Handed to hyper: `Expect: 100-continue` (hyper sends the 100), an HTTP/1.0 client, a
+    // head that does not parse (hyper's 400).
+    let raw = exchange_raw(
+        addr,
+        &[
+            b"POST /keep/echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+            b"ok",
+        ],
+        Duration::from_millis(100),
+    )
+    .await;
+    assert!(
+        raw.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{raw}"
+    );
+    assert!(raw.ends_with("\r\n\r\nok"), "{raw}");
+    let raw = exchange_raw(addr, &[b"GET /keep/conn HTTP/1.0\r\n\r\n"], Duration::ZERO).await;
+    assert!(raw.starts_with("HTTP/1.0 200 OK\r\n"), "{raw}");
+    let raw = exchange_raw(
+        addr,
+        &[b"GET /keep/conn HTTP/1.1\r\nBad Header: 1\r\n\r\n"],
+        Duration::ZERO,
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{raw}");
+    engine.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_a_chunked_response_as_the_application_sends_it() {
     let tmp = tempfile::tempdir().expect("tmp");
     let h = home(tmp.path());
-    let (engine, addr) = start(
-        config(
-            &[(
-                "http",
-                listener(8, Duration::from_secs(5), Duration::from_secs(10)),
-            )],
-            vec![("keep", keep_app(&h, "keep", "/keep", &[]))],
-        ),
-        &h,
-    )
-    .await;
+    let (engine, addr) = start_keep(&h).await;
     let flag = tmp.path().join("flag");
     let mut client = Client::connect(addr).await;
     let req = hyper::Request::get(format!("/keep/stream?flag={}", flag.display()))

@@ -1,7 +1,9 @@
 //! Upstream keep-alive connections to one process application: HTTP/1.1 connections to
 //! `127.0.0.1:<PORT>` kept open between requests, so a proxied request costs no connect.
 //!
-//! Each [`ProcessApp`](super) has its own pool. A connection goes back to the pool only once its
+//! Each [`ProcessApp`](super) has its own pools, one per kind of connection ([`Pooled`]): hyper's
+//! client connections for requests served by hyper, plain sockets for the relay
+//! ([`super::relay`]). A connection goes back to the pool only once its
 //! response body has been read to the end (see [`Lease`]); the most recently used is taken first,
 //! so under light load a few connections stay warm and the rest expire. Bounds: at most
 //! [`MAX_IDLE`] idle connections, each closed after [`IDLE_TIMEOUT`] unused. The pool belongs to
@@ -50,21 +52,43 @@ pub enum ConnectError {
     },
 }
 
-#[derive(Debug, Default)]
-pub struct Upstream {
-    idle: Mutex<Idle>,
+/// A connection the pool can keep.
+pub trait Pooled: Send + 'static {
+    /// Whether it is known to be closed (then it is never handed out).
+    fn is_closed(&self) -> bool;
 }
 
-#[derive(Default)]
-struct Idle {
+impl Pooled for Sender {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+#[derive(Debug)]
+pub struct Upstream<C = Sender> {
+    idle: Mutex<Idle<C>>,
+}
+
+struct Idle<C> {
     port: u16,
-    /// Oldest first; taken from the back.
     /// Oldest first: taken from the back (the warmest), dropped and reaped from the front.
-    conns: VecDeque<(Sender, Instant)>,
+    conns: VecDeque<(C, Instant)>,
     reaper: bool,
 }
 
-impl std::fmt::Debug for Idle {
+impl<C> Default for Upstream<C> {
+    fn default() -> Self {
+        Upstream {
+            idle: Mutex::new(Idle {
+                port: 0,
+                conns: VecDeque::new(),
+                reaper: false,
+            }),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Idle<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Idle")
             .field("port", &self.port)
@@ -76,36 +100,25 @@ impl std::fmt::Debug for Idle {
 /// A connection on loan to one request. Given back with [`Lease::release`] once the response is
 /// complete; dropped otherwise (the connection closes).
 #[derive(Debug)]
-pub struct Lease {
-    pool: Arc<Upstream>,
+pub struct Lease<C: Pooled = Sender> {
+    pool: Arc<Upstream<C>>,
     port: u16,
-    send: Sender,
+    send: C,
 }
 
-impl Lease {
+impl<C: Pooled> Lease<C> {
     pub fn release(self) {
         self.pool.put(self.port, self.send);
     }
 }
 
-impl Upstream {
-    pub fn new() -> Arc<Upstream> {
+impl<C: Pooled> Upstream<C> {
+    pub fn new() -> Arc<Upstream<C>> {
         Arc::new(Upstream::default())
     }
 
-    /// An idle connection to `port`, ready for a request, if the pool has one.
-    pub async fn take(&self, port: u16) -> Option<Sender> {
-        loop {
-            let mut send = self.pop(port)?;
-            // Given back as soon as its response ended: its connection task may not have
-            // turned idle yet. Closed (by the application, or after `Connection: close`): next.
-            if send.ready().await.is_ok() {
-                return Some(send);
-            }
-        }
-    }
-
-    fn pop(&self, port: u16) -> Option<Sender> {
+    /// The warmest idle connection to `port` not known to be closed, if any.
+    pub fn pop(&self, port: u16) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.port != port {
             // Restarted on a new port: connections to the old process are useless.
@@ -125,23 +138,8 @@ impl Upstream {
         None
     }
 
-    /// A new connection to `127.0.0.1:port`.
-    pub async fn connect(port: u16) -> Result<Sender, ConnectError> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|error| ConnectError::Connect { addr, error })?;
-        let _ = stream.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| ConnectError::Handshake { addr, error })?;
-        // The connection task ends when the connection closes or every handle is dropped.
-        tokio::spawn(conn);
-        Ok(send)
-    }
-
     /// A lease on `send`, to be given back to this pool.
-    pub fn lease(self: &Arc<Self>, port: u16, send: Sender) -> Lease {
+    pub fn lease(self: &Arc<Self>, port: u16, send: C) -> Lease<C> {
         Lease {
             pool: Arc::clone(self),
             port,
@@ -149,7 +147,8 @@ impl Upstream {
         }
     }
 
-    fn put(self: &Arc<Self>, port: u16, send: Sender) {
+    /// Gives `send` back: kept for the next request to `port`.
+    pub fn put(self: &Arc<Self>, port: u16, send: C) {
         if send.is_closed() {
             return;
         }
@@ -179,9 +178,38 @@ impl Upstream {
     }
 }
 
+impl Upstream<Sender> {
+    /// An idle connection to `port`, ready for a request, if the pool has one.
+    pub async fn take(&self, port: u16) -> Option<Sender> {
+        loop {
+            let mut send = self.pop(port)?;
+            // Given back as soon as its response ended: its connection task may not have
+            // turned idle yet. Closed (by the application, or after `Connection: close`): next.
+            if send.ready().await.is_ok() {
+                return Some(send);
+            }
+        }
+    }
+
+    /// A new connection to `127.0.0.1:port`.
+    pub async fn connect(port: u16) -> Result<Sender, ConnectError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|error| ConnectError::Connect { addr, error })?;
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| ConnectError::Handshake { addr, error })?;
+        // The connection task ends when the connection closes or every handle is dropped.
+        tokio::spawn(conn);
+        Ok(send)
+    }
+}
+
 /// Closes connections idle for longer than [`IDLE_TIMEOUT`] while the pool has any; ends when the
 /// pool is empty or gone (a new one is started by the next return).
-async fn reap(pool: Weak<Upstream>) {
+async fn reap<C: Pooled>(pool: Weak<Upstream<C>>) {
     loop {
         tokio::time::sleep(IDLE_TIMEOUT / 2).await;
         let Some(pool) = pool.upgrade() else {
@@ -250,9 +278,9 @@ mod tests {
     #[tokio::test]
     async fn returned_connections_are_reused_and_dropped_on_a_new_port() {
         let (port, accepted) = backend().await;
-        let pool = Upstream::new();
+        let pool = Upstream::<Sender>::new();
         assert!(pool.take(port).await.is_none());
-        let mut send = Upstream::connect(port).await.expect("connect");
+        let mut send = Upstream::<Sender>::connect(port).await.expect("connect");
         assert_eq!(get(&mut send).await, 204);
         pool.lease(port, send).release();
         assert_eq!(pool.idle_len(), 1);
@@ -268,9 +296,9 @@ mod tests {
     #[tokio::test]
     async fn the_idle_count_is_bounded() {
         let (port, _) = backend().await;
-        let pool = Upstream::new();
+        let pool = Upstream::<Sender>::new();
         for _ in 0..MAX_IDLE + 3 {
-            let send = Upstream::connect(port).await.expect("connect");
+            let send = Upstream::<Sender>::connect(port).await.expect("connect");
             pool.lease(port, send).release();
         }
         assert_eq!(pool.idle_len(), MAX_IDLE);

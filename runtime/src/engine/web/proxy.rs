@@ -24,6 +24,7 @@ use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 
 use super::pool::{ConnectError, Lease, ReqBody, Sender, Upstream};
+use super::relay::{Conn, HeadError};
 use super::supervisor::Supervisor;
 use super::{Body, plain, unavailable};
 use crate::logfile::Logger;
@@ -56,6 +57,8 @@ pub struct ProcessApp {
     pub name: String,
     pub supervisor: Arc<Supervisor>,
     upstream: Arc<Upstream>,
+    /// The relay's connections ([`super::relay`]).
+    relay: Arc<Upstream<Conn>>,
     logger: Option<Logger>,
     last_warning: Mutex<Option<Instant>>,
 }
@@ -74,23 +77,39 @@ impl Peer {
             .unwrap_or(HeaderValue::from_static("unknown"));
         Peer { addr, ip }
     }
+
+    /// Its IP as an `X-Forwarded-For` value.
+    pub fn ip(&self) -> &HeaderValue {
+        &self.ip
+    }
 }
 
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The application has no port (not started, or between restarts).
+    #[error("the application is not running")]
+    NotRunning,
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("{0}")]
     Upstream(hyper::Error),
+    /// Sending the request on the relay's connection.
+    #[error("connection failed while sending: {0}")]
+    Io(#[source] std::io::Error),
+    /// The relay's response head.
+    #[error(transparent)]
+    Relay(#[from] HeadError),
 }
 
 impl ProxyError {
     /// The status the client gets.
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             // Nothing listens: exited since its health check, the supervisor restarts it.
-            ProxyError::Connect(ConnectError::Connect { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotRunning | ProxyError::Connect(ConnectError::Connect { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -102,6 +121,7 @@ impl ProcessApp {
             name: name.to_owned(),
             supervisor: Arc::new(supervisor),
             upstream: Upstream::new(),
+            relay: Upstream::new(),
             logger,
             last_warning: Mutex::new(None),
         }
@@ -154,7 +174,7 @@ impl ProcessApp {
     ) -> Result<Response<Body>, ProxyError> {
         let (mut send, reused) = match self.upstream.take(port).await {
             Some(s) => (s, true),
-            None => (Upstream::connect(port).await?, false),
+            None => (Upstream::<Sender>::connect(port).await?, false),
         };
         // A copy only when it may be needed: the request goes out on a connection the
         // application may be closing.
@@ -174,15 +194,12 @@ impl ProcessApp {
                 let (true, Some(req)) = (reused, again) else {
                     return Err(ProxyError::Upstream(error));
                 };
-                self.debug(
-                    "WEB-0211",
-                    &format!(
-                        "{} {} to 127.0.0.1:{port}: reused connection failed ({error}); sending again on a new one",
-                        req.method(),
-                        req.uri()
-                    ),
+                self.debug_resend(
+                    (req.method().as_str(), &req.uri().to_string()),
+                    port,
+                    &error,
                 );
-                let mut send = Upstream::connect(port).await?;
+                let mut send = Upstream::<Sender>::connect(port).await?;
                 let resp = send.send_request(req).await.map_err(ProxyError::Upstream)?;
                 Ok(self.respond(port, send, resp))
             }
@@ -225,6 +242,27 @@ impl ProcessApp {
         }
     }
 
+    /// The relay's connections to this application.
+    pub(super) fn relay_pool(&self) -> &Arc<Upstream<Conn>> {
+        &self.relay
+    }
+
+    /// A request sent again after its reused connection failed.
+    pub(super) fn debug_resend(
+        &self,
+        method_target: (&str, &str),
+        port: u16,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.debug(
+            "WEB-0211",
+            &format!(
+                "{} {} to 127.0.0.1:{port}: reused connection failed ({error}); sending again on a new one",
+                method_target.0, method_target.1
+            ),
+        );
+    }
+
     fn debug(&self, id: &str, what: &str) {
         if let Some(l) = &self.logger {
             l.debug(id, &format!("Application {}: {what}", self.name));
@@ -248,7 +286,7 @@ pub fn may_resend(method: &Method, no_body: bool) -> bool {
 }
 
 /// The request head as the application gets it.
-fn prepare(parts: &mut Parts, prefix: &HeaderValue, peer: &Peer, port: u16) {
+pub(super) fn prepare(parts: &mut Parts, prefix: &HeaderValue, peer: &Peer, port: u16) {
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
     let forwarded_for = match h.get(&X_FORWARDED_FOR) {

@@ -2,7 +2,6 @@
 //! capacity, routing, its handler (static files or the proxy) and the access log.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -13,8 +12,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::listen::ListenerRt;
 use super::proxy::Peer;
 use super::route::under;
+use super::route::{Limits, Snapshot};
 use super::{Body, Handler, Inner, Route, access, fmt_duration, read_snapshot};
 
 pub(super) async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net::TcpListener) {
@@ -36,7 +37,7 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net
         inner.connections.fetch_add(1, Ordering::SeqCst);
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
-            serve_connection(&inner, index, stream, peer).await;
+            super::relay::serve(&inner, index, stream, peer).await;
             if inner.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
                 inner.idle.notify_waiters();
             }
@@ -44,15 +45,13 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net
     }
 }
 
-async fn serve_connection(
-    inner: &Arc<Inner>,
-    index: usize,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-) {
+/// Serves the rest of a connection with hyper (everything the relay does not take).
+pub(super) async fn hyper_connection<IO>(inner: &Arc<Inner>, index: usize, io: IO, peer: Arc<Peer>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut stop = inner.shutdown.subscribe();
     let svc_inner = Arc::clone(inner);
-    let peer = Arc::new(Peer::new(peer));
     let service = hyper::service::service_fn(move |req| {
         let inner = Arc::clone(&svc_inner);
         let peer = Arc::clone(&peer);
@@ -61,7 +60,7 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     if *stop.borrow() {
         conn.as_mut().graceful_shutdown();
@@ -73,9 +72,17 @@ async fn serve_connection(
     let _ = conn.await;
 }
 
+/// The body of the engine's own answers: `503 Service Unavailable`.
+pub(super) fn plain_text(code: StatusCode) -> String {
+    format!(
+        "{} {}\n",
+        code.as_u16(),
+        code.canonical_reason().unwrap_or("")
+    )
+}
+
 pub(super) fn plain(code: StatusCode) -> Response<Body> {
-    let text = code.canonical_reason().unwrap_or("");
-    let mut r = Response::new(Body::full(format!("{} {text}\n", code.as_u16())));
+    let mut r = Response::new(Body::full(plain_text(code)));
     *r.status_mut() = code;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -89,6 +96,20 @@ pub(super) fn unavailable() -> Response<Body> {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// Capacity: a free slot at once, else wait up to queue-timeout; `None` if none came.
+pub(super) async fn admit(listener: &ListenerRt, limits: &Limits) -> Option<OwnedSemaphorePermit> {
+    match Arc::clone(&listener.pool.sem).try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => tokio::time::timeout(
+            limits.queue_timeout,
+            Arc::clone(&listener.pool.sem).acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok),
+    }
 }
 
 async fn handle(
@@ -105,22 +126,7 @@ async fn handle(
     let Some(listener) = inner.listeners.get(index) else {
         return unavailable();
     };
-    // Capacity: a free slot at once, else wait up to queue-timeout.
-    let permit: Option<OwnedSemaphorePermit> =
-        match Arc::clone(&listener.pool.sem).try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                match tokio::time::timeout(
-                    limits.queue_timeout,
-                    Arc::clone(&listener.pool.sem).acquire_owned(),
-                )
-                .await
-                {
-                    Ok(Ok(p)) => Some(p),
-                    _ => None,
-                }
-            }
-        };
+    let permit = admit(listener, &limits).await;
     let log = snap.access_log.enabled.then(|| RequestLine::of(&req));
     let (resp, app) = match permit {
         None => {
@@ -172,25 +178,65 @@ async fn handle(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let e = access::Entry {
-            remote: peer.addr.ip(),
+        let line = Line {
             method: &line.method,
             target: &line.target,
             version: line.version,
-            status: resp.status().as_u16(),
-            bytes,
             referer: line.referer.as_deref(),
             user_agent: line.user_agent.as_deref(),
-            duration: started.elapsed(),
-            app,
         };
-        inner.access.write(access::format(
-            snap.access_log.format,
-            &e,
-            SystemTime::now(),
-        ));
+        log_access(
+            inner,
+            &snap,
+            peer,
+            &line,
+            resp.status().as_u16(),
+            bytes,
+            started,
+            app,
+        );
     }
     resp
+}
+
+/// A request as the access log names it.
+pub(super) struct Line<'a> {
+    pub(super) method: &'a str,
+    pub(super) target: &'a str,
+    pub(super) version: &'static str,
+    pub(super) referer: Option<&'a str>,
+    pub(super) user_agent: Option<&'a str>,
+}
+
+/// Writes one access-log line (the caller checked that the log is on).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn log_access(
+    inner: &Inner,
+    snap: &Snapshot,
+    peer: &Peer,
+    line: &Line<'_>,
+    status: u16,
+    bytes: Option<u64>,
+    started: Instant,
+    app: Option<&str>,
+) {
+    let e = access::Entry {
+        remote: peer.addr.ip(),
+        method: line.method,
+        target: line.target,
+        version: line.version,
+        status,
+        bytes,
+        referer: line.referer,
+        user_agent: line.user_agent,
+        duration: started.elapsed(),
+        app,
+    };
+    inner.access.write(access::format(
+        snap.access_log.format,
+        &e,
+        SystemTime::now(),
+    ));
 }
 
 /// What the access log needs from a request, taken before the request is consumed.
