@@ -38,14 +38,7 @@ NGINX_PORT=${NGINX_PORT:-18192}
 # The build profile and the load tools, as both throughput benches set them up.
 . "$ROOT/benches/wrk_setup.sh"
 
-if [ -n "${SERVE_PROXY:-}" ]; then
-    OURS=$SERVE_PROXY
-else
-    echo "building serve_proxy (${BUILD:-release}) ..." >&2
-    (cd "$ROOT" && cargo build -q $BUILD_ARGS -p steward-runtime --example serve_proxy)
-    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-    OURS="$TARGET/$PROFILE_DIR/examples/serve_proxy"
-fi
+OURS=$(example_binary serve_proxy "${SERVE_PROXY:-}")
 [ -x "$OURS" ] || { echo "no binary at $OURS (set PROFILE_DIR)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/steward-bench-XXXXXX)
@@ -186,6 +179,8 @@ for i in $(seq 1 "$RUNS"); do
     read -r r c < <(run nginx "$NGINX_PORT" "${PIDS[1]}" "$i")
     NGINX_ALL+=("$r")
     NGINX_CPU+=("$c")
+    wrk_answers_ok "$WORK/steward.$i.wrk"
+    wrk_answers_ok "$WORK/nginx.$i.wrk"
     echo "run $i: steward ${OURS_ALL[-1]} req/s (${OURS_CPU[-1]} µs CPU/request)," \
         "nginx ${NGINX_ALL[-1]} req/s (${NGINX_CPU[-1]} µs CPU/request)" >&2
 done

@@ -10,6 +10,8 @@
 # dev artifacts are not disturbed) in which only the crates on the request path are optimized:
 # far cheaper than a release build of the whole tree (gix and all) on a shared 2-core machine,
 # and the same code on the hot path. BUILD_ARGS/PROFILE_DIR override both.
+# SERVE_STATIC=path runs that binary instead of building one (a copy of another build, to compare
+# two versions in the same conditions).
 # Both servers get the same number of worker threads (WORKERS, default 2) on loopback ports.
 set -euo pipefail
 
@@ -23,10 +25,7 @@ NGINX_PORT=${NGINX_PORT:-18182}
 # The build profile and the load tools, as both throughput benches set them up.
 . "$ROOT/benches/wrk_setup.sh"
 
-echo "building serve_static (${BUILD:-release}) ..." >&2
-(cd "$ROOT" && cargo build -q $BUILD_ARGS -p steward-runtime --example serve_static)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-OURS="$TARGET/$PROFILE_DIR/examples/serve_static"
+OURS=$(example_binary serve_static "${SERVE_STATIC:-}")
 [ -x "$OURS" ] || { echo "no binary at $OURS (set PROFILE_DIR)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/steward-bench-XXXXXX)
@@ -104,6 +103,8 @@ run() { # name port -> prints req/s, keeps wrk's output
 }
 ours=$(run steward "$OURS_PORT")
 theirs=$(run nginx "$NGINX_PORT")
+wrk_answers_ok "$WORK/steward.wrk"
+wrk_answers_ok "$WORK/nginx.wrk"
 for n in steward nginx; do
     echo "--- $n"; grep -E "Latency|Requests/sec|Socket errors|Non-2xx" "$WORK/$n.wrk" || true
 done

@@ -28,3 +28,24 @@ need() {
 need wrk wrk
 need nginx nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# Stops the bench when a wrk run got error answers: its rate would count failures as served.
+wrk_answers_ok() { # wrk-output-file
+    if grep -q "Non-2xx" "$1"; then
+        echo "error answers in $1, the figures do not count:" >&2
+        cat "$1" >&2
+        exit 1
+    fi
+}
+
+# The example binary to measure: OVERRIDE when set (a copy of another build, to compare two
+# versions in the same conditions), else the example built here.
+example_binary() { # example-name override
+    if [ -n "$2" ]; then
+        echo "$2"
+        return
+    fi
+    echo "building $1 (${BUILD:-release}) ..." >&2
+    (cd "$ROOT" && cargo build -q $BUILD_ARGS -p steward-runtime --example "$1") >&2 || exit 1
+    echo "${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE_DIR/examples/$1"
+}

@@ -12,11 +12,13 @@
 //! The parts: `config` is what the engine is given, `listen` the bound listeners and their
 //! capacity, `route` the snapshot every request reads, `apply` the one transaction that
 //! replaces it; requests are served in `serve`, static files in [`files`], process applications
-//! supervised in [`supervisor`] and proxied in [`proxy`] over the connections of [`pool`].
+//! supervised in [`supervisor`] and proxied by `relay` (the common case, without hyper) or
+//! [`proxy`] (through hyper), over the connections of [`pool`].
 
 pub mod access;
 mod apply;
 pub mod body;
+mod chunked;
 mod config;
 pub mod files;
 mod listen;
