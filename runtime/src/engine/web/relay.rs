@@ -44,8 +44,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADERS: usize = 100;
 /// A head longer than this is handed to hyper (which answers 431); an upstream head longer is a 502.
 const MAX_HEAD: usize = 64 * 1024;
-/// Read size for both sides.
+/// Read size for bodies, both ways.
 const READ: usize = 16 * 1024;
+/// Read size for a client's heads: most connections only ever send heads, and an idle one keeps
+/// its buffer (hyper starts at 8 KiB too).
+const HEAD_READ: usize = 8 * 1024;
 
 /// Hop-by-hop headers (as [`super::proxy`]): never forwarded in either direction.
 const HOP_BY_HOP: [&str; 9] = [
@@ -101,7 +104,7 @@ pub(super) async fn serve(
 ) {
     let mut stop = inner.shutdown.subscribe();
     let peer = Arc::new(Peer::new(addr));
-    let mut buf = BytesMut::with_capacity(READ);
+    let mut buf = BytesMut::with_capacity(HEAD_READ);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut head_timer = pin!(tokio::time::sleep(HEADER_READ_TIMEOUT));
     let mut request_timer = pin!(tokio::time::sleep(HEADER_READ_TIMEOUT));
@@ -123,7 +126,7 @@ pub(super) async fn serve(
             if buf.is_empty() && *stop.borrow() {
                 return;
             }
-            buf.reserve(READ);
+            buf.reserve(HEAD_READ);
             tokio::select! {
                 biased;
                 r = client.read_buf(&mut buf) => match r {
