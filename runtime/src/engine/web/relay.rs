@@ -462,9 +462,8 @@ impl Exchange<'_> {
             }
             Err(e) => return Err(e),
         }
-        // Sent again on a new connection: the request had no body, `out` is still its head.
-        self.out.clear();
-        upstream_head(self.out, self.req, self.head, peer, prefix.as_bytes(), port);
+        // Sent again on a new connection: the request had no body and nothing came back, so
+        // `out` is still its head.
         let mut conn = connect(port).await?;
         self.send(&mut conn).await?;
         match read_head(&mut conn, self.req.is_head, self.closing, self.out).await {
