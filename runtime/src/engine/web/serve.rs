@@ -1,4 +1,5 @@
-//! Serving: the accept loop, one hyper connection per client, and each request's way through
+//! Serving: the accept loop (each client connection starts in the relay, `super::relay`), the
+//! hyper connection the relay hands everything else to, and each such request's way through
 //! capacity, routing, its handler (static files or the proxy) and the access log.
 
 use std::convert::Infallible;
@@ -14,8 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::listen::ListenerRt;
 use super::proxy::Peer;
-use super::route::under;
-use super::route::{Limits, Snapshot};
+use super::route::{Limits, Snapshot, under};
 use super::{Body, Handler, Inner, Route, access, fmt_duration, read_snapshot};
 
 pub(super) async fn accept_loop(inner: Arc<Inner>, index: usize, tcp: tokio::net::TcpListener) {
@@ -72,7 +72,7 @@ where
     let _ = conn.await;
 }
 
-/// The body of the engine's own answers: `503 Service Unavailable`.
+/// The body of the engine's own answers (`503 Service Unavailable` and the like), both paths.
 pub(super) fn plain_text(code: StatusCode) -> String {
     format!(
         "{} {}\n",
