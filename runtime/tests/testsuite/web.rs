@@ -302,6 +302,38 @@ async fn serves_static_files_with_types_ranges_and_conditionals() {
     }
     assert_eq!(get(addr, "/other", &[]).await.status, 404);
 
+    // The relay (HTTP/1.1) and hyper (an HTTP/1.0 client is handed to it) answer alike.
+    let if_none = format!("If-None-Match: {etag}\r\n");
+    for (path, extra) in [
+        ("/shop/data/numbers.txt", "Range: bytes=2-5\r\n"),
+        ("/shop/css/site.css", ""),
+        ("/shop/css/site.css", if_none.as_str()),
+        ("/shop/blob.bin", ""),
+        ("/shop", ""),
+        ("/shop/nope.html", ""),
+        ("/other", ""),
+    ] {
+        let mut seen = Vec::new();
+        for version in ["HTTP/1.1", "HTTP/1.0"] {
+            let ask =
+                format!("GET {path} {version}\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
+            let raw = exchange_raw(addr, &[ask.as_bytes()], Duration::ZERO).await;
+            let (head, body) = raw.split_once("\r\n\r\n").expect("head");
+            let mut lines = head.lines();
+            let status = lines
+                .next()
+                .and_then(|l| l.split_once(' '))
+                .expect("status");
+            let mut headers: Vec<String> = lines
+                .map(str::to_lowercase)
+                .filter(|l| !l.starts_with("date:") && !l.starts_with("connection:"))
+                .collect();
+            headers.sort();
+            seen.push((status.1.to_owned(), headers, body.len(), body.to_owned()));
+        }
+        assert_eq!(seen[0], seen[1], "{path} {extra}");
+    }
+
     engine.flush_access_log();
     let logs: Vec<_> = std::fs::read_dir(h.logs())
         .expect("logs")

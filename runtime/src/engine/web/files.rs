@@ -240,15 +240,9 @@ impl StaticApp {
     }
 }
 
+/// The engine's plain answer (the same as for every other route).
 fn status(code: StatusCode) -> Response<Body> {
-    let text = code.canonical_reason().unwrap_or("");
-    let mut r = Response::new(Body::full(format!("{} {text}\n", code.as_u16())));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    super::plain(code)
 }
 
 /// Decodes the path below the context path: each segment percent-decoded; `..` (in any

@@ -26,7 +26,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -34,7 +36,8 @@ use super::chunked::Chunks;
 use super::pool::Pooled;
 use super::proxy::{Peer, ProcessApp, ProxyError, may_resend};
 use super::route::under;
-use super::serve::{Line, admit, hyper_connection, log_access};
+use super::serve::{Line, admit, hyper_connection, log_access, static_rest};
+use super::{Body, plain, unavailable};
 use super::{Handler, Inner, fmt_duration, read_snapshot};
 
 /// hyper's default, kept for relayed connections: a client has this long to send a whole head
@@ -142,14 +145,19 @@ pub(super) async fn serve(
             .routes
             .iter()
             .find(|r| under(req.path(&buf), &r.context));
-        let (Some(route), true) = (route, req.relayable) else {
-            return hand_over(inner, index, client, buf, peer).await;
+        let handler = route.map(|r| &r.handler);
+        // A request without a body to a static route or none at all is answered here too, so a
+        // browser's page, its files and its API calls all stay on this path.
+        let takes = match handler {
+            Some(Handler::Process(_)) => true,
+            Some(Handler::Static(_)) | None => req.body == 0,
         };
-        let Handler::Process(app) = &route.handler else {
-            return hand_over(inner, index, client, buf, peer).await;
-        };
-        let (Some(limits), Some(listener)) = (snap.limits.get(index), inner.listeners.get(index))
-        else {
+        let (true, true, Some(limits), Some(listener)) = (
+            req.relayable,
+            takes,
+            snap.limits.get(index),
+            inner.listeners.get(index),
+        ) else {
             return hand_over(inner, index, client, buf, peer).await;
         };
         let started = Instant::now();
@@ -161,7 +169,6 @@ pub(super) async fn serve(
             }
         };
         let mut ex = Exchange {
-            app,
             req: &req,
             head: &head,
             out: &mut out,
@@ -172,9 +179,9 @@ pub(super) async fn serve(
         };
         let Some(permit) = admit(listener, limits).await else {
             listener.pool.rejected.fetch_add(1, Ordering::Relaxed);
-            let (bytes, go_on) = ex.plain(StatusCode::SERVICE_UNAVAILABLE).await;
-            log(503, Some(bytes), None);
-            if go_on {
+            let resp = unavailable();
+            log(503, declared_length(&resp), None);
+            if ex.answer_own(resp).await {
                 continue;
             }
             return;
@@ -182,22 +189,58 @@ pub(super) async fn serve(
         request_timer
             .as_mut()
             .reset(tokio::time::Instant::now() + limits.request_timeout);
-        let answered = tokio::select! {
-            biased;
-            r = ex.request(&peer, &route.prefix) => r,
-            _ = &mut request_timer => Err(Failure::Timeout),
-        };
-        let go_on = match answered {
-            Ok(reply) => {
-                route.stats.record(reply.status, started.elapsed());
-                log(reply.status, reply.length, Some(&route.app));
-                ex.respond(reply).await
+        let go_on = match route.map(|r| (r, &r.handler)) {
+            None => {
+                inner.stats.unrouted();
+                let resp = plain(StatusCode::NOT_FOUND);
+                log(404, declared_length(&resp), None);
+                ex.answer_own(resp).await
             }
-            Err(f) => {
-                let (status, bytes, go_on) = ex.fail(f, limits.request_timeout).await;
-                route.stats.record(status.as_u16(), started.elapsed());
-                log(status.as_u16(), bytes, Some(&route.app));
-                go_on
+            Some((route, Handler::Static(files))) => {
+                let headers = req.header_map(&head);
+                let path = req.path(&head);
+                let served = files.serve(
+                    &req.verb,
+                    &headers,
+                    static_rest(&route.context, path),
+                    path,
+                    req.query(&head),
+                );
+                let resp = tokio::select! {
+                    biased;
+                    r = served => r,
+                    _ = &mut request_timer => plain(StatusCode::GATEWAY_TIMEOUT),
+                };
+                let status = resp.status().as_u16();
+                route.stats.record(status, started.elapsed());
+                log(status, declared_length(&resp), Some(&route.app));
+                ex.answer_own(resp).await
+            }
+            Some((route, Handler::Process(app))) => {
+                let answered = tokio::select! {
+                    biased;
+                    r = ex.request(app, &peer, &route.prefix) => r,
+                    _ = &mut request_timer => Err(Failure::Timeout),
+                };
+                match answered {
+                    Ok(reply) => {
+                        route.stats.record(reply.status, started.elapsed());
+                        log(reply.status, reply.length, Some(&route.app));
+                        ex.respond(app, reply).await
+                    }
+                    Err(f) => {
+                        let resp = ex.fail(app, f, limits.request_timeout);
+                        let Some(resp) = resp else {
+                            route.stats.record(400, started.elapsed());
+                            log(400, None, Some(&route.app));
+                            return;
+                        };
+                        let status = resp.status().as_u16();
+                        route.stats.record(status, started.elapsed());
+                        log(status, declared_length(&resp), Some(&route.app));
+                        ex.answer_own(resp).await
+                    }
+                }
             }
         };
         // The slot is the client's until its answer is sent, as on the hyper path.
@@ -227,6 +270,7 @@ async fn hand_over(
 struct Request {
     head_len: usize,
     relayable: bool,
+    verb: hyper::Method,
     method: Range<usize>,
     target: Range<usize>,
     /// The target's path (without the query).
@@ -248,6 +292,26 @@ struct Request {
 impl Request {
     fn path<'a>(&self, head: &'a [u8]) -> &'a str {
         std::str::from_utf8(&head[self.path.clone()]).unwrap_or("")
+    }
+
+    /// The query, without its `?`.
+    fn query<'a>(&self, head: &'a [u8]) -> Option<&'a str> {
+        let target = std::str::from_utf8(&head[self.target.clone()]).ok()?;
+        target.split_once('?').map(|(_, q)| q)
+    }
+
+    /// The headers as a map, for the static files' handler.
+    fn header_map(&self, head: &[u8]) -> hyper::HeaderMap {
+        let mut map = hyper::HeaderMap::with_capacity(self.headers.len());
+        for (n, v) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(&head[n.clone()]),
+                hyper::header::HeaderValue::from_bytes(&head[v.clone()]),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
     }
 
     fn line<'a>(&self, head: &'a [u8]) -> Line<'a> {
@@ -286,13 +350,15 @@ fn parse_request(buf: &[u8]) -> Parsed {
         return Parsed::Invalid;
     };
     let path_end = target.find('?').unwrap_or(target.len());
+    let verb = hyper::Method::from_bytes(method.as_bytes());
     let mut r = Request {
         head_len,
         // HTTP/1.1, origin form, a target hyper's URI parser takes as is, not CONNECT.
         relayable: version == 1
             && target.starts_with('/')
             && target.bytes().all(uri_byte)
-            && method != "CONNECT",
+            && verb.as_ref().is_ok_and(|m| *m != hyper::Method::CONNECT),
+        verb: verb.unwrap_or_default(),
         method: within(buf, method.as_bytes()),
         target: within(buf, target.as_bytes()),
         path: within(buf, &target.as_bytes()[..path_end]),
@@ -344,7 +410,7 @@ fn parse_request(buf: &[u8]) -> Parsed {
             .push((within(buf, name.as_bytes()), within(buf, value)));
     }
     r.body = length.unwrap_or(0);
-    r.resendable = http_method(method).is_some_and(|m| may_resend(&m, r.body == 0));
+    r.resendable = may_resend(&r.verb, r.body == 0);
     Parsed::Complete(r)
 }
 
@@ -356,10 +422,6 @@ fn decimal(v: &[u8]) -> Option<u64> {
     v.iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
-}
-
-fn http_method(m: &str) -> Option<hyper::Method> {
-    hyper::Method::from_bytes(m.as_bytes()).ok()
 }
 
 /// The bytes `http`'s URI parser accepts in an origin-form target (a stricter set only means a
@@ -409,7 +471,6 @@ struct Reply {
 
 /// One request's way through the relay.
 struct Exchange<'a> {
-    app: &'a ProcessApp,
     req: &'a Request,
     head: &'a [u8],
     out: &'a mut Vec<u8>,
@@ -426,10 +487,11 @@ impl Exchange<'_> {
     /// Sends the request and reads the response head.
     async fn request(
         &mut self,
+        app: &ProcessApp,
         peer: &Peer,
         prefix: &hyper::header::HeaderValue,
     ) -> Result<Reply, Failure> {
-        let Some(port) = self.app.supervisor.port() else {
+        let Some(port) = app.supervisor.port() else {
             return Err(Failure::Proxy(ProxyError::NotRunning));
         };
         self.out.clear();
@@ -439,7 +501,7 @@ impl Exchange<'_> {
         self.out.extend_from_slice(&self.cbuf[..inline]);
         self.cbuf.advance(inline);
         self.unread -= inline as u64;
-        let pool = self.app.relay_pool();
+        let pool = app.relay_pool();
         let resendable = self.req.resendable;
         let pooled = pool.pop(port).filter(|c| resendable || !c.closed());
         let reused = pooled.is_some();
@@ -452,13 +514,13 @@ impl Exchange<'_> {
                 Ok(a) => return Ok(self.answer(conn, port, a)),
                 Err(HeadError::Nothing(e)) if reused && self.req.resendable => {
                     let l = self.req.line(self.head);
-                    self.app.debug_resend((l.method, l.target), port, &e);
+                    app.debug_resend((l.method, l.target), port, &e);
                 }
                 Err(e) => return Err(ProxyError::Relay(e).into()),
             },
             Err(Failure::Proxy(ProxyError::Io(e))) if reused && self.req.resendable => {
                 let l = self.req.line(self.head);
-                self.app.debug_resend((l.method, l.target), port, &e);
+                app.debug_resend((l.method, l.target), port, &e);
             }
             Err(e) => return Err(e),
         }
@@ -510,7 +572,7 @@ impl Exchange<'_> {
 
     /// Passes the response on: `out` holds its head. Returns whether the client connection goes
     /// on to its next request.
-    async fn respond(&mut self, mut up: Reply) -> bool {
+    async fn respond(&mut self, app: &ProcessApp, mut up: Reply) -> bool {
         let conn = &mut up.conn;
         let ended = match up.framing {
             Framing::None => self.client.write_all(self.out).await.is_ok(),
@@ -522,7 +584,7 @@ impl Exchange<'_> {
             }
         };
         if ended && up.reusable && conn.buf.is_empty() {
-            self.app.relay_pool().put(up.port, up.conn);
+            app.relay_pool().put(up.port, up.conn);
         }
         ended && !self.closing
     }
@@ -589,50 +651,112 @@ impl Exchange<'_> {
         }
     }
 
-    /// Answers a request the application did not: 502, 503 or 504, reported as the hyper path
-    /// does. Returns the status, the answer's length and whether the connection goes on.
-    async fn fail(&mut self, f: Failure, timeout: Duration) -> (StatusCode, Option<u64>, bool) {
+    /// The answer to a request the application did not answer: 502, 503 or 504, reported as on
+    /// the hyper path; `None` when the client itself broke off (nobody to answer).
+    fn fail(&self, app: &ProcessApp, f: Failure, timeout: Duration) -> Option<Response<Body>> {
         let line = self.req.line(self.head);
-        let status = match f {
-            // Nobody to answer.
-            Failure::Client => return (StatusCode::BAD_REQUEST, None, false),
+        match f {
+            Failure::Client => None,
             Failure::Timeout => {
-                self.app.report(&format!(
+                app.report(&format!(
                     "{} {}: no response within request-timeout {}; answered 504",
                     line.method,
                     line.target,
                     fmt_duration(timeout)
                 ));
-                StatusCode::GATEWAY_TIMEOUT
+                Some(plain(StatusCode::GATEWAY_TIMEOUT))
             }
             Failure::Proxy(e) => {
                 let status = e.status();
                 // Not running is the supervisor's to report (it restarts the application).
                 if !matches!(e, ProxyError::NotRunning) {
-                    let port = self.app.supervisor.port().unwrap_or(0);
-                    self.app.report(&format!(
+                    let port = app.supervisor.port().unwrap_or(0);
+                    app.report(&format!(
                         "{} {} to 127.0.0.1:{port}: {e}; answered {}",
                         line.method,
                         line.target,
                         status.as_u16()
                     ));
                 }
-                status
+                Some(if status == StatusCode::SERVICE_UNAVAILABLE {
+                    unavailable()
+                } else {
+                    plain(status)
+                })
             }
-        };
-        let (bytes, go_on) = self.plain(status).await;
-        (status, Some(bytes), go_on)
+        }
     }
 
-    /// Sends one of the engine's own answers; returns its body's length and whether the
-    /// connection goes on (not while the request's body is partly unread).
-    async fn plain(&mut self, status: StatusCode) -> (u64, bool) {
+    /// Sends a response of the engine's own (a static file, a 404, a 5xx) as hyper would: its
+    /// length when known, else chunked; no body after HEAD, 204 or 304; `Date` added. Returns
+    /// whether the connection goes on (not while the request's body is partly unread).
+    async fn answer_own(&mut self, resp: Response<Body>) -> bool {
         let go_on = self.unread == 0 && !self.closing;
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status.as_u16();
+        let bodiless = status == 204 || status == 304 || (100..200).contains(&status);
+        let declared = parts.headers.contains_key(hyper::header::CONTENT_LENGTH);
         self.out.clear();
-        let bytes = plain_response(self.out, status, !go_on);
-        let written = self.client.write_all(self.out).await.is_ok();
-        (bytes, written && go_on)
+        self.out.extend_from_slice(b"HTTP/1.1 ");
+        self.out
+            .extend_from_slice(status_line(status, None).as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        for (k, v) in &parts.headers {
+            header(self.out, k.as_str().as_bytes(), v.as_bytes());
+        }
+        if !parts.headers.contains_key(hyper::header::DATE) {
+            header(self.out, b"date", &http_date());
+        }
+        let mut chunked = false;
+        if !declared && !bodiless {
+            match body.size_hint().exact() {
+                Some(n) => header(self.out, b"content-length", n.to_string().as_bytes()),
+                None => chunked = true,
+            }
+        }
+        if chunked && !self.req.is_head {
+            self.out
+                .extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if !go_on {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        if !(self.req.is_head || bodiless) {
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    // Cut short (a file that shrank): the client must not take it as whole.
+                    let _ = self.client.write_all(self.out).await;
+                    return false;
+                };
+                if let Ok(data) = frame.into_data() {
+                    if chunked {
+                        chunk(self.out, &data);
+                    } else {
+                        self.out.extend_from_slice(&data);
+                    }
+                }
+                if self.out.len() >= READ {
+                    if self.client.write_all(self.out).await.is_err() {
+                        return false;
+                    }
+                    self.out.clear();
+                }
+            }
+            if chunked {
+                self.out.extend_from_slice(b"0\r\n\r\n");
+            }
+        }
+        self.client.write_all(self.out).await.is_ok() && go_on
     }
+}
+
+/// A response's `Content-Length`, for the access log.
+fn declared_length(resp: &Response<Body>) -> Option<u64> {
+    resp.headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Reads more from the application; false at its end or on an error.
@@ -898,25 +1022,6 @@ fn status_line(status: u16, reason: Option<&str>) -> String {
         .or(reason)
         .unwrap_or("");
     format!("{status} {reason}")
-}
-
-/// An answer of the engine's own (as `serve::plain`), with `Retry-After` on a 503.
-fn plain_response(out: &mut Vec<u8>, status: StatusCode, close: bool) -> u64 {
-    let body = super::serve::plain_text(status);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status_line(status.as_u16(), None).as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        out.extend_from_slice(b"retry-after: 1\r\n");
-    }
-    header(out, b"content-length", body.len().to_string().as_bytes());
-    header(out, b"date", &http_date());
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
-    body.len() as u64
 }
 
 /// `chunk` of a body sent chunked.

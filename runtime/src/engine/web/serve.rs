@@ -72,17 +72,9 @@ where
     let _ = conn.await;
 }
 
-/// The body of the engine's own answers (`503 Service Unavailable` and the like), both paths.
-pub(super) fn plain_text(code: StatusCode) -> String {
-    format!(
-        "{} {}\n",
-        code.as_u16(),
-        code.canonical_reason().unwrap_or("")
-    )
-}
-
 pub(super) fn plain(code: StatusCode) -> Response<Body> {
-    let mut r = Response::new(Body::full(plain_text(code)));
+    let text = code.canonical_reason().unwrap_or("");
+    let mut r = Response::new(Body::full(format!("{} {text}\n", code.as_u16())));
     *r.status_mut() = code;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -272,15 +264,20 @@ impl RequestLine {
     }
 }
 
+/// The part of `path` below a static route's context path, as its handler takes it.
+pub(super) fn static_rest<'a>(context: &str, path: &'a str) -> &'a str {
+    if context == "/" {
+        path
+    } else {
+        &path[context.len().min(path.len())..]
+    }
+}
+
 async fn dispatch(route: &Route, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     match &route.handler {
         Handler::Static(app) => {
             let path = req.uri().path();
-            let rest = if route.context == "/" {
-                path
-            } else {
-                &path[route.context.len().min(path.len())..]
-            };
+            let rest = static_rest(&route.context, path);
             app.serve(req.method(), req.headers(), rest, path, req.uri().query())
                 .await
         }
