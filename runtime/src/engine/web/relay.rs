@@ -1,4 +1,4 @@
-//! The relay: HTTP/1.1 to `process` applications without hyper, as nginx proxies. One task per
+//! The relay: HTTP/1.1 without hyper for the common case, as nginx serves and proxies. One task per
 //! client connection reads each request head with `httparse`, writes the upstream request
 //! straight from it onto a pooled plain socket to the application, and copies the answer back,
 //! its head rewritten and its body passed through as it comes. No header map, no channel to a
@@ -6,12 +6,15 @@
 //! what makes a proxied request cost about what it costs nginx (docs/web-engine.md, "Reverse
 //! proxy").
 //!
-//! Only the common case is relayed: an HTTP/1.1 request routed to a `process` application, with
-//! an origin-form target, no body or a `Content-Length` one, no `Expect`, no `Upgrade`. Anything
-//! else, and any head `httparse` refuses, hands the connection to hyper ([`super::serve`]) with
-//! the bytes read so far, for the rest of its life: static files, HTTP/1.0 clients, chunked
-//! uploads, errors in the head (hyper's own 400 or 431) are all served as before. The headers
-//! sent each way are those of [`super::proxy`] (same hop-by-hop list, same `X-Forwarded-*`).
+//! Only the common case is relayed: an HTTP/1.1 request with an origin-form target, no
+//! `Expect`, no `Upgrade`, and no body (a `process` application may also get a `Content-Length`
+//! one). Static routes and unrouted paths are answered here too, by the same handler and the same
+//! 404 as on the hyper path, so a page, its files and its API calls stay on one fast connection.
+//! Anything else, and any head `httparse` refuses, hands the connection to hyper
+//! ([`super::serve`]) with the bytes read so far, for the rest of its life: HTTP/1.0 clients,
+//! chunked uploads, errors in the head (hyper's own 400 or 431) are all served as before. The
+//! headers sent each way are those of [`super::proxy`] (same hop-by-hop list, same
+//! `X-Forwarded-*`).
 //!
 //! The file is over 600 lines because it is one protocol path: the head parsing, the upstream
 //! exchange and the body framing share the buffers and the connection's state.
