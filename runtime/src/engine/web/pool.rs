@@ -100,13 +100,13 @@ impl<C> std::fmt::Debug for Idle<C> {
 /// A connection on loan to one request. Given back with [`Lease::release`] once the response is
 /// complete; dropped otherwise (the connection closes).
 #[derive(Debug)]
-pub struct Lease<C: Pooled = Sender> {
-    pool: Arc<Upstream<C>>,
+pub struct Lease {
+    pool: Arc<Upstream>,
     port: u16,
-    send: C,
+    send: Sender,
 }
 
-impl<C: Pooled> Lease<C> {
+impl Lease {
     pub fn release(self) {
         self.pool.put(self.port, self.send);
     }
@@ -136,15 +136,6 @@ impl<C: Pooled> Upstream<C> {
             }
         }
         None
-    }
-
-    /// A lease on `send`, to be given back to this pool.
-    pub fn lease(self: &Arc<Self>, port: u16, send: C) -> Lease<C> {
-        Lease {
-            pool: Arc::clone(self),
-            port,
-            send,
-        }
     }
 
     /// Gives `send` back: kept for the next request to `port`.
@@ -179,6 +170,15 @@ impl<C: Pooled> Upstream<C> {
 }
 
 impl Upstream<Sender> {
+    /// A lease on `send`, to be given back to this pool.
+    pub fn lease(self: &Arc<Self>, port: u16, send: Sender) -> Lease {
+        Lease {
+            pool: Arc::clone(self),
+            port,
+            send,
+        }
+    }
+
     /// An idle connection to `port`, ready for a request, if the pool has one.
     pub async fn take(&self, port: u16) -> Option<Sender> {
         loop {
