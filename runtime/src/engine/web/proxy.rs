@@ -36,7 +36,7 @@ const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-pref
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the `Proxy-*` ones of RFC 9110 §11.7 and
 /// RFC 9112 Appendix C.2.2): they describe one connection and are not forwarded.
-const HOP_BY_HOP: [HeaderName; 9] = [
+pub(super) const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -19,7 +19,7 @@
 //! The file is over 600 lines because it is one protocol path: the head parsing, the upstream
 //! exchange and the body framing share the buffers and the connection's state.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::{Pin, pin};
@@ -37,11 +37,11 @@ use tokio::net::TcpStream;
 
 use super::chunked::Chunks;
 use super::pool::Pooled;
-use super::proxy::{Peer, ProcessApp, ProxyError, may_resend};
+use super::proxy::{HOP_BY_HOP, Peer, ProcessApp, ProxyError, may_resend};
 use super::route::under;
 use super::serve::{Line, admit, hyper_connection, log_access, static_rest};
 use super::{Body, plain, unavailable};
-use super::{Handler, Inner, fmt_duration, read_snapshot};
+use super::{Handler, Inner, Route, fmt_duration, read_snapshot};
 
 /// hyper's default, kept for relayed connections: a client has this long to send a whole head
 /// (an idle keep-alive connection is closed after it).
@@ -55,19 +55,6 @@ const READ: usize = 16 * 1024;
 /// Read size for a client's heads: most connections only ever send heads, and an idle one keeps
 /// its buffer (hyper starts at 8 KiB too).
 const HEAD_READ: usize = 8 * 1024;
-
-/// Hop-by-hop headers (as [`super::proxy`]): never forwarded in either direction.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
 
 /// A plain upstream connection and what has been read from it.
 #[derive(Debug)]
@@ -165,9 +152,15 @@ pub(super) async fn serve(
         };
         let started = Instant::now();
         let head = buf.split_to(req.head_len);
-        let log = |status: u16, bytes: Option<u64>, app: Option<&str>| {
+        // Counted in the route's statistics and logged once the answer's head is known, as on
+        // the hyper path.
+        let account = |route: Option<&Route>, status: u16, bytes: Option<u64>| {
+            if let Some(r) = route {
+                r.stats.record(status, started.elapsed());
+            }
             if snap.access_log.enabled {
                 let line = req.line(&head);
+                let app = route.map(|r| r.app.as_str());
                 log_access(inner, &snap, &peer, &line, status, bytes, started, app);
             }
         };
@@ -183,7 +176,7 @@ pub(super) async fn serve(
         let Some(permit) = admit(listener, limits).await else {
             listener.pool.rejected.fetch_add(1, Ordering::Relaxed);
             let resp = unavailable();
-            log(503, declared_length(&resp), None);
+            account(None, 503, declared_length(&resp));
             if ex.answer_own(resp).await {
                 continue;
             }
@@ -196,7 +189,7 @@ pub(super) async fn serve(
             None => {
                 inner.stats.unrouted();
                 let resp = plain(StatusCode::NOT_FOUND);
-                log(404, declared_length(&resp), None);
+                account(None, 404, declared_length(&resp));
                 ex.answer_own(resp).await
             }
             Some((route, Handler::Static(files))) => {
@@ -214,9 +207,7 @@ pub(super) async fn serve(
                     r = served => r,
                     _ = &mut request_timer => plain(StatusCode::GATEWAY_TIMEOUT),
                 };
-                let status = resp.status().as_u16();
-                route.stats.record(status, started.elapsed());
-                log(status, declared_length(&resp), Some(&route.app));
+                account(Some(route), resp.status().as_u16(), declared_length(&resp));
                 ex.answer_own(resp).await
             }
             Some((route, Handler::Process(app))) => {
@@ -227,20 +218,16 @@ pub(super) async fn serve(
                 };
                 match answered {
                     Ok(reply) => {
-                        route.stats.record(reply.status, started.elapsed());
-                        log(reply.status, reply.length, Some(&route.app));
+                        account(Some(route), reply.head.status, reply.head.length);
                         ex.respond(app, reply).await
                     }
                     Err(f) => {
                         let resp = ex.fail(app, f, limits.request_timeout);
                         let Some(resp) = resp else {
-                            route.stats.record(400, started.elapsed());
-                            log(400, None, Some(&route.app));
+                            account(Some(route), 400, None);
                             return;
                         };
-                        let status = resp.status().as_u16();
-                        route.stats.record(status, started.elapsed());
-                        log(status, declared_length(&resp), Some(&route.app));
+                        account(Some(route), resp.status().as_u16(), declared_length(&resp));
                         ex.answer_own(resp).await
                     }
                 }
@@ -274,15 +261,12 @@ struct Request {
     head_len: usize,
     relayable: bool,
     verb: hyper::Method,
-    method: Range<usize>,
     target: Range<usize>,
     /// The target's path (without the query).
     path: Range<usize>,
     body: u64,
     /// `Connection: close`.
     close: bool,
-    resendable: bool,
-    is_head: bool,
     host: bool,
     referer: Option<Range<usize>>,
     user_agent: Option<Range<usize>>,
@@ -293,6 +277,15 @@ struct Request {
 }
 
 impl Request {
+    fn is_head(&self) -> bool {
+        self.verb == hyper::Method::HEAD
+    }
+
+    /// Whether it may be sent a second time (see [`may_resend`]).
+    fn resendable(&self) -> bool {
+        may_resend(&self.verb, self.body == 0)
+    }
+
     fn path<'a>(&self, head: &'a [u8]) -> &'a str {
         std::str::from_utf8(&head[self.path.clone()]).unwrap_or("")
     }
@@ -317,10 +310,10 @@ impl Request {
         map
     }
 
-    fn line<'a>(&self, head: &'a [u8]) -> Line<'a> {
+    fn line<'a>(&'a self, head: &'a [u8]) -> Line<'a> {
         let s = |r: &Range<usize>| std::str::from_utf8(&head[r.clone()]).ok();
         Line {
-            method: s(&self.method).unwrap_or(""),
+            method: self.verb.as_str(),
             target: s(&self.target).unwrap_or(""),
             version: "HTTP/1.1",
             referer: self.referer.as_ref().and_then(s),
@@ -362,13 +355,10 @@ fn parse_request(buf: &[u8]) -> Parsed {
             && target.bytes().all(uri_byte)
             && verb.as_ref().is_ok_and(|m| *m != hyper::Method::CONNECT),
         verb: verb.unwrap_or_default(),
-        method: within(buf, method.as_bytes()),
         target: within(buf, target.as_bytes()),
         path: within(buf, &target.as_bytes()[..path_end]),
         body: 0,
         close: false,
-        resendable: false,
-        is_head: method == "HEAD",
         host: false,
         referer: None,
         user_agent: None,
@@ -392,14 +382,12 @@ fn parse_request(buf: &[u8]) -> Parsed {
         {
             r.relayable = false;
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(|b| *b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    r.close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    r.relayable = false;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
-                    r.named.push(within(buf, t));
+            for option in connection_options(value) {
+                match option {
+                    ConnectionOption::Close => r.close = true,
+                    ConnectionOption::Upgrade => r.relayable = false,
+                    ConnectionOption::KeepAlive => {}
+                    ConnectionOption::Name(n) => r.named.push(within(buf, n)),
                 }
             }
         } else if name.eq_ignore_ascii_case("host") {
@@ -413,7 +401,6 @@ fn parse_request(buf: &[u8]) -> Parsed {
             .push((within(buf, name.as_bytes()), within(buf, value)));
     }
     r.body = length.unwrap_or(0);
-    r.resendable = may_resend(&r.verb, r.body == 0);
     Parsed::Complete(r)
 }
 
@@ -465,11 +452,7 @@ enum Framing {
 struct Reply {
     conn: Conn,
     port: u16,
-    status: u16,
-    framing: Framing,
-    /// Content-Length, for the access log.
-    length: Option<u64>,
-    reusable: bool,
+    head: Answer,
 }
 
 /// One request's way through the relay.
@@ -505,7 +488,7 @@ impl Exchange<'_> {
         self.cbuf.advance(inline);
         self.unread -= inline as u64;
         let pool = app.relay_pool();
-        let resendable = self.req.resendable;
+        let resendable = self.req.resendable();
         let pooled = pool.pop(port).filter(|c| resendable || !c.closed());
         let reused = pooled.is_some();
         let mut conn = match pooled {
@@ -513,15 +496,17 @@ impl Exchange<'_> {
             None => connect(port).await?,
         };
         match self.send(&mut conn).await {
-            Ok(()) => match read_head(&mut conn, self.req.is_head, self.closing, self.out).await {
-                Ok(a) => return Ok(self.answer(conn, port, a)),
-                Err(HeadError::Nothing(e)) if reused && self.req.resendable => {
-                    let l = self.req.line(self.head);
-                    app.debug_resend((l.method, l.target), port, &e);
+            Ok(()) => {
+                match read_head(&mut conn, self.req.is_head(), self.closing, self.out).await {
+                    Ok(head) => return Ok(Reply { conn, port, head }),
+                    Err(HeadError::Nothing(e)) if reused && self.req.resendable() => {
+                        let l = self.req.line(self.head);
+                        app.debug_resend((l.method, l.target), port, &e);
+                    }
+                    Err(e) => return Err(ProxyError::Relay(e).into()),
                 }
-                Err(e) => return Err(ProxyError::Relay(e).into()),
-            },
-            Err(Failure::Proxy(ProxyError::Io(e))) if reused && self.req.resendable => {
+            }
+            Err(Failure::Proxy(ProxyError::Io(e))) if reused && self.req.resendable() => {
                 let l = self.req.line(self.head);
                 app.debug_resend((l.method, l.target), port, &e);
             }
@@ -531,20 +516,9 @@ impl Exchange<'_> {
         // `out` is still its head.
         let mut conn = connect(port).await?;
         self.send(&mut conn).await?;
-        match read_head(&mut conn, self.req.is_head, self.closing, self.out).await {
-            Ok(a) => Ok(self.answer(conn, port, a)),
+        match read_head(&mut conn, self.req.is_head(), self.closing, self.out).await {
+            Ok(head) => Ok(Reply { conn, port, head }),
             Err(e) => Err(ProxyError::Relay(e).into()),
-        }
-    }
-
-    fn answer(&self, conn: Conn, port: u16, a: Answer) -> Reply {
-        Reply {
-            conn,
-            port,
-            status: a.status,
-            framing: a.framing,
-            length: a.length,
-            reusable: a.reusable,
         }
     }
 
@@ -577,16 +551,16 @@ impl Exchange<'_> {
     /// on to its next request.
     async fn respond(&mut self, app: &ProcessApp, mut up: Reply) -> bool {
         let conn = &mut up.conn;
-        let ended = match up.framing {
+        let ended = match up.head.framing {
             Framing::None => self.client.write_all(self.out).await.is_ok(),
             Framing::Length(n) => self.copy_length(conn, n).await,
             Framing::Chunked => self.copy_chunked(conn).await,
             Framing::Close => {
-                up.reusable = false;
+                up.head.reusable = false;
                 self.copy_until_close(conn).await
             }
         };
-        if ended && up.reusable && conn.buf.is_empty() {
+        if ended && up.head.reusable && conn.buf.is_empty() {
             app.relay_pool().put(up.port, up.conn);
         }
         ended && !self.closing
@@ -700,10 +674,7 @@ impl Exchange<'_> {
         let bodiless = status == 204 || status == 304 || (100..200).contains(&status);
         let declared = parts.headers.contains_key(hyper::header::CONTENT_LENGTH);
         self.out.clear();
-        self.out.extend_from_slice(b"HTTP/1.1 ");
-        self.out
-            .extend_from_slice(status_line(status, None).as_bytes());
-        self.out.extend_from_slice(b"\r\n");
+        status_line(self.out, status, None);
         for (k, v) in &parts.headers {
             header(self.out, k.as_str().as_bytes(), v.as_bytes());
         }
@@ -713,11 +684,13 @@ impl Exchange<'_> {
         let mut chunked = false;
         if !declared && !bodiless {
             match body.size_hint().exact() {
-                Some(n) => header(self.out, b"content-length", n.to_string().as_bytes()),
+                Some(n) => {
+                    let _ = write!(self.out, "content-length: {n}\r\n");
+                }
                 None => chunked = true,
             }
         }
-        if chunked && !self.req.is_head {
+        if chunked && !self.req.is_head() {
             self.out
                 .extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -725,7 +698,7 @@ impl Exchange<'_> {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
-        if !(self.req.is_head || bodiless) {
+        if !(self.req.is_head() || bodiless) {
             while let Some(frame) = body.frame().await {
                 let Ok(frame) = frame else {
                     // Cut short (a file that shrank): the client must not take it as whole.
@@ -789,7 +762,7 @@ fn upstream_head(
     prefix: &[u8],
     port: u16,
 ) {
-    out.extend_from_slice(&head[r.method.clone()]);
+    out.extend_from_slice(r.verb.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(&head[r.target.clone()]);
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -807,7 +780,7 @@ fn upstream_head(
         if name.eq_ignore_ascii_case(b"host") {
             host = Some(value);
         }
-        if hop_by_hop(name, head, &r.named)
+        if hop_by_hop(name, r.named.iter().map(|n| &head[n.clone()]))
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-prefix")
             || (r.host && name.eq_ignore_ascii_case(b"x-forwarded-host"))
@@ -835,20 +808,50 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn hop_by_hop(name: &[u8], head: &[u8], named: &[Range<usize>]) -> bool {
+/// Whether a header is hop-by-hop: one of [`HOP_BY_HOP`] or a name its `Connection` lists.
+fn hop_by_hop<'a>(name: &[u8], mut named: impl Iterator<Item = &'a [u8]>) -> bool {
     HOP_BY_HOP
         .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-        || named
-            .iter()
-            .any(|r| name.eq_ignore_ascii_case(&head[r.clone()]))
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        || named.any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// One option of a `Connection` header.
+#[derive(Debug, PartialEq, Eq)]
+enum ConnectionOption<'a> {
+    Close,
+    KeepAlive,
+    Upgrade,
+    /// A header that describes this connection only.
+    Name(&'a [u8]),
+}
+
+/// The options a `Connection` value lists.
+fn connection_options(value: &[u8]) -> impl Iterator<Item = ConnectionOption<'_>> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            if t.eq_ignore_ascii_case(b"close") {
+                ConnectionOption::Close
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                ConnectionOption::KeepAlive
+            } else if t.eq_ignore_ascii_case(b"upgrade") {
+                ConnectionOption::Upgrade
+            } else {
+                ConnectionOption::Name(t)
+            }
+        })
 }
 
 /// A response head read from the application.
 struct Answer {
     status: u16,
     framing: Framing,
+    /// Its `Content-Length`, for the access log.
     length: Option<u64>,
+    /// The connection can carry another request after this response.
     reusable: bool,
 }
 
@@ -951,16 +954,15 @@ fn client_head(
                 .next()
                 .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    upstream_close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    if resp.version == Some(0) {
-                        upstream_close = false;
+            for option in connection_options(h.value) {
+                match option {
+                    ConnectionOption::Close => upstream_close = true,
+                    ConnectionOption::KeepAlive if resp.version == Some(0) => {
+                        upstream_close = false
                     }
-                } else if !t.is_empty() {
-                    named.push(t);
+                    ConnectionOption::KeepAlive => {}
+                    ConnectionOption::Upgrade => named.push(b"upgrade"),
+                    ConnectionOption::Name(n) => named.push(n),
                 }
             }
         } else if h.name.eq_ignore_ascii_case("date") {
@@ -981,15 +983,10 @@ fn client_head(
         Framing::Close
     };
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status_line(status, resp.reason).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, status, resp.reason);
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if HOP_BY_HOP
-            .iter()
-            .any(|x| name.eq_ignore_ascii_case(x.as_bytes()))
-            || named.iter().any(|x| name.eq_ignore_ascii_case(x))
+        if hop_by_hop(name, named.iter().copied())
             || name.eq_ignore_ascii_case(b"server")
             || (encoded && name.eq_ignore_ascii_case(b"content-length"))
         {
@@ -1018,18 +1015,19 @@ fn client_head(
     )))
 }
 
-fn status_line(status: u16, reason: Option<&str>) -> String {
+/// `HTTP/1.1 <code> <reason>` and its line end, the reason hyper would write.
+fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
     let reason = StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .or(reason)
         .unwrap_or("");
-    format!("{status} {reason}")
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
 }
 
 /// `chunk` of a body sent chunked.
 fn chunk(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -1124,13 +1122,13 @@ mod tests {
     #[test]
     fn only_the_common_case_is_relayed() {
         let r = request("GET /shop/x?q=1 HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(r.relayable && r.resendable && !r.close);
+        assert!(r.relayable && r.resendable() && !r.close);
         assert_eq!(
             r.path(b"GET /shop/x?q=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
             "/shop/x"
         );
         let r = request("POST /x HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
-        assert!(r.relayable && !r.resendable && r.close);
+        assert!(r.relayable && !r.resendable() && r.close);
         assert_eq!((r.body, r.head_len), (5, 58));
         for raw in [
             "GET /x HTTP/1.0\r\n\r\n",
